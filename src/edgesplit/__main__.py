@@ -1,0 +1,5 @@
+"""``python -m edgesplit`` runs the CLI."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,131 @@
+"""Save a split to a folder and load it back, with no pickle anywhere.
+
+A split folder holds ``head.safetensors`` and ``tail.safetensors`` (each half's own state dict) and
+``split.json``: how to rebuild the model (zoo name or import path plus factory arguments), the input
+shape, the graph's fingerprint and the cut. Loading rebuilds the graph from the model's code, checks the
+fingerprint, splits at the recorded cut and loads each half's weights strictly. A device needs only
+``split.json`` and ``head.safetensors``; a server only ``split.json`` and ``tail.safetensors``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ValidationError
+from safetensors import SafetensorError
+from safetensors.torch import load_model, save_model
+
+from .errors import EdgesplitError, SplitArtifactError
+from .graph import EXACT_TOLERANCE, Split, TracedModel, max_abs_diff, trace
+from .intake import ModelRef, build_model
+from .profile import TensorInfo
+
+SPLIT_VERSION = 1
+Part = Literal["head", "tail"]
+
+
+class CutRecord(BaseModel):
+    index: int
+    position: int
+    after: str
+
+
+class SplitRecord(BaseModel):
+    """The content of ``split.json``."""
+
+    version: int = SPLIT_VERSION
+    kind: Literal["edgesplit.split"] = "edgesplit.split"
+    model: dict
+    input_shapes: list[list[int]]
+    tracer: Literal["fx", "export"]
+    fingerprint: str
+    cut: CutRecord
+    crossing: list[TensorInfo]
+    crossing_bytes: int
+    files: dict[str, str]
+    max_abs_diff: float
+
+
+def save_split(split: Split, traced: TracedModel, ref: ModelRef, out_dir: str | Path,
+               max_abs_diff: float) -> SplitRecord:
+    """Write head and tail weights as safetensors and ``split.json`` describing the cut."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = {"head": "head.safetensors", "tail": "tail.safetensors"}
+    save_model(split.head, str(out_dir / files["head"]))
+    save_model(split.tail, str(out_dir / files["tail"]))
+    cut = split.cut
+    record = SplitRecord(
+        model=ref.to_json(), input_shapes=[list(t.shape) for t in traced.example_inputs], tracer=traced.tracer,
+        fingerprint=traced.fingerprint, cut=CutRecord(index=cut.index, position=cut.position, after=cut.after),
+        crossing=[TensorInfo(name=t.name, shape=list(t.shape), dtype=t.dtype, nbytes=t.nbytes) for t in cut.crossing],
+        crossing_bytes=cut.crossing_bytes, files=files, max_abs_diff=max_abs_diff,
+    )
+    (out_dir / "split.json").write_text(record.model_dump_json(indent=2))
+    return record
+
+
+def read_split_record(folder: str | Path) -> SplitRecord:
+    """Read and validate ``split.json`` in ``folder``."""
+    path = Path(folder) / "split.json"
+    if not path.is_file():
+        raise SplitArtifactError(f"{path} not found; make a split folder with `edgesplit split MODEL --cut CUT --out DIR`")
+    try:
+        data = json.loads(path.read_text())
+    except ValueError as error:
+        raise SplitArtifactError(f"{path} is not valid JSON ({error}); write the split again") from None
+    if not isinstance(data, dict) or data.get("kind") != "edgesplit.split":
+        raise SplitArtifactError(f"{path} is not an edgesplit split description; write the split again")
+    if data.get("version") != SPLIT_VERSION:
+        raise SplitArtifactError(f"{path} has version {data.get('version')}, this edgesplit reads version "
+                                 f"{SPLIT_VERSION}; write the split again with this edgesplit")
+    try:
+        return SplitRecord.model_validate(data)
+    except ValidationError as error:
+        raise SplitArtifactError(f"{path} is malformed (at {error.errors()[0]['loc']}); write the split again") from None
+
+
+def load_split(folder: str | Path, parts: tuple[Part, ...] = ("head", "tail")) -> tuple[Split, SplitRecord]:
+    """Rebuild the split saved in ``folder`` and load the weights of the requested halves."""
+    folder = Path(folder)
+    record = read_split_record(folder)
+    model = build_model(ModelRef(record.model["name"], record.model.get("kwargs", {})))
+    example = tuple(torch.zeros(shape) for shape in record.input_shapes)
+    try:
+        traced = trace(model, example)
+    except EdgesplitError as error:
+        raise SplitArtifactError(f"cannot rebuild the model of split {folder}: {error}") from None
+    if traced.fingerprint != record.fingerprint:
+        raise SplitArtifactError(f"the model code of '{record.model['name']}' changed since split {folder} was "
+                                 "written (graph fingerprint differs); write the split again")
+    split = traced.split(record.cut.index)
+    if split.cut.position != record.cut.position or split.cut.after != record.cut.after:
+        raise SplitArtifactError(f"split {folder} names cut {record.cut.index} after '{record.cut.after}', which the "
+                                 "rebuilt graph does not have; write the split again")
+    for part in parts:
+        path = folder / record.files[part]
+        if not path.is_file():
+            raise SplitArtifactError(f"{path} not found; copy the whole split folder or write the split again")
+        try:
+            missing, unexpected = load_model(getattr(split, part), str(path), strict=False)
+        except (SafetensorError, OSError, RuntimeError, ValueError) as error:
+            raise SplitArtifactError(f"{path} is corrupt or does not fit the {part} ({str(error).splitlines()[0][:200]}); "
+                                     "write the split again") from None
+        if missing or unexpected:
+            raise SplitArtifactError(f"{path} does not fit the {part}: {len(missing)} missing and {len(unexpected)} "
+                                     "unexpected tensors; write the split again")
+    return split, record
+
+
+def verify_split(split: Split, model: torch.nn.Module, inputs: torch.Tensor | tuple[torch.Tensor, ...]) -> float:
+    """Run both halves and the whole model on ``inputs``; the max abs difference, or an error above 1e-5."""
+    inputs = (inputs,) if isinstance(inputs, torch.Tensor) else inputs
+    with torch.no_grad():
+        difference = max_abs_diff(split(*inputs), model(*inputs))
+    if difference > EXACT_TOLERANCE:
+        raise SplitArtifactError(f"the split halves differ from the model by {difference:.3g} (> {EXACT_TOLERANCE}); "
+                                 "the weights on disk do not match the model: write the split again")
+    return difference

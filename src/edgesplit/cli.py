@@ -1,0 +1,145 @@
+"""The edgesplit command line: one thin function per verb; the work lives in the modules it calls."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import torch
+import typer
+from pydantic import BaseModel
+from rich.console import Console
+
+from . import zoo
+from .artifact import load_split, save_split, verify_split
+from .data import load_dataset
+from .errors import EdgesplitError
+from .graph import max_abs_diff, trace
+from .intake import ModelRef, build_model, load_model, save_weights
+from .profile import device_profile, profile_model
+from .train import train_classifier
+from .views import profile_table, split_table, zoo_table
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Split DNN inference for edge devices: where to cut, what crosses, how long it takes.")
+# Piped output keeps whole table rows on one line instead of wrapping them at 80 columns.
+out = Console(width=None if sys.stdout.isatty() else 160)
+
+ModelArg = Annotated[str, typer.Argument(help="zoo name (see `edgesplit zoo`) or package.module:factory")]
+InputShape = Annotated[Optional[str], typer.Option(help="input shape N,C,H,W (zoo models have a default)")]
+Weights = Annotated[Optional[Path], typer.Option(help=".safetensors, or a state dict torch.load reads with weights_only")]
+JsonOut = Annotated[Optional[Path], typer.Option("--json", help="also write the result as JSON to this file")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")]
+
+
+@app.command("zoo")
+def zoo_command(json_out: JsonOut = None) -> None:
+    """List the built-in models and their input shapes."""
+    entries = sorted(zoo.ZOO.values(), key=lambda e: e.name)
+    params = {e.name: sum(p.numel() for p in e.factory().parameters()) for e in entries}
+    out.print(zoo_table(entries, params))
+    write_json(json_out, [{"name": e.name, "input_shape": list(e.input_shape), "params": params[e.name],
+                           "description": e.description} for e in entries])
+
+
+@app.command()
+def profile(model: ModelArg, input_shape: InputShape = None, weights: Weights = None,
+            runs: Annotated[int, typer.Option(min=1, help="timed samples per measurement (median)")] = 20,
+            warmup: Annotated[int, typer.Option(min=0, help="untimed calls before timing")] = 3,
+            threads: Annotated[Optional[int], typer.Option(min=1, help="torch intra-op threads")] = None,
+            json_out: JsonOut = None,
+            plot: Annotated[Optional[Path], typer.Option(help="write the bytes/latency plot (PNG)")] = None,
+            save_device: Annotated[Optional[Path], typer.Option(help="write this machine's device profile (JSON)")] = None,
+            quiet: Quiet = False) -> None:
+    """Measure every candidate cut: MACs, bytes crossing, head/tail latency and peak memory."""
+    if threads:
+        torch.set_num_threads(threads)
+    loaded = load_model(model, input_shape=input_shape, weights=weights)
+    traced = trace(loaded.module, loaded.example_input)
+    report = profile_model(traced, name=model, runs=runs, warmup=warmup, progress=not quiet)
+    out.print(profile_table(report))
+    if report.uncounted_ops:
+        out.print(f"[yellow]MACs not counted for ops without a formula: {report.uncounted_ops}")
+    write_json(json_out, report)
+    if plot:
+        from .plots import plot_profile
+        out.print(f"plot written to {plot_profile(report, plot)}")
+    if save_device:
+        write_json(save_device, device_profile(report, name=save_device.stem))
+
+
+@app.command()
+def split(model: ModelArg, cut: Annotated[str, typer.Option(help="cut index, or the name of the last head node")],
+          out_dir: Annotated[Path, typer.Option("--out", help="folder for split.json and the two halves")],
+          input_shape: InputShape = None, weights: Weights = None, json_out: JsonOut = None) -> None:
+    """Split MODEL at CUT into head and tail (safetensors + split.json), reload them and check them."""
+    loaded = load_model(model, input_shape=input_shape, weights=weights)
+    traced = trace(loaded.module, loaded.example_input)
+    halves = traced.split(cut)
+    expected = loaded.module(loaded.example_input)
+    save_split(halves, traced, loaded.ref, out_dir, max_abs_diff(halves(loaded.example_input), expected))
+    reloaded, record = load_split(out_dir)
+    reloaded_diff = verify_split(reloaded, loaded.module, loaded.example_input)
+    out.print(split_table(record))
+    out.print(f"reloaded from {out_dir}: tail(*head(x)) vs model(x) max abs diff {reloaded_diff:.2e}")
+    write_json(json_out, record)
+
+
+@app.command()
+def train(model: ModelArg,
+          out_path: Annotated[Path, typer.Option("--out", help="where to write the weights (.safetensors)")],
+          data: Annotated[str, typer.Option(help="digits | mnist:DIR | fashion-mnist:DIR | idx:DIR | folder:DIR")] = "digits",
+          epochs: Annotated[int, typer.Option(min=1)] = 10,
+          batch_size: Annotated[int, typer.Option(min=1)] = 64,
+          lr: Annotated[float, typer.Option(min=0.0)] = 1e-3,
+          image_size: Annotated[Optional[int], typer.Option(help="resize images to this size (folders)")] = None,
+          limit: Annotated[Optional[int], typer.Option(help="use at most this many train and test images")] = None,
+          seed: int = 0, json_out: JsonOut = None, quiet: Quiet = False) -> None:
+    """Train MODEL on a data set on the CPU and report test accuracy."""
+    dataset = load_dataset(data, image_size=image_size, limit=limit)
+    channels = dataset.input_shape[0]
+    ref = ModelRef(model, {"in_channels": channels, "num_classes": dataset.num_classes} if ":" not in model else {})
+    torch.manual_seed(seed)
+    network = build_model(ref)
+    result = train_classifier(network, dataset, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+                              progress=not quiet)
+    save_weights(network, out_path, ref, (1, *dataset.input_shape),
+                 {"dataset": dataset.name, "test_accuracy": result.test_accuracy})
+    out.print(f"{model} on {dataset.name}: test accuracy {result.test_accuracy:.2%} after {epochs} epochs "
+              f"({result.seconds:.0f} s); weights written to {out_path}")
+    write_json(json_out, {"model": ref.to_json(), "dataset": dataset.name, "epochs": epochs,
+                          "test_accuracy": result.test_accuracy, "train_loss": result.train_loss,
+                          "seconds": result.seconds, "weights": str(out_path)})
+
+
+@app.command()
+def demo(out_dir: Annotated[Path, typer.Option("--out", help="folder for every result")] = Path("demo-results"),
+         quiet: Quiet = False) -> None:
+    """The main job: train, profile, split and verify, on data bundled with the packages."""
+    from .demo import run_demo
+    run_demo(out_dir, out, progress=not quiet)
+
+
+def write_json(path: Path | None, result: Any) -> None:
+    """Write a pydantic model (or plain data) as indented JSON, creating parent folders."""
+    if path is None:
+        return
+    text = result.model_dump_json(indent=2) if isinstance(result, BaseModel) else json.dumps(result, indent=2)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    except OSError as error:
+        raise EdgesplitError(f"cannot write {path} ({error.strerror}); choose a writable path") from None
+
+
+def main() -> None:
+    """Console entry point: user errors print one line and exit 2, never a traceback."""
+    try:
+        app()
+    except EdgesplitError as error:
+        Console(stderr=True).print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,71 @@
+"""Rich tables that show each stage's results in the terminal."""
+
+from __future__ import annotations
+
+from rich.table import Table
+
+from .artifact import SplitRecord
+from .profile import ProfileReport
+from .zoo import ZooEntry
+
+
+def human_bytes(count: float) -> str:
+    """1234567 -> '1.2 MB' (decimal units, as network rates use)."""
+    for unit in ("B", "kB", "MB", "GB"):
+        if abs(count) < 1000 or unit == "GB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1000
+    return f"{count:.1f} GB"
+
+
+def human_count(count: float) -> str:
+    """12694144 -> '12.69 M'."""
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(count) >= scale:
+            return f"{count / scale:.2f} {unit}"
+    return f"{count:.0f}"
+
+
+def crossing_text(shapes: list[list[int]]) -> str:
+    return " + ".join("×".join(map(str, shape)) or "scalar" for shape in shapes)
+
+
+def profile_table(report: ProfileReport) -> Table:
+    """One row per candidate cut: MACs on each side, what crosses, and measured latencies."""
+    model = report.model
+    table = Table(title=f"{model.name}: {human_count(model.macs)} MACs, {human_count(model.params)} parameters, "
+                        f"{model.cuts} cuts (traced with torch.{model.tracer}); whole model {report.model_ms:.3f} ms")
+    for column in ("cut", "after node", "head MACs", "tail MACs", "crossing tensors", "crossing bytes",
+                   "head ms", "Σ nodes ms", "tail ms", "head peak mem"):
+        table.add_column(column, justify="left" if column in ("after node", "crossing tensors") else "right",
+                         overflow="fold")
+    smallest = min((c.crossing_bytes for c in report.cuts[1:-1]), default=None)
+    for cut in report.cuts:
+        style = "bold green" if cut.crossing_bytes == smallest and 0 < cut.position < model.nodes else None
+        table.add_row(str(cut.index), cut.after, human_count(cut.head_macs), human_count(cut.tail_macs),
+                      crossing_text([t.shape for t in cut.crossing]), human_bytes(cut.crossing_bytes),
+                      f"{cut.head_ms:.3f}", f"{cut.head_ms_summed:.3f}", f"{cut.tail_ms:.3f}",
+                      human_bytes(cut.head_peak_bytes), style=style)
+    return table
+
+
+def split_table(record: SplitRecord) -> Table:
+    """The tensors that cross a saved split."""
+    table = Table(title=f"{record.model['name']} split at cut {record.cut.index} (after {record.cut.after}): "
+                        f"{human_bytes(record.crossing_bytes)} cross per inference")
+    for column in ("tensor", "shape", "dtype", "bytes"):
+        table.add_column(column, justify="right" if column == "bytes" else "left")
+    for tensor in record.crossing:
+        table.add_row(tensor.name, "×".join(map(str, tensor.shape)), tensor.dtype, human_bytes(tensor.nbytes))
+    return table
+
+
+def zoo_table(entries: list[ZooEntry], params: dict[str, int]) -> Table:
+    """The built-in models with their documented input shapes."""
+    table = Table(title="edgesplit zoo")
+    for column in ("name", "input shape", "parameters", "description"):
+        table.add_column(column)
+    for entry in entries:
+        table.add_row(entry.name, ",".join(map(str, entry.input_shape)), human_count(params[entry.name]),
+                      entry.description)
+    return table
