@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,11 +38,8 @@ class ModelRef:
 
 def parse_input_shape(text: str) -> tuple[int, ...]:
     """Parse ``1,3,32,32`` (or ``1x3x32x32``) into a shape of positive ints."""
-    parts = text.replace("x", ",").replace("×", ",").split(",")
-    try:
-        shape = tuple(int(p) for p in parts if p.strip())
-    except ValueError:
-        shape = ()
+    parts = re.split(r"[,x×]", text.strip())
+    shape = tuple(int(p) for p in parts) if all(p.strip().isdigit() for p in parts) else ()
     if not shape or any(size <= 0 for size in shape):
         raise InputShapeError(f"input shape '{text}' is not a list of positive integers; write it like 1,3,32,32")
     return shape
@@ -151,6 +149,7 @@ class LoadedModel:
 def load_model(name: str, *, input_shape: str | tuple[int, ...] | None = None, weights: str | Path | None = None,
                seed: int = 0) -> LoadedModel:
     """Build the model named on the command line, load its weights, and make a seeded example input."""
+    resolve_factory(name)  # an unknown name is the first thing to report
     state_dict, metadata = read_weights(weights) if weights else ({}, {})
     recorded = json.loads(metadata.get(METADATA_KEY, "{}")) if metadata else {}
     recorded_model = recorded.get("model") or {}

@@ -35,8 +35,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ValidationError, computed_field
 from torch import fx
+from torch.fx.passes.shape_prop import TensorMetadata
 from torch.profiler import ProfilerActivity
 from torch.profiler import profile as torch_profile
 from torch.utils import benchmark
@@ -182,17 +183,41 @@ def count_macs(graph_module: fx.GraphModule, *inputs: torch.Tensor) -> tuple[dic
 # --- timing and memory ------------------------------------------------------------------------
 
 
+class Sampler:
+    """Times one call with ``torch.utils.benchmark``: warms up, then each ``sample()`` is one timed sample.
+
+    Calls faster than ``MIN_SAMPLE_SECONDS`` are repeated within a sample so timer resolution does not dominate.
+    Each sample first makes one untimed call, so it measures the steady state (as for a stream of frames)
+    even when other work ran just before.
+    """
+
+    def __init__(self, function: Callable[..., Any], args: tuple[Any, ...], warmup: int = 3) -> None:
+        self.function, self.args = function, args
+        with torch.no_grad():
+            for _ in range(warmup):
+                function(*args)
+            self.timer = benchmark.Timer(stmt="function(*args)", globals={"function": function, "args": args},
+                                         num_threads=torch.get_num_threads())
+            once = max(self.timer.timeit(1).median, 1e-7)
+        self.repeats = max(1, min(100, int(MIN_SAMPLE_SECONDS / once)))
+        self.samples_ms: list[float] = []
+
+    def sample(self) -> None:
+        with torch.no_grad():
+            self.function(*self.args)
+            self.samples_ms.append(self.timer.timeit(self.repeats).median * 1e3)
+
+    @property
+    def median_ms(self) -> float:
+        return statistics.median(self.samples_ms)
+
+
 def median_ms(function: Callable[..., Any], args: tuple[Any, ...], runs: int, warmup: int = 3) -> float:
     """Median wall time of ``function(*args)`` in milliseconds over ``runs`` samples, after ``warmup`` calls."""
-    with torch.no_grad():
-        for _ in range(warmup):
-            function(*args)
-        timer = benchmark.Timer(stmt="function(*args)", globals={"function": function, "args": args},
-                                num_threads=torch.get_num_threads())
-        once = max(timer.timeit(1).median, 1e-7)
-        repeats = max(1, min(100, int(MIN_SAMPLE_SECONDS / once)))
-        samples = [timer.timeit(repeats).median for _ in range(runs)]
-    return statistics.median(samples) * 1e3
+    sampler = Sampler(function, args, warmup)
+    for _ in range(runs):
+        sampler.sample()
+    return sampler.median_ms
 
 
 def instrument_with_timestamps(graph_module: fx.GraphModule, stamps: list[int]) -> fx.GraphModule:
@@ -209,19 +234,37 @@ def instrument_with_timestamps(graph_module: fx.GraphModule, stamps: list[int]) 
     return fx.GraphModule(graph_module, graph)
 
 
+class InContextSampler:
+    """Times every compute node in context: each ``sample()`` runs the instrumented graph twice, timing the second."""
+
+    def __init__(self, graph_module: fx.GraphModule, inputs: tuple[torch.Tensor, ...], warmup: int = 3) -> None:
+        self.stamps: list[int] = []
+        self.timed = instrument_with_timestamps(graph_module, self.stamps)
+        self.inputs = inputs
+        self.samples_ms: list[list[float]] = []
+        with torch.no_grad():
+            for _ in range(warmup):
+                self.timed(*inputs)
+
+    def sample(self) -> None:
+        with torch.no_grad():
+            self.timed(*self.inputs)
+            self.stamps.clear()
+            self.timed(*self.inputs)
+        self.samples_ms.append([(end - start) / 1e6 for start, end in zip(self.stamps, self.stamps[1:])])
+
+    @property
+    def median_ms(self) -> list[float]:
+        return [statistics.median(column) for column in zip(*self.samples_ms)]
+
+
 def in_context_node_ms(graph_module: fx.GraphModule, inputs: tuple[torch.Tensor, ...], runs: int,
                        warmup: int = 3) -> list[float]:
     """Median latency in ms of each compute node, timed between timestamps during whole-graph runs."""
-    stamps: list[int] = []
-    timed = instrument_with_timestamps(graph_module, stamps)
-    samples: list[list[float]] = []
-    with torch.no_grad():
-        for run in range(warmup + runs):
-            stamps.clear()
-            timed(*inputs)
-            if run >= warmup:
-                samples.append([(end - start) / 1e6 for start, end in zip(stamps, stamps[1:])])
-    return [statistics.median(column) for column in zip(*samples)]
+    sampler = InContextSampler(graph_module, inputs, warmup)
+    for _ in range(runs):
+        sampler.sample()
+    return sampler.median_ms
 
 
 @contextlib.contextmanager
@@ -323,6 +366,7 @@ class CutProfile(BaseModel):
     tail_ms_summed: float
     head_peak_bytes: int
 
+    @computed_field  # type: ignore[prop-decorator]
     @property
     def head_ms_error(self) -> float:
         """Relative error of the summed-node estimate against the measured head latency."""
@@ -478,50 +522,70 @@ def _node_callable(graph_module: fx.GraphModule, node: fx.Node) -> Callable[...,
 
 def profile_model(traced: TracedModel, *, name: str = "model", runs: int = 20, warmup: int = 3,
                   progress: bool = True) -> ProfileReport:
-    """Measure every node and every candidate cut of ``traced`` on this machine."""
+    """Measure every node and every candidate cut of ``traced`` on this machine.
+
+    Timing runs in ``runs`` rounds; each round takes one sample of every node, head, tail and the whole model.
+    Interleaving matters on shared machines, whose speed drifts by tens of percent within seconds: every
+    median then sees the same mix of machine states, so heads and their summed nodes stay comparable.
+    """
     graph_module, inputs = traced.graph_module, traced.example_inputs
     macs, uncounted = count_macs(graph_module, *inputs)
-    node_inputs = _node_inputs(traced)
-    node_ms = in_context_node_ms(graph_module, inputs, runs, warmup)
     params, weight_bytes = _params_and_bytes(graph_module)
+    node_inputs = _node_inputs(traced)
+    splits = [traced.split(cut) for cut in traced.cuts]
 
-    nodes: list[NodeProfile] = []
-    cuts: list[CutProfile] = []
     with progress_bar(progress) as bar:
-        task = bar.add_task(f"profiling {name}", total=len(traced.compute_nodes) + len(traced.cuts))
-        for index, node in enumerate(traced.compute_nodes):
-            args, kwargs = node_inputs[node.name]
-            function = _node_callable(graph_module, node)
-            call = functools.partial(function, **kwargs) if kwargs else function
-            meta = node.meta.get("tensor_meta")
-            shape = list(meta.shape) if hasattr(meta, "shape") else None
-            nodes.append(NodeProfile(
-                index=index, name=node.name, kind=node_kind(node), target=str(node.target),
-                output_shape=shape,
-                output_bytes=math.prod(shape) * meta.dtype.itemsize if shape is not None else 0,
-                macs=macs[node.name], params=_node_params(graph_module, node),
-                latency_ms=node_ms[index], latency_isolated_ms=median_ms(call, args, runs, warmup),
-            ))
+        task = bar.add_task(f"profiling {name}", total=len(splits) + runs, status="warm-up and memory")
+        in_context = InContextSampler(graph_module, inputs, warmup)
+        whole = Sampler(graph_module, inputs, warmup)
+        isolated = [Sampler(_node_call(graph_module, node, node_inputs[node.name][1]), node_inputs[node.name][0], warmup)
+                    for node in traced.compute_nodes]
+        heads, tails, peaks = [], [], []
+        for split in splits:
+            with torch.no_grad():
+                crossing = tuple(split.head(*inputs))
+            heads.append(Sampler(split.head, inputs, warmup))
+            tails.append(Sampler(split.tail, crossing, warmup))
+            peaks.append(peak_memory_bytes(split.head, inputs))
             bar.advance(task)
-        model_ms = median_ms(graph_module, inputs, runs, warmup)
-        for cut in traced.cuts:
-            cuts.append(_profile_cut(traced.split(cut), inputs, nodes, runs, warmup))
+        for round_number in range(runs):
+            bar.update(task, status=f"timing round {round_number + 1}/{runs}")
+            for sampler in (in_context, whole, *isolated, *heads, *tails):
+                sampler.sample()
             bar.advance(task)
 
+    nodes = [_node_profile(graph_module, index, node, macs[node.name], in_context.median_ms[index],
+                           isolated[index].median_ms) for index, node in enumerate(traced.compute_nodes)]
+    cuts = [_cut_profile(split, nodes, head.median_ms, tail.median_ms, peak)
+            for split, head, tail, peak in zip(splits, heads, tails, peaks)]
     model = ModelInfo(
         name=name, input_shapes=[list(t.shape) for t in inputs], tracer=traced.tracer,
         fallback_reason=traced.fallback_reason, fingerprint=traced.fingerprint, nodes=len(nodes),
         cuts=len(cuts), macs=sum(n.macs for n in nodes), params=params, weight_bytes=weight_bytes,
     )
-    return ProfileReport(model=model, machine=machine_info(), runs=runs, model_ms=model_ms,
+    return ProfileReport(model=model, machine=machine_info(), runs=runs, model_ms=whole.median_ms,
                          uncounted_ops={k: sorted(v) for k, v in uncounted.items()}, nodes=nodes, cuts=cuts)
 
 
-def _profile_cut(split: Split, inputs: tuple[torch.Tensor, ...], nodes: list[NodeProfile], runs: int,
-                 warmup: int) -> CutProfile:
+def _node_call(graph_module: fx.GraphModule, node: fx.Node, kwargs: dict[str, Any]) -> Callable[..., Any]:
+    function = _node_callable(graph_module, node)
+    return functools.partial(function, **kwargs) if kwargs else function
+
+
+def _node_profile(graph_module: fx.GraphModule, index: int, node: fx.Node, macs: int, latency_ms: float,
+                  isolated_ms: float) -> NodeProfile:
+    meta = node.meta.get("tensor_meta")
+    shape = list(meta.shape) if isinstance(meta, TensorMetadata) else None
+    return NodeProfile(
+        index=index, name=node.name, kind=node_kind(node), target=str(node.target), output_shape=shape,
+        output_bytes=math.prod(shape) * meta.dtype.itemsize if shape is not None else 0,
+        macs=macs, params=_node_params(graph_module, node), latency_ms=latency_ms, latency_isolated_ms=isolated_ms,
+    )
+
+
+def _cut_profile(split: Split, nodes: list[NodeProfile], head_ms: float, tail_ms: float, head_peak_bytes: int,
+                 ) -> CutProfile:
     cut = split.cut
-    with torch.no_grad():
-        crossing = split.head(*inputs)
     head_nodes, tail_nodes = nodes[:cut.position], nodes[cut.position:]
     head_params, head_bytes = _params_and_bytes(split.head)
     tail_params, tail_bytes = _params_and_bytes(split.tail)
@@ -531,9 +595,6 @@ def _profile_cut(split: Split, inputs: tuple[torch.Tensor, ...], nodes: list[Nod
         crossing_bytes=cut.crossing_bytes,
         head_macs=sum(n.macs for n in head_nodes), tail_macs=sum(n.macs for n in tail_nodes),
         head_params=head_params, head_weight_bytes=head_bytes, tail_params=tail_params, tail_weight_bytes=tail_bytes,
-        head_ms=median_ms(split.head, inputs, runs, warmup),
-        head_ms_summed=sum(n.latency_ms for n in head_nodes),
-        tail_ms=median_ms(split.tail, tuple(crossing), runs, warmup),
-        tail_ms_summed=sum(n.latency_ms for n in tail_nodes),
-        head_peak_bytes=peak_memory_bytes(split.head, inputs),
+        head_ms=head_ms, head_ms_summed=sum(n.latency_ms for n in head_nodes),
+        tail_ms=tail_ms, tail_ms_summed=sum(n.latency_ms for n in tail_nodes), head_peak_bytes=head_peak_bytes,
     )

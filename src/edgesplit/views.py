@@ -36,7 +36,7 @@ def profile_table(report: ProfileReport) -> Table:
     table = Table(title=f"{model.name}: {human_count(model.macs)} MACs, {human_count(model.params)} parameters, "
                         f"{model.cuts} cuts (traced with torch.{model.tracer}); whole model {report.model_ms:.3f} ms")
     for column in ("cut", "after node", "head MACs", "tail MACs", "crossing tensors", "crossing bytes",
-                   "head ms", "Σ nodes ms", "tail ms", "head peak mem"):
+                   "head ms", "Σ nodes ms", "Σ vs head", "tail ms", "head peak mem"):
         table.add_column(column, justify="left" if column in ("after node", "crossing tensors") else "right",
                          overflow="fold")
     smallest = min((c.crossing_bytes for c in report.cuts[1:-1]), default=None)
@@ -44,7 +44,8 @@ def profile_table(report: ProfileReport) -> Table:
         style = "bold green" if cut.crossing_bytes == smallest and 0 < cut.position < model.nodes else None
         table.add_row(str(cut.index), cut.after, human_count(cut.head_macs), human_count(cut.tail_macs),
                       crossing_text([t.shape for t in cut.crossing]), human_bytes(cut.crossing_bytes),
-                      f"{cut.head_ms:.3f}", f"{cut.head_ms_summed:.3f}", f"{cut.tail_ms:.3f}",
+                      f"{cut.head_ms:.3f}", f"{cut.head_ms_summed:.3f}",
+                      f"{cut.head_ms_error:+.0%}" if cut.position else "", f"{cut.tail_ms:.3f}",
                       human_bytes(cut.head_peak_bytes), style=style)
     return table
 
