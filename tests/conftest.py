@@ -5,7 +5,17 @@ import pytest
 import torch
 
 TESTS = Path(__file__).parent
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+import os
+
+
+def _shared_data() -> Path:
+    """The project's real data sets: $EDGESPLIT_SHARED_DATA, ../shared/data beside the checkout, or /work/shared/data."""
+    candidates = [os.environ.get("EDGESPLIT_SHARED_DATA", ""), Path(__file__).resolve().parents[2] / "shared" / "data",
+                  "/work/shared/data"]
+    return next((Path(c) for c in candidates if c and Path(c).is_dir()), Path(candidates[1]))
+
+
+SHARED_DATA = _shared_data()
 sys.path.insert(0, str(TESTS))  # so `modelfactories:Name` resolves, as a user's package would
 
 

@@ -123,7 +123,7 @@ def test_mismatched_weights_are_a_user_error(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (SHARED_DATA / "mnist").is_dir(), reason="needs ../shared/data/mnist (the project's data folder)")
+@pytest.mark.skipif(not (SHARED_DATA / "mnist").is_dir(), reason="needs the MNIST IDX files (../shared/data/mnist or $EDGESPLIT_SHARED_DATA)")
 def test_small_cnn_reaches_98_percent_on_mnist(tmp_path):
     result = edgesplit("train", "small_cnn", "--data", f"mnist:{SHARED_DATA / 'mnist'}", "--epochs", "2",
                        "--batch-size", "128", "--out", str(tmp_path / "w.safetensors"), "-q",

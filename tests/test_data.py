@@ -13,7 +13,7 @@ from PIL import Image
 from edgesplit.data import DIGIT_CLASSES, FASHION_CLASSES, IDX_FILES, Dataset, load_dataset, read_idx, write_idx
 from edgesplit.errors import DataError
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+from conftest import SHARED_DATA as SHARED
 MNIST = SHARED / "mnist"
 FASHION = SHARED / "fashion-mnist"
 KODAK = SHARED / "kodak"

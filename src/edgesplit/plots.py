@@ -18,7 +18,7 @@ def plot_profile(report: ProfileReport, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     cuts = report.cuts
     index = [c.index for c in cuts]
-    figure, bytes_axis = plt.subplots(figsize=(10, 4.8), dpi=120)
+    figure, bytes_axis = plt.subplots(figsize=(10, 5.4), dpi=120)
     bytes_axis.bar(index, [max(c.crossing_bytes, 1) for c in cuts], color="#4c72b0", alpha=0.75,
                    label="bytes crossing (float32)")
     bytes_axis.axhline(cuts[0].crossing_bytes, color="#4c72b0", linestyle=":", linewidth=1.2,
@@ -40,7 +40,8 @@ def plot_profile(report: ProfileReport, path: str | Path) -> Path:
 
     handles = bytes_axis.get_legend_handles_labels()
     more = latency_axis.get_legend_handles_labels()
-    bytes_axis.legend(handles[0] + more[0], handles[1] + more[1], loc="upper right", fontsize=8, framealpha=0.9)
+    bytes_axis.legend(handles[0] + more[0], handles[1] + more[1], loc="upper center", bbox_to_anchor=(0.5, -0.13),
+                      ncol=3, fontsize=8, frameon=False)
     machine = report.machine
     bytes_axis.set_title(f"{report.model.name}: {report.model.macs / 1e6:.1f} M MACs, {len(cuts)} cuts — "
                          f"{machine.cpu_model}, {machine.threads} threads", fontsize=10)
