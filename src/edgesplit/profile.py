@@ -311,6 +311,7 @@ class MachineInfo(BaseModel):
     platform: str
     python_version: str
     torch_version: str
+    memory_gb_s: float | None = None  # streaming copy bandwidth; the planner scales codec costs by it
 
 
 class TensorInfo(BaseModel):
@@ -453,7 +454,20 @@ def machine_info() -> MachineInfo:
         hostname=socket.gethostname(), cpu_model=_cpu_model(), cores=os.cpu_count() or 1,
         threads=torch.get_num_threads(), platform=platform.platform(),
         python_version=platform.python_version(), torch_version=torch.__version__,
+        memory_gb_s=round(memory_bandwidth_gb_s(), 2),
     )
+
+
+def memory_bandwidth_gb_s(megabytes: int = 32, repeats: int = 5) -> float:
+    """This machine's streaming copy bandwidth (bytes read + written per second), best of ``repeats``."""
+    source = torch.ones(megabytes * 2**20 // 4)
+    target = torch.empty_like(source)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        target.copy_(source)
+        best = min(best, time.perf_counter() - start)
+    return 2 * source.numel() * 4 / best / 1e9
 
 
 def _cpu_model() -> str:

@@ -1,0 +1,149 @@
+"""The plan as JSON: versioned pydantic models that `edgesplit plan` writes and the runtime reads."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ValidationError
+
+from ..errors import EdgesplitError
+
+PLAN_VERSION = 1
+
+
+class Costs(BaseModel):
+    """Predicted costs of one inference under one plan (times in ms, energy in mJ on the device)."""
+
+    device_ms: float
+    encode_ms: float
+    uplink_ms: float
+    rtt_ms: float
+    decode_ms: float
+    server_ms: float
+    downlink_ms: float
+    latency_ms: float
+    throughput_fps: float  # pipelined: one inference per slowest stage (device, network, server)
+    uplink_bytes: int
+    downlink_bytes: int
+    device_compute_mj: float | None
+    radio_mj: float | None
+    idle_mj: float | None
+    energy_mj: float | None
+    head_memory_bytes: int  # peak live activations while the head runs (inputs included)
+    head_weight_bytes: int
+
+
+class CrossingTensor(BaseModel):
+    name: str
+    shape: list[int]
+    dtype: str
+    nbytes: int  # as float32/int tensor in memory
+    payload_bytes: int  # after the codec, with its frame header
+
+
+class PlanEntry(BaseModel):
+    """One way to run the model: all on the device, all on the server, or split after a head."""
+
+    label: str
+    kind: Literal["all-device", "all-server", "split"]
+    position: int | None  # topological-prefix position, when the head is a prefix (0 = send the input tensor)
+    cut_index: int | None  # index among `edgesplit profile`'s candidate cuts, when it is one of them
+    after: str | None  # the last head node in topological order
+    head_nodes: list[str] | None  # the head, when it is not a topological prefix (found by the min-cut)
+    input_format: str | None  # for all-server: how the input is sent (uint8, png, jpeg, or the tensor)
+    crossing: list[CrossingTensor]
+    costs: Costs
+    objective: float
+    feasible: bool
+    violations: list[str]
+
+
+class SwitchRange(BaseModel):
+    """Uplink bandwidths in [low, high) Mbit/s for which ``label`` is the best plan."""
+
+    low_mbps: float
+    high_mbps: float
+    label: str
+    kind: str
+    position: int | None
+    cut_index: int | None
+    head_nodes: list[str] | None
+
+
+class MachineSummary(BaseModel):
+    spec: str
+    kind: str
+    model_ms: float
+    memory_bytes: int | None
+    active_w: float | None
+    idle_w: float | None
+    source: str
+
+
+class LinkSummary(BaseModel):
+    spec: str
+    uplink_mbps: float
+    downlink_mbps: float
+    rtt_ms: float
+    tx_w: float
+    rx_w: float
+    source: str
+
+
+class Constraints(BaseModel):
+    device_memory_bytes: int | None = None
+    max_uplink_bytes: int | None = None
+    max_ssim: float | None = None
+    max_probe_accuracy: float | None = None
+    leakage_file: str | None = None
+
+
+class PlanReport(BaseModel):
+    """Where to cut, predicted costs of every plan, and the bandwidth ranges where each is best."""
+
+    version: int = PLAN_VERSION
+    kind: Literal["edgesplit.plan"] = "edgesplit.plan"
+    model: str
+    model_ref: dict | None  # what rebuilds the model (zoo name or factory, input shape, weights file)
+    fingerprint: str
+    input_shape: list[int]
+    device: MachineSummary
+    server: MachineSummary
+    link: LinkSummary
+    codec: str
+    objective: str
+    constraints: Constraints
+    chosen: PlanEntry
+    all_device: PlanEntry
+    all_server: PlanEntry  # the best way to send the whole input
+    speedup_vs_all_device: float
+    speedup_vs_all_server: float
+    ranked: list[PlanEntry]
+    pareto: list[str]  # labels of plans no other plan beats on latency, energy and uplink bytes at once
+    switch_table: list[SwitchRange]
+    min_cut_agrees: bool  # the min-cut's best head costs the same as the best of all candidates under the objective
+    candidates: int
+    planner_ms: float
+
+
+def load_plan(path: str | Path) -> PlanReport:
+    """Read a plan JSON, refusing other kinds and versions with a clear message."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise EdgesplitError(f"plan {path} not found; make one with `edgesplit plan MODEL ... --json {path}`") from None
+    except (OSError, ValueError) as error:
+        raise EdgesplitError(f"plan {path} is not readable JSON ({error}); make it again") from None
+    if not isinstance(data, dict) or data.get("kind") != "edgesplit.plan":
+        raise EdgesplitError(f"{path} is not an edgesplit plan; make one with `edgesplit plan ... --json`")
+    if data.get("version") != PLAN_VERSION:
+        raise EdgesplitError(f"plan {path} has version {data.get('version')}, this edgesplit reads version "
+                             f"{PLAN_VERSION}; plan again with this edgesplit")
+    try:
+        return PlanReport.model_validate(data)
+    except ValidationError as error:
+        raise EdgesplitError(f"plan {path} is malformed ({error.error_count()} errors, first at "
+                             f"{error.errors()[0]['loc']}); plan again") from None
