@@ -16,7 +16,7 @@ import contextlib
 import hashlib
 import io
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -43,12 +43,17 @@ class TensorSpec:
 
 @dataclass(frozen=True)
 class Cut:
-    """A candidate cut: ``position`` compute nodes run on the device, ``crossing`` goes over the network."""
+    """A cut: the device runs the first ``position`` compute nodes, ``crossing`` goes over the network.
+
+    A cut from the list of candidates is a topological prefix. A cut the planner's min-cut found may put any
+    predecessor-closed set of nodes on the device: then ``head`` names them and ``index`` is -1.
+    """
 
     index: int
     position: int
     after: str
     crossing: tuple[TensorSpec, ...]
+    head: tuple[str, ...] | None = None
 
     @property
     def crossing_bytes(self) -> int:
@@ -91,6 +96,10 @@ class TracedModel:
         """Split at a candidate cut into head and tail modules that each run alone."""
         cut = key if isinstance(key, Cut) else self.cut(key)
         return split_at(self.graph_module, self.compute_nodes, cut)
+
+    def head_cut(self, head_nodes: Iterable[str]) -> Cut:
+        """The cut that puts exactly ``head_nodes`` (predecessor-closed) on the device; see :func:`cut_for_head`."""
+        return cut_for_head(self.graph_module, self.compute_nodes, self.cuts, head_nodes)
 
 
 def trace(model: torch.nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor]) -> TracedModel:
@@ -226,6 +235,42 @@ def _tensor_spec(node: fx.Node) -> TensorSpec | None:
                       numel * itemsize)
 
 
+def cut_for_head(graph_module: fx.GraphModule, compute_nodes: list[fx.Node], cuts: list[Cut],
+                 head_nodes: Iterable[str]) -> Cut:
+    """The cut that runs ``head_nodes`` on the device: the candidate cut where they are a prefix, else a new one.
+
+    Raises CutError when a name is unknown, when the set is not closed under predecessors (a node on the device
+    would need a value computed on the server), or when a value that would cross is not a tensor.
+    """
+    wanted = set(head_nodes)
+    by_name = {n.name: n for n in compute_nodes}
+    if unknown := sorted(wanted - by_name.keys()):
+        raise CutError(f"no compute node named {', '.join(unknown[:3])}; head nodes must be names from the graph")
+    head = [n for n in compute_nodes if n.name in wanted]
+    for node in head:
+        for producer in node.all_input_nodes:
+            if producer.op in COMPUTE_OPS and producer.name not in wanted:
+                raise CutError(f"head is not closed: {node.name} reads {producer.name}, which would run on the "
+                               "server; add it to the head")
+    if compute_nodes[:len(head)] == head:
+        candidate = next((c for c in cuts if c.position == len(head)), None)
+        if candidate is not None:
+            return candidate
+    return _closed_cut(graph_module, head)
+
+
+def _closed_cut(graph_module: fx.GraphModule, head: list[fx.Node]) -> Cut:
+    on_device = set(head) | {n for n in graph_module.graph.nodes if n.op == "placeholder"}
+    crossing = [n for n in graph_module.graph.nodes
+                if n in on_device and any(user not in on_device and user.op != "get_attr" for user in n.users)]
+    specs = [_tensor_spec(n) for n in crossing]
+    if any(spec is None for spec in specs):
+        bad = next(n.name for n, spec in zip(crossing, specs) if spec is None)
+        raise CutError(f"this head would send {bad}, which is not a tensor; choose a head that sends tensors only")
+    after = head[-1].name if head else "input"
+    return Cut(-1, len(head), after, tuple(specs), tuple(n.name for n in head))  # type: ignore[arg-type]
+
+
 def resolve_cut(cuts: list[Cut], key: int | str) -> Cut:
     """Look up a cut by index (an int or a numeric string) or by the name of its last head node."""
     if isinstance(key, str) and key.lstrip("-").isdigit():
@@ -253,8 +298,14 @@ def split_at(graph_module: fx.GraphModule, compute_nodes: list[fx.Node], cut: Cu
     crossing = [nodes_by_name[t.name] for t in cut.crossing]
     output_node = next(n for n in graph_module.graph.nodes if n.op == "output")
 
-    head = _subgraph_module(graph_module, placeholders, compute_nodes[:cut.position], tuple(crossing))
-    tail = _subgraph_module(graph_module, crossing, compute_nodes[cut.position:], _output_structure(graph_module, output_node))
+    if cut.head is None:
+        head_nodes, tail_nodes = compute_nodes[:cut.position], compute_nodes[cut.position:]
+    else:
+        on_device = set(cut.head)
+        head_nodes = [n for n in compute_nodes if n.name in on_device]
+        tail_nodes = [n for n in compute_nodes if n.name not in on_device]
+    head = _subgraph_module(graph_module, placeholders, head_nodes, tuple(crossing))
+    tail = _subgraph_module(graph_module, crossing, tail_nodes, _output_structure(graph_module, output_node))
     return Split(cut, head, tail)
 
 

@@ -11,11 +11,13 @@ import math
 import re
 from dataclasses import dataclass
 
+import numpy as np
+
 from ..errors import EdgesplitError
 from ..graph import TensorSpec
 from ..hardware import Link
 from .machines import Machine
-from .mincut import PlacementProblem
+from .mincut import FlowGraph, PlacementProblem
 from .payload import CastCodec, InputFormat
 from .schema import Costs, CrossingTensor
 from .workload import OUTPUT, Workload
@@ -70,13 +72,21 @@ def parse_objective(spec: str) -> Objective:
 
 @dataclass(frozen=True)
 class Candidate:
-    """A placement: the head's nodes (empty for all-server, all nodes for all-device) and how the input goes."""
+    """A placement: a topological-prefix ``position``, or a closed ``head`` of nodes, and how the input goes.
+
+    All-device is the prefix of every node (nothing crosses but the result is already on the device); all-server
+    is position 0, sending the input as the float tensor or, with ``input_format``, as pixels, PNG or JPEG.
+    """
 
     label: str
     kind: str  # "all-device", "all-server" or "split"
-    head: frozenset[str]
     position: int | None
+    head: frozenset[str] | None = None  # only for heads that are not prefixes
     input_format: InputFormat | None = None
+
+    def nodes(self, workload: Workload) -> frozenset[str]:
+        """The head's node names."""
+        return self.head if self.head is not None else workload.prefix(self.position)  # type: ignore[arg-type]
 
 
 @dataclass
@@ -96,16 +106,23 @@ class CostModel:
             return []
         return [CrossingTensor(name=t.name, shape=list(t.shape), dtype=t.dtype, nbytes=t.nbytes,
                                payload_bytes=self.codec.payload_bytes(t))
-                for t in self.workload.crossing(candidate.head)]
+                for t in self.crossing_tensors(candidate)]
+
+    def crossing_tensors(self, candidate: Candidate) -> list[TensorSpec]:
+        """The tensors a split sends: from the prefix cut's list, or worked out for a min-cut head."""
+        if candidate.head is None:
+            return list(self.workload.cut_at[candidate.position].crossing)  # type: ignore[index]
+        return self.workload.crossing(candidate.head)
 
     def evaluate(self, candidate: Candidate, link: Link | None = None) -> Costs:
         """Predicted costs of one inference under ``candidate`` (over ``link``, default the model's link)."""
         link = link or self.link
         workload, device, server = self.workload, self.device, self.server
         if candidate.kind == "all-device":
+            end = len(workload.nodes)
             return self._costs(device_ms=device.model_ms, encode_ms=0.0, uplink_bytes=0, decode_ms=0.0,
                                server_ms=0.0, downlink_bytes=0, link=link, networked=False,
-                               head=frozenset(workload.node_names))
+                               memory=(int(workload.prefix_peak_bytes[end]), int(workload.prefix_weight_bytes[end])))
         if candidate.kind == "all-server" and candidate.input_format is not None:
             fmt = candidate.input_format
             return self._costs(
@@ -113,18 +130,26 @@ class CostModel:
                 uplink_bytes=round(fmt.payload_bytes * self.batch),
                 decode_ms=fmt.decode_host_ms * self.batch * self.host_gb_s / server.memory_gb_s,
                 server_ms=server.model_ms, downlink_bytes=workload.output_bytes, link=link, networked=True,
-                head=frozenset())
-        tensors = workload.crossing(candidate.head)
+                memory=(workload.input_bytes, 0))
+        tensors = self.crossing_tensors(candidate)
+        if candidate.head is None:
+            position = candidate.position
+            device_ms = device.prefix_ms(position, workload)[0]  # type: ignore[arg-type]
+            server_ms = server.prefix_ms(position, workload)[1]  # type: ignore[arg-type]
+            memory = (int(workload.prefix_peak_bytes[position]), int(workload.prefix_weight_bytes[position]))
+        else:
+            head = candidate.head
+            device_ms, server_ms = device.head_ms(head, workload), server.tail_ms(head, workload)
+            memory = (workload.head_activation_bytes(head), workload.head_weight_bytes(head))
         return self._costs(
-            device_ms=device.head_ms(candidate.head, workload),
+            device_ms=device_ms,
             encode_ms=sum(device.stream_ms(self.codec.work_bytes(t)) for t in tensors),
             uplink_bytes=sum(self.codec.payload_bytes(t) for t in tensors),
             decode_ms=sum(server.stream_ms(self.codec.work_bytes(t)) for t in tensors),
-            server_ms=server.tail_ms(candidate.head, workload), downlink_bytes=workload.output_bytes, link=link,
-            networked=True, head=candidate.head)
+            server_ms=server_ms, downlink_bytes=workload.output_bytes, link=link, networked=True, memory=memory)
 
     def _costs(self, *, device_ms: float, encode_ms: float, uplink_bytes: int, decode_ms: float, server_ms: float,
-               downlink_bytes: int, link: Link, networked: bool, head: frozenset[str]) -> Costs:
+               downlink_bytes: int, link: Link, networked: bool, memory: tuple[int, int]) -> Costs:
         uplink_ms, downlink_ms = link.uplink_ms(uplink_bytes), link.downlink_ms(downlink_bytes)
         rtt_ms = link.rtt_ms if networked else 0.0
         latency = device_ms + encode_ms + uplink_ms + rtt_ms + decode_ms + server_ms + downlink_ms
@@ -141,11 +166,7 @@ class CostModel:
             throughput_fps=1e3 / max(stages) if max(stages) > 0 else math.inf,
             uplink_bytes=uplink_bytes, downlink_bytes=downlink_bytes, device_compute_mj=compute_mj,
             radio_mj=radio_mj, idle_mj=idle_mj, energy_mj=energy_mj,
-            head_memory_bytes=self.workload.head_activation_bytes(head) if head else self._input_memory(),
-            head_weight_bytes=self.workload.head_weight_bytes(head))
-
-    def _input_memory(self) -> int:
-        return self.workload.input_bytes
+            head_memory_bytes=memory[0], head_weight_bytes=memory[1])
 
     def placement_problem(self, objective: Objective, link: Link | None = None) -> PlacementProblem:
         """The min-cut problem whose cheapest closed head minimizes ``objective`` (an additive one)."""
@@ -169,6 +190,75 @@ class CostModel:
         return PlacementProblem(nodes=nodes, consumers=workload.consumers, device_cost=device_cost,
                                 server_cost=server_cost, transfer_cost=transfer_cost,
                                 on_device=frozenset(workload.inputs), on_server=frozenset({OUTPUT}))
+
+
+class TransferCosts:
+    """What sending each value costs under an additive objective, as arrays over a flow graph's transfer edges.
+
+    Encoding and decoding cost the same on any link; airtime scales with 1 / uplink bandwidth. So the transfer
+    costs of a whole bandwidth sweep come from two arrays, and the flow graph is compiled only once.
+    """
+
+    def __init__(self, model: CostModel, objective: Objective, graph: FlowGraph) -> None:
+        lw, ew = objective.latency_weight, objective.energy_weight
+        active, idle = (model.device.active_w or 0.0), (model.device.idle_w or 0.0)
+        fixed, payload = [], []
+        for value in graph.transfer_values:
+            spec = model.workload.tensors.get(value)
+            if spec is None:
+                fixed.append(math.inf)
+                payload.append(0.0)
+                continue
+            encode = model.device.stream_ms(model.codec.work_bytes(spec))
+            decode = model.server.stream_ms(model.codec.work_bytes(spec))
+            fixed.append(lw * (encode + decode) + ew * (active * encode + idle * decode))
+            payload.append(float(model.codec.payload_bytes(spec)))
+        self.fixed, self.payload = np.array(fixed), np.array(payload)
+        self.latency_weight, self.energy_weight = lw, ew
+
+    def at(self, link: Link) -> np.ndarray:
+        """Transfer cost of every transfer edge over ``link``."""
+        airtime = self.payload * 8 / (link.uplink_mbps * 1e6) * 1e3
+        return self.fixed + (self.latency_weight + self.energy_weight * link.tx_w) * airtime
+
+
+class LinkSweep:
+    """The objective of many plans at many uplink bandwidths at once, the link's other figures kept.
+
+    Only the transfer times, the radio energy and the idle wait depend on the link; every other part of each
+    plan's costs is fixed, so the whole (bandwidth × plan) table is a few array operations.
+    """
+
+    def __init__(self, plans: list[Costs], objective: Objective, device: Machine, link: Link) -> None:
+        def column(name: str) -> np.ndarray:
+            return np.array([getattr(c, name) or 0.0 for c in plans], dtype=float)
+
+        self.objective, self.link = objective, link
+        self.device_stage = column("device_ms") + column("encode_ms")
+        self.server_stage = column("decode_ms") + column("server_ms")
+        self.uplink_bits = column("uplink_bytes") * 8
+        self.downlink_bits = column("downlink_bytes") * 8
+        self.networked = np.array([bool(c.rtt_ms or c.uplink_bytes) for c in plans])
+        self.compute_mj = column("device_compute_mj")
+        self.active_w, self.idle_w = device.active_w or 0.0, device.idle_w or 0.0
+        self.knows_power = device.knows_power
+
+    def values(self, uplink_mbps: np.ndarray | float) -> np.ndarray:
+        """The objective of every plan (columns) at every uplink bandwidth (rows)."""
+        up = np.atleast_1d(np.asarray(uplink_mbps, dtype=float))[:, None]
+        down = up * (self.link.downlink_mbps / self.link.uplink_mbps)
+        uplink_ms = self.uplink_bits / (up * 1e3)
+        downlink_ms = self.downlink_bits / (down * 1e3)
+        rtt_ms = np.where(self.networked, self.link.rtt_ms, 0.0)
+        if self.objective.name == "throughput":
+            return np.maximum(np.maximum(self.device_stage, np.maximum(uplink_ms, downlink_ms)), self.server_stage)
+        latency = self.device_stage + uplink_ms + rtt_ms + self.server_stage + downlink_ms
+        value = self.objective.latency_weight * latency
+        if self.objective.energy_weight:
+            energy = (self.compute_mj + self.link.tx_w * uplink_ms + self.link.rx_w * downlink_ms
+                      + self.idle_w * (rtt_ms + self.server_stage))
+            value = value + self.objective.energy_weight * energy
+        return value
 
 
 def at_link(costs: Costs, link: Link, device: Machine) -> Costs:

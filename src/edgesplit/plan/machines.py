@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+import numpy as np
 
 from ..hardware import ComputePreset, HardwareError, MachineSpec, parse_machine
 from ..profile import DeviceProfile, device_profile, load_device_profile, memory_bandwidth_gb_s
@@ -26,6 +28,17 @@ class Machine:
     active_w: float | None = None
     idle_w: float | None = None
     source: str = ""
+    _cumulative_ms: np.ndarray | None = field(default=None, repr=False)
+
+    def prefix_ms(self, position: int, workload: Workload) -> tuple[float, float]:
+        """Head and tail time of the prefix cut at ``position``: measured where there is one, else node sums."""
+        if self._cumulative_ms is None:
+            self._cumulative_ms = np.concatenate([[0.0], np.cumsum([self.node_ms[n] for n in workload.node_names])])
+        summed_head = float(self._cumulative_ms[position])
+        summed_tail = float(self._cumulative_ms[-1] - self._cumulative_ms[position])
+        head = self.prefix_head_ms.get(position, summed_head) if self.prefix_head_ms else summed_head
+        tail = self.prefix_tail_ms.get(position, summed_tail) if self.prefix_tail_ms else summed_tail
+        return head, tail
 
     def head_ms(self, head: frozenset[str], workload: Workload) -> float:
         """Time to run ``head``: the measured prefix head where there is one, else the sum of its nodes."""

@@ -21,10 +21,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import networkx as nx
+import numpy as np
 
-SOURCE, SINK = "__device__", "__server__"
-# networkx's flow algorithms are exact on integers; costs are scaled to integer units of 1e-9 of their unit.
-_SCALE = 1e9
 
 
 @dataclass
@@ -58,47 +56,236 @@ class PlacementProblem:
                    for reader in readers if reader in head)
 
 
-def min_cost_head(problem: PlacementProblem) -> tuple[float, frozenset[str]]:
+METHODS = ("scipy", "networkx")
+_FINITE_TOTAL = 5 * 10**8  # finite capacities are scaled to integers that add up to this
+_INFINITY = 2**30  # > 2 × _FINITE_TOTAL, and _INFINITY + _FINITE_TOTAL < 2**31
+
+
+def min_cost_head(problem: PlacementProblem, method: str = "scipy") -> tuple[float, frozenset[str]]:
     """The cheapest closed head and its cost, by one s–t minimum cut."""
-    graph = flow_network(problem)
-    _, (source_side, _) = nx.minimum_cut(graph, SOURCE, SINK)
-    nodes = set(problem.nodes)
-    head = frozenset(v for v in source_side if v in nodes)
-    return problem.cost(head), head
+    return FlowGraph(problem).solve(method=method)
 
 
-def flow_network(problem: PlacementProblem) -> nx.DiGraph:
-    """The flow network whose minimum s–t cut is the cheapest closed head (edges without capacity are infinite)."""
-    graph = nx.DiGraph()
-    graph.add_nodes_from((SOURCE, SINK, *problem.nodes))
+class FlowGraph:
+    """The flow network of a placement problem, compiled once into edge arrays; only capacities change per solve.
 
-    def finite(u: str, v: str, cost: float) -> None:
-        if math.isinf(cost):
-            graph.add_edge(u, v)
-        elif cost > 0:
-            graph.add_edge(u, v, capacity=round(cost * _SCALE))
+    Vertices are the problem's nodes (0..n-1), the source (n), the sink (n+1) and one auxiliary vertex per value
+    with several readers. Edges fall in four groups: device edges ``v → sink`` (capacity ``device_cost[v]``),
+    server edges ``source → v`` (``server_cost[v]``), transfer edges ``value → reader or auxiliary``
+    (``transfer_cost[value]``), and infinite edges (auxiliary → reader, reader → value, and the pinned nodes).
+    """
 
-    for node in problem.nodes:
-        if node in problem.on_device:
-            graph.add_edge(SOURCE, node)
-        elif node in problem.on_server:
-            graph.add_edge(node, SINK)
-        finite(node, SINK, problem.device_cost.get(node, 0.0))
-        finite(SOURCE, node, problem.server_cost.get(node, 0.0))
-    for value, readers in problem.consumers.items():
-        if not readers:
-            continue
-        transfer = problem.transfer_cost.get(value, math.inf)
-        if len(readers) == 1:
-            finite(value, readers[0], transfer)
+    def __init__(self, problem: PlacementProblem) -> None:
+        self.problem = problem
+        self.names = list(problem.nodes)
+        index = {name: i for i, name in enumerate(self.names)}
+        n = len(self.names)
+        self.source, self.sink = n, n + 1
+        vertices = n + 2
+        transfer_tail, transfer_head, transfer_value = [], [], []
+        inf_tail, inf_head = [], []
+        for value, readers in problem.consumers.items():
+            readers = [index[r] for r in readers]
+            if not readers:
+                continue
+            v = index[value]
+            if len(readers) == 1:
+                transfer_tail.append(v)
+                transfer_head.append(readers[0])
+            else:
+                auxiliary, vertices = vertices, vertices + 1  # the value in flight: paid once for all readers
+                transfer_tail.append(v)
+                transfer_head.append(auxiliary)
+                inf_tail += [auxiliary] * len(readers)
+                inf_head += readers
+            inf_tail += readers  # a reader on the device needs its producer there too
+            inf_head += [v] * len(readers)
+        for name in problem.on_device:
+            inf_tail.append(self.source)
+            inf_head.append(index[name])
+        for name in problem.on_server:
+            inf_tail.append(index[name])
+            inf_head.append(self.sink)
+        self.vertices = vertices
+        self._auxiliary_of = {t: h for t, h in zip(transfer_tail, transfer_head) if h >= n + 2}
+        self.transfer_values = [self.names[v] for v in transfer_tail]
+        nodes = np.arange(n)
+        self._tails = np.concatenate([nodes, np.full(n, self.source), transfer_tail, inf_tail]).astype(np.int64)
+        self._heads = np.concatenate([np.full(n, self.sink), nodes, transfer_head, inf_head]).astype(np.int64)
+        self._finite = 2 * n + len(transfer_tail)
+        self.device_cost = np.array([problem.device_cost.get(v, 0.0) for v in self.names], dtype=float)
+        self.server_cost = np.array([problem.server_cost.get(v, 0.0) for v in self.names], dtype=float)
+        self.transfer_cost = np.array([problem.transfer_cost.get(v, math.inf) for v in self.transfer_values],
+                                      dtype=float)
+
+    def solve(self, transfer_cost: np.ndarray | None = None, method: str = "scipy") -> tuple[float, frozenset[str]]:
+        """The cheapest closed head and its cost, with ``transfer_cost`` (one per transfer edge) if given."""
+        transfer = self.transfer_cost if transfer_cost is None else transfer_cost
+        costs = np.concatenate([self.device_cost, self.server_cost, transfer])
+        if method == "scipy":
+            source_side = self._source_side_scipy(costs)
+        elif method == "networkx":
+            source_side = self._source_side_networkx(costs)
         else:
-            auxiliary = f"{value}→"  # the value in flight: paid once however many readers are on the server
-            finite(value, auxiliary, transfer)
-            for reader in readers:
-                graph.add_edge(auxiliary, reader)
-        for reader in readers:
-            graph.add_edge(reader, value)  # infinite: a reader on the device needs its producer there too
-    return graph
+            raise ValueError(f"unknown min-cut method {method!r}; use one of {', '.join(METHODS)}")
+        head = frozenset(self.names[v] for v in source_side if v < len(self.names))
+        return self.cost(head, costs), head
+
+    def cost(self, head: frozenset[str], costs: np.ndarray) -> float:
+        """What ``head`` costs: the finite edges from its side to the other (infinite if it is not closed)."""
+        n = len(self.names)
+        on_device = np.zeros(self.vertices, dtype=bool)
+        on_device[[i for i, name in enumerate(self.names) if name in head]] = True
+        on_device[self.source] = True
+        # an auxiliary vertex sits on the device side exactly when none of its readers is on the server
+        tails, heads = self._tails, self._heads
+        from_auxiliary = tails >= n + 2
+        on_device[n + 2:] = True
+        np.logical_and.at(on_device, tails[from_auxiliary], on_device[heads[from_auxiliary]])
+        crossing = on_device[tails] & ~on_device[heads]
+        if crossing[self._finite:].any():
+            return math.inf
+        return float(costs[crossing[:self._finite]].sum())
+
+    def _integer_capacities(self, costs: np.ndarray) -> tuple[np.ndarray, int]:
+        """Costs scaled to integers whose sum is at most 1e9, and a capacity that stands for infinity."""
+        finite = np.isfinite(costs)
+        total = float(costs[finite].sum())
+        scale = _FINITE_TOTAL / total if total > 0 else 1.0
+        # More than all finite edges together, even less any flow, so never in a minimum cut; and small enough
+        # that a residual capacity (capacity plus the flow the other way) still fits in scipy's int32.
+        infinity = _INFINITY
+        scaled = np.where(finite, np.rint(np.where(finite, costs, 0.0) * scale), infinity)
+        return scaled.astype(np.int64), infinity
+
+    def _forward_edges(self) -> tuple[list[int], list[list[int]], list[list[int]], list[list[int]]]:
+        """Vertices in topological order, and each vertex's edges that lead forward in it: out, in, from source."""
+        if not hasattr(self, "_forward"):
+            n = len(self.names)
+            order = []
+            for v in range(n):
+                order.append(v)
+                if v in self._auxiliary_of:
+                    order.append(self._auxiliary_of[v])
+            rank = {v: i for i, v in enumerate(order)}
+            rank[self.source], rank[self.sink] = -1, len(order)
+            out_edges: list[list[int]] = [[] for _ in range(self.vertices)]
+            in_edges: list[list[int]] = [[] for _ in range(self.vertices)]
+            for e, (u, v) in enumerate(zip(self._tails.tolist(), self._heads.tolist())):
+                if rank[u] < rank[v] and u != self.source:
+                    out_edges[u].append(e)
+                    in_edges[v].append(e)
+            heads = self._heads.tolist()
+            for edges in out_edges:  # the sink first: flow that ends at a vertex travels no further
+                edges.sort(key=lambda e: heads[e] != self.sink)
+            supplies: list[list[int]] = [[] for _ in range(self.vertices)]
+            for e, (u, v) in enumerate(zip(self._tails.tolist(), heads)):
+                if u == self.source:
+                    supplies[v].append(e)
+            self._heads_list, self._tails_list = heads, self._tails.tolist()
+            self._forward = (order, out_edges, in_edges, supplies)
+        return self._forward
+
+    def _greedy_flow(self, capacity: list[int]) -> list[int]:
+        """A feasible flow found in one pass down the topological order: a warm start for the max-flow solver.
+
+        Each vertex passes on what reaches it (drawing on its source edge as needed): to the sink first, then
+        down its other forward edges up to their capacity. What a vertex cannot pass on is sent back up its
+        incoming edges in a second, reverse pass, so the flow is conserved. On deep networks this does most of
+        the work that Dinic's algorithm would need one phase per path length for.
+        """
+        order, out_edges, in_edges, supplies = self._forward_edges()
+        heads, tails = self._heads_list, self._tails_list
+        flow = [0] * len(capacity)
+        inflow = [0] * self.vertices
+        stuck = [0] * self.vertices
+        for v in order:
+            arrived = inflow[v]
+            available = arrived + sum([capacity[e] for e in supplies[v]]) if supplies[v] else arrived
+            sent = 0
+            for e in out_edges[v]:
+                if available == sent:
+                    break
+                amount = capacity[e]
+                if amount > available - sent:
+                    amount = available - sent
+                if amount > 0:
+                    flow[e] = amount
+                    sent += amount
+                    inflow[heads[e]] += amount
+            drawn = sent - arrived
+            for e in supplies[v]:
+                flow[e] = min(capacity[e], drawn) if drawn > 0 else 0
+                drawn -= flow[e]
+            if arrived > sent:
+                stuck[v] = arrived - sent
+        for v in reversed(order):
+            if not stuck[v]:
+                continue
+            for e in in_edges[v] + supplies[v]:  # flow back to producers, and to the source last
+                back = min(flow[e], stuck[v])
+                flow[e] -= back
+                stuck[v] -= back
+                stuck[tails[e]] += back
+                if stuck[v] == 0:
+                    break
+        return flow
+
+    def _csr_pattern(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The flow graph's sparsity pattern with every reverse edge, built once: rows, columns, indptr, slots.
+
+        With the reverse edges present (capacity 0 where absent), scipy's flow matrix has this same pattern, so
+        residual capacities are one array subtraction. ``slots`` maps each edge (forward, then reverse) to its
+        entry, adding up parallel edges.
+        """
+        if not hasattr(self, "_pattern"):
+            size = self.vertices
+            tails = np.concatenate([self._tails, self._heads])
+            heads = np.concatenate([self._heads, self._tails])
+            keys, slots = np.unique(tails * size + heads, return_inverse=True)
+            rows, columns = keys // size, keys % size
+            indptr = np.searchsorted(rows, np.arange(size + 1)).astype(np.int32)
+            self._pattern = (rows, columns.astype(np.int32), indptr, slots)
+        return self._pattern
+
+    def _source_side_scipy(self, costs: np.ndarray) -> np.ndarray:
+        from scipy.sparse import csr_array
+        from scipy.sparse.csgraph import breadth_first_order, maximum_flow
+
+        rows, columns, indptr, slots = self._csr_pattern()
+        scaled, infinity = self._integer_capacities(costs)
+        capacity = np.concatenate([scaled, np.full(len(self._tails) - self._finite, infinity)])
+        start = np.array(self._greedy_flow(capacity.tolist()), dtype=np.int64)
+        # the residual network of the warm start: forward edges keep what is left, reverse edges what was sent
+        capacity = np.concatenate([capacity - start, start])
+        summed = np.bincount(slots, weights=capacity, minlength=len(columns))  # float64: exact below 2**53
+        data = np.minimum(summed, infinity).astype(np.int32)
+        shape = (self.vertices, self.vertices)
+        flow = maximum_flow(csr_array((data, columns, indptr), shape=shape), self.source, self.sink).flow
+        if not (np.array_equal(flow.indptr, indptr) and np.array_equal(flow.indices, columns)):
+            flow = csr_array(flow)  # a scipy that orders its result differently: align it the slow way
+            flow_data = np.asarray(flow[rows, columns]).ravel()
+        else:
+            flow_data = flow.data
+        open_edges = data.astype(np.int64) - flow_data > 0
+        residual = csr_array((np.ones(int(open_edges.sum()), dtype=np.int8), columns[open_edges],
+                              np.searchsorted(rows[open_edges], np.arange(self.vertices + 1)).astype(np.int32)),
+                             shape=shape)
+        return breadth_first_order(residual, self.source, directed=True, return_predecessors=False)
+
+    def _source_side_networkx(self, costs: np.ndarray) -> list[int]:
+        scaled, _ = self._integer_capacities(costs)
+        graph = nx.DiGraph()
+        graph.add_nodes_from(range(self.vertices))
+        for i, (u, v) in enumerate(zip(self._tails.tolist(), self._heads.tolist())):
+            if i >= self._finite or scaled[i] >= 2**30:
+                graph.add_edge(u, v)
+                graph[u][v].pop("capacity", None)  # no capacity attribute: infinite
+            elif scaled[i] > 0:
+                previous = graph.get_edge_data(u, v, {}).get("capacity", 0)
+                graph.add_edge(u, v, capacity=previous + int(scaled[i]))
+        _, (source_side, _) = nx.minimum_cut(graph, self.source, self.sink)
+        return list(source_side)
 
 
 def closed_heads(problem: PlacementProblem) -> Iterable[frozenset[str]]:

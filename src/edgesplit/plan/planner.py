@@ -18,14 +18,14 @@ import numpy as np
 from ..errors import EdgesplitError
 from ..hardware import Link
 from ..privacy.leakage import LeakageTable
-from .costs import Candidate, CostModel, Objective, at_link
-from .mincut import min_cost_head
+from .costs import Candidate, CostModel, LinkSweep, Objective, TransferCosts
+from .mincut import FlowGraph
 from .payload import InputFormat
 from .schema import Constraints, Costs, LinkSummary, MachineSummary, PlanEntry, PlanReport, SwitchRange
 
 SWEEP_MBPS = (0.1, 1000.0)
 _SWEEP_POINTS = 161  # 40 per decade: then each boundary is refined by bisection
-_MINCUT_POINTS = 41  # min-cut solves across the sweep, refined where neighbouring solutions differ
+_MINCUT_POINTS = 9  # min-cut solves across the sweep (2 per decade), refined where neighbours differ
 
 
 class PlanError(EdgesplitError):
@@ -39,26 +39,23 @@ class Scored:
     violations: list[str]
 
 
-def candidates(model: CostModel, objective: Objective, formats: list[InputFormat]) -> list[Candidate]:
+def candidates(model: CostModel, objective: Objective, formats: list[InputFormat],
+               method: str = "scipy") -> list[Candidate]:
     """All-device, all-server in each input format, every prefix cut, and the min-cut's heads across bandwidths."""
     workload = model.workload
-    found = [Candidate("all on device", "all-device", frozenset(workload.node_names), len(workload.nodes))]
-    found += [Candidate(f"all on server ({fmt.name} input)", "all-server", frozenset(), 0, fmt) for fmt in formats]
-    by_position = {cut.position: cut for cut in workload.prefix_cuts}
-    for position, cut in sorted(by_position.items()):
-        if position == len(workload.nodes):
+    found = [Candidate("all on device", "all-device", len(workload.nodes))]
+    found += [Candidate(f"all on server ({fmt.name} input)", "all-server", 0, input_format=fmt) for fmt in formats]
+    for cut in workload.prefix_cuts:
+        if cut.position == len(workload.nodes):
             continue  # computing everything and then shipping the result adds nothing to all-device
-        if position == 0:
-            found.append(Candidate("all on server (fp32 tensor)", "all-server", frozenset(), 0))
+        if cut.position == 0:
+            found.append(Candidate("all on server (fp32 tensor)", "all-server", 0))
         else:
-            found.append(Candidate(f"cut {cut.index} after {cut.after}", "split", workload.prefix(position), position))
+            found.append(Candidate(f"cut {cut.index} after {cut.after}", "split", cut.position))
     if objective.additive:
-        known = {c.head for c in found}
-        for head in min_cut_heads(model, objective):
-            if head not in known:
-                known.add(head)
-                position = workload.position_of_prefix(head)
-                found.append(Candidate(_min_cut_label(model, head), "split", head, position))
+        for head in sorted(min_cut_heads(model, objective, method), key=len):
+            if workload.position_of_prefix(head) is None:  # prefixes are candidates already
+                found.append(Candidate(_min_cut_label(model, head), "split", None, head=head))
     return found
 
 
@@ -67,12 +64,17 @@ def _min_cut_label(model: CostModel, head: frozenset[str]) -> str:
     return f"min-cut head of {len(head)} nodes, sends {'+'.join(names)}"
 
 
-def min_cut_heads(model: CostModel, objective: Objective) -> set[frozenset[str]]:
-    """The optimal closed heads at the link's bandwidth and across the sweep, refined where they change."""
+def min_cut_heads(model: CostModel, objective: Objective, method: str = "scipy") -> set[frozenset[str]]:
+    """The optimal closed heads at the link's bandwidth and across the sweep, refined where they change.
+
+    The flow graph is compiled once; each solve changes only the transfer capacities (see TransferCosts).
+    """
+    graph = FlowGraph(model.placement_problem(objective))
+    transfer = TransferCosts(model, objective, graph)
     inputs = frozenset(model.workload.inputs)
 
     def solve(mbps: float) -> frozenset[str]:
-        _, head = min_cost_head(model.placement_problem(objective, model.link.at_uplink(mbps)))
+        _, head = graph.solve(transfer.at(model.link.at_uplink(mbps)), method=method)
         return head - inputs
 
     heads = {solve(model.link.uplink_mbps)}
@@ -80,7 +82,7 @@ def min_cut_heads(model: CostModel, objective: Objective) -> set[frozenset[str]]
     solutions = [solve(b) for b in grid]
     heads.update(solutions)
     for (low, low_head), (high, high_head) in zip(zip(grid, solutions), zip(grid[1:], solutions[1:])):
-        _refine(solve, low, low_head, high, high_head, heads, depth=6)
+        _refine(solve, low, low_head, high, high_head, heads, depth=4)
     return heads
 
 
@@ -142,14 +144,15 @@ def _mb(nbytes: float) -> str:
 
 def make_plan(model: CostModel, objective: Objective, *, formats: list[InputFormat], constraints: Constraints,
               leakage: LeakageTable | None = None, model_name: str, model_ref: dict | None, device_spec: str,
-              server_spec: str, link_spec: str, codec_name: str, input_shape: list[int]) -> PlanReport:
+              server_spec: str, link_spec: str, codec_name: str, input_shape: list[int],
+              method: str = "scipy") -> PlanReport:
     """Rank every candidate under ``objective``, pick the best allowed one, and build the switch table."""
     if objective.needs_power and not model.device.knows_power:
         raise EdgesplitError(f"objective {objective.name} needs the device's power figures, which a measured profile "
                              f"lacks; borrow them from a preset, e.g. --device {device_spec}@rpi4")
     started = time.perf_counter()
     scored = []
-    for candidate in candidates(model, objective, formats):
+    for candidate in candidates(model, objective, formats, method):
         costs = model.evaluate(candidate)
         scored.append(Scored(candidate, costs, violations(model, candidate, costs, constraints, leakage)))
     allowed = [s for s in scored if not s.violations]
@@ -164,13 +167,10 @@ def make_plan(model: CostModel, objective: Objective, *, formats: list[InputForm
     min_cut_agrees = True
     if objective.additive:
         problem = model.placement_problem(objective)
-        best_cost, _ = min_cost_head(problem)
-        inputs = frozenset(model.workload.inputs)
-        # every candidate's head (all-device's as "compute everything, then ship the result") under the same costs
-        scan_best = min(problem.cost(s.candidate.head | inputs) for s in scored)
-        min_cut_agrees = math.isclose(best_cost, scan_best, rel_tol=1e-9, abs_tol=1e-9)
+        best_cost, _ = FlowGraph(problem).solve(method=method)
+        min_cut_agrees = best_cost <= min(_problem_costs(model, problem, scored)) * (1 + 1e-6) + 1e-9
 
-    table = switch_table(model, objective, allowed)
+    table = switch_table(model, objective, [s for s in ranked if not s.violations])
     entry = lambda s: _entry(model, objective, s)  # noqa: E731
     return PlanReport(
         model=model_name, model_ref=model_ref, fingerprint=model.workload.fingerprint, input_shape=input_shape,
@@ -202,17 +202,36 @@ def _nothing_fits(scored: list[Scored]) -> str:
             f"{'; '.join(nearest.violations)}; relax one of them")
 
 
+def _problem_costs(model: CostModel, problem, scored: list[Scored]) -> list[float]:  # noqa: ANN001
+    """Each candidate's cost in the min-cut's terms (prefixes by running sums, other heads directly)."""
+    workload = model.workload
+    device = np.concatenate([[0.0], np.cumsum([problem.device_cost.get(n, 0.0) for n in workload.node_names])])
+    server = np.concatenate([[0.0], np.cumsum([problem.server_cost.get(n, 0.0) for n in workload.node_names])])
+    costs = []
+    for s in scored:
+        candidate = s.candidate
+        if candidate.head is not None:
+            costs.append(problem.cost(candidate.head | frozenset(workload.inputs)))
+        elif (cut := workload.cut_at.get(candidate.position)) is not None:  # type: ignore[arg-type]
+            sent = sum(problem.transfer_cost.get(t.name, math.inf) for t in cut.crossing)
+            p = candidate.position
+            costs.append(float(device[p] + server[-1] - server[p] + sent))
+    return costs
+
+
 def _entry(model: CostModel, objective: Objective, scored: Scored) -> PlanEntry:
     candidate, workload = scored.candidate, model.workload
-    cut = next((c for c in workload.prefix_cuts if c.position == candidate.position), None)
-    prefix = candidate.position is not None
-    after = None
-    if candidate.head:
-        after = [n for n in workload.node_names if n in candidate.head][-1]
+    head_nodes = after = cut_index = None
+    if candidate.head is not None:
+        head_nodes = sorted(candidate.head, key=workload._position.__getitem__)
+        after = head_nodes[-1] if head_nodes else None
+    else:
+        after = workload.nodes[candidate.position - 1].name if candidate.position else None
+        cut = workload.cut_at.get(candidate.position)  # type: ignore[arg-type]
+        cut_index = cut.index if cut is not None and candidate.kind != "all-device" else None
     return PlanEntry(
         label=candidate.label, kind=candidate.kind, position=candidate.position,  # type: ignore[arg-type]
-        cut_index=cut.index if cut is not None and candidate.kind != "all-device" else None, after=after,
-        head_nodes=None if prefix else sorted(candidate.head, key=workload.node_names.index),
+        cut_index=cut_index, after=after, head_nodes=head_nodes,
         input_format=(candidate.input_format.name if candidate.input_format else
                       ("tensor" if candidate.kind == "all-server" else None)),
         crossing=model.crossing(candidate), costs=scored.costs, objective=objective.value(scored.costs),
@@ -220,59 +239,61 @@ def _entry(model: CostModel, objective: Objective, scored: Scored) -> PlanEntry:
 
 
 def pareto_front(allowed: list[Scored]) -> list[str]:
-    """Labels of plans that no other plan matches or beats on latency, device energy and uplink bytes at once."""
-    def point(s: Scored) -> tuple[float, float, float]:
-        energy = s.costs.energy_mj if s.costs.energy_mj is not None else 0.0
-        return (s.costs.latency_ms, energy, float(s.costs.uplink_bytes))
+    """Labels of plans that no other plan matches or beats on latency, device energy and uplink bytes at once.
 
-    points = [point(s) for s in allowed]
-    front = []
-    for s, p in zip(allowed, points):
-        dominated = any(all(a <= b for a, b in zip(q, p)) and q != p for q in points)
-        if not dominated and s.candidate.label not in front:
-            front.append(s.candidate.label)
-    order = {label: point(s) for s, label in ((s, s.candidate.label) for s in allowed)}
-    return sorted(front, key=lambda label: order[label][0])
+    In lexicographic order a plan can only be dominated by one before it, and then by one on the front
+    (dominance is transitive), so one pass that checks each plan against the front so far finds it.
+    """
+    def point(s: Scored) -> tuple[float, float, float]:
+        return (s.costs.latency_ms, s.costs.energy_mj if s.costs.energy_mj is not None else 0.0,
+                float(s.costs.uplink_bytes))
+
+    front: list[tuple[tuple[float, float, float], str]] = []
+    for p, label in sorted((point(s), s.candidate.label) for s in allowed):
+        if not any(all(a <= b for a, b in zip(q, p)) for q, _ in front):
+            front.append((p, label))
+    return [label for _, label in front]
 
 
 def switch_table(model: CostModel, objective: Objective, allowed: list[Scored],
                  sweep: tuple[float, float] = SWEEP_MBPS) -> list[SwitchRange]:
-    """Uplink bandwidth ranges over the sweep in which each allowed plan is the best under ``objective``."""
+    """Uplink bandwidth ranges over the sweep in which each allowed plan is the best under ``objective``.
 
-    def best(mbps: float) -> Scored:
-        link = model.link.at_uplink(mbps)
-        return min(allowed, key=lambda s: (objective.value(at_link(s.costs, link, model.device)), s.costs.latency_ms))
+    ``allowed`` is in rank order, so that of two plans equally good at some bandwidth the better-ranked wins.
+    """
+    values = LinkSweep([s.costs for s in allowed], objective, model.device, model.link).values
 
-    grid = list(np.geomspace(*sweep, _SWEEP_POINTS))
-    winners = [best(b) for b in grid]
-    boundaries: list[tuple[float, Scored]] = [(grid[0], winners[0])]
+    def best(mbps: float) -> int:
+        return int(np.argmin(values(mbps)[0]))
+
+    grid = np.geomspace(*sweep, _SWEEP_POINTS)
+    winners = np.argmin(values(grid), axis=1).tolist()
+    boundaries: list[tuple[float, int]] = [(float(grid[0]), winners[0])]
     for (low, low_best), (high, high_best) in zip(zip(grid, winners), zip(grid[1:], winners[1:])):
-        if high_best is not low_best:
-            boundaries.extend(_crossings(best, low, low_best, high, high_best))
-    ranges = []
-    for (start, scored), (end, _) in zip(boundaries, [*boundaries[1:], (sweep[1], None)]):
-        if ranges and ranges[-1][2] is scored:
+        if high_best != low_best:
+            boundaries.extend(_crossings(best, float(low), low_best, float(high), high_best))
+    ranges: list[list] = []
+    for (start, winner), (end, _) in zip(boundaries, [*boundaries[1:], (sweep[1], None)]):
+        if ranges and ranges[-1][2] == winner:
             ranges[-1][1] = end
         else:
-            ranges.append([start, end, scored])
-    workload = model.workload
-    return [SwitchRange(low_mbps=_round(low), high_mbps=_round(high), label=s.candidate.label, kind=s.candidate.kind,
-                        position=s.candidate.position,
-                        cut_index=next((c.index for c in workload.prefix_cuts if c.position == s.candidate.position
-                                        and s.candidate.kind != "all-device"), None),
-                        head_nodes=None if s.candidate.position is not None
-                        else sorted(s.candidate.head, key=workload.node_names.index))
-            for low, high, s in ranges]
+            ranges.append([start, end, winner])
+    table = []
+    for low, high, winner in ranges:
+        entry = _entry(model, objective, allowed[winner])
+        table.append(SwitchRange(low_mbps=_round(low), high_mbps=_round(high), label=entry.label, kind=entry.kind,
+                                 position=entry.position, cut_index=entry.cut_index, head_nodes=entry.head_nodes))
+    return table
 
 
-def _crossings(best, low: float, low_best: Scored, high: float, high_best: Scored) -> list[tuple[float, Scored]]:  # noqa: ANN001
+def _crossings(best, low: float, low_best: int, high: float, high_best: int) -> list[tuple[float, int]]:  # noqa: ANN001
     """Where the winner changes between two grid points, by bisection in log-bandwidth (to 0.01%)."""
     while high / low > 1.0001:
         middle = math.sqrt(low * high)
         winner = best(middle)
-        if winner is low_best:
+        if winner == low_best:
             low = middle
-        elif winner is high_best:
+        elif winner == high_best:
             high = middle
         else:  # a third plan wins in between: split the interval at it
             return [*_crossings(best, low, low_best, middle, winner), *_crossings(best, middle, winner, high, high_best)]

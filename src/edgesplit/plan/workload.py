@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import cached_property
+
+import numpy as np
 
 import torch
 from torch import fx
@@ -49,13 +52,13 @@ class Workload:
     def node_names(self) -> list[str]:
         return [node.name for node in self.nodes]
 
-    @property
+    @cached_property
     def output_bytes(self) -> int:
         """Bytes of the model's result, which the server sends back to the device."""
         return sum(self.tensors[v].nbytes for v, readers in self.consumers.items()  # type: ignore[union-attr]
                    if OUTPUT in readers and self.tensors.get(v) is not None)
 
-    @property
+    @cached_property
     def input_bytes(self) -> int:
         return sum(self.tensors[v].nbytes for v in self.inputs)  # type: ignore[union-attr]
 
@@ -70,6 +73,47 @@ class Workload:
     def position_of_prefix(self, head: frozenset[str]) -> int | None:
         """The position if ``head`` is the first ``len(head)`` nodes in topological order, else None."""
         return len(head) if all(self._position[name] < len(head) for name in head) else None
+
+    @cached_property
+    def cut_at(self) -> dict[int, Cut]:
+        """The candidate prefix cuts by position."""
+        return {cut.position: cut for cut in self.prefix_cuts}
+
+    @cached_property
+    def prefix_peak_bytes(self) -> np.ndarray:
+        """``[p]``: peak live activation bytes of the head of the first ``p`` nodes (for every p, in one pass).
+
+        While the first ``p`` nodes run, a value is freed after its last reader exactly as when all nodes run
+        (a value read at or after ``p`` stays live to the end of the head either way), so each prefix's peak is
+        the running maximum of the whole model's live-bytes curve.
+        """
+        end = len(self.nodes)
+        freed_after: dict[int, int] = {}
+        for value, readers in self.consumers.items():
+            last = max((end if r == OUTPUT else self._position[r] for r in readers), default=-1)
+            if value in self._position and last == -1:
+                last = self._position[value]  # read by nobody: freed right after it is made
+            freed_after[last] = freed_after.get(last, 0) + self._bytes(value)
+        live = sum(self._bytes(v) for v in self.inputs)
+        peaks = [live]
+        for position, node in enumerate(self.nodes):
+            live += self._bytes(node.name)
+            peaks.append(max(peaks[-1], live))
+            live -= freed_after.get(position, 0)
+        return np.array(peaks, dtype=np.int64)
+
+    @cached_property
+    def prefix_weight_bytes(self) -> np.ndarray:
+        """``[p]``: bytes of the parameters the first ``p`` nodes read, each counted once."""
+        seen: set[str] = set()
+        total, sums = 0, [0]
+        for node in self.nodes:
+            for key, nbytes in node.params.items():
+                if key not in seen:
+                    seen.add(key)
+                    total += nbytes
+            sums.append(total)
+        return np.array(sums, dtype=np.int64)
 
     def crossing(self, head: frozenset[str]) -> list[TensorSpec]:
         """Values the device holds that the server reads (the output counts as read by the server)."""
@@ -106,6 +150,34 @@ class Workload:
     def _bytes(self, value: str) -> int:
         spec = self.tensors.get(value)
         return spec.nbytes if spec is not None else 0
+
+
+def prefix_cuts(nodes: list[str], inputs: list[str], consumers: dict[str, list[str]],
+                tensors: dict[str, TensorSpec | None]) -> list[Cut]:
+    """Every topological-prefix cut whose crossing values are all tensors, by one sweep over the nodes.
+
+    A value crosses prefix ``p`` when it is produced before ``p`` (inputs at -1) and read at or after ``p``;
+    the sweep adds each value where it is produced and drops it after its last reader, O(nodes + edges).
+    """
+    position = {name: i for i, name in enumerate(nodes)}
+    end = len(nodes)
+    drop_at: dict[int, list[str]] = {}
+    for value, readers in consumers.items():
+        if readers:
+            last = max(end if r == OUTPUT else position[r] for r in readers)
+            drop_at.setdefault(last, []).append(value)
+    live: dict[str, None] = dict.fromkeys(v for v in inputs if consumers.get(v))
+    cuts: list[Cut] = []
+    for p in range(end + 1):
+        if p > 0:
+            for value in drop_at.get(p - 1, ()):
+                live.pop(value, None)
+            if consumers.get(nodes[p - 1]):
+                live[nodes[p - 1]] = None
+        specs = [tensors.get(v) for v in live]
+        if all(spec is not None for spec in specs):
+            cuts.append(Cut(len(cuts), p, "input" if p == 0 else nodes[p - 1], tuple(specs)))  # type: ignore[arg-type]
+    return cuts
 
 
 def workload_of(traced: TracedModel, name: str = "model") -> Workload:
