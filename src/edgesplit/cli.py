@@ -88,6 +88,69 @@ def split(model: ModelArg, cut: Annotated[str, typer.Option(help="cut index, or 
 
 
 @app.command()
+def plan(model: ModelArg, input_shape: InputShape = None, weights: Weights = None,
+         device: Annotated[str, typer.Option(help="preset (rpi4, jetson-nano, phone-npu, mcu), host, or a device "
+                                                  "profile PATH.json; /F or *F scales it, @PRESET adds power")] = "rpi4",
+         server: Annotated[str, typer.Option(help="as --device (edge-gpu is the server preset)")] = "edge-gpu",
+         link: Annotated[str, typer.Option(help="3g, lte, 5g, wifi, ethernet, with overrides (lte:up=2,rtt=80), "
+                                                "or custom:up=MBPS,down=MBPS,rtt=MS,tx=W,rx=W")] = "wifi",
+         codec: Annotated[str, typer.Option(help="how features cross: fp32, fp16 or bf16")] = "fp32",
+         objective: Annotated[str, typer.Option(help="latency, energy, throughput or weighted:L,E")] = "latency",
+         samples: Annotated[Optional[str], typer.Option(help="images to cost sending the input as PNG/JPEG: photos "
+                                                   "(bundled), a data set spec, or a folder of images "
+                                                   "[default: photos for colour inputs, digits for gray]")] = None,
+         jpeg_quality: Annotated[int, typer.Option(min=1, max=95)] = 90,
+         device_memory: Annotated[Optional[str], typer.Option(help="device memory for the head, e.g. 64MB "
+                                                                   "(default: the device preset's)")] = None,
+         max_bytes: Annotated[Optional[str], typer.Option(help="most bytes sent per inference, e.g. 20KB")] = None,
+         leakage: Annotated[Optional[Path], typer.Option(help="per-cut leakage table (JSON from `edgesplit audit`)")] = None,
+         max_ssim: Annotated[Optional[float], typer.Option(help="highest reconstruction SSIM allowed (needs --leakage)")] = None,
+         max_probe_acc: Annotated[Optional[float], typer.Option(help="highest label-probe accuracy allowed (needs --leakage)")] = None,
+         pareto: Annotated[bool, typer.Option("--pareto", help="also show the latency–energy–bytes Pareto front")] = False,
+         top: Annotated[int, typer.Option(min=1, help="ranked plans to show")] = 10,
+         runs: Annotated[int, typer.Option(min=1, help="timed runs per node when profiling this host")] = 10,
+         json_out: JsonOut = None,
+         plot: Annotated[Optional[Path], typer.Option(help="write latency vs bandwidth (PNG)")] = None,
+         quiet: Quiet = False) -> None:
+    """Choose where to cut MODEL for a device, a server and a link: ranked plans, speed-ups, switch table."""
+    from .data import sample_images
+    from .hardware import parse_size
+    from .plan import Constraints, plan_model
+    from .privacy.leakage import load_leakage
+    from .views import pareto_view, plan_table, switch_table_view
+
+    if (max_ssim is not None or max_probe_acc is not None) and leakage is None:
+        raise EdgesplitError("--max-ssim and --max-probe-acc need the audit's leakage table: add --leakage FILE")
+    loaded = load_model(model, input_shape=input_shape, weights=weights)
+    traced = trace(loaded.module, loaded.example_input)
+    shape = tuple(loaded.example_input.shape)
+    images = None
+    if len(shape) == 4 and shape[1] in (1, 3):
+        images = sample_images(samples or ("photos" if shape[1] == 3 else "digits"), shape[1:])
+    constraints = Constraints(
+        device_memory_bytes=parse_size(device_memory) if device_memory else None,
+        max_uplink_bytes=parse_size(max_bytes) if max_bytes else None,
+        max_ssim=max_ssim, max_probe_accuracy=max_probe_acc, leakage_file=str(leakage) if leakage else None)
+    table = load_leakage(leakage, traced.fingerprint) if leakage else None
+    report = plan_model(traced, device=device, server=server, link=link, codec=codec, objective=objective,
+                        samples=images, jpeg_quality=jpeg_quality, constraints=constraints, leakage=table,
+                        name=model, model_ref=loaded.ref.to_json(), host_runs=runs, progress=not quiet)
+    out.print(plan_table(report, top))
+    chosen = report.chosen
+    out.print(f"[bold]chosen:[/] {chosen.label} — {chosen.costs.latency_ms:.3g} ms per inference, "
+              f"{report.speedup_vs_all_device:.2f}× all-device, {report.speedup_vs_all_server:.2f}× all-server "
+              f"({report.all_server.label}); {report.candidates} plans costed in {report.planner_ms:.0f} ms; "
+              f"min-cut {'agrees with' if report.min_cut_agrees else 'DISAGREES with'} the scan")
+    out.print(switch_table_view(report))
+    if pareto:
+        out.print(pareto_view(report))
+    write_json(json_out, report)
+    if plot:
+        from .plots import plot_plan
+        out.print(f"plot written to {plot_plan(report, plot)}")
+
+
+@app.command()
 def train(model: ModelArg,
           out_path: Annotated[Path, typer.Option("--out", help="where to write the weights (.safetensors)")],
           data: Annotated[str, typer.Option(help="digits | mnist:DIR | fashion-mnist:DIR | idx:DIR | folder:DIR")] = "digits",

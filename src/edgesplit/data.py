@@ -13,6 +13,7 @@ import math
 import re
 import struct
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -442,3 +443,51 @@ def load_dataset(spec: str, *, image_size: int | None = None, limit: int | None 
     else:
         ds = _load_idx(directory, "mnist" if kind == "mnist" else directory.resolve().name, DIGIT_CLASSES, limit)
     return _resize(ds, image_size) if image_size else ds
+
+
+def sample_images(spec: str, shape: Sequence[int], limit: int = 16) -> torch.Tensor:
+    """Up to ``limit`` images shaped ``shape`` (C×H×W) from a data set spec or a flat folder of image files.
+
+    ``photos`` names the two photographs scikit-learn bundles (cut into ``limit`` square crops), the default
+    for colour inputs: PNG and JPEG sizes of upscaled 8×8 digits would flatter sending the input.
+
+    For costing the input itself (raw, PNG, JPEG): images are resized to H×W (square sizes only, as the
+    loaders resize) and their channels matched to C (gray repeated, colour averaged).
+    """
+    channels, height, width = (int(s) for s in shape)
+    if height != width:
+        raise DataError(f"sample images are resized to squares; the model's input is {height}×{width}")
+    if spec.strip().lower() == "photos":
+        return _bundled_photo_crops(channels, height, limit)
+    directory = Path(spec).expanduser()
+    if directory.is_dir() and not _class_dirs(directory) and not _has_idx_files(directory):
+        files = _image_files(directory)[:limit]
+        if not files:
+            raise DataError(f"folder {directory} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+        arrays = [_read_image(f, height)[0] for f in files]
+        images = torch.stack([torch.from_numpy(a.copy()).float().div(255).reshape(height, width, -1).permute(2, 0, 1)
+                              for a in arrays if a.ndim == 3] +
+                             [torch.from_numpy(a.copy()).float().div(255)[None].expand(3, -1, -1)
+                              for a in arrays if a.ndim == 2])
+    else:
+        images = load_dataset(spec, image_size=height, limit=limit).test_images[:limit]
+    if images.shape[1] != channels:
+        images = images.mean(1, keepdim=True) if channels == 1 else images.mean(1, keepdim=True).expand(-1, channels, -1, -1)
+    return images.contiguous()
+
+
+def _bundled_photo_crops(channels: int, size: int, count: int) -> torch.Tensor:
+    """Square crops of scikit-learn's two bundled photographs (427×640), resized to ``size``, at fixed places."""
+    from sklearn.datasets import load_sample_images
+
+    photos = [torch.from_numpy(p).permute(2, 0, 1).float().div(255) for p in load_sample_images().images]
+    crops = []
+    side = 256
+    for i in range(count):
+        photo = photos[i % 2]
+        top = (i * 53) % (photo.shape[1] - side)
+        left = (i * 97) % (photo.shape[2] - side)
+        crop = photo[:, top:top + side, left:left + side][None]
+        crops.append(F.interpolate(crop, size=(size, size), mode="bilinear", align_corners=False, antialias=True)[0])
+    images = torch.stack(crops).clamp(0, 1)
+    return images.mean(1, keepdim=True) if channels == 1 else images

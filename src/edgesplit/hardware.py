@@ -197,6 +197,22 @@ def parse_link(spec: str) -> Link:
     return replace(base, name=label, **values)
 
 
+_SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
+               "t": 10**12, "tb": 10**12, "ki": 2**10, "kib": 2**10, "mi": 2**20, "mib": 2**20, "gi": 2**30,
+               "gib": 2**30, "ti": 2**40, "tib": 2**40}
+
+
+def parse_size(text: str) -> int:
+    """Bytes from ``4096``, ``64KB``, ``1.5MiB``, ``2G`` (decimal units, and binary with ``i``)."""
+    match = _SIZE.match(text)
+    unit = (match.group(2) or "").lower() if match else ""
+    if not match or unit not in _SIZE_UNITS or float(match.group(1)) <= 0:
+        raise HardwareError(f"cannot read size '{text}'; write a positive number of bytes with an optional unit, "
+                            "e.g. 512KB, 64MiB or 1.5GB")
+    return int(float(match.group(1)) * _SIZE_UNITS[unit])
+
+
 # --- machine specs --------------------------------------------------------------------------------------
 
 

@@ -11,6 +11,8 @@ import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
 
 from .profile import ProfileReport  # noqa: E402
 
+_SPLIT_LINES = 40  # thin lines for at most this many split plans, best-ranked first
+
 
 def plot_profile(report: ProfileReport, path: str | Path) -> Path:
     """Crossing bytes (log scale) and cumulative head latency against cut index, with the input size marked."""
@@ -45,6 +47,51 @@ def plot_profile(report: ProfileReport, path: str | Path) -> Path:
     machine = report.machine
     bytes_axis.set_title(f"{report.model.name}: {report.model.macs / 1e6:.1f} M MACs, {len(cuts)} cuts — "
                          f"{machine.cpu_model}, {machine.threads} threads", fontsize=10)
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+    return path
+
+
+def plot_plan(report, path: str | Path) -> Path:  # noqa: ANN001 - PlanReport (imported lazily)
+    """End-to-end latency against uplink bandwidth (log-log): all-device, all-server, each cut, the chosen envelope."""
+    import numpy as np
+
+    from .plan.costs import LinkSweep, parse_objective
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    bandwidth = np.geomspace(report.switch_table[0].low_mbps, report.switch_table[-1].high_mbps, 400)
+    entries = report.ranked
+    latency = LinkSweep([e.costs for e in entries], parse_objective("latency"), report.link).values(bandwidth)
+    figure, axis = plt.subplots(figsize=(10, 5.8), dpi=120)
+    splits = [i for i, e in enumerate(entries) if e.kind == "split"][:_SPLIT_LINES]
+    for n, i in enumerate(splits):
+        axis.plot(bandwidth, latency[:, i], color="#8c8c8c", linewidth=0.6, alpha=0.5,
+                  label=f"split plans ({len(splits)} best shown)" if n == 0 else None)
+    palette = ["#4c72b0", "#55a868", "#8172b2", "#64b5cd"]
+    servers = [i for i, e in enumerate(entries) if e.kind == "all-server"]
+    for colour, i in zip(palette, servers):
+        axis.plot(bandwidth, latency[:, i], color=colour, linewidth=1.8, label=entries[i].label)
+    device = next(i for i, e in enumerate(entries) if e.kind == "all-device")
+    axis.plot(bandwidth, latency[:, device], color="#dd8452", linewidth=2, linestyle="--", label="all on device")
+    allowed = [i for i, e in enumerate(entries) if e.feasible]
+    objective_values = LinkSweep([entries[i].costs for i in allowed], parse_objective(report.objective),
+                                 report.link, report.device.idle_w).values(bandwidth)
+    best = np.array(allowed)[np.argmin(objective_values, axis=1)]
+    axis.plot(bandwidth, latency[np.arange(len(bandwidth)), best], color="black", linewidth=2.6, alpha=0.85,
+              label=f"chosen plan at each bandwidth ({report.objective})")
+    axis.axvline(report.link.uplink_mbps, color="#c44e52", linestyle=":", linewidth=1.5)
+    axis.scatter([report.link.uplink_mbps], [report.chosen.costs.latency_ms], color="#c44e52", zorder=5, s=40,
+                 label=f"{report.link.spec} uplink {report.link.uplink_mbps:g} Mbit/s: {report.chosen.label}")
+    axis.set_xscale("log")
+    axis.set_yscale("log")
+    axis.set_xlabel("uplink bandwidth (Mbit/s)")
+    axis.set_ylabel("end-to-end latency per inference (ms)")
+    axis.grid(True, which="major", alpha=0.3)
+    axis.set_title(f"{report.model}: {report.device.spec} → {report.server.spec}, RTT {report.link.rtt_ms:g} ms, "
+                   f"codec {report.codec}", fontsize=10)
+    axis.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2, fontsize=8, frameon=False)
     figure.tight_layout()
     figure.savefig(path)
     plt.close(figure)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from rich.table import Table
 
 from .artifact import SplitRecord
+from .plan.schema import PlanEntry, PlanReport
 from .profile import ProfileReport
 from .zoo import ZooEntry
 
@@ -69,4 +70,64 @@ def zoo_table(entries: list[ZooEntry], params: dict[str, int]) -> Table:
     for entry in entries:
         table.add_row(entry.name, ",".join(map(str, entry.input_shape)), human_count(params[entry.name]),
                       entry.description)
+    return table
+
+
+def _ms(value: float) -> str:
+    return f"{value:.3g}" if value < 100 else f"{value:.0f}"
+
+
+def plan_table(report: PlanReport, top: int = 10) -> Table:
+    """The ``top`` ranked plans (and always all-device and all-server) with their latency and energy breakdown."""
+    chosen = report.chosen
+    table = Table(caption="codec ms: encode on the device + decode on the server; ×device, ×server: speed-up over "
+                          "all-device and the best all-server plan",
+                  title=f"{report.model} on {report.device.spec} → {report.link.spec} "
+                        f"({report.link.uplink_mbps:g}/{report.link.downlink_mbps:g} Mbit/s, {report.link.rtt_ms:g} ms) "
+                        f"→ {report.server.spec}; codec {report.codec}; objective {report.objective}")
+    columns = ("#", "plan", "device ms", "codec ms", "uplink ms", "RTT", "server ms", "down ms", "latency ms",
+               "energy mJ", "sent", "×device", "×server", "status")
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("plan", "status") else "right", overflow="fold",
+                         min_width=18 if column == "plan" else None)
+    shown = report.ranked[:top]
+    for extra in (report.all_device, report.all_server):
+        if all(entry.label != extra.label for entry in shown):
+            shown.append(extra)
+    rank = {entry.label: i + 1 for i, entry in enumerate(report.ranked)}
+    for entry in shown:
+        costs = entry.costs
+        style = "bold green" if entry.label == chosen.label else ("dim" if not entry.feasible else None)
+        table.add_row(str(rank[entry.label]), entry.label, _ms(costs.device_ms), _ms(costs.encode_ms + costs.decode_ms),
+                      _ms(costs.uplink_ms), _ms(costs.rtt_ms), _ms(costs.server_ms),
+                      _ms(costs.downlink_ms), _ms(costs.latency_ms),
+                      "" if costs.energy_mj is None else _ms(costs.energy_mj), human_bytes(costs.uplink_bytes),
+                      f"{report.all_device.costs.latency_ms / costs.latency_ms:.2f}×",
+                      f"{report.all_server.costs.latency_ms / costs.latency_ms:.2f}×",
+                      "chosen" if entry.label == chosen.label else ("ok" if entry.feasible else
+                                                                    "; ".join(entry.violations)), style=style)
+    return table
+
+
+def switch_table_view(report: PlanReport) -> Table:
+    """The uplink bandwidth ranges in which each plan is best: what the runtime switches on."""
+    table = Table(title=f"switch table ({report.objective}, uplink {report.switch_table[0].low_mbps:g}–"
+                        f"{report.switch_table[-1].high_mbps:g} Mbit/s; RTT and downlink ratio of {report.link.spec})")
+    for column in ("from Mbit/s", "to Mbit/s", "best plan"):
+        table.add_column(column, justify="left" if column == "best plan" else "right")
+    for entry in report.switch_table:
+        table.add_row(f"{entry.low_mbps:g}", f"{entry.high_mbps:g}", entry.label)
+    return table
+
+
+def pareto_view(report: PlanReport) -> Table:
+    """The plans no other plan beats on latency, device energy and bytes sent at once."""
+    table = Table(title="Pareto front: latency vs device energy vs bytes sent")
+    for column in ("plan", "latency ms", "energy mJ", "sent"):
+        table.add_column(column, justify="left" if column == "plan" else "right")
+    by_label: dict[str, PlanEntry] = {entry.label: entry for entry in report.ranked}
+    for label in report.pareto:
+        costs = by_label[label].costs
+        table.add_row(label, _ms(costs.latency_ms), "" if costs.energy_mj is None else _ms(costs.energy_mj),
+                      human_bytes(costs.uplink_bytes))
     return table

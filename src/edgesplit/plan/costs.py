@@ -229,7 +229,7 @@ class LinkSweep:
     plan's costs is fixed, so the whole (bandwidth × plan) table is a few array operations.
     """
 
-    def __init__(self, plans: list[Costs], objective: Objective, device: Machine, link: Link) -> None:
+    def __init__(self, plans: list[Costs], objective: Objective, link: Link, idle_w: float | None = None) -> None:
         def column(name: str) -> np.ndarray:
             return np.array([getattr(c, name) or 0.0 for c in plans], dtype=float)
 
@@ -240,8 +240,7 @@ class LinkSweep:
         self.downlink_bits = column("downlink_bytes") * 8
         self.networked = np.array([bool(c.rtt_ms or c.uplink_bytes) for c in plans])
         self.compute_mj = column("device_compute_mj")
-        self.active_w, self.idle_w = device.active_w or 0.0, device.idle_w or 0.0
-        self.knows_power = device.knows_power
+        self.idle_w = idle_w or 0.0
 
     def values(self, uplink_mbps: np.ndarray | float) -> np.ndarray:
         """The objective of every plan (columns) at every uplink bandwidth (rows)."""

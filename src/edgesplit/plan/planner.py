@@ -261,7 +261,7 @@ def switch_table(model: CostModel, objective: Objective, allowed: list[Scored],
 
     ``allowed`` is in rank order, so that of two plans equally good at some bandwidth the better-ranked wins.
     """
-    values = LinkSweep([s.costs for s in allowed], objective, model.device, model.link).values
+    values = LinkSweep([s.costs for s in allowed], objective, model.link, model.device.idle_w).values
 
     def best(mbps: float) -> int:
         return int(np.argmin(values(mbps)[0]))
