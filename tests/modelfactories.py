@@ -78,3 +78,23 @@ class UnknownOp(nn.Module):
 
 def not_a_model() -> str:
     return "not a module"
+
+
+class ParameterBranch(nn.Module):
+    """A branch that reads only a parameter comes first in topological order, then a strided conv of the input.
+
+    On a slow link the best head runs the conv on the device (it shrinks the input 48×) and leaves the parameter
+    branch to the server: a predecessor-closed head that is not a topological prefix.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bias = nn.Parameter(torch.linspace(-1.0, 1.0, 10))
+        self.reduce = nn.Conv2d(3, 4, 4, stride=4)
+        self.hidden = nn.Linear(4 * 16 * 16, 4096)
+        self.fc = nn.Linear(4096, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        offset = torch.tanh(self.bias * 2.0)
+        features = torch.relu(self.reduce(x)).flatten(1)
+        return self.fc(torch.relu(self.hidden(features))) + offset

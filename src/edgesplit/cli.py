@@ -114,11 +114,14 @@ def plan(model: ModelArg, input_shape: InputShape = None, weights: Weights = Non
          quiet: Quiet = False) -> None:
     """Choose where to cut MODEL for a device, a server and a link: ranked plans, speed-ups, switch table."""
     from .data import sample_images
-    from .hardware import parse_size
-    from .plan import Constraints, plan_model
+    from .hardware import parse_link, parse_machine, parse_size
+    from .plan import Constraints, parse_codec, parse_objective, plan_model
     from .privacy.leakage import load_leakage
     from .views import pareto_view, plan_table, switch_table_view
 
+    for check, spec in ((parse_machine, device), (parse_machine, server), (parse_link, link), (parse_codec, codec),
+                        (parse_objective, objective)):
+        check(spec)  # every spec is checked before the slow work starts
     if (max_ssim is not None or max_probe_acc is not None) and leakage is None:
         raise EdgesplitError("--max-ssim and --max-probe-acc need the audit's leakage table: add --leakage FILE")
     loaded = load_model(model, input_shape=input_shape, weights=weights)

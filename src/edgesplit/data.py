@@ -480,7 +480,7 @@ def _bundled_photo_crops(channels: int, size: int, count: int) -> torch.Tensor:
     """Square crops of scikit-learn's two bundled photographs (427×640), resized to ``size``, at fixed places."""
     from sklearn.datasets import load_sample_images
 
-    photos = [torch.from_numpy(p).permute(2, 0, 1).float().div(255) for p in load_sample_images().images]
+    photos = [torch.from_numpy(np.array(p)).permute(2, 0, 1).float().div(255) for p in load_sample_images().images]
     crops = []
     side = 256
     for i in range(count):

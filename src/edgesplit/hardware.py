@@ -216,7 +216,7 @@ def parse_size(text: str) -> int:
 # --- machine specs --------------------------------------------------------------------------------------
 
 
-_MACHINE_SPEC = re.compile(r"^(?P<base>[^@*/]+?)(?:(?P<op>[*/])(?P<factor>[0-9.]+(?:e-?[0-9]+)?))?"
+_MACHINE_SPEC = re.compile(r"^(?P<base>[^@]+?)(?:(?P<op>[*/])(?P<factor>[0-9.]+(?:e-?[0-9]+)?))?"
                            r"(?:@(?P<borrow>[A-Za-z0-9_-]+))?$")
 
 
