@@ -1,0 +1,118 @@
+"""How long does planning take on big graphs? Synthetic residual networks of 100, 1,000 and 10,000 nodes.
+
+Side by side in one run, on the same flow graphs:
+  min-cut, scipy     one s–t minimum cut with edgesplit's solver (greedy warm start + scipy's Dinic, in C)
+  min-cut, networkx  the same cut with networkx's preflow-push (pure Python): the baseline
+  decide             what answers "where to cut at this link": one min-cut + costing every prefix cut
+  full plan          everything `edgesplit plan` does after profiling: the min-cut sweep over 0.1–1000 Mbit/s,
+                     every candidate costed, constraints, Pareto front and the switch table
+
+Timings are medians of --repeats runs (networkx at 10,000 nodes once: it takes tens of seconds).
+Issue 3's target: under 50 ms for 1,000 nodes.
+
+    python bench/plan_speed.py [--sizes 100,1000,10000] [--repeats 5] [--json OUT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from edgesplit.hardware import LINKS, PRESETS
+from edgesplit.plan.costs import CostModel, TransferCosts, parse_objective
+from edgesplit.plan.machines import preset_machine
+from edgesplit.plan.mincut import FlowGraph
+from edgesplit.plan.payload import parse_codec
+from edgesplit.plan.planner import make_plan
+from edgesplit.plan.costs import Candidate
+from edgesplit.plan.schema import Constraints
+from edgesplit.plan.synthetic import synthetic_workload
+from edgesplit.profile import machine_info
+
+RESULTS = Path(__file__).parent / "results"
+OBJECTIVE = parse_objective("latency")
+
+
+def median_ms(action, repeats: int) -> float:  # noqa: ANN001
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        action()
+        samples.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(samples)
+
+
+def cost_model(size: int) -> CostModel:
+    workload = synthetic_workload(size)
+    return CostModel(workload, preset_machine(PRESETS["rpi4"], workload), preset_machine(PRESETS["edge-gpu"], workload),
+                     LINKS["wifi"], parse_codec("fp32"), host_gb_s=10.0)
+
+
+def decide(model: CostModel) -> None:
+    """The decision at the link's bandwidth: the min-cut's head and the chain scan over every prefix."""
+    FlowGraph(model.placement_problem(OBJECTIVE)).solve()
+    for cut in model.workload.prefix_cuts:
+        model.evaluate(Candidate("cut", "split", cut.position))
+
+
+def full_plan(model: CostModel) -> None:
+    make_plan(model, OBJECTIVE, formats=[], constraints=Constraints(), model_name=model.workload.name,
+              model_ref=None, device_spec="rpi4", server_spec="edge-gpu", link_spec="wifi", codec_name="fp32",
+              input_shape=[1, 3, 224, 224])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="100,1000,10000")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--json", type=Path, default=RESULTS / "plan_speed.json")
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    rows = []
+    with Progress() as progress:
+        task = progress.add_task("planning synthetic graphs", total=len(sizes))
+        for size in sizes:
+            model = cost_model(size)
+            graph = FlowGraph(model.placement_problem(OBJECTIVE))
+            costs = TransferCosts(model, OBJECTIVE, graph).at(model.link)
+            graph.solve(costs)  # compile the flow graph's arrays once, as the planner does
+            scipy_ms = median_ms(lambda: graph.solve(costs, method="scipy"), args.repeats)
+            networkx_ms = median_ms(lambda: graph.solve(costs, method="networkx"), 1 if size > 2000 else args.repeats)
+            same = graph.solve(costs, method="scipy")[1] == graph.solve(costs, method="networkx")[1]
+            decide_ms = median_ms(lambda: decide(cost_model(size)), args.repeats)
+            full_ms = median_ms(lambda: full_plan(cost_model(size)), max(1, args.repeats // 2))
+            build_ms = median_ms(lambda: cost_model(size), args.repeats)  # not planning: subtracted below
+            rows.append({"nodes": size, "flow_vertices": graph.vertices, "flow_edges": len(graph._tails),
+                         "mincut_scipy_ms": scipy_ms, "mincut_networkx_ms": networkx_ms,
+                         "networkx_over_scipy": networkx_ms / scipy_ms, "same_head": same,
+                         "decide_ms": decide_ms - build_ms, "full_plan_ms": full_ms - build_ms})
+            progress.advance(task)
+
+    table = Table(title="planner time (ms, median) on synthetic residual networks — rpi4 → wifi → edge-gpu")
+    for column in ("nodes", "flow edges", "min-cut scipy", "min-cut networkx", "networkx / scipy", "same head",
+                   "decide (min-cut + chain scan)", "full plan (sweep + switch table)"):
+        table.add_column(column, justify="right")
+    for row in rows:
+        table.add_row(f"{row['nodes']:,}", f"{row['flow_edges']:,}", f"{row['mincut_scipy_ms']:.1f}",
+                      f"{row['mincut_networkx_ms']:.0f}", f"{row['networkx_over_scipy']:.0f}×", str(row["same_head"]),
+                      f"{row['decide_ms']:.1f}", f"{row['full_plan_ms']:.0f}")
+    Console(width=180).print(table)
+    at_1000 = next((r for r in rows if r["nodes"] == 1000), None)
+    if at_1000:
+        print(f"target < 50 ms at 1,000 nodes: decide {at_1000['decide_ms']:.1f} ms "
+              f"({'met' if at_1000['decide_ms'] < 50 else 'missed'}), full plan {at_1000['full_plan_ms']:.0f} ms "
+              f"({'met' if at_1000['full_plan_ms'] < 50 else 'missed'})")
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps({"machine": machine_info().model_dump(), "rows": rows}, indent=2))
+    print(f"written to {args.json}")
+
+
+if __name__ == "__main__":
+    main()
