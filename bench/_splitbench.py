@@ -94,6 +94,16 @@ def prepare(name: str, size: int | None, *, host_runs: int, workdir: Path, progr
                     time.perf_counter() - started)
 
 
+def add_measurement_arguments(parser) -> None:  # noqa: ANN001 - argparse.ArgumentParser
+    """The options both planner benchmarks share: the emulated device, torch threads, the kind of link."""
+    parser.add_argument("--device-slowdown", type=float, default=4.0,
+                        help="the device is this host slowed F× (planner: PROFILE.json/F; measured device times ×F)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (1: with 2 threads on 2 shared cores, any other busy process stalls "
+                             "every op at OpenMP barriers, up to 100x)")
+    parser.add_argument("--paced", action="store_true", help="use the paced loopback link instead of netns + tbf")
+
+
 def device_spec(prepared: Prepared, slowdown: float) -> str:
     return prepared.profile_file.name + (f"/{slowdown:g}" if slowdown != 1 else "")
 

@@ -34,7 +34,7 @@ from edgesplit.profile import machine_info
 from edgesplit.progress import progress_bar
 from edgesplit.views import human_bytes
 
-from _splitbench import (RESULTS, PlanRun, Prepared, bucket_bytes, device_spec, link_note, make_link, measure_rtt_ms,
+from _splitbench import (RESULTS, add_measurement_arguments, PlanRun, Prepared, bucket_bytes, device_spec, link_note, make_link, measure_rtt_ms,
                          plan_at, predicted_parts, prepare, relative, shapes_text, short_label)
 
 TARGET_MEDIAN, TARGET_MAX = 0.10, 0.25
@@ -124,12 +124,7 @@ def main() -> None:
     parser.add_argument("--rates", default="1,10,100", help="link rates in Mbit/s, both ways")
     parser.add_argument("--rounds", type=int, default=7, help="timed samples of each plan (median)")
     parser.add_argument("--host-runs", type=int, default=10, help="profiling rounds for the planner")
-    parser.add_argument("--device-slowdown", type=float, default=4.0,
-                        help="the device is this host slowed F× (planner: PROFILE.json/F; measured device times ×F)")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads (1: with 2 threads on 2 shared cores, any other busy process stalls "
-                             "every op at OpenMP barriers, up to 100x)")
-    parser.add_argument("--paced", action="store_true", help="use the paced loopback link instead of netns + tbf")
+    add_measurement_arguments(parser)
     parser.add_argument("--quick", action="store_true",
                         help="about a minute: small_cnn, resnet8, hybrid_vit; 3 rounds; 3 profiling rounds")
     parser.add_argument("--json", type=Path, default=RESULTS / "plan_accuracy.json")

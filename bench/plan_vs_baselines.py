@@ -37,7 +37,7 @@ from rich.table import Table
 from edgesplit.profile import machine_info
 from edgesplit.progress import progress_bar
 
-from _splitbench import (RESULTS, PlanRun, Prepared, device_spec, link_note, make_link, measure_rtt_ms, plan_at,
+from _splitbench import (RESULTS, add_measurement_arguments, PlanRun, Prepared, device_spec, link_note, make_link, measure_rtt_ms, plan_at,
                          predicted_parts, prepare, short_label)
 
 STRATEGIES = ("edgesplit", "all-device", "all-server PNG", "Neurosurgeon")
@@ -129,12 +129,7 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=3, help="also measure the K best-predicted plans at each rate")
     parser.add_argument("--rounds", type=int, default=5, help="timed samples of each plan (median)")
     parser.add_argument("--host-runs", type=int, default=3, help="profiling rounds for the planner")
-    parser.add_argument("--device-slowdown", type=float, default=4.0,
-                        help="the device is this host slowed F× (planner: PROFILE.json/F; measured device times ×F)")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads (1: with 2 threads on 2 shared cores, any other busy process stalls "
-                             "every op at OpenMP barriers, up to 100x)")
-    parser.add_argument("--paced", action="store_true", help="use the paced loopback link instead of netns + tbf")
+    add_measurement_arguments(parser)
     parser.add_argument("--quick", action="store_true",
                         help="about a minute: resnet8 at 64×64, rates 0.5,2,10,50; 3 rounds; 3 profiling rounds")
     parser.add_argument("--json", type=Path, default=RESULTS / "plan_vs_baselines.json")

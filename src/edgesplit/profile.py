@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ValidationError, computed_field
+from pydantic import BaseModel, computed_field
 from torch import fx
 from torch.fx.passes.shape_prop import TensorMetadata
 from torch.profiler import ProfilerActivity
@@ -44,9 +44,9 @@ from torch.utils import benchmark
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode, flop_registry, sdpa_flop_count
 
-from .errors import EdgesplitError
 from .graph import COMPUTE_OPS, Split, TracedModel, node_kind
 from .progress import progress_bar
+from .versioned import read_versioned
 
 aten = torch.ops.aten
 PROFILE_VERSION = 1
@@ -427,25 +427,9 @@ def device_profile(report: ProfileReport, name: str) -> DeviceProfile:
 
 def load_device_profile(path: str | Path) -> DeviceProfile:
     """Read a device profile JSON, refusing other kinds and versions with a clear message."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise EdgesplitError(f"device profile {path} not found; make one with "
-                             "`edgesplit profile MODEL --save-device NAME.json` on that device") from None
-    except (OSError, ValueError) as error:
-        raise EdgesplitError(f"device profile {path} is not readable JSON ({error}); make it again") from None
-    if not isinstance(data, dict) or data.get("kind") != "edgesplit.device-profile":
-        raise EdgesplitError(f"{path} is not an edgesplit device profile; make one with "
-                             "`edgesplit profile MODEL --save-device NAME.json`")
-    if data.get("version") != PROFILE_VERSION:
-        raise EdgesplitError(f"device profile {path} has version {data.get('version')}, this edgesplit reads "
-                             f"version {PROFILE_VERSION}; measure it again with this edgesplit")
-    try:
-        return DeviceProfile.model_validate(data)
-    except ValidationError as error:
-        raise EdgesplitError(f"device profile {path} is malformed ({error.error_count()} errors, first: "
-                             f"{error.errors()[0]['loc']}); measure it again") from None
+    return read_versioned(path, DeviceProfile, kind="edgesplit.device-profile", version=PROFILE_VERSION,
+                          what="device profile", again="measure it again",
+                          make="`edgesplit profile MODEL --save-device NAME.json` on that device")
 
 
 def machine_info() -> MachineInfo:

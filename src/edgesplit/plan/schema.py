@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
-from ..errors import EdgesplitError
+from ..versioned import read_versioned
 
 PLAN_VERSION = 1
 
@@ -130,20 +129,5 @@ class PlanReport(BaseModel):
 
 def load_plan(path: str | Path) -> PlanReport:
     """Read a plan JSON, refusing other kinds and versions with a clear message."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise EdgesplitError(f"plan {path} not found; make one with `edgesplit plan MODEL ... --json {path}`") from None
-    except (OSError, ValueError) as error:
-        raise EdgesplitError(f"plan {path} is not readable JSON ({error}); make it again") from None
-    if not isinstance(data, dict) or data.get("kind") != "edgesplit.plan":
-        raise EdgesplitError(f"{path} is not an edgesplit plan; make one with `edgesplit plan ... --json`")
-    if data.get("version") != PLAN_VERSION:
-        raise EdgesplitError(f"plan {path} has version {data.get('version')}, this edgesplit reads version "
-                             f"{PLAN_VERSION}; plan again with this edgesplit")
-    try:
-        return PlanReport.model_validate(data)
-    except ValidationError as error:
-        raise EdgesplitError(f"plan {path} is malformed ({error.error_count()} errors, first at "
-                             f"{error.errors()[0]['loc']}); plan again") from None
+    return read_versioned(path, PlanReport, kind="edgesplit.plan", version=PLAN_VERSION, what="plan",
+                          make="`edgesplit plan MODEL ... --json plan.json`", again="plan again")

@@ -7,13 +7,13 @@ leakage bound; running everything on the device leaks nothing.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from ..errors import EdgesplitError
+from ..versioned import read_versioned
 
 LEAKAGE_VERSION = 1
 
@@ -45,26 +45,17 @@ class LeakageTable(BaseModel):
 
 def load_leakage(path: str | Path, fingerprint: str | None = None) -> LeakageTable:
     """Read a leakage table, checking its kind, version and (when given) that it was measured on this model."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise EdgesplitError(f"leakage table {path} not found; make one with `edgesplit audit ... --json {path}`") from None
-    except (OSError, ValueError) as error:
-        raise EdgesplitError(f"leakage table {path} is not readable JSON ({error}); make it again") from None
-    if isinstance(data, dict) and data.get("kind") != "edgesplit.leakage" and isinstance(data.get("leakage"), dict):
-        data = data["leakage"]  # an audit report embeds its leakage table
-    if not isinstance(data, dict) or data.get("kind") != "edgesplit.leakage":
-        raise EdgesplitError(f"{path} is not an edgesplit leakage table; make one with `edgesplit audit`")
-    if data.get("version") != LEAKAGE_VERSION:
-        raise EdgesplitError(f"leakage table {path} has version {data.get('version')}, this edgesplit reads "
-                             f"version {LEAKAGE_VERSION}; audit again with this edgesplit")
-    try:
-        table = LeakageTable.model_validate(data)
-    except ValidationError as error:
-        raise EdgesplitError(f"leakage table {path} is malformed ({error.error_count()} errors, first at "
-                             f"{error.errors()[0]['loc']}); audit again") from None
+    table = read_versioned(path, LeakageTable, kind="edgesplit.leakage", version=LEAKAGE_VERSION,
+                           what="leakage table", make="`edgesplit audit ... --json FILE`", again="audit again",
+                           unwrap=_embedded_table)
     if fingerprint is not None and table.fingerprint != fingerprint:
         raise EdgesplitError(f"leakage table {path} was measured on another model (graph {table.fingerprint}, this "
                              f"one is {fingerprint}); audit this model")
     return table
+
+
+def _embedded_table(data: object) -> object:
+    """An audit report embeds its leakage table under "leakage"; a table file is the table itself."""
+    if isinstance(data, dict) and data.get("kind") != "edgesplit.leakage" and isinstance(data.get("leakage"), dict):
+        return data["leakage"]
+    return data
