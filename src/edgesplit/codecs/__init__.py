@@ -1,0 +1,11 @@
+"""What crosses the wire: codecs that turn the tensors at a cut into self-describing bytes, and back.
+
+``parse_codec("int4+zstd").calibrate(features).encode(tensor)`` writes a frame; ``decode(frame)`` needs nothing
+but the bytes. See docs/codecs.md for the stages and the frame layout.
+"""
+
+from .frame import CodecError, DecodeLimits, PayloadError, decode, pack, unpack
+from .spec import SPEC_HELP, Codec, codec_from_json, parse_codec
+
+__all__ = ["Codec", "CodecError", "DecodeLimits", "PayloadError", "SPEC_HELP", "codec_from_json", "decode",
+           "pack", "parse_codec", "unpack"]

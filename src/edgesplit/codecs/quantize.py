@@ -1,0 +1,83 @@
+"""Uniform quantization to 1–8 bits: clipping ranges (per tensor or per channel), symbols, and bit packing."""
+
+from __future__ import annotations
+
+import numpy as np
+
+_PERCENTILE_SAMPLE = 1 << 20  # values drawn per range when a percentile is computed on a large tensor
+
+
+def channel_view(values: np.ndarray, axis: int | None) -> np.ndarray:
+    """``values`` as a (ranges × elements) matrix: one row for the whole tensor, or one per channel of ``axis``."""
+    if axis is None:
+        return values.reshape(1, -1)
+    return np.moveaxis(values, axis, 0).reshape(values.shape[axis], -1)
+
+
+def clip_ranges(values: np.ndarray, axis: int | None, percentile: float | None) -> tuple[np.ndarray, np.ndarray]:
+    """The [low, high] range of each row: min/max, or the central ``percentile``% of the values."""
+    rows = channel_view(values, axis).astype(np.float64, copy=False)
+    if rows.shape[1] == 0:
+        return np.zeros(rows.shape[0], np.float32), np.zeros(rows.shape[0], np.float32)
+    if percentile is None:
+        return rows.min(axis=1).astype(np.float32), rows.max(axis=1).astype(np.float32)
+    if rows.shape[1] > _PERCENTILE_SAMPLE:
+        pick = np.random.default_rng(0).choice(rows.shape[1], _PERCENTILE_SAMPLE, replace=False)
+        rows = rows[:, pick]
+    tail = (100.0 - percentile) / 2
+    low, high = np.percentile(rows, [tail, 100.0 - tail], axis=1)
+    return low.astype(np.float32), high.astype(np.float32)
+
+
+def _broadcast(per_row: np.ndarray, shape: tuple[int, ...], axis: int | None) -> np.ndarray:
+    if axis is None:
+        return per_row.reshape(())
+    view = [1] * len(shape)
+    view[axis] = shape[axis]
+    return per_row.reshape(view)
+
+
+def steps(low: np.ndarray, high: np.ndarray, bits: int) -> np.ndarray:
+    """The quantization step of each range; a range of zero width gets step 1 (every value maps to ``low``)."""
+    width = high.astype(np.float64) - low.astype(np.float64)
+    return np.where(width > 0, width / ((1 << bits) - 1), 1.0)
+
+
+def quantize(values: np.ndarray, low: np.ndarray, high: np.ndarray, bits: int, axis: int | None) -> np.ndarray:
+    """Symbols in [0, 2**bits) of ``values`` clipped to their rows' ranges, as a flat uint8 array."""
+    lo = _broadcast(low.astype(np.float64), values.shape, axis)
+    hi = _broadcast(high.astype(np.float64), values.shape, axis)
+    step = _broadcast(steps(low, high, bits), values.shape, axis)
+    levels = np.rint((np.clip(values, lo, hi) - lo) / step)
+    return np.clip(levels, 0, (1 << bits) - 1).astype(np.uint8).reshape(-1)
+
+
+def dequantize(symbols: np.ndarray, low: np.ndarray, high: np.ndarray, bits: int, axis: int | None,
+               shape: tuple[int, ...]) -> np.ndarray:
+    """The float32 values that ``symbols`` stand for (the inverse of ``quantize`` up to half a step)."""
+    lo = _broadcast(low.astype(np.float64), shape, axis)
+    step = _broadcast(steps(low, high, bits), shape, axis)
+    return (lo + symbols.reshape(shape).astype(np.float64) * step).astype(np.float32)
+
+
+def pack_bits(symbols: np.ndarray, bits: int) -> bytes:
+    """``bits``-bit symbols packed most significant bit first, the last byte zero-padded."""
+    if bits == 8:
+        return symbols.astype(np.uint8).tobytes()
+    planes = np.unpackbits(symbols.astype(np.uint8)[:, None], axis=1)[:, 8 - bits:]
+    return np.packbits(planes.reshape(-1)).tobytes()
+
+
+def packed_size(count: int, bits: int) -> int:
+    return (count * bits + 7) // 8
+
+
+def unpack_bits(data: bytes, bits: int, count: int) -> np.ndarray:
+    """The ``count`` symbols that ``pack_bits`` packed into ``data``."""
+    raw = np.frombuffer(data, dtype=np.uint8)
+    if bits == 8:
+        return raw[:count].copy()
+    planes = np.unpackbits(raw)[:count * bits].reshape(count, bits)
+    padded = np.zeros((count, 8), dtype=np.uint8)
+    padded[:, 8 - bits:] = planes
+    return np.packbits(padded, axis=1).reshape(-1)
