@@ -154,6 +154,63 @@ def plan(model: ModelArg, input_shape: InputShape = None, weights: Weights = Non
 
 
 @app.command()
+def compress(model: ModelArg,
+             cut: Annotated[str, typer.Option(help="cut index, or the name of the last head node")],
+             weights: Weights = None, input_shape: InputShape = None,
+             data: Annotated[str, typer.Option(help="digits | mnist:DIR | fashion-mnist:DIR | idx:DIR | folder:DIR")] = "digits",
+             codec: Annotated[Optional[list[str]], typer.Option(help="codec spec, repeatable: fp16, int8, int4+zstd, "
+                                                                     "int2+ans, int8:channel,p99.9+ans … "
+                                                                     "[default: fp32 fp16 int8 int4+zstd int2+ans]")] = None,
+             bottleneck: Annotated[Optional[int], typer.Option(help="train a learned bottleneck with this many code channels")] = None,
+             slimmable: Annotated[bool, typer.Option("--slimmable", help="train the bottleneck at 25/50/75/100% width")] = False,
+             stride: Annotated[int, typer.Option(min=1, max=4, help="bottleneck spatial reduction")] = 2,
+             bits: Annotated[int, typer.Option(min=1, max=8, help="bits per bottleneck code value")] = 4,
+             epochs: Annotated[int, typer.Option(min=1, help="bottleneck epochs per stage (features, then task)")] = 2,
+             batch_size: Annotated[int, typer.Option(min=1)] = 64,
+             lr: Annotated[float, typer.Option(min=0.0)] = 2e-3,
+             train_limit: Annotated[Optional[int], typer.Option(min=1, help="train the bottleneck on at most this many images")] = None,
+             eval_limit: Annotated[int, typer.Option(min=1, help="evaluate on at most this many test images")] = 2000,
+             checkpoint: Annotated[Optional[Path], typer.Option(help="folder to checkpoint the bottleneck in (resumes)")] = None,
+             seed: int = 0, json_out: JsonOut = None,
+             plot: Annotated[Optional[Path], typer.Option(help="write the rate–accuracy curve (PNG)")] = None,
+             quiet: Quiet = False) -> None:
+    """Measure bytes against accuracy at CUT: feature codecs, a learned bottleneck, and sending the input instead."""
+    from .bottleneck import BottleneckConfig, TrainingPlan
+    from .codecs import parse_codec
+    from .compress import DEFAULT_CODECS, SLIMMABLE_WIDTHS, compress as run_compress
+    from .views import compress_table
+
+    specs = list(codec) if codec else ([] if bottleneck else list(DEFAULT_CODECS))
+    for spec in specs:
+        parse_codec(spec)  # every spec is checked before the slow work starts
+    if slimmable and bottleneck is None:
+        raise EdgesplitError("--slimmable needs --bottleneck CHANNELS (the code channels at full width)")
+    dataset = load_dataset(data, limit=None)
+    loaded = load_model(model, input_shape=input_shape or (1, *dataset.input_shape), weights=weights)
+    traced = trace(loaded.module, loaded.example_input)
+    config = None
+    if bottleneck is not None:
+        if bottleneck < 1:
+            raise EdgesplitError(f"--bottleneck {bottleneck}: a bottleneck needs at least 1 code channel")
+        config = BottleneckConfig(0, bottleneck, stride, bits, SLIMMABLE_WIDTHS if slimmable else (1.0,))
+    torch.manual_seed(seed)
+    report = run_compress(traced, loaded.module, dataset, cut, name=model, model_ref=loaded.ref.to_json(),
+                          codecs=specs, bottleneck=config,
+                          training=TrainingPlan(epochs, epochs, batch_size, lr, train_limit=train_limit, seed=seed),
+                          checkpoint_dir=checkpoint, eval_limit=eval_limit, progress=not quiet)
+    out.print(compress_table(report))
+    best = report.at_most(0.01)
+    features = [c for c in best if c.kind != "input"]
+    if features:
+        out.print(f"[bold]fewest bytes within 1 point of the baseline:[/] {features[0].name} — "
+                  f"{features[0].bytes_per_inference:,.0f} B, {features[0].compression:.1f}× smaller than float32")
+    write_json(json_out, report)
+    if plot:
+        from .plots import plot_rate_accuracy
+        out.print(f"plot written to {plot_rate_accuracy(report, plot)}")
+
+
+@app.command()
 def train(model: ModelArg,
           out_path: Annotated[Path, typer.Option("--out", help="where to write the weights (.safetensors)")],
           data: Annotated[str, typer.Option(help="digits | mnist:DIR | fashion-mnist:DIR | idx:DIR | folder:DIR")] = "digits",

@@ -96,3 +96,37 @@ def plot_plan(report, path: str | Path) -> Path:  # noqa: ANN001 - PlanReport (i
     figure.savefig(path)
     plt.close(figure)
     return path
+
+
+def plot_rate_accuracy(report, path: str | Path) -> Path:  # noqa: ANN001 - CompressReport (imported lazily)
+    """Accuracy against bytes per inference (log): codecs as points, bottleneck widths as a line, input as squares."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure, axis = plt.subplots(figsize=(9, 5.4), dpi=120)
+    styles = {"codec": ("o", "#4c72b0", "feature codecs"), "input": ("s", "#8c8c8c", "input offloading"),
+              "bottleneck": ("D", "#55a868", "learned bottleneck")}
+    for kind, (marker, colour, label) in styles.items():
+        points = sorted((c for c in report.configurations if c.kind == kind), key=lambda c: c.bytes_per_inference)
+        if not points:
+            continue
+        x, y = [c.bytes_per_inference for c in points], [c.accuracy * 100 for c in points]
+        axis.plot(x, y, marker=marker, color=colour, linestyle="-" if kind == "bottleneck" else "none",
+                  markersize=6, label=label)
+        for c in points:
+            axis.annotate(c.name.removeprefix("input as "), (c.bytes_per_inference, c.accuracy * 100), fontsize=7,
+                          xytext=(4, 4), textcoords="offset points", color=colour)
+    axis.axhline(report.baseline_accuracy * 100, color="black", linestyle="--", linewidth=1,
+                 label=f"uncompressed model {report.baseline_accuracy:.2%}")
+    axis.axhline((report.baseline_accuracy - 0.01) * 100, color="#c44e52", linestyle=":", linewidth=1,
+                 label="1-point drop")
+    axis.axvline(report.float32_bytes, color="#dd8452", linestyle=":", linewidth=1, label="float32 features")
+    axis.set_xscale("log")
+    axis.set_xlabel("bytes sent per inference (frame headers included)")
+    axis.set_ylabel("top-1 accuracy (%)")
+    axis.set_title(f"{report.model} on {report.data}: cut {report.cut_index} after {report.after}", fontsize=10)
+    axis.grid(True, which="both", alpha=0.25)
+    axis.legend(fontsize=8, loc="lower right")
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+    return path

@@ -131,3 +131,19 @@ def pareto_view(report: PlanReport) -> Table:
         table.add_row(label, _ms(costs.latency_ms), "" if costs.energy_mj is None else _ms(costs.energy_mj),
                       human_bytes(costs.uplink_bytes))
     return table
+
+
+def compress_table(report) -> Table:  # noqa: ANN001 - CompressReport (imported lazily)
+    """One row per configuration: bytes per inference, compression, accuracy and its drop, codec time."""
+    table = Table(title=f"{report.model} on {report.data}, cut {report.cut_index} after {report.after}: "
+                        f"{human_bytes(report.float32_bytes)} of float32 features per image, baseline accuracy "
+                        f"{report.baseline_accuracy:.2%} on {report.eval_images} images")
+    for column in ("configuration", "bytes / inference", "vs float32", "accuracy", "drop", "encode ms",
+                   "decode ms"):
+        table.add_column(column, justify="left" if column == "configuration" else "right")
+    for config in report.configurations:
+        style = "dim" if config.kind == "input" else None
+        table.add_row(config.name, f"{config.bytes_per_inference:,.0f}", f"{config.compression:.1f}×",
+                      f"{config.accuracy:.2%}", f"{config.accuracy_drop * 100:+.2f} pt", f"{config.encode_ms:.3f}",
+                      f"{config.decode_ms:.3f}", style=style)
+    return table

@@ -22,8 +22,10 @@ def compact_counts(counts: np.ndarray, keep_all: bool) -> tuple[int, np.ndarray]
     if keep_all or len(used) == 0:
         first, window = 0, counts.astype(np.float64) + 1.0  # calibrated: every symbol stays codable
     else:
-        first = int(used[0])
-        window = counts[first:int(used[-1]) + 1].astype(np.float64)
+        first, last = int(used[0]), int(used[-1])
+        if first == last:  # one symbol used: constriction's categorical model needs two, add an unused neighbour
+            first, last = (first, last + 1) if last + 1 < len(counts) else (first - 1, last)
+        window = counts[first:last + 1].astype(np.float64)
     scale = min(1.0, COUNT_MAX / window.max())
     scaled = np.where(window > 0, np.maximum(1, np.rint(window * scale)), 0).astype(np.uint16)
     return first, scaled

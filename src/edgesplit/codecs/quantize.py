@@ -11,7 +11,8 @@ def channel_view(values: np.ndarray, axis: int | None) -> np.ndarray:
     """``values`` as a (ranges × elements) matrix: one row for the whole tensor, or one per channel of ``axis``."""
     if axis is None:
         return values.reshape(1, -1)
-    return np.moveaxis(values, axis, 0).reshape(values.shape[axis], -1)
+    rows = values.shape[axis]
+    return np.moveaxis(values, axis, 0).reshape(rows, values.size // rows if rows else 0)  # -1 fails when rows = 0
 
 
 def clip_ranges(values: np.ndarray, axis: int | None, percentile: float | None) -> tuple[np.ndarray, np.ndarray]:
