@@ -29,7 +29,8 @@ from edgesplit.hardware import LINKS, PRESETS
 from edgesplit.plan.costs import CostModel, TransferCosts, parse_objective
 from edgesplit.plan.machines import preset_machine
 from edgesplit.plan.mincut import FlowGraph
-from edgesplit.plan.payload import parse_codec
+from edgesplit.codecs import parse_codec
+from edgesplit.plan.payload import PlanCodec
 from edgesplit.plan.planner import make_plan
 from edgesplit.plan.costs import Candidate
 from edgesplit.plan.schema import Constraints
@@ -52,7 +53,7 @@ def median_ms(action, repeats: int) -> float:  # noqa: ANN001
 def cost_model(size: int) -> CostModel:
     workload = synthetic_workload(size)
     return CostModel(workload, preset_machine(PRESETS["rpi4"], workload), preset_machine(PRESETS["edge-gpu"], workload),
-                     LINKS["wifi"], parse_codec("fp32"), host_gb_s=10.0)
+                     LINKS["wifi"], PlanCodec(parse_codec("fp32")), host_gb_s=10.0)
 
 
 def decide(model: CostModel) -> None:

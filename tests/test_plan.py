@@ -15,7 +15,8 @@ from edgesplit.plan import Constraints, FlowGraph, PlacementProblem, PlanError, 
 from edgesplit.plan.costs import CostModel, LinkSweep, at_link, parse_objective
 from edgesplit.plan.machines import preset_machine
 from edgesplit.plan.mincut import closed_heads
-from edgesplit.plan.payload import parse_codec
+from edgesplit.codecs import parse_codec
+from edgesplit.plan.payload import PlanCodec
 from edgesplit.plan.synthetic import synthetic_workload
 from edgesplit.plan.workload import prefix_cuts, workload_of
 from edgesplit.privacy.leakage import CutLeakage, LeakageTable
@@ -167,7 +168,7 @@ def test_sizes():
 
 def _cost_model(workload, device, server, link, codec="fp32"):
     return CostModel(workload, preset_machine(PRESETS[device], workload), preset_machine(PRESETS[server], workload),
-                     parse_link(link), parse_codec(codec), host_gb_s=10.0)
+                     parse_link(link), PlanCodec(parse_codec(codec)), host_gb_s=10.0)
 
 
 def test_roofline_node_time():
@@ -192,11 +193,15 @@ def test_costs_add_up(resnet8):
                                             + link.rx_w * c.downlink_ms
                                             + device.idle_w * (c.rtt_ms + c.decode_ms + c.server_ms))
         if entry.kind == "split":
-            assert c.uplink_bytes == sum(t.nbytes + 64 for t in entry.crossing)  # fp32 + the frame header
+            # fp32 sends each tensor as it is, in a frame exactly as large as the one the codec writes
+            assert c.uplink_bytes == sum(len(parse_codec("fp32").encode(torch.zeros(t.shape)))
+                                         for t in entry.crossing)
     assert report.all_device.costs.uplink_bytes == 0 and report.all_device.costs.rtt_ms == 0
     fp16 = plan_model(traced, device="rpi4", server="edge-gpu", link="lte", codec="fp16", progress=False)
     split = next(e for e in fp16.ranked if e.kind == "split")
-    assert split.costs.uplink_bytes == sum(t.nbytes // 2 + 64 for t in split.crossing)
+    assert split.costs.uplink_bytes == sum(len(parse_codec("fp16").encode(torch.zeros(t.shape)))
+                                           for t in split.crossing)
+    assert split.costs.uplink_bytes < sum(t.nbytes // 2 + 32 for t in split.crossing)
 
 
 def test_speedups_and_chosen(resnet8):
@@ -358,3 +363,21 @@ def test_a_measured_profile_from_another_model_is_refused(tmp_path, resnet8):
     assert ok.device.kind == "profile" and ok.device.active_w == PRESETS["rpi4"].active_w
     with pytest.raises(Exception, match="needs the device's power figures"):
         plan_model(other, device=str(path), server="edge-gpu", link="lte", objective="energy", progress=False)
+
+
+def test_plan_chooses_codec_and_cut_together(resnet8):
+    traced, _ = resnet8
+    images = torch.rand(4, *traced.example_inputs[0].shape[1:]).relu()
+    report = plan_model(traced, device="rpi4", server="edge-gpu", link="3g", codec=["fp32", "int8", "int2+ans"],
+                        samples=images, progress=False)
+    prefix = {(e.position, e.codec): e for e in report.ranked if e.kind == "split" and e.head_nodes is None}
+    assert {codec for _, codec in prefix} == {"fp32", "int8", "int2+ans"}
+    for (position, codec), entry in prefix.items():
+        fp32 = prefix[(position, "fp32")].costs.uplink_bytes
+        if codec == "int8":  # fixed rate: a quarter of the floats plus the frame's ranges
+            assert entry.costs.uplink_bytes < fp32 / 3
+            assert entry.costs.encode_ms > 0 and entry.label.endswith("[int8]")
+        if codec == "int2+ans" and fp32 > 4096:  # measured on the samples: ≤ 2 bits a value plus the header
+            assert entry.costs.uplink_bytes < fp32 / 10
+    assert all(r.codec in {"fp32", "int8", "int2+ans", None} for r in report.switch_table)
+    assert report.codec == "fp32, int8, int2+ans"

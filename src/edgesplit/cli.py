@@ -94,7 +94,13 @@ def plan(model: ModelArg, input_shape: InputShape = None, weights: Weights = Non
          server: Annotated[str, typer.Option(help="as --device (edge-gpu is the server preset)")] = "edge-gpu",
          link: Annotated[str, typer.Option(help="3g, lte, 5g, wifi, ethernet, with overrides (lte:up=2,rtt=80), "
                                                 "or custom:up=MBPS,down=MBPS,rtt=MS,tx=W,rx=W")] = "wifi",
-         codec: Annotated[str, typer.Option(help="how features cross: fp32, fp16 or bf16")] = "fp32",
+         codec: Annotated[Optional[list[str]], typer.Option(help="how features cross, repeatable to choose codec and "
+                                                                "cut together: fp32, fp16, int8, int4+zstd, int2+ans … "
+                                                                "[default: fp32]")] = None,
+         compressed: Annotated[Optional[list[Path]], typer.Option("--compress", help="result of `edgesplit compress` "
+                                                                  "(JSON): its configurations become plans at its cut")] = None,
+         max_accuracy_drop: Annotated[float, typer.Option(min=0.0, max=1.0, help="largest accuracy drop allowed for "
+                                                          "--compress configurations (0.01 = 1 point)")] = 0.01,
          objective: Annotated[str, typer.Option(help="latency, energy, throughput or weighted:L,E")] = "latency",
          samples: Annotated[Optional[str], typer.Option(help="images to cost sending the input as PNG/JPEG: photos "
                                                    "(bundled), a data set spec, or a folder of images "
@@ -115,13 +121,16 @@ def plan(model: ModelArg, input_shape: InputShape = None, weights: Weights = Non
     """Choose where to cut MODEL for a device, a server and a link: ranked plans, speed-ups, switch table."""
     from .data import sample_images
     from .hardware import parse_link, parse_machine, parse_size
-    from .plan import Constraints, parse_codec, parse_objective, plan_model
+    from .compress import load_compress
+    from .plan import Constraints, parse_codecs, parse_objective, plan_model
     from .privacy.leakage import load_leakage
     from .views import pareto_view, plan_table, switch_table_view
 
-    for check, spec in ((parse_machine, device), (parse_machine, server), (parse_link, link), (parse_codec, codec),
+    codecs = list(codec or ["fp32"])
+    for check, spec in ((parse_machine, device), (parse_machine, server), (parse_link, link), (parse_codecs, codecs),
                         (parse_objective, objective)):
         check(spec)  # every spec is checked before the slow work starts
+    reports = [load_compress(path) for path in compressed or []]
     if (max_ssim is not None or max_probe_acc is not None) and leakage is None:
         raise EdgesplitError("--max-ssim and --max-probe-acc need the audit's leakage table: add --leakage FILE")
     loaded = load_model(model, input_shape=input_shape, weights=weights)
@@ -133,11 +142,13 @@ def plan(model: ModelArg, input_shape: InputShape = None, weights: Weights = Non
     constraints = Constraints(
         device_memory_bytes=parse_size(device_memory) if device_memory else None,
         max_uplink_bytes=parse_size(max_bytes) if max_bytes else None,
-        max_ssim=max_ssim, max_probe_accuracy=max_probe_acc, leakage_file=str(leakage) if leakage else None)
+        max_ssim=max_ssim, max_probe_accuracy=max_probe_acc, leakage_file=str(leakage) if leakage else None,
+        max_accuracy_drop=max_accuracy_drop if reports else None, compress_files=[str(p) for p in compressed or []])
     table = load_leakage(leakage, traced.fingerprint) if leakage else None
-    report = plan_model(traced, device=device, server=server, link=link, codec=codec, objective=objective,
+    report = plan_model(traced, device=device, server=server, link=link, codec=codecs, objective=objective,
                         samples=images, jpeg_quality=jpeg_quality, constraints=constraints, leakage=table,
-                        name=model, model_ref=loaded.ref.to_json(), host_runs=runs, progress=not quiet)
+                        name=model, model_ref=loaded.ref.to_json(), host_runs=runs, progress=not quiet,
+                        compressed=reports)
     out.print(plan_table(report, top))
     chosen = report.chosen
     out.print(f"[bold]chosen:[/] {chosen.label} — {chosen.costs.latency_ms:.3g} ms per inference, "

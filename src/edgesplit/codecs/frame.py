@@ -10,7 +10,8 @@ Layout (little-endian; ``varint`` is unsigned LEB128)::
         2 quant  bits u8, axis u8 (255 = one range for the tensor), ranges varint, low f32 × ranges,
                  high f32 × ranges
         3 zstd   size before compression varint
-        4 ans    model u8 (0 adaptive, 1 calibrated), first symbol varint, symbols varint, count u16 × symbols
+        4 ans    model u8 (0 adaptive, 1 calibrated), first symbol varint, symbols varint, count u16 × symbols,
+                 body length in 32-bit words varint (ANS data carry no length of their own)
     body         the rest: the output of the last stage
 
 The decoder checks every declared size against ``DecodeLimits`` before allocating, and that the body holds
@@ -20,7 +21,7 @@ exactly what the header says; anything else raises ``PayloadError`` with what is
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -80,6 +81,7 @@ class AnsRecord:
     model: str
     first: int
     counts: np.ndarray
+    words: int = 0  # the body's length in 32-bit words
 
 
 StageRecord = CastRecord | QuantRecord | ZstdRecord | AnsRecord
@@ -118,7 +120,7 @@ def header(dtype: torch.dtype, shape: tuple[int, ...], stages: list[StageRecord]
             parts += [bytes([STAGE_ZSTD]), varint(stage.raw_size)]
         else:
             parts += [bytes([STAGE_ANS, ANS_MODELS.index(stage.model)]), varint(stage.first),
-                      varint(len(stage.counts)), stage.counts.astype("<u2").tobytes()]
+                      varint(len(stage.counts)), stage.counts.astype("<u2").tobytes(), varint(stage.words)]
     return b"".join(parts)
 
 
@@ -176,6 +178,10 @@ def read(data: bytes, limits: DecodeLimits) -> Frame:
     shape = tuple(reader.varint("dimension") for _ in range(ndim))
     numel = int(np.prod(shape, dtype=object)) if shape else 1
     itemsize = torch.empty((), dtype=dtype).element_size()
+    spanned = int(np.prod([d or 1 for d in shape], dtype=object)) if shape else 1
+    if numel == 0 and spanned * max(itemsize, 4) > limits.max_decoded_bytes:  # torch overflows on such shapes
+        raise PayloadError(f"frame declares an empty tensor of shape {list(shape)}, whose nonzero dimensions "
+                           f"span {spanned:,} elements, over the decode limit of {limits.max_decoded_bytes:,} bytes")
     if numel * max(itemsize, 4) > limits.max_decoded_bytes:
         raise PayloadError(f"frame declares a {list(shape)} {str(dtype).removeprefix('torch.')} tensor "
                            f"({numel * itemsize:,} bytes), over the decode limit of {limits.max_decoded_bytes:,}")
@@ -237,7 +243,7 @@ def _stage(reader: _Reader, shape: tuple[int, ...], numel: int, limits: DecodeLi
         counts = np.frombuffer(reader.take(2 * symbols, "symbol counts"), dtype="<u2").astype(np.uint16)
         if not counts.any():
             raise PayloadError("payload corrupt: ANS model has no nonzero count")
-        return AnsRecord(ANS_MODELS[model], first, counts)
+        return AnsRecord(ANS_MODELS[model], first, counts, reader.varint("ANS words"))
     raise PayloadError(f"payload corrupt: unknown stage id {kind}")
 
 
@@ -252,6 +258,7 @@ def decode(data: bytes, limits: DecodeLimits = DecodeLimits()) -> torch.Tensor:
             if isinstance(stage, ZstdRecord):
                 body = entropy.zstd_decompress(body, stage.raw_size)  # type: ignore[arg-type]
             elif isinstance(stage, AnsRecord):
+                _expect_size(body, 4 * stage.words, f"{stage.words:,} ANS words")  # type: ignore[arg-type]
                 symbols = entropy.ans_decode(body, stage.first, stage.counts, numel)  # type: ignore[arg-type]
             elif isinstance(stage, QuantRecord):
                 if symbols is None:
@@ -291,12 +298,20 @@ def pack(frames: list[bytes]) -> bytes:
 
 
 def unpack(data: bytes, limits: DecodeLimits = DecodeLimits(), max_frames: int = 64) -> list[torch.Tensor]:
-    """The tensors ``pack`` bundled, each decoded under ``limits``."""
+    """The tensors ``pack`` bundled, decoded under ``limits`` all together (each frame gets what the others left)."""
     reader = _Reader(bytes(data))
     count = reader.varint("frame count")
     if count > max_frames:
         raise PayloadError(f"payload declares {count} tensors, the limit is {max_frames}")
-    tensors = [decode(reader.take(reader.varint("frame length"), "frame"), limits) for _ in range(count)]
+    tensors: list[torch.Tensor] = []
+    for _ in range(count):
+        left = limits.max_decoded_bytes - sum(t.numel() * max(t.element_size(), 4) for t in tensors)
+        frame = reader.take(reader.varint("frame length"), "frame")
+        try:
+            tensors.append(decode(frame, replace(limits, max_decoded_bytes=left)))
+        except PayloadError as error:
+            raise PayloadError(f"tensor {len(tensors) + 1} of {count}: {error}"
+                               + (" (the limit left after the tensors before it)" if tensors else "")) from None
     if reader.pos != len(reader.data):
         raise PayloadError(f"payload corrupt: {len(reader.data) - reader.pos} bytes after the last frame")
     return tensors

@@ -58,7 +58,7 @@ def dequantize(symbols: np.ndarray, low: np.ndarray, high: np.ndarray, bits: int
     """The float32 values that ``symbols`` stand for (the inverse of ``quantize`` up to half a step)."""
     lo = _broadcast(low.astype(np.float64), shape, axis)
     step = _broadcast(steps(low, high, bits), shape, axis)
-    return (lo + symbols.reshape(shape).astype(np.float64) * step).astype(np.float32)
+    return np.asarray(lo + symbols.reshape(shape).astype(np.float64) * step, dtype=np.float32)  # 0-d: an array
 
 
 def pack_bits(symbols: np.ndarray, bits: int) -> bytes:

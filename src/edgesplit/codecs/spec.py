@@ -15,8 +15,8 @@ import numpy as np
 import torch
 
 from . import entropy, quantize
-from .frame import (AnsRecord, CastRecord, CodecError, Frame, QuantRecord, StageRecord, ZstdRecord, header,
-                    write)
+from .frame import (MAX_NDIM, AnsRecord, CastRecord, CodecError, Frame, QuantRecord, StageRecord, ZstdRecord,
+                    header, write)
 
 CASTS = {"fp16": torch.float16, "bf16": torch.bfloat16}
 FP16_MAX = 65504.0
@@ -83,6 +83,9 @@ class Codec:
         tensor = tensor.detach().cpu().contiguous()
         if tensor.dtype not in _ENCODABLE:
             raise CodecError(f"cannot encode a {tensor.dtype} tensor; cast it to float32 first")
+        if tensor.ndim > MAX_NDIM:
+            raise CodecError(f"cannot encode a {tensor.ndim}-dimensional tensor: frames hold up to {MAX_NDIM} "
+                             "dimensions; reshape it first")
         stages: list[StageRecord] = []
         symbols: np.ndarray | None = None
         quant: QuantRecord | None = None
@@ -107,8 +110,8 @@ class Codec:
                 first, counts = 0, np.array(self.lossless.counts, dtype=np.uint16)
             else:
                 first, counts = entropy.compact_counts(entropy.histogram(symbols, 1 << quant.bits), keep_all=False)
-            stages.append(AnsRecord(self.lossless.model, first, counts))
             body = entropy.ans_encode(symbols, first, counts)
+            stages.append(AnsRecord(self.lossless.model, first, counts, len(body) // 4))
         return write(Frame(tensor.dtype, tuple(tensor.shape), stages, body))
 
     def calibrate(self, features: torch.Tensor) -> Codec:
@@ -141,6 +144,7 @@ class Codec:
             stages.append(CastRecord(self.transform.dtype))
             body = numel * 2
         elif isinstance(self.transform, Quantize) and dtype.is_floating_point:
+            _check_axis(self.transform.axis, len(shape), self.spec)
             ranges = 1 if self.transform.axis is None else shape[self.transform.axis]
             stages.append(QuantRecord(self.transform.bits, self.transform.axis,
                                       np.zeros(ranges, np.float32), np.zeros(ranges, np.float32)))
@@ -174,7 +178,14 @@ def _cast(tensor: torch.Tensor, cast: Cast) -> bytes:
         if finite.numel() and float(finite.abs().max()) > FP16_MAX:
             raise CodecError(f"values up to {float(finite.abs().max()):.3g} overflow float16 (max {FP16_MAX:g}); "
                              "use bf16 or an intB codec")
-    return _raw_bytes(tensor.to(cast.dtype))
+    cast_tensor = tensor.to(cast.dtype)
+    if cast.dtype == torch.bfloat16:  # finite values that bf16 (or bf16 read back as float16) makes infinite
+        back = cast_tensor.to(tensor.dtype) if tensor.dtype == torch.float16 else cast_tensor
+        if bool(torch.isinf(back).any()) and bool((torch.isinf(back) & torch.isfinite(tensor)).any()):
+            where = " read back as float16 (max 65504)" if tensor.dtype == torch.float16 else " (max 3.39e38)"
+            raise CodecError(f"values up to {float(tensor[torch.isfinite(tensor)].abs().max()):.3g} overflow "
+                             f"bfloat16{where}; use fp32 or an intB codec")
+    return _raw_bytes(cast_tensor)
 
 
 def _finite_values(tensor: torch.Tensor, spec: str) -> np.ndarray:

@@ -18,7 +18,7 @@ from ..graph import TensorSpec
 from ..hardware import Link
 from .machines import Machine
 from .mincut import FlowGraph, PlacementProblem
-from .payload import CastCodec, InputFormat
+from .payload import InputFormat, PlanCodec
 from .schema import Costs, CrossingTensor
 from .workload import OUTPUT, Workload
 
@@ -83,6 +83,7 @@ class Candidate:
     position: int | None
     head: frozenset[str] | None = None  # only for heads that are not prefixes
     input_format: InputFormat | None = None
+    codec: PlanCodec | None = None  # how the crossing tensors are sent, when not the cost model's codec
 
     def nodes(self, workload: Workload) -> frozenset[str]:
         """The head's node names."""
@@ -97,15 +98,25 @@ class CostModel:
     device: Machine
     server: Machine
     link: Link
-    codec: CastCodec
-    host_gb_s: float  # this host's memory bandwidth: image codec times measured here scale by it
+    codec: PlanCodec  # the codec of min-cut heads and of candidates that name none
+    host_gb_s: float  # this host's memory bandwidth: codec times measured here scale by it
     batch: int = 1
+
+    def codec_ms(self, codec: PlanCodec, tensor: TensorSpec, machine: Machine, encode: bool) -> float:
+        """Encode (or decode) time of ``tensor`` on ``machine``: this host's measured time scaled by bandwidth."""
+        if codec.sends_as_is:
+            return 0.0
+        if not codec.timed:  # not measured: reading the tensor and writing the payload once
+            return machine.stream_ms(tensor.nbytes + codec.payload_bytes(tensor))
+        host_ms = codec.encode_host_ms(tensor) if encode else codec.decode_host_ms(tensor)
+        return host_ms * self.host_gb_s / machine.memory_gb_s
 
     def crossing(self, candidate: Candidate) -> list[CrossingTensor]:
         if candidate.kind != "split":
             return []
+        codec = candidate.codec or self.codec
         return [CrossingTensor(name=t.name, shape=list(t.shape), dtype=t.dtype, nbytes=t.nbytes,
-                               payload_bytes=self.codec.payload_bytes(t))
+                               payload_bytes=codec.payload_bytes(t))
                 for t in self.crossing_tensors(candidate)]
 
     def crossing_tensors(self, candidate: Candidate) -> list[TensorSpec]:
@@ -132,6 +143,7 @@ class CostModel:
                 server_ms=server.model_ms, downlink_bytes=workload.output_bytes, link=link, networked=True,
                 memory=(workload.input_bytes, 0))
         tensors = self.crossing_tensors(candidate)
+        codec = candidate.codec or self.codec
         if candidate.head is None:
             position = candidate.position
             device_ms = device.prefix_ms(position, workload)[0]  # type: ignore[arg-type]
@@ -143,9 +155,9 @@ class CostModel:
             memory = (workload.head_activation_bytes(head), workload.head_weight_bytes(head))
         return self._costs(
             device_ms=device_ms,
-            encode_ms=sum(device.stream_ms(self.codec.work_bytes(t)) for t in tensors),
-            uplink_bytes=sum(self.codec.payload_bytes(t) for t in tensors),
-            decode_ms=sum(server.stream_ms(self.codec.work_bytes(t)) for t in tensors),
+            encode_ms=sum(self.codec_ms(codec, t, device, encode=True) for t in tensors),
+            uplink_bytes=sum(codec.payload_bytes(t) for t in tensors),
+            decode_ms=sum(self.codec_ms(codec, t, server, encode=False) for t in tensors),
             server_ms=server_ms, downlink_bytes=workload.output_bytes, link=link, networked=True, memory=memory)
 
     def _costs(self, *, device_ms: float, encode_ms: float, uplink_bytes: int, decode_ms: float, server_ms: float,
@@ -178,9 +190,9 @@ class CostModel:
         def transfer(tensor: TensorSpec | None) -> float:
             if tensor is None:
                 return math.inf
-            encode = device.stream_ms(self.codec.work_bytes(tensor))
+            encode = self.codec_ms(self.codec, tensor, device, encode=True)
             airtime = link.uplink_ms(self.codec.payload_bytes(tensor))
-            decode = server.stream_ms(self.codec.work_bytes(tensor))
+            decode = self.codec_ms(self.codec, tensor, server, encode=False)
             return lw * (encode + airtime + decode) + ew * (active * encode + link.tx_w * airtime + idle * decode)
 
         nodes = [*workload.inputs, *workload.node_names, OUTPUT]
@@ -209,8 +221,8 @@ class TransferCosts:
                 fixed.append(math.inf)
                 payload.append(0.0)
                 continue
-            encode = model.device.stream_ms(model.codec.work_bytes(spec))
-            decode = model.server.stream_ms(model.codec.work_bytes(spec))
+            encode = model.codec_ms(model.codec, spec, model.device, encode=True)
+            decode = model.codec_ms(model.codec, spec, model.server, encode=False)
             fixed.append(lw * (encode + decode) + ew * (active * encode + idle * decode))
             payload.append(float(model.codec.payload_bytes(spec)))
         self.fixed, self.payload = np.array(fixed), np.array(payload)

@@ -20,7 +20,7 @@ from ..hardware import Link
 from ..privacy.leakage import LeakageTable
 from .costs import Candidate, CostModel, LinkSweep, Objective, TransferCosts
 from .mincut import FlowGraph
-from .payload import InputFormat
+from .payload import InputFormat, PlanCodec, ReportedCodec
 from .schema import Constraints, Costs, LinkSummary, MachineSummary, PlanEntry, PlanReport, SwitchRange
 
 SWEEP_MBPS = (0.1, 1000.0)
@@ -39,9 +39,10 @@ class Scored:
     violations: list[str]
 
 
-def candidates(model: CostModel, objective: Objective, formats: list[InputFormat],
-               method: str = "scipy") -> list[Candidate]:
-    """All-device, all-server in each input format, every prefix cut, and the min-cut's heads across bandwidths."""
+def candidates(model: CostModel, objective: Objective, formats: list[InputFormat], method: str = "scipy",
+               codecs: list[PlanCodec] = (), reported: list[tuple[ReportedCodec, int]] = ()) -> list[Candidate]:
+    """All-device, all-server in each input format, every prefix cut with each codec, the configurations
+    `edgesplit compress` measured at their cut, and the min-cut's heads across bandwidths."""
     workload = model.workload
     found = [Candidate("all on device", "all-device", len(workload.nodes))]
     found += [Candidate(f"all on server ({fmt.name} input)", "all-server", 0, input_format=fmt) for fmt in formats]
@@ -49,14 +50,22 @@ def candidates(model: CostModel, objective: Objective, formats: list[InputFormat
         if cut.position == len(workload.nodes):
             continue  # computing everything and then shipping the result adds nothing to all-device
         if cut.position == 0:
-            found.append(Candidate("all on server (fp32 tensor)", "all-server", 0))
+            found.append(Candidate(f"all on server ({model.codec.name} tensor)", "all-server", 0))
         else:
-            found.append(Candidate(f"cut {cut.index} after {cut.after}", "split", cut.position))
+            found.append(Candidate(_cut_label(cut, model.codec), "split", cut.position))
+            found += [Candidate(_cut_label(cut, codec), "split", cut.position, codec=codec) for codec in codecs]
+    for codec, position in reported:
+        label = f"cut {workload.cut_at[position].index} after {workload.cut_at[position].after} [{codec.name}, measured]"
+        found.append(Candidate(label, "split", position, codec=codec))
     if objective.additive:
         for head in sorted(min_cut_heads(model, objective, method), key=len):
             if workload.position_of_prefix(head) is None:  # prefixes are candidates already
                 found.append(Candidate(_min_cut_label(model, head), "split", None, head=head))
     return found
+
+
+def _cut_label(cut, codec: PlanCodec) -> str:  # noqa: ANN001 - Cut
+    return f"cut {cut.index} after {cut.after}" + ("" if codec.name == "fp32" else f" [{codec.name}]")
 
 
 def _min_cut_label(model: CostModel, head: frozenset[str]) -> str:
@@ -113,6 +122,9 @@ def violations(model: CostModel, candidate: Candidate, costs: Costs, constraints
             found.append(f"needs {_mb(needed)} of device memory, {_mb(memory)} available")
     if constraints.max_uplink_bytes is not None and costs.uplink_bytes > constraints.max_uplink_bytes:
         found.append(f"sends {costs.uplink_bytes:,} B, more than {constraints.max_uplink_bytes:,} B")
+    drop = getattr(candidate.codec, "accuracy_drop", None)
+    if constraints.max_accuracy_drop is not None and drop is not None and drop > constraints.max_accuracy_drop:
+        found.append(f"accuracy drop {drop * 100:.2f} pt above {constraints.max_accuracy_drop * 100:g} pt")
     if leakage is not None and (constraints.max_ssim is not None or constraints.max_probe_accuracy is not None):
         found += _leakage_violations(candidate, constraints, leakage)
     return found
@@ -145,14 +157,15 @@ def _mb(nbytes: float) -> str:
 def make_plan(model: CostModel, objective: Objective, *, formats: list[InputFormat], constraints: Constraints,
               leakage: LeakageTable | None = None, model_name: str, model_ref: dict | None, device_spec: str,
               server_spec: str, link_spec: str, codec_name: str, input_shape: list[int],
-              method: str = "scipy") -> PlanReport:
+              method: str = "scipy", codecs: list[PlanCodec] = (),
+              reported: list[tuple[ReportedCodec, int]] = ()) -> PlanReport:
     """Rank every candidate under ``objective``, pick the best allowed one, and build the switch table."""
     if objective.needs_power and not model.device.knows_power:
         raise EdgesplitError(f"objective {objective.name} needs the device's power figures, which a measured profile "
                              f"lacks; borrow them from a preset, e.g. --device {device_spec}@rpi4")
     started = time.perf_counter()
     scored = []
-    for candidate in candidates(model, objective, formats, method):
+    for candidate in candidates(model, objective, formats, method, codecs, reported):
         costs = model.evaluate(candidate)
         scored.append(Scored(candidate, costs, violations(model, candidate, costs, constraints, leakage)))
     allowed = [s for s in scored if not s.violations]
@@ -185,7 +198,8 @@ def make_plan(model: CostModel, objective: Objective, *, formats: list[InputForm
 
 def _nothing_fits(scored: list[Scored]) -> str:
     """Name the constraint no plan satisfies on its own, or say that they conflict, with the nearest miss."""
-    kinds = {"memory": "device memory", "storage": "weight storage", "sends": "--max-bytes", "leak": "leakage bound"}
+    kinds = {"memory": "device memory", "storage": "weight storage", "sends": "--max-bytes",
+             "accuracy": "--max-accuracy-drop", "leak": "leakage bound"}
 
     def kind(violation: str) -> str:
         return next((k for k in kinds if k in violation), "leak")
@@ -235,6 +249,9 @@ def _entry(model: CostModel, objective: Objective, scored: Scored) -> PlanEntry:
         input_format=(candidate.input_format.name if candidate.input_format else
                       ("tensor" if candidate.kind == "all-server" else None)),
         crossing=model.crossing(candidate), costs=scored.costs, objective=objective.value(scored.costs),
+        codec=(candidate.codec or model.codec).name if candidate.kind == "split" or (
+            candidate.kind == "all-server" and candidate.input_format is None) else None,
+        accuracy_drop=getattr(candidate.codec, "accuracy_drop", None),
         feasible=not scored.violations, violations=scored.violations)
 
 
@@ -282,7 +299,8 @@ def switch_table(model: CostModel, objective: Objective, allowed: list[Scored],
     for low, high, winner in ranges:
         entry = _entry(model, objective, allowed[winner])
         table.append(SwitchRange(low_mbps=_round(low), high_mbps=_round(high), label=entry.label, kind=entry.kind,
-                                 position=entry.position, cut_index=entry.cut_index, head_nodes=entry.head_nodes))
+                                 position=entry.position, cut_index=entry.cut_index, head_nodes=entry.head_nodes,
+                                 codec=entry.codec))
     return table
 
 

@@ -57,6 +57,8 @@ class PlanEntry(BaseModel):
     objective: float
     feasible: bool
     violations: list[str]
+    codec: str | None = None  # how the crossing tensors are sent (a codec spec or a compress configuration)
+    accuracy_drop: float | None = None  # measured by `edgesplit compress`, for its configurations
 
 
 class SwitchRange(BaseModel):
@@ -69,6 +71,7 @@ class SwitchRange(BaseModel):
     position: int | None
     cut_index: int | None
     head_nodes: list[str] | None
+    codec: str | None = None
 
 
 class MachineSummary(BaseModel):
@@ -97,6 +100,8 @@ class Constraints(BaseModel):
     max_ssim: float | None = None
     max_probe_accuracy: float | None = None
     leakage_file: str | None = None
+    max_accuracy_drop: float | None = None  # for configurations from `edgesplit compress` (0.01 = 1 point)
+    compress_files: list[str] = []
 
 
 class PlanReport(BaseModel):
