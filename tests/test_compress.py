@@ -145,6 +145,11 @@ def test_compress_cli_then_plan_reads_it(digits_model, tmp_path):
         assert fragment in result.stdout
     report = load_compress(tmp_path / "c.json")
     assert report.bottleneck.widths == [0.25, 0.5, 0.75, 1.0] and len(report.configurations) == 3 + 2 + 4
+    bare = edgesplit("compress", "small_cnn", "--weights", str(weights), "--cut", str(CUT), "--eval-limit", "50",
+                     "--json", "d.json", "-q", cwd=tmp_path)
+    assert bare.returncode == 0, bare.stderr
+    defaults = [c.name for c in load_compress(tmp_path / "d.json").configurations if c.kind == "codec"]
+    assert defaults == ["fp32", "fp16", "int8", "int4+zstd", "int2+ans"]
     assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     planned = edgesplit("plan", "small_cnn", "--weights", str(weights), "--compress", "c.json", "--link", "3g",

@@ -191,7 +191,7 @@ def compress(model: ModelArg,
     from .compress import DEFAULT_CODECS, SLIMMABLE_WIDTHS, compress as run_compress
     from .views import compress_table
 
-    specs = list(codec) if codec else ([] if bottleneck else list(DEFAULT_CODECS))
+    specs = list(codec) if codec else list(DEFAULT_CODECS)
     for spec in specs:
         parse_codec(spec)  # every spec is checked before the slow work starts
     if slimmable and bottleneck is None:
