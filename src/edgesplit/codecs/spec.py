@@ -173,18 +173,16 @@ def _raw_bytes(tensor: torch.Tensor) -> bytes:
 
 
 def _cast(tensor: torch.Tensor, cast: Cast) -> bytes:
-    if cast.dtype == torch.float16:
-        finite = tensor[torch.isfinite(tensor)]
-        if finite.numel() and float(finite.abs().max()) > FP16_MAX:
-            raise CodecError(f"values up to {float(finite.abs().max()):.3g} overflow float16 (max {FP16_MAX:g}); "
-                             "use bf16 or an intB codec")
+    """The tensor in the cast's dtype; finite values the cast (or reading it back) makes infinite are refused."""
     cast_tensor = tensor.to(cast.dtype)
-    if cast.dtype == torch.bfloat16:  # finite values that bf16 (or bf16 read back as float16) makes infinite
-        back = cast_tensor.to(tensor.dtype) if tensor.dtype == torch.float16 else cast_tensor
-        if bool(torch.isinf(back).any()) and bool((torch.isinf(back) & torch.isfinite(tensor)).any()):
-            where = " read back as float16 (max 65504)" if tensor.dtype == torch.float16 else " (max 3.39e38)"
-            raise CodecError(f"values up to {float(tensor[torch.isfinite(tensor)].abs().max()):.3g} overflow "
-                             f"bfloat16{where}; use fp32 or an intB codec")
+    back = cast_tensor.to(tensor.dtype) if tensor.dtype == torch.float16 else cast_tensor
+    if bool(torch.isinf(back).any()) and bool((torch.isinf(back) & torch.isfinite(tensor)).any()):
+        largest = float(tensor[torch.isfinite(tensor)].abs().max())
+        if cast.dtype == torch.float16:
+            raise CodecError(f"values up to {largest:.3g} overflow float16 (max {FP16_MAX:g}); "
+                             "use bf16 or an intB codec")
+        where = " read back as float16 (max 65504)" if tensor.dtype == torch.float16 else " (max 3.39e38)"
+        raise CodecError(f"values up to {largest:.3g} overflow bfloat16{where}; use fp32 or an intB codec")
     return _raw_bytes(cast_tensor)
 
 
