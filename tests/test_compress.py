@@ -81,6 +81,21 @@ def test_training_is_deterministic_resumable_and_refuses_other_settings(digits_m
                          progress=False)
 
 
+def test_training_fine_tunes_a_copy_of_the_tail_and_leaves_the_model_as_it_was(digits_model):
+    model, dataset, _ = digits_model
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    traced = trace(model, torch.zeros(1, 1, 8, 8))
+    split = traced.split(CUT)
+    _, tail, log = train_bottleneck(split, model, dataset, BottleneckConfig(32, 4, stride=2),
+                                    TrainingPlan(feature_epochs=0, task_epochs=1, train_limit=256), progress=False)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # running stats too
+    assert all(p.requires_grad for p in model.parameters())
+    tuned = dict(tail.state_dict())
+    changed = [k for k, v in split.tail.state_dict().items() if not torch.equal(v, tuned[k])]
+    assert any(k.endswith("weight") for k in changed)  # stage 2 trained the tail's parameters
+    assert log.seconds > 0
+
+
 def test_training_resumes_after_an_interrupted_run(digits_model, tmp_path, monkeypatch):
     import edgesplit.bottleneck as bottleneck_module
 

@@ -10,6 +10,7 @@ distillation from the original model. A *slimmable* bottleneck is trained at sev
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import time
@@ -155,18 +156,19 @@ def train_bottleneck(split: Split, teacher: nn.Module, dataset: Dataset, config:
     """
     torch.manual_seed(plan.seed)
     bottleneck = SlimmableBottleneck(config)
-    tail = split.tail
-    head = split.head.eval().requires_grad_(False)
-    teacher = teacher.eval().requires_grad_(False)
+    # The halves share parameters and batch norms with the traced model: train copies, leave the model as it was.
+    head = copy.deepcopy(split.head).eval().requires_grad_(False)
+    tail = copy.deepcopy(split.tail).requires_grad_(True)
+    teacher = copy.deepcopy(teacher).eval().requires_grad_(False)
     total_epochs = plan.feature_epochs + plan.task_epochs
     log = TrainingLog()
-    started = time.perf_counter()
     done = _resume(checkpoint_dir, config, plan, bottleneck, tail, log) if checkpoint_dir else 0
     log.resumed_from_epoch = done
     images, labels = dataset.train_images, dataset.train_labels
     if plan.train_limit is not None:
         images, labels = images[:plan.train_limit], labels[:plan.train_limit]
     steps = math.ceil(len(labels) / plan.batch_size)
+    started = time.perf_counter()
     with progress_bar(progress) as bar:
         task = bar.add_task("bottleneck", total=total_epochs * steps, completed=done * steps, status="")
         for epoch in range(done, total_epochs):
@@ -196,11 +198,12 @@ def train_bottleneck(split: Split, teacher: nn.Module, dataset: Dataset, config:
                 total += value * len(index)
                 bar.update(task, advance=1, status=f"{name} epoch {epoch + 1}/{total_epochs} loss {value:.4f}")
             (log.feature_loss if feature_stage else log.task_loss).append(total / len(labels))
+            now = time.perf_counter()
+            log.seconds, started = log.seconds + now - started, now
             if checkpoint_dir:
                 _save(checkpoint_dir, config, plan, bottleneck, tail, log, epoch + 1)
     bottleneck.eval()
     tail.eval()
-    log.seconds += time.perf_counter() - started
     return bottleneck, tail, log
 
 
