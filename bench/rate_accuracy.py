@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import copy
 import hashlib
-import io
 import json
 import statistics
 import time
@@ -40,6 +39,7 @@ from edgesplit.compress import (DEFAULT_CODECS, SLIMMABLE_WIDTHS, Configuration,
                                 evaluate_codecs)
 from edgesplit.data import Dataset, load_dataset
 from edgesplit.graph import trace
+from edgesplit.pictures import round_trip_pictures
 from edgesplit.profile import machine_info
 from edgesplit.train import evaluate, train_classifier
 from edgesplit.zoo import resnet8
@@ -103,23 +103,8 @@ def input_formats(args: argparse.Namespace) -> list[tuple[str, str, dict, bool]]
 
 def round_trip_images(images: torch.Tensor, fmt: str, options: dict) -> tuple[torch.Tensor, list[int], float, float]:
     """Every image saved alone in ``fmt`` and read back: (decoded images, sizes, median ms encode, decode)."""
-    from PIL import Image
-
-    pixels = (images[:, 0].clamp(0, 1) * 255).round().to(torch.uint8).numpy()
-    sizes, encode_s, decode_s, restored = [], [], [], []
-    for p in pixels:
-        buffer = io.BytesIO()
-        start = time.perf_counter()
-        Image.fromarray(p).save(buffer, format=fmt, **options)
-        encode_s.append(time.perf_counter() - start)
-        data = buffer.getvalue()
-        sizes.append(len(data))
-        start = time.perf_counter()
-        with Image.open(io.BytesIO(data)) as picture:
-            restored.append(np.asarray(picture.convert("L"), dtype=np.uint8))
-        decode_s.append(time.perf_counter() - start)
-    decoded = torch.from_numpy(np.stack(restored)).float().div(255).unsqueeze(1).contiguous()
-    return decoded, sizes, statistics.median(encode_s) * 1e3, statistics.median(decode_s) * 1e3
+    trip = round_trip_pictures(images, {"format": fmt, **options})
+    return trip.decoded, trip.sizes, statistics.median(trip.encode_s) * 1e3, statistics.median(trip.decode_s) * 1e3
 
 
 def input_offloading(model: torch.nn.Module, ds: Dataset, images: torch.Tensor, labels: torch.Tensor,

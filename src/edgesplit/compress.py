@@ -6,7 +6,6 @@ decode, tail. Bytes are the frames' real sizes; accuracy is the tail's on what w
 
 from __future__ import annotations
 
-import io
 import statistics
 import time
 from pathlib import Path
@@ -22,6 +21,7 @@ from .codecs.spec import Ans, Quantize
 from .data import Dataset
 from .errors import EdgesplitError
 from .graph import Split, TracedModel
+from .pictures import round_trip_pictures
 from .progress import progress_bar
 from .versioned import read_versioned
 
@@ -160,8 +160,7 @@ def evaluate_codecs(split: Split, specs: list[str], calibration: torch.Tensor, i
 def code_codec(config: BottleneckConfig) -> Codec:
     """The codec a bottleneck's integer code travels in: ``intB+ans`` over exactly [0, 2**B − 1], so lossless."""
     levels = float((1 << config.bits) - 1)
-    codec = parse_codec(f"int{config.bits}+ans")
-    return Codec(codec.spec, Quantize(config.bits, None, None, (0.0,), (levels,)), Ans("adaptive"))
+    return Codec(f"int{config.bits}+ans", Quantize(config.bits, low=(0.0,), high=(levels,)), Ans("adaptive"))
 
 
 @torch.no_grad()
@@ -197,33 +196,18 @@ def evaluate_bottleneck(split: Split, bottleneck: SlimmableBottleneck, tail: tor
 def evaluate_input_offloading(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, baseline: float,
                               float32_bytes: int, jpeg_qualities: tuple[int, ...] = (90, 50)) -> list[Configuration]:
     """The input sent instead of features: PNG (lossless) and JPEG, classified by the full model."""
-    from PIL import Image
-
     if images.shape[1] not in (1, 3):
         return []
-    pixels = (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
     found = []
     for name, options in [("png", {"format": "PNG", "optimize": True})] + [
             (f"jpeg q{q}", {"format": "JPEG", "quality": q}) for q in jpeg_qualities]:
-        sizes, encode_s, decode_s, restored = [], [], [], []
-        for p in pixels:
-            picture = Image.fromarray(p[..., 0] if p.shape[-1] == 1 else p)
-            buffer = io.BytesIO()
-            start = time.perf_counter()
-            picture.save(buffer, **options)
-            encode_s.append(time.perf_counter() - start)
-            sizes.append(buffer.tell())
-            start = time.perf_counter()
-            with Image.open(io.BytesIO(buffer.getvalue())) as decoded_picture:
-                array = np.asarray(decoded_picture, dtype=np.float32) / 255
-            decode_s.append(time.perf_counter() - start)
-            restored.append(array.reshape(p.shape))
-        decoded = torch.from_numpy(np.stack(restored)).permute(0, 3, 1, 2).contiguous()
-        accuracy = _accuracy(model, [decoded], labels)
+        trip = round_trip_pictures(images, options)
+        accuracy = _accuracy(model, [trip.decoded], labels)
+        mean_bytes = float(np.mean(trip.sizes))
         found.append(Configuration(
-            name=f"input as {name}", kind="input", codecs=[], bytes_per_inference=float(np.mean(sizes)),
-            compression=float32_bytes / float(np.mean(sizes)), accuracy=accuracy, accuracy_drop=baseline - accuracy,
-            encode_ms=statistics.median(encode_s) * 1e3, decode_ms=statistics.median(decode_s) * 1e3))
+            name=f"input as {name}", kind="input", codecs=[], bytes_per_inference=mean_bytes,
+            compression=float32_bytes / mean_bytes, accuracy=accuracy, accuracy_drop=baseline - accuracy,
+            encode_ms=statistics.median(trip.encode_s) * 1e3, decode_ms=statistics.median(trip.decode_s) * 1e3))
     return found
 
 
@@ -252,7 +236,7 @@ def compress(traced: TracedModel, model: torch.nn.Module, dataset: Dataset, cut:
     configurations += evaluate_codecs(split, codecs, calibration, images, labels, baseline, float32_bytes, progress)
     summary = None
     if bottleneck is not None:
-        trained, tail, log = train_bottleneck(traced.split(cut), model, dataset, bottleneck, training,
+        trained, tail, log = train_bottleneck(split, model, dataset, bottleneck, training,
                                               checkpoint_dir=checkpoint_dir, progress=progress)
         configurations += evaluate_bottleneck(split, trained, tail, images, labels, baseline, float32_bytes)
         summary = BottleneckSummary(

@@ -20,7 +20,6 @@ exactly what the header says; anything else raises ``PayloadError`` with what is
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass, field, replace
 
 import numpy as np

@@ -82,7 +82,7 @@ class FlowGraph:
         n = len(self.names)
         self.source, self.sink = n, n + 1
         vertices = n + 2
-        transfer_tail, transfer_head, transfer_value = [], [], []
+        transfer_tail, transfer_head = [], []
         inf_tail, inf_head = [], []
         for value, readers in problem.consumers.items():
             readers = [index[r] for r in readers]

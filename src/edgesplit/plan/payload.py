@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import time
 from dataclasses import dataclass
 
@@ -11,6 +10,7 @@ import torch
 
 from ..codecs import Codec, CodecError, decode, parse_codec
 from ..graph import TensorSpec
+from ..pictures import round_trip_pictures
 
 
 class PlanCodec:
@@ -26,7 +26,11 @@ class PlanCodec:
         self.codec, self.name = codec, codec.spec
         self.measured_bytes = measured_bytes or {}
         self.encode_fit, self.decode_fit = encode_fit, decode_fit
-        self.timed = encode_fit != (0.0, 0.0) or decode_fit != (0.0, 0.0)  # else: one pass through memory
+
+    @property
+    def timed(self) -> bool:
+        """Whether this host's encode/decode times were measured (else: one pass through memory is assumed)."""
+        return self.encode_fit != (0.0, 0.0) or self.decode_fit != (0.0, 0.0)
 
     @property
     def sends_as_is(self) -> bool:
@@ -65,10 +69,6 @@ class ReportedCodec(PlanCodec):
     @property
     def timed(self) -> bool:
         return True
-
-    @timed.setter
-    def timed(self, value: bool) -> None:
-        pass
 
     def payload_bytes(self, tensor: TensorSpec) -> int:
         return round(self.per_tensor_bytes * (tensor.shape[0] if tensor.shape else 1))
@@ -164,25 +164,10 @@ class InputFormat:
 
 def measure_input_formats(images: torch.Tensor, jpeg_quality: int = 90) -> list[InputFormat]:
     """Encode sample images (N×C×H×W in [0, 1], C = 1 or 3) as 8-bit raw, PNG and JPEG; measure bytes and time."""
-    from PIL import Image
-
-    pixels = (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-    pictures = [Image.fromarray(p[..., 0] if p.shape[-1] == 1 else p) for p in pixels]
-    formats = [InputFormat("uint8", float(pixels[0].size), 0.0, 0.0, len(pictures))]
+    formats = [InputFormat("uint8", float(images[0].numel()), 0.0, 0.0, len(images))]
     for name, options in (("png", {"format": "PNG", "optimize": False}),
                           ("jpeg", {"format": "JPEG", "quality": jpeg_quality})):
-        sizes, encode_s, decode_s = [], [], []
-        for picture in pictures:
-            buffer = io.BytesIO()
-            start = time.perf_counter()
-            picture.save(buffer, **options)
-            encode_s.append(time.perf_counter() - start)
-            payload = buffer.getvalue()
-            sizes.append(len(payload))
-            start = time.perf_counter()
-            with Image.open(io.BytesIO(payload)) as decoded:
-                np.asarray(decoded)
-            decode_s.append(time.perf_counter() - start)
-        formats.append(InputFormat(name, float(np.mean(sizes)), float(np.median(encode_s)) * 1e3,
-                                   float(np.median(decode_s)) * 1e3, len(pictures)))
+        trip = round_trip_pictures(images, options)
+        formats.append(InputFormat(name, float(np.mean(trip.sizes)), float(np.median(trip.encode_s)) * 1e3,
+                                   float(np.median(trip.decode_s)) * 1e3, len(images)))
     return formats

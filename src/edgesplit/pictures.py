@@ -1,0 +1,43 @@
+"""Images as the bytes a device would send instead of features: PNG, JPEG or WebP through Pillow, timed."""
+
+from __future__ import annotations
+
+import io
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass
+class PictureRoundTrip:
+    """Each image encoded alone and decoded back: payload sizes, seconds per image, and what was decoded."""
+
+    sizes: list[int]
+    encode_s: list[float]
+    decode_s: list[float]
+    decoded: torch.Tensor  # N×C×H×W float32 in [0, 1]
+
+
+def round_trip_pictures(images: torch.Tensor, options: dict) -> PictureRoundTrip:
+    """Save every image (C = 1 or 3) with Pillow ``options`` (e.g. ``{"format": "JPEG", "quality": 90}``) and
+    open it again, timing both."""
+    from PIL import Image
+
+    pixels = (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()  # N×H×W×C
+    sizes, encode_s, decode_s, restored = [], [], [], []
+    for p in pixels:
+        picture = Image.fromarray(p[..., 0] if p.shape[-1] == 1 else p)
+        buffer = io.BytesIO()
+        start = time.perf_counter()
+        picture.save(buffer, **options)
+        encode_s.append(time.perf_counter() - start)
+        sizes.append(buffer.tell())
+        start = time.perf_counter()
+        with Image.open(io.BytesIO(buffer.getvalue())) as opened:
+            array = np.asarray(opened.convert(picture.mode))  # WebP reads gray images back as RGB
+        decode_s.append(time.perf_counter() - start)
+        restored.append(array.reshape(p.shape))
+    decoded = torch.from_numpy(np.stack(restored).astype(np.float32) / 255).permute(0, 3, 1, 2).contiguous()
+    return PictureRoundTrip(sizes, encode_s, decode_s, decoded)
