@@ -147,7 +147,8 @@ def plan(model: ModelArg, input_shape: InputShape = None, weights: Weights = Non
     table = load_leakage(leakage, traced.fingerprint) if leakage else None
     report = plan_model(traced, device=device, server=server, link=link, codec=codecs, objective=objective,
                         samples=images, jpeg_quality=jpeg_quality, constraints=constraints, leakage=table,
-                        name=model, model_ref=loaded.ref.to_json(), host_runs=runs, progress=not quiet,
+                        name=model, model_ref={**loaded.ref.to_json(), "weights": loaded.weights},
+                        host_runs=runs, progress=not quiet,
                         compressed=reports)
     out.print(plan_table(report, top))
     chosen = report.chosen

@@ -1,0 +1,263 @@
+"""A plan made runnable: the model rebuilt, and one route (head, codec, tail) per way the switch table may run it.
+
+Client and server build the same routes from the same plan; routes are numbered in switch-table order, so a
+route id names the same cut, codec and width on both sides. Switching is then a lookup, never a re-trace.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..bottleneck import BottleneckConfig, SlimmableBottleneck, feature_shape, load_checkpoint
+from ..codecs import Codec, CodecError, DecodeLimits, codec_from_json, pack, parse_codec, unpack
+from ..codecs.spec import Quantize, Zstd
+from ..compress import CompressReport, code_codec, load_compress
+from ..errors import EdgesplitError
+from ..graph import Split, TracedModel, trace
+from ..intake import ModelRef, build_model, load_weights, read_weights
+from ..plan.schema import PlanEntry, PlanReport, SwitchRange
+from .wire import WireError, model_id_for
+
+# How the all-server plan's input formats travel: 8-bit images as exact 8-bit levels over [0, 1].
+# PNG and JPEG inputs travel as 8-bit levels + zstd (lossless; no image codec on the wire yet).
+_LEVELS = Quantize(8, low=(0.0,), high=(1.0,))
+_INPUT_CODECS = {"uint8": Codec("uint8", _LEVELS), "png": Codec("uint8+zstd", _LEVELS, Zstd(3)),
+                 "jpeg": Codec("uint8+zstd", _LEVELS, Zstd(3))}
+
+
+class DeploymentError(EdgesplitError):
+    """A plan that cannot be made runnable: its model, weights, cut or codec cannot be rebuilt."""
+
+
+@dataclass
+class Route:
+    """One way to run the model across the network: the head and its encoder, the codec, the server's tail."""
+
+    route_id: int
+    label: str
+    kind: str  # "split" or "all-server"
+    split: Split
+    codecs: list[Codec]  # one per crossing tensor
+    tail: nn.Module
+    bottleneck: SlimmableBottleneck | None = None
+    width: float | None = None
+    ranges: list[tuple[float, float]] = field(default_factory=list)  # the switch table's [low, high) Mbit/s
+
+    @property
+    def sent_shapes(self) -> list[tuple[int, ...]]:
+        """The shape of each tensor the device sends for one input (batch dimension 1)."""
+        shapes = [tuple(t.shape) for t in self.split.cut.crossing]
+        if self.bottleneck is not None:
+            (c, h, w), stride = feature_shape(self.split), self.bottleneck.config.stride
+            channels = self.bottleneck.config.width_channels(self.width or 1.0)
+            shapes = [(1, channels, math.ceil(h / stride), math.ceil(w / stride))]
+        return shapes
+
+    @torch.no_grad()
+    def device_side(self, *inputs: torch.Tensor) -> list[torch.Tensor]:
+        """What the device computes and sends: the head's crossing tensors, through the bottleneck encoder."""
+        tensors = list(self.split.head(*inputs))
+        if self.bottleneck is not None:
+            tensors = [self.bottleneck.encode(tensors[0], self.width or 1.0)]
+        return tensors
+
+    def encode(self, tensors: list[torch.Tensor]) -> bytes:
+        """The crossing tensors as one payload (``pack`` of one codec frame each)."""
+        return pack([codec.encode(t) for codec, t in zip(self.codecs, tensors)])
+
+    def decode(self, payload: bytes, limits: DecodeLimits, max_batch: int) -> list[torch.Tensor]:
+        """The tensors of a payload, checked against this route's shapes; raises WireError (400) if they differ."""
+        try:
+            tensors = unpack(payload, limits, max_frames=len(self.codecs))
+        except CodecError as error:
+            raise WireError(f"payload for route {self.route_id} ({self.label}): {error}") from None
+        expected = self.sent_shapes
+        if len(tensors) != len(expected):
+            raise WireError(f"route {self.route_id} ({self.label}) takes {len(expected)} tensor(s), got "
+                            f"{len(tensors)}; encode every crossing tensor of this cut")
+        batch = tensors[0].shape[0] if tensors[0].dim() else 0
+        for tensor, shape in zip(tensors, expected):
+            if tensor.dim() != len(shape) or tuple(tensor.shape[1:]) != shape[1:] or tensor.shape[0] != batch:
+                raise WireError(f"route {self.route_id} ({self.label}) takes tensors of shape "
+                                f"{['N', *shape[1:]]}, got {list(tensor.shape)}; run this route's head on the input")
+        if not 1 <= batch <= max_batch:
+            raise WireError(f"batch of {batch} is outside 1..{max_batch} for this server; send smaller batches")
+        return [t.float() if t.is_floating_point() else t for t in tensors]
+
+    @torch.no_grad()
+    def server_side(self, tensors: list[torch.Tensor]) -> object:
+        """The tail's output for the received tensors (through the bottleneck decoder when there is one)."""
+        if self.bottleneck is not None:
+            tensors = [self.bottleneck.decode(tensors[0], self.width or 1.0)]
+        return self.tail(*tensors)
+
+    def describe(self) -> dict:
+        """What a client needs to check it runs the same route: shown by the server's /v1/models."""
+        return {"route_id": self.route_id, "label": self.label, "kind": self.kind, "cut_index": self.split.cut.index,
+                "position": self.split.cut.position, "head_nodes": list(self.split.cut.head or []) or None,
+                "codecs": [c.spec for c in self.codecs], "width": self.width,
+                "sends": [list(s) for s in self.sent_shapes], "ranges_mbps": [list(r) for r in self.ranges]}
+
+
+@dataclass
+class Deployment:
+    """A plan's model, its routes, and its switch table."""
+
+    model_id: str
+    plan: PlanReport
+    model: nn.Module
+    traced: TracedModel
+    routes: list[Route]
+
+    def route(self, route_id: int) -> Route:
+        if not 0 <= route_id < len(self.routes):
+            raise WireError(f"model {self.model_id} has routes 0..{len(self.routes) - 1}, not {route_id}; "
+                            "GET /v1/models lists them", status=_not_found())
+        return self.routes[route_id]
+
+    def label_at(self, mbps: float) -> str:
+        """The switch table's best plan at ``mbps`` uplink (its first or last row outside the table)."""
+        table = self.plan.switch_table
+        for row in table:
+            if row.low_mbps <= mbps < row.high_mbps:
+                return row.label
+        return table[0].label if mbps < table[0].low_mbps else table[-1].label
+
+    def route_for_label(self, label: str) -> Route | None:
+        """The route that runs the plan labelled ``label``; None for all-device (nothing to send)."""
+        return next((r for r in self.routes if r.label == label), None)
+
+    def describe(self) -> dict:
+        return {"model_id": self.model_id, "model": self.plan.model, "fingerprint": self.plan.fingerprint,
+                "input_shape": self.plan.input_shape, "chosen": self.plan.chosen.label,
+                "switch_table": [row.model_dump() for row in self.plan.switch_table],
+                "routes": [r.describe() for r in self.routes]}
+
+
+def _not_found():  # noqa: ANN202 - avoids importing Status at module level twice
+    from .wire import Status
+    return Status.NOT_FOUND
+
+
+def load_deployment(plan: PlanReport, *, weights: str | Path | None = None, model_id: str | None = None,
+                    plan_dir: Path | None = None) -> Deployment:
+    """Rebuild ``plan``'s model (weights from ``weights`` or the plan) and one route per split in its switch table."""
+    model, example = _rebuild(plan, weights, plan_dir)
+    traced = trace(model, example)
+    if traced.fingerprint != plan.fingerprint:
+        raise DeploymentError(f"the model rebuilt from the plan (graph {traced.fingerprint}) is not the one that was "
+                              f"planned (graph {plan.fingerprint}); plan again with this model and weights")
+    reports = [load_compress(_resolve(p, plan_dir)) for p in plan.constraints.compress_files]
+    entries = _entries(plan)
+    routes = [_route(i, entry, ranges, traced, reports) for i, (entry, ranges) in enumerate(entries)]
+    return Deployment(model_id or model_id_for(plan.model), plan, model, traced, routes)
+
+
+def _entries(plan: PlanReport) -> list[tuple[SwitchRange | PlanEntry, list[tuple[float, float]]]]:
+    """Every plan the switch table (or the chosen plan) may run across the network, once each, with its ranges."""
+    found: dict[str, tuple[SwitchRange | PlanEntry, list[tuple[float, float]]]] = {}
+    for row in plan.switch_table:
+        if row.kind != "all-device":
+            found.setdefault(row.label, (row, []))[1].append((row.low_mbps, row.high_mbps))
+    if plan.chosen.kind != "all-device":
+        found.setdefault(plan.chosen.label, (plan.chosen, []))
+    return list(found.values())
+
+
+def _rebuild(plan: PlanReport, weights: str | Path | None, plan_dir: Path | None) -> tuple[nn.Module, torch.Tensor]:
+    ref = plan.model_ref or {}
+    if "name" not in ref:
+        raise DeploymentError("this plan does not say how to rebuild its model (no model_ref); plan again with "
+                              "`edgesplit plan MODEL --weights W ...`")
+    model = build_model(ModelRef(ref["name"], dict(ref.get("kwargs") or {})))
+    source = weights or ref.get("weights")
+    if source:
+        path = _resolve(source, plan_dir)
+        state_dict, _ = read_weights(path)
+        load_weights(model, state_dict, str(path))
+    example = torch.zeros(plan.input_shape)
+    return model.eval(), example
+
+
+def _resolve(path: str | Path, plan_dir: Path | None) -> Path:
+    """``path`` as given, else relative to the plan's folder (plans move with their files)."""
+    path = Path(path)
+    if path.exists() or path.is_absolute() or plan_dir is None:
+        return path
+    beside = plan_dir / path
+    return beside if beside.exists() else path
+
+
+def _route(route_id: int, entry: SwitchRange | PlanEntry, ranges: list[tuple[float, float]], traced: TracedModel,
+           reports: list[CompressReport]) -> Route:
+    cut = traced.head_cut(entry.head_nodes) if entry.head_nodes else traced.cuts[_cut_index(entry, traced)]
+    split = traced.split(cut)
+    name = entry.codec or "fp32"
+    if entry.kind == "all-server":
+        found = re.fullmatch(r"all on server \((\w+).* input\)", entry.label)
+        codec = _INPUT_CODECS.get(found.group(1)) if found else None
+        if codec is not None:
+            return Route(route_id, entry.label, entry.kind, split, [codec], split.tail, ranges=ranges)
+    configuration, report = _reported(name, cut.position, reports)
+    if configuration is None:
+        try:
+            codecs = [parse_codec(name)] * len(cut.crossing)
+        except CodecError as error:
+            raise DeploymentError(f"plan entry '{entry.label}' uses codec '{name}', which is neither a codec spec "
+                                  f"nor a configuration in the plan's compress files ({error})") from None
+        codecs = [_calibrated(c, split, traced) for c in codecs]
+        return Route(route_id, entry.label, entry.kind, split, codecs, split.tail, ranges=ranges)
+    codecs = [codec_from_json(c) for c in configuration.codecs]
+    if configuration.kind != "bottleneck":
+        return Route(route_id, entry.label, entry.kind, split, codecs * (len(cut.crossing) // max(len(codecs), 1)),
+                     split.tail, ranges=ranges)
+    bottleneck, tail = _bottleneck(report, split)
+    return Route(route_id, entry.label, entry.kind, split, [code_codec(bottleneck.config)], tail, bottleneck,
+                 configuration.width, ranges)
+
+
+def _cut_index(entry: SwitchRange | PlanEntry, traced: TracedModel) -> int:
+    if entry.cut_index is not None and 0 <= entry.cut_index < len(traced.cuts):
+        return entry.cut_index
+    for cut in traced.cuts:
+        if cut.position == entry.position:
+            return cut.index
+    raise DeploymentError(f"plan entry '{entry.label}' names no cut of this model; plan again")
+
+
+def _reported(name: str, position: int, reports: list[CompressReport]):  # noqa: ANN202
+    for report in reports:
+        if report.cut_position != position:
+            continue
+        for configuration in report.configurations:
+            if configuration.name == name and configuration.kind != "input":
+                return configuration, report
+    return None, None
+
+
+def _calibrated(codec: Codec, split: Split, traced: TracedModel) -> Codec:
+    """A codec that needs a calibrated model, calibrated on the head's features of the example input."""
+    if not codec.needs_calibration:
+        return codec
+    with torch.no_grad():
+        features = split.head(*traced.example_inputs)
+    return codec.calibrate(features[0])
+
+
+def _bottleneck(report: CompressReport, split: Split) -> tuple[SlimmableBottleneck, nn.Module]:
+    summary = report.bottleneck
+    if summary is None or not summary.checkpoint:
+        raise DeploymentError(f"the compress result for cut {report.cut_index} has a bottleneck but no checkpoint "
+                              "folder; run `edgesplit compress ... --bottleneck K --checkpoint DIR` again")
+    channels, _, _ = feature_shape(split)
+    config = BottleneckConfig(channels, summary.channels, summary.stride, summary.bits, tuple(summary.widths))
+    bottleneck, tail = SlimmableBottleneck(config), copy.deepcopy(split.tail)
+    load_checkpoint(Path(summary.checkpoint), bottleneck, tail)
+    return bottleneck.eval(), tail.eval()

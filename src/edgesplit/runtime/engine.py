@@ -1,0 +1,238 @@
+"""The server's work, apart from HTTP: check a request frame, batch it with others on its route, run the tail.
+
+`Engine.handle(frame) -> Response` is all a transport needs (FastAPI, WebSocket, Ray Serve). Requests on the
+same route that arrive within ``max_wait_ms`` of each other share one forward pass (dynamic batching); a
+request id seen recently is answered from memory, so a client's retry never runs the tail twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import torch
+from torch.utils import _pytree as pytree
+
+from ..codecs import DecodeLimits, pack, parse_codec
+from .deployment import Deployment, Route
+from .wire import Request, Response, Status, WireError
+
+log = logging.getLogger("edgesplit.server")
+_RESULT_CODEC = parse_codec("fp32")  # results go back exactly as the tail computed them
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    """What one server accepts and how it batches."""
+
+    max_request_bytes: int = 64 << 20  # a whole request frame
+    decode: DecodeLimits = DecodeLimits()  # what a payload may decode to (codec limits)
+    max_rows: int = 64  # inputs in one request
+    max_batch: int = 32  # inputs in one forward pass; 1 turns dynamic batching off
+    max_wait_ms: float = 2.0  # how long the first request of a batch waits for others
+    dedup_entries: int = 4096  # recent responses kept for retried request ids
+
+
+class Observer:
+    """Hooks for metrics; the default does nothing."""
+
+    def batch(self, route: Route, requests: int, rows: int, seconds: float) -> None: ...
+
+    def response(self, route_label: str, status: Status, seconds: float, bytes_in: int, bytes_out: int) -> None: ...
+
+
+@dataclass
+class _Job:
+    request: Request
+    route: Route
+    tensors: list[torch.Tensor]
+    arrived: float
+    done: asyncio.Future = field(repr=False)
+
+    @property
+    def rows(self) -> int:
+        return self.tensors[0].shape[0]
+
+
+class Engine:
+    """Holds the deployments and answers request frames; one forward pass at a time, batched per route."""
+
+    def __init__(self, deployments: list[Deployment], limits: ServerLimits = ServerLimits(),
+                 observer: Observer | None = None) -> None:
+        self.models = {d.model_id: d for d in deployments}
+        self.limits = limits
+        self.observer = observer or Observer()
+        self._compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgesplit-tail")
+        self._queues: dict[tuple[str, int], asyncio.Queue[_Job]] = {}
+        self._workers: list[asyncio.Task] = []
+        self._recent: OrderedDict[tuple[str, bytes], Response] = OrderedDict()
+        self._pending: dict[tuple[str, bytes], asyncio.Future] = {}
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    # ---- the one entry point ----------------------------------------------------------------------------------
+
+    async def handle(self, frame: bytes) -> Response:
+        """The response to one request frame; never raises for anything the frame contains."""
+        started = time.perf_counter()
+        self._in_flight += 1
+        self._idle.clear()
+        request_id, label = b"\0" * 16, "-"
+        try:
+            request = Request.from_bytes(frame, self.limits.max_request_bytes)
+            request_id = request.request_id
+            route = self.models[request.model_id].route(request.route_id) if request.model_id in self.models \
+                else self._unknown_model(request.model_id)
+            label = route.label
+            response = await self._answer_once(request, route, started)
+        except WireError as error:
+            response = Response.error(request_id, error.status, str(error))
+        finally:
+            self._in_flight -= 1
+            if not self._in_flight:
+                self._idle.set()
+        response = Response(response.request_id, response.status, response.payload,
+                            (time.perf_counter() - started) * 1e3, response.batch_size)
+        self.observer.response(label, response.status, time.perf_counter() - started, len(frame),
+                               len(response.payload) + 32)
+        return response
+
+    def _unknown_model(self, model_id: str) -> Route:
+        known = ", ".join(sorted(self.models)) or "none"
+        raise WireError(f"this server does not serve model '{model_id}' (it serves: {known})", Status.NOT_FOUND)
+
+    async def _answer_once(self, request: Request, route: Route, started: float) -> Response:
+        key = (request.model_id, request.request_id)
+        if key in self._recent:
+            self._recent.move_to_end(key)
+            return self._recent[key]
+        if key in self._pending:  # the same request retried while the first try still runs
+            return await asyncio.shield(self._pending[key])
+        waiter = asyncio.get_running_loop().create_future()
+        self._pending[key] = waiter
+        response = None
+        try:
+            response = await self._answer(request, route, started)
+        except WireError as error:
+            response = Response.error(request.request_id, error.status, str(error))
+        except Exception as error:  # noqa: BLE001 - a bug in a tail must not take the server down
+            log.exception("request %s failed on %s", request.request_id.hex(), route.label)
+            response = Response.error(request.request_id, Status.INTERNAL, f"the server failed on this request: {error}")
+        finally:
+            self._pending.pop(key, None)
+            if response is None:  # cancelled: a retry waiting on this try must not wait forever
+                waiter.cancel()
+            else:
+                waiter.set_result(response)
+        if response.status == Status.OK:
+            self._recent[key] = response
+            while len(self._recent) > self.limits.dedup_entries:
+                self._recent.popitem(last=False)
+        return response
+
+    async def _answer(self, request: Request, route: Route, started: float) -> Response:
+        if (request.width is None) != (route.width is None) or (
+                route.width is not None and abs(request.width - route.width) > 1e-3):
+            raise WireError(f"route {route.route_id} ({route.label}) runs at width "
+                            f"{route.width if route.width is not None else 'none'}, the request says "
+                            f"{request.width if request.width is not None else 'none'}")
+        loop = asyncio.get_running_loop()
+        tensors = await loop.run_in_executor(None, route.decode, request.payload, self.limits.decode,
+                                             self.limits.max_rows)
+        job = _Job(request, route, tensors, started, loop.create_future())
+        await self._queue(request.model_id, route).put(job)
+        return await job.done
+
+    # ---- batching ---------------------------------------------------------------------------------------------
+
+    def _queue(self, model_id: str, route: Route) -> asyncio.Queue:
+        key = (model_id, route.route_id)
+        if key not in self._queues:
+            self._queues[key] = asyncio.Queue()
+            self._workers.append(asyncio.create_task(self._batch_loop(self._queues[key])))
+        return self._queues[key]
+
+    async def _batch_loop(self, queue: asyncio.Queue) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            jobs = [await queue.get()]
+            rows = jobs[0].rows
+            deadline = loop.time() + self.limits.max_wait_ms / 1e3
+            while rows < self.limits.max_batch:
+                try:
+                    if queue.empty():
+                        job = await asyncio.wait_for(queue.get(), max(deadline - loop.time(), 0))
+                    else:
+                        job = queue.get_nowait()
+                except asyncio.TimeoutError:
+                    break
+                if rows + job.rows > self.limits.max_batch:
+                    await self._run(loop, jobs)
+                    jobs, rows = [job], job.rows
+                    deadline = loop.time() + self.limits.max_wait_ms / 1e3
+                    continue
+                jobs.append(job)
+                rows += job.rows
+            await self._run(loop, jobs)
+
+    async def _run(self, loop: asyncio.AbstractEventLoop, jobs: list[_Job]) -> None:
+        started = time.perf_counter()
+        try:
+            payloads = await loop.run_in_executor(self._compute, run_batch, jobs[0].route,
+                                                  [j.tensors for j in jobs], [j.request.top_k for j in jobs])
+        except Exception as error:  # noqa: BLE001 - every waiting request gets the error, the loop goes on
+            log.exception("forward pass failed on %s", jobs[0].route.label)
+            for job in jobs:
+                if not job.done.done():
+                    job.done.set_exception(error)
+            return
+        self.observer.batch(jobs[0].route, len(jobs), sum(j.rows for j in jobs), time.perf_counter() - started)
+        for job, payload in zip(jobs, payloads):
+            if not job.done.done():
+                job.done.set_result(Response(job.request.request_id, Status.OK, payload, 0.0, len(jobs)))
+
+    # ---- lifecycle --------------------------------------------------------------------------------------------
+
+    async def drain(self, timeout_s: float = 30.0) -> bool:
+        """Wait until no request is in flight (graceful shutdown); False if ``timeout_s`` passed first."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
+            return True
+        except asyncio.TimeoutError:
+            return False
+
+    async def close(self) -> None:
+        for worker in self._workers:
+            worker.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+        self._workers.clear()
+        self._queues.clear()
+        self._compute.shutdown(wait=True)
+
+
+@torch.no_grad()
+def run_batch(route: Route, inputs: list[list[torch.Tensor]], top_ks: list[int]) -> list[bytes]:
+    """One forward pass of ``route``'s tail over several requests' tensors; each request's result payload."""
+    joined = [torch.cat(parts) if len(inputs) > 1 else parts[0] for parts in zip(*inputs)]
+    output = route.server_side(joined)
+    leaves = [leaf for leaf in pytree.tree_leaves(output) if isinstance(leaf, torch.Tensor)]
+    payloads, start = [], 0
+    for tensors, top_k in zip(inputs, top_ks):
+        rows = tensors[0].shape[0]
+        mine = [leaf[start:start + rows] for leaf in leaves]
+        start += rows
+        payloads.append(result_payload(mine, top_k))
+    return payloads
+
+
+def result_payload(outputs: list[torch.Tensor], top_k: int) -> bytes:
+    """The tail's outputs as packed fp32 frames, or (``top_k`` > 0) the top-k values and indices of the first."""
+    if top_k:
+        values, indices = outputs[0].float().topk(min(top_k, outputs[0].shape[-1]), dim=-1)
+        outputs = [values, indices]
+    return pack([_RESULT_CODEC.encode(t.contiguous()) for t in outputs])
