@@ -41,3 +41,35 @@ def round_trip_pictures(images: torch.Tensor, options: dict) -> PictureRoundTrip
         restored.append(array.reshape(p.shape))
     decoded = torch.from_numpy(np.stack(restored).astype(np.float32) / 255).permute(0, 3, 1, 2).contiguous()
     return PictureRoundTrip(sizes, encode_s, decode_s, decoded)
+
+
+def encode_picture(image: torch.Tensor, options: dict) -> bytes:
+    """One C×H×W image in [0, 1] (C = 1 or 3) as the bytes Pillow writes with ``options``."""
+    from PIL import Image
+
+    pixels = (image.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    buffer = io.BytesIO()
+    Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels).save(buffer, **options)
+    return buffer.getvalue()
+
+
+def decode_picture(data: bytes, shape: tuple[int, int, int]) -> torch.Tensor:
+    """The C×H×W float32 image in ``data``; ValueError unless it is a PNG/JPEG of exactly ``shape``.
+
+    The size is read from the header before any pixel is decoded, so a small file that declares a huge image
+    (a decompression bomb) is refused without allocating it.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    channels, height, width = shape
+    try:
+        with Image.open(io.BytesIO(data), formats=("PNG", "JPEG")) as opened:
+            if opened.size != (width, height):
+                raise ValueError(f"picture is {opened.size[0]}×{opened.size[1]}, the model takes {width}×{height}")
+            array = np.asarray(opened.convert("L" if channels == 1 else "RGB"))
+    except UnidentifiedImageError:
+        raise ValueError("not a PNG or JPEG image") from None
+    except (OSError, SyntaxError) as error:
+        raise ValueError(f"not a readable PNG or JPEG ({error})") from None
+    array = array.reshape(height, width, channels)
+    return torch.from_numpy(array.astype(np.float32) / 255).permute(2, 0, 1).contiguous()

@@ -296,6 +296,18 @@ def pack(frames: list[bytes]) -> bytes:
     return varint(len(frames)) + b"".join(varint(len(f)) + f for f in frames)
 
 
+def unpack_bytes(data: bytes, max_frames: int = 64) -> list[bytes]:
+    """The byte strings ``pack`` bundled, without decoding them (for payloads that are not codec frames)."""
+    reader = _Reader(bytes(data))
+    count = reader.varint("frame count")
+    if count > max_frames:
+        raise PayloadError(f"payload declares {count} frames, the limit is {max_frames}")
+    frames = [reader.take(reader.varint("frame length"), "frame") for _ in range(count)]
+    if reader.pos != len(reader.data):
+        raise PayloadError(f"payload corrupt: {len(reader.data) - reader.pos} bytes after the last frame")
+    return frames
+
+
 def unpack(data: bytes, limits: DecodeLimits = DecodeLimits(), max_frames: int = 64) -> list[torch.Tensor]:
     """The tensors ``pack`` bundled, decoded under ``limits`` all together (each frame gets what the others left)."""
     reader = _Reader(bytes(data))

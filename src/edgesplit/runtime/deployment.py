@@ -17,19 +17,44 @@ from torch import nn
 
 from ..bottleneck import BottleneckConfig, SlimmableBottleneck, feature_shape, load_checkpoint
 from ..codecs import Codec, CodecError, DecodeLimits, codec_from_json, pack, parse_codec, unpack
-from ..codecs.spec import Quantize, Zstd
+from ..codecs.frame import unpack_bytes
+from ..codecs.spec import Quantize
 from ..compress import CompressReport, code_codec, load_compress
 from ..errors import EdgesplitError
 from ..graph import Split, TracedModel, trace
 from ..intake import ModelRef, build_model, load_weights, read_weights
+from ..pictures import decode_picture, encode_picture
 from ..plan.schema import PlanEntry, PlanReport, SwitchRange
 from .wire import WireError, model_id_for
 
 # How the all-server plan's input formats travel: 8-bit images as exact 8-bit levels over [0, 1].
-# PNG and JPEG inputs travel as 8-bit levels + zstd (lossless; no image codec on the wire yet).
-_LEVELS = Quantize(8, low=(0.0,), high=(1.0,))
-_INPUT_CODECS = {"uint8": Codec("uint8", _LEVELS), "png": Codec("uint8+zstd", _LEVELS, Zstd(3)),
-                 "jpeg": Codec("uint8+zstd", _LEVELS, Zstd(3))}
+# The all-server plans' input formats: raw 8-bit levels as a codec frame; PNG and JPEG as pictures.
+_UINT8 = Codec("uint8", Quantize(8, low=(0.0,), high=(1.0,)))
+
+
+@dataclass(frozen=True)
+class PictureCodec:
+    """Whole input images sent as PNG or JPEG (what the planner costs for all-server plans), one per row."""
+
+    spec: str  # "png" or "jpeg q90"
+    options: tuple[tuple[str, object], ...]
+
+    def encode(self, images: torch.Tensor) -> bytes:
+        return pack([encode_picture(image, dict(self.options)) for image in images])
+
+    def decode(self, payload: bytes, shape: tuple[int, ...], max_rows: int) -> torch.Tensor:
+        try:
+            pictures = unpack_bytes(payload, max_rows)
+        except CodecError as error:
+            raise WireError(f"input pictures: {error}") from None
+        try:
+            return torch.stack([decode_picture(p, tuple(shape[1:])) for p in pictures])
+        except ValueError as error:
+            raise WireError(f"input picture: {error}; send the image at the model's input size") from None
+
+
+_PICTURES = {"png": PictureCodec("png", (("format", "PNG"),)),
+             "jpeg": PictureCodec("jpeg q90", (("format", "JPEG"), ("quality", 90)))}
 
 
 class DeploymentError(EdgesplitError):
@@ -49,6 +74,7 @@ class Route:
     bottleneck: SlimmableBottleneck | None = None
     width: float | None = None
     ranges: list[tuple[float, float]] = field(default_factory=list)  # the switch table's [low, high) Mbit/s
+    picture: PictureCodec | None = None  # all-server plans that send the input as PNG or JPEG
 
     @property
     def sent_shapes(self) -> list[tuple[int, ...]]:
@@ -69,11 +95,18 @@ class Route:
         return tensors
 
     def encode(self, tensors: list[torch.Tensor]) -> bytes:
-        """The crossing tensors as one payload (``pack`` of one codec frame each)."""
+        """The crossing tensors as one payload (``pack`` of one codec frame each, or of one picture per row)."""
+        if self.picture is not None:
+            return self.picture.encode(tensors[0])
         return pack([codec.encode(t) for codec, t in zip(self.codecs, tensors)])
 
     def decode(self, payload: bytes, limits: DecodeLimits, max_batch: int) -> list[torch.Tensor]:
         """The tensors of a payload, checked against this route's shapes; raises WireError (400) if they differ."""
+        if self.picture is not None:
+            images = self.picture.decode(payload, self.sent_shapes[0], max_batch)
+            if not 1 <= len(images) <= max_batch:
+                raise WireError(f"batch of {len(images)} is outside 1..{max_batch} for this server")
+            return [images]
         try:
             tensors = unpack(payload, limits, max_frames=len(self.codecs))
         except CodecError as error:
@@ -102,7 +135,7 @@ class Route:
         """What a client needs to check it runs the same route: shown by the server's /v1/models."""
         return {"route_id": self.route_id, "label": self.label, "kind": self.kind, "cut_index": self.split.cut.index,
                 "position": self.split.cut.position, "head_nodes": list(self.split.cut.head or []) or None,
-                "codecs": [c.spec for c in self.codecs], "width": self.width,
+                "codecs": [self.picture.spec] if self.picture else [c.spec for c in self.codecs], "width": self.width,
                 "sends": [list(s) for s in self.sent_shapes], "ranges_mbps": [list(r) for r in self.ranges]}
 
 
@@ -202,9 +235,12 @@ def _route(route_id: int, entry: SwitchRange | PlanEntry, ranges: list[tuple[flo
     name = entry.codec or "fp32"
     if entry.kind == "all-server":
         found = re.fullmatch(r"all on server \((\w+).* input\)", entry.label)
-        codec = _INPUT_CODECS.get(found.group(1)) if found else None
-        if codec is not None:
-            return Route(route_id, entry.label, entry.kind, split, [codec], split.tail, ranges=ranges)
+        input_format = found.group(1) if found else None
+        if input_format == "uint8":
+            return Route(route_id, entry.label, entry.kind, split, [_UINT8], split.tail, ranges=ranges)
+        if input_format in _PICTURES:
+            return Route(route_id, entry.label, entry.kind, split, [], split.tail, ranges=ranges,
+                         picture=_PICTURES[input_format])
     configuration, report = _reported(name, cut.position, reports)
     if configuration is None:
         try:
@@ -226,8 +262,9 @@ def _route(route_id: int, entry: SwitchRange | PlanEntry, ranges: list[tuple[flo
 def _cut_index(entry: SwitchRange | PlanEntry, traced: TracedModel) -> int:
     if entry.cut_index is not None and 0 <= entry.cut_index < len(traced.cuts):
         return entry.cut_index
+    position = 0 if entry.kind == "all-server" else entry.position
     for cut in traced.cuts:
-        if cut.position == entry.position:
+        if cut.position == position:
             return cut.index
     raise DeploymentError(f"plan entry '{entry.label}' names no cut of this model; plan again")
 

@@ -1,0 +1,1 @@
+"""Running a split model across a real network: wire frames, server, client."""
