@@ -69,6 +69,8 @@ def decode_picture(data: bytes, shape: tuple[int, int, int]) -> torch.Tensor:
             array = np.asarray(opened.convert("L" if channels == 1 else "RGB"))
     except UnidentifiedImageError:
         raise ValueError("not a PNG or JPEG image") from None
+    except Image.DecompressionBombError:
+        raise ValueError(f"picture declares a huge image, the model takes {width}×{height}") from None
     except (OSError, SyntaxError) as error:
         raise ValueError(f"not a readable PNG or JPEG ({error})") from None
     array = array.reshape(height, width, channels)
