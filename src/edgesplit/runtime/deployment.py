@@ -122,6 +122,15 @@ class Route:
                                 f"{['N', *shape[1:]]}, got {list(tensor.shape)}; run this route's head on the input")
         if not 1 <= batch <= max_batch:
             raise WireError(f"batch of {batch} is outside 1..{max_batch} for this server; send smaller batches")
+        # The tail runs on what the head computes: float features as float32, integer ones in their own dtype.
+        wanted = ["float32"] * len(tensors) if self.bottleneck is not None else \
+            [spec.dtype for spec in self.split.cut.crossing]
+        for tensor, name in zip(tensors, wanted):
+            dtype = getattr(torch, name, None)
+            floating = dtype.is_floating_point if isinstance(dtype, torch.dtype) else True
+            if tensor.is_floating_point() != floating or (not floating and tensor.dtype != dtype):
+                raise WireError(f"route {self.route_id} ({self.label}) takes {name} tensors, got "
+                                f"{str(tensor.dtype).removeprefix('torch.')}; encode what this route's head computes")
         return [t.float() if t.is_floating_point() else t for t in tensors]
 
     @torch.no_grad()

@@ -12,14 +12,14 @@ import logging
 import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch.utils import _pytree as pytree
 
 from ..codecs import DecodeLimits, pack, parse_codec
 from .deployment import Deployment, Route
-from .wire import Request, Response, Status, WireError
+from .wire import REQUEST_MAGIC, Request, Response, Status, WireError
 
 log = logging.getLogger("edgesplit.server")
 _RESULT_CODEC = parse_codec("fp32")  # results go back exactly as the tail computed them
@@ -37,12 +37,30 @@ class ServerLimits:
     dedup_entries: int = 4096  # recent responses kept for retried request ids
 
 
+@dataclass(frozen=True)
+class RequestRecord:
+    """One answered (or refused) request, as metrics and logs see it; '-' where the frame did not say."""
+
+    request_id: str  # hex, or "-"
+    model_id: str  # a model this server serves, or "-"
+    route: str  # the route's label, or "-"
+    status: Status
+    seconds: float
+    bytes_in: int
+    bytes_out: int
+    batch_size: int = 0
+    client: str | None = None
+
+
 class Observer:
-    """Hooks for metrics; the default does nothing."""
+    """Hooks for metrics and logs; the default does nothing."""
 
     def batch(self, route: Route, requests: int, rows: int, seconds: float) -> None: ...
 
     def response(self, route_label: str, status: Status, seconds: float, bytes_in: int, bytes_out: int) -> None: ...
+
+    def request(self, record: RequestRecord) -> None:
+        """Every request, with its model, route and client (transports also report the ones they refuse)."""
 
 
 @dataclass
@@ -77,32 +95,37 @@ class Engine:
 
     # ---- the one entry point ----------------------------------------------------------------------------------
 
-    async def handle(self, frame: bytes) -> Response:
-        """The response to one request frame; never raises for anything the frame contains."""
+    async def handle(self, frame: bytes, client: str | None = None) -> Response:
+        """The response to one request frame; never raises for anything the frame contains.
+
+        ``client`` (who sent it, as the transport knows them) only goes to the observer's request record.
+        """
         started = time.perf_counter()
         self._in_flight += 1
         self._idle.clear()
-        request_id, label = b"\0" * 16, "-"
+        request_id, known_id, model_id, label = peek_request_id(frame), "-", "-", "-"
         try:
             request = Request.from_bytes(frame, self.limits.max_request_bytes)
-            request_id = request.request_id
-            route = self.models[request.model_id].route(request.route_id) if request.model_id in self.models \
-                else self._unknown_model(request.model_id)
+            request_id, known_id = request.request_id, request.request_id.hex()
+            if request.model_id not in self.models:
+                self._unknown_model(request.model_id)
+            model_id = request.model_id
+            route = self.models[model_id].route(request.route_id)
             label = route.label
             response = await self._answer_once(request, route, started)
         except WireError as error:
-            response = Response.error(request_id, error.status, str(error))
+            response = _timed(Response.error(request_id, error.status, str(error)), started)
         finally:
             self._in_flight -= 1
             if not self._in_flight:
                 self._idle.set()
-        response = Response(response.request_id, response.status, response.payload,
-                            (time.perf_counter() - started) * 1e3, response.batch_size)
-        self.observer.response(label, response.status, time.perf_counter() - started, len(frame),
-                               len(response.payload) + 32)
+        seconds, bytes_out = time.perf_counter() - started, len(response.payload) + 32
+        self.observer.response(label, response.status, seconds, len(frame), bytes_out)
+        self.observer.request(RequestRecord(known_id, model_id, label, response.status, seconds, len(frame),
+                                            bytes_out, response.batch_size, client))
         return response
 
-    def _unknown_model(self, model_id: str) -> Route:
+    def _unknown_model(self, model_id: str) -> None:
         known = ", ".join(sorted(self.models)) or "none"
         raise WireError(f"this server does not serve model '{model_id}' (it serves: {known})", Status.NOT_FOUND)
 
@@ -127,7 +150,8 @@ class Engine:
             self._pending.pop(key, None)
             if response is None:  # cancelled: a retry waiting on this try must not wait forever
                 waiter.cancel()
-            else:
+            else:  # a retry gets these very bytes, server time included
+                response = _timed(response, started)
                 waiter.set_result(response)
         if response.status == Status.OK:
             self._recent[key] = response
@@ -213,6 +237,18 @@ class Engine:
         self._workers.clear()
         self._queues.clear()
         self._compute.shutdown(wait=True)
+
+
+def peek_request_id(frame: bytes) -> bytes:
+    """The request id of a frame that may not parse (best effort), so an error reply still names it; else zeros."""
+    if len(frame) >= 24 and frame[:4] == REQUEST_MAGIC:
+        return bytes(frame[8:24])
+    return b"\0" * 16
+
+
+def _timed(response: Response, started: float) -> Response:
+    """``response`` with the time from the frame's arrival until now."""
+    return replace(response, server_ms=(time.perf_counter() - started) * 1e3)
 
 
 @torch.no_grad()

@@ -1,76 +1,400 @@
-"""The tail server: FastAPI over the engine — binary frames in and out, bearer tokens, health, readiness.
+"""The tail server: FastAPI over the engine — binary frames over HTTP and WebSocket, tokens, limits, metrics, logs.
 
 ``create_app(engine, token)`` is the ASGI app; ``ServerThread`` runs it with uvicorn on a background thread
-(tests, benchmarks, the demo); ``serve(...)`` is what `edgesplit serve` runs in the foreground.
+(tests, benchmarks, the demo); ``serve(...)`` is what `edgesplit serve` runs in the foreground, until SIGTERM or
+SIGINT, after which it stops accepting, answers what is in flight and exits 0.
+
+Every request is checked in this order, each refusal answered before the body is read: the bearer token (401),
+the declared size (413), the client's requests in flight (429); the body is then read with a running cap (413),
+so a body without Content-Length is never buffered past the limit. Metrics go to a Prometheus registry of the
+app's own; each request is one JSON line on the ``edgesplit.server`` logger.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hmac
 import ipaddress
+import json
+import logging
+import math
+import os
+import signal
+import socket
+import sys
 import threading
 import time
-from contextlib import asynccontextmanager
+from collections import deque
+from collections.abc import Iterable, Iterator
+from datetime import datetime, timezone
 from pathlib import Path
+from urllib.parse import urlsplit
 
-from fastapi import FastAPI, Request as HttpRequest
+import torch
+from fastapi import FastAPI, Request as HttpRequest, Security, WebSocket
 from fastapi.responses import JSONResponse, Response as HttpResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from starlette.requests import ClientDisconnect
+from starlette.websockets import WebSocketDisconnect
 
+from ..codecs import DecodeLimits
 from ..errors import EdgesplitError
-from .engine import Engine
-from .wire import MEDIA_TYPE, Status
+from .deployment import Deployment, Route
+from .engine import Engine, Observer, RequestRecord, ServerLimits, peek_request_id
+from .wire import MEDIA_TYPE, Response, Status, check_model_id
 
 TOKEN_ENV = "EDGESPLIT_TOKEN"
+CLIENT_HEADER = "x-edgesplit-client"  # who a request counts against for the per-client limit (else its address)
+DEFAULT_CLIENT_CONCURRENCY = 16
+LOG_LEVELS = ("debug", "info", "warning", "error")
+log = logging.getLogger("edgesplit.server")
+
+_BINARY = {"schema": {"type": "string", "format": "binary"}}
+_ERROR = {"application/json": {"schema": {"type": "object", "properties": {
+    "error": {"type": "string"}, "request_id": {"type": "string"}}, "required": ["error"]}}}
+_INFER_DOC = {
+    "requestBody": {"required": True, "description": "a request frame (docs/protocol.md)",
+                    "content": {MEDIA_TYPE: _BINARY}},
+}
+_INFER_RESPONSES = {
+    200: {"description": "a response frame (docs/protocol.md)", "content": {MEDIA_TYPE: _BINARY}},
+    **{code: {"description": what, "content": _ERROR} for code, what in (
+        (400, "a malformed frame, a wrong shape, width or dtype for the route"),
+        (401, "a missing or wrong bearer token"), (404, "an unknown model or route"),
+        (413, "a body over the server's request limit, or a payload over its decode limits"),
+        (429, "the client has as many requests in flight as the server allows"),
+        (500, "the tail failed (a bug, never the request's fault)"))},
+}
 
 
 class ServerError(EdgesplitError):
     """A server that cannot start as asked (no token on a public address, a port in use, an unreadable token)."""
 
 
-def create_app(engine: Engine, token: str | None) -> FastAPI:
-    """The HTTP app: POST /v1/infer (frames), GET /v1/models, /healthz, /readyz."""
+# ---- metrics and logs ---------------------------------------------------------------------------------------------
 
-    @asynccontextmanager
+
+class ServerMetrics(Observer):
+    """Prometheus metrics in a registry of their own (so several apps in one process do not clash)."""
+
+    def __init__(self, deployments: Iterable[Deployment]) -> None:
+        self._models = {id(route): d.model_id for d in deployments for route in d.routes}
+        self.registry = registry = CollectorRegistry(auto_describe=True)
+        by_route = ["model", "route"]
+        self.requests = Counter("edgesplit_requests", "Requests answered, by HTTP status (refusals included)",
+                                [*by_route, "status"], registry=registry)
+        self.errors = Counter("edgesplit_errors", "Requests answered with an error status",
+                              [*by_route, "status"], registry=registry)
+        self.seconds = Histogram("edgesplit_request_seconds", "From a request's arrival to its answer",
+                                 by_route, registry=registry,
+                                 buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30))
+        self.batch_size = Histogram("edgesplit_batch_size", "Requests per forward pass of a tail", by_route,
+                                    registry=registry, buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
+        self.batch_rows = Histogram("edgesplit_batch_rows", "Inputs (rows) per forward pass of a tail", by_route,
+                                    registry=registry, buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
+        self.forward_seconds = Histogram("edgesplit_forward_seconds", "Time of one forward pass of a tail", by_route,
+                                         registry=registry,
+                                         buckets=(.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 5))
+        self.bytes_in = Counter("edgesplit_bytes_in", "Request bytes received", by_route, registry=registry)
+        self.bytes_out = Counter("edgesplit_bytes_out", "Response bytes sent", by_route, registry=registry)
+        self.in_flight = Gauge("edgesplit_in_flight", "Requests being answered now", registry=registry)
+
+    def batch(self, route: Route, requests: int, rows: int, seconds: float) -> None:
+        labels = (self._models.get(id(route), "-"), route.label)
+        self.batch_size.labels(*labels).observe(requests)
+        self.batch_rows.labels(*labels).observe(rows)
+        self.forward_seconds.labels(*labels).observe(seconds)
+
+    def request(self, record: RequestRecord) -> None:
+        # Labels only ever hold served models and routes: a request cannot add series by naming others.
+        labels = (record.model_id, record.route)
+        code = str(record.status.http)
+        self.requests.labels(*labels, code).inc()
+        if record.status != Status.OK:
+            self.errors.labels(*labels, code).inc()
+        self.seconds.labels(*labels).observe(record.seconds)
+        self.bytes_in.labels(*labels).inc(record.bytes_in)
+        self.bytes_out.labels(*labels).inc(record.bytes_out)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class RequestLog(Observer):
+    """One JSON line per request on ``edgesplit.server`` (silent until a handler is configured, as `serve` does)."""
+
+    def request(self, record: RequestRecord) -> None:
+        level = logging.ERROR if record.status == Status.INTERNAL else logging.INFO
+        if not log.isEnabledFor(level):
+            return
+        log.log(level, "request", extra={"fields": {
+            "request_id": record.request_id, "model": record.model_id, "route": record.route,
+            "status": record.status.http, "outcome": record.status.name.lower(), "ms": round(record.seconds * 1e3, 3),
+            "bytes_in": record.bytes_in, "bytes_out": record.bytes_out, "batch_size": record.batch_size,
+            "client": record.client}})
+
+
+class _Observers(Observer):
+    """Several observers as one: the engine's own, then the server's metrics and log."""
+
+    def __init__(self, *observers: Observer) -> None:
+        self.observers = observers
+
+    def batch(self, route: Route, requests: int, rows: int, seconds: float) -> None:
+        for observer in self.observers:
+            observer.batch(route, requests, rows, seconds)
+
+    def response(self, route_label: str, status: Status, seconds: float, bytes_in: int, bytes_out: int) -> None:
+        for observer in self.observers:
+            observer.response(route_label, status, seconds, bytes_in, bytes_out)
+
+    def request(self, record: RequestRecord) -> None:
+        for observer in self.observers:
+            observer.request(record)
+
+
+class JsonFormatter(logging.Formatter):
+    """Log records as one JSON object per line: time, level, logger, event, and the record's fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        data = {"ts": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
+                "level": record.levelname.lower(), "logger": record.name, "event": record.getMessage()}
+        data.update(getattr(record, "fields", None) or {})
+        if record.exc_info:
+            data["exception"] = self.formatException(record.exc_info)
+        return json.dumps(data, default=str)
+
+
+def configure_logging(level: str = "info", stream=None) -> logging.Handler:  # noqa: ANN001 - any text stream
+    """JSON lines on stderr for edgesplit's and uvicorn's loggers at ``level``; returns the handler."""
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    for name in ("edgesplit", "uvicorn", "uvicorn.error", "uvicorn.access"):
+        logger = logging.getLogger(name)
+        logger.handlers = [handler]
+        logger.setLevel(level.upper())
+        logger.propagate = False
+    return handler
+
+
+# ---- limits ---------------------------------------------------------------------------------------------------------
+
+
+class ClientLimiter:
+    """At most ``limit`` requests in flight per client; HTTP refuses beyond it, a stream waits for a slot."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._counts: dict[str, int] = {}
+        self._waiters: dict[str, deque[asyncio.Future]] = {}
+
+    def in_flight(self, client: str) -> int:
+        return self._counts.get(client, 0)
+
+    def try_acquire(self, client: str) -> bool:
+        if self._counts.get(client, 0) >= self.limit:
+            return False
+        self._counts[client] = self._counts.get(client, 0) + 1
+        return True
+
+    async def acquire(self, client: str) -> None:
+        while not self.try_acquire(client):
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.setdefault(client, deque()).append(waiter)
+            try:
+                await waiter
+            finally:
+                queue = self._waiters.get(client)
+                if queue is not None:
+                    with contextlib.suppress(ValueError):
+                        queue.remove(waiter)
+                    if not queue:
+                        del self._waiters[client]
+
+    def release(self, client: str) -> None:
+        left = self._counts.get(client, 0) - 1
+        if left > 0:
+            self._counts[client] = left
+        else:
+            self._counts.pop(client, None)  # forgotten when idle: many clients do not grow the table
+        for waiter in self._waiters.get(client, ()):
+            if not waiter.done():
+                waiter.set_result(None)
+                break
+
+
+def decode_limits(deployments: Iterable[Deployment], max_rows: int) -> DecodeLimits:
+    """What a payload may decode to: the largest route's tensors for ``max_rows`` inputs, at 8 bytes a value.
+
+    The codec refuses any frame that declares more before allocating it, so a hostile payload costs at most this.
+    """
+    largest = 0
+    for deployment in deployments:
+        for route in deployment.routes:
+            values = sum(math.prod(shape[1:]) for shape in route.sent_shapes)
+            largest = max(largest, values * max_rows * 8)
+    return DecodeLimits(max_decoded_bytes=max(largest, 1 << 20))
+
+
+# ---- the app --------------------------------------------------------------------------------------------------------
+
+
+def create_app(engine: Engine, token: str | None, *,
+               client_concurrency: int = DEFAULT_CLIENT_CONCURRENCY) -> FastAPI:
+    """The ASGI app: POST /v1/infer and WebSocket /v1/stream (frames), /v1/models, /metrics, /healthz, /readyz.
+
+    The engine's observer is wrapped so that its events also reach this app's metrics and request log.
+    """
+    metrics, request_log = ServerMetrics(engine.models.values()), RequestLog()
+    own = engine.observer.observers[0] if isinstance(engine.observer, _Observers) else engine.observer
+    engine.observer = observer = _Observers(own, metrics, request_log)
+    limiter = ClientLimiter(client_concurrency)
+    max_bytes = engine.limits.max_request_bytes
+    bearer = HTTPBearer(auto_error=False, description="the server's token (`edgesplit serve --token-file`)")
+
+    @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):  # noqa: ANN202
         app.state.ready = True
         yield
         app.state.ready = False
-        await engine.drain()
+        if not await engine.drain():
+            log.warning("shutdown: requests still in flight after the drain timeout")
         await engine.close()
 
     app = FastAPI(title="edgesplit tail server", version="1", lifespan=lifespan,
-                  description="Runs the tail of split models. Request and response bodies are binary frames "
-                              "(docs/protocol.md).")
+                  description="Runs the tails of split models. Request and response bodies are binary frames "
+                              f"({MEDIA_TYPE}, docs/protocol.md). WebSocket /v1/stream takes one request frame "
+                              "per binary message and answers each with a response frame, in any order (match "
+                              "them by request id). Send `Authorization: Bearer <token>` to /v1/* and /metrics.")
     app.state.ready = False
+    app.state.metrics, app.state.limiter = metrics, limiter
 
-    def refused(request: HttpRequest) -> JSONResponse | None:
+    def token_error(authorization: str) -> str | None:
         if token is None:
             return None
-        given = request.headers.get("authorization", "")
-        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-            what = "missing" if not given else "wrong"
-            return JSONResponse({"error": f"{what} bearer token; send 'Authorization: Bearer <token>' with the "
-                                          "server's token"}, status_code=401,
-                                headers={"WWW-Authenticate": "Bearer"})
-        return None
+        if hmac.compare_digest(authorization.encode(), f"Bearer {token}".encode()):
+            return None
+        return (f"{'wrong' if authorization else 'missing'} bearer token; send 'Authorization: Bearer <token>' "
+                "with the server's token")
 
-    @app.post("/v1/infer", summary="Run a tail on one request frame",
-              responses={200: {"content": {MEDIA_TYPE: {}}, "description": "a response frame"}})
-    async def infer(request: HttpRequest) -> HttpResponse:
-        if (denied := refused(request)) is not None:
-            return denied
-        body = await request.body()
-        response = await engine.handle(body)
-        if response.status != Status.OK:
-            return JSONResponse({"error": response.message, "request_id": response.request_id.hex()},
-                                status_code=response.status.http)
-        return HttpResponse(response.to_bytes(), media_type=MEDIA_TYPE)
+    def refuse(status: Status, message: str, client: str | None, started: float, bytes_in: int = 0,
+               headers: dict[str, str] | None = None) -> HttpResponse:
+        body = json.dumps({"error": message}).encode()
+        observer.request(RequestRecord("-", "-", "-", status, time.perf_counter() - started, bytes_in, len(body),
+                                       client=client))
+        return HttpResponse(body, status_code=status.http, media_type="application/json", headers=headers)
+
+    def client_of(connection: HttpRequest | WebSocket) -> str:
+        named = connection.headers.get(CLIENT_HEADER)
+        if named:
+            return named[:64]
+        return connection.client.host if connection.client else "-"
+
+    @app.post("/v1/infer", summary="Run a tail on one request frame", response_class=HttpResponse,
+              openapi_extra=_INFER_DOC, responses=_INFER_RESPONSES)
+    async def infer(request: HttpRequest,
+                    _: HTTPAuthorizationCredentials | None = Security(bearer)) -> HttpResponse:
+        started = time.perf_counter()
+        client = client_of(request)
+        metrics.in_flight.inc()
+        try:
+            if (problem := token_error(request.headers.get("authorization", ""))) is not None:
+                return refuse(Status.UNAUTHORIZED, problem, client, started, headers={"WWW-Authenticate": "Bearer"})
+            declared = request.headers.get("content-length")
+            if declared is not None and (not declared.isdigit() or int(declared) > max_bytes):
+                return refuse(Status.TOO_LARGE, f"request body of {declared} bytes is over this server's limit of "
+                                                f"{max_bytes:,}; send smaller batches", client, started)
+            if not limiter.try_acquire(client):
+                return refuse(Status.BUSY, f"client {client} already has {limiter.limit} requests in flight, this "
+                                           "server's limit per client; wait for answers before sending more",
+                              client, started, headers={"Retry-After": "1"})
+            try:
+                body = await _read_capped(request, max_bytes)
+                if body is None:
+                    return refuse(Status.TOO_LARGE, f"request body is over this server's limit of {max_bytes:,} "
+                                                    "bytes; send smaller batches", client, started, max_bytes)
+                response = await engine.handle(body, client)
+            except ClientDisconnect:
+                return refuse(Status.BAD_REQUEST, "the client went away before sending the whole body", client,
+                              started)
+            finally:
+                limiter.release(client)
+            if response.status != Status.OK:
+                return JSONResponse({"error": response.message, "request_id": response.request_id.hex()},
+                                    status_code=response.status.http)
+            return HttpResponse(response.to_bytes(), media_type=MEDIA_TYPE)
+        finally:
+            metrics.in_flight.dec()
+
+    @app.websocket("/v1/stream")
+    async def stream(websocket: WebSocket) -> None:
+        """A continuous stream (video): binary request frames in, response frames out, several in flight."""
+        started = time.perf_counter()
+        client = client_of(websocket)
+        await websocket.accept()
+        if (problem := token_error(websocket.headers.get("authorization", ""))) is not None:
+            observer.request(RequestRecord("-", "-", "-", Status.UNAUTHORIZED, time.perf_counter() - started, 0, 0,
+                                           client=client))
+            await websocket.close(code=1008, reason=problem[:120])  # policy violation
+            return
+        send_lock, tasks = asyncio.Lock(), set()
+
+        async def reply(response: Response) -> None:
+            with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
+                async with send_lock:
+                    await websocket.send_bytes(response.to_bytes())
+
+        async def answer(frame: bytes) -> None:
+            metrics.in_flight.inc()
+            try:
+                await reply(await engine.handle(frame, client))
+            finally:
+                metrics.in_flight.dec()
+                limiter.release(client)
+
+        def refused(status: Status, frame: bytes, message: str) -> Response:
+            observer.request(RequestRecord("-", "-", "-", status, 0.0, len(frame), 32 + len(message), client=client))
+            return Response.error(peek_request_id(frame), status, message)
+
+        try:
+            while True:
+                message = await websocket.receive()
+                if message["type"] == "websocket.disconnect":
+                    break
+                frame = message.get("bytes")
+                if frame is None:
+                    text = (message.get("text") or "").encode()
+                    await reply(refused(Status.BAD_REQUEST, text, "send request frames as binary messages"))
+                    continue
+                if len(frame) > max_bytes:
+                    await reply(refused(Status.TOO_LARGE, frame, f"message of {len(frame):,} bytes is over this "
+                                                                 f"server's limit of {max_bytes:,}"))
+                    continue
+                await limiter.acquire(client)  # a stream waits for a slot: TCP slows the sender down
+                task = asyncio.create_task(answer(frame))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+        finally:
+            if tasks:
+                await asyncio.gather(*tasks, return_exceptions=True)
 
     @app.get("/v1/models", summary="The models, their routes (cut, codec, width) and switch tables")
-    async def models(request: HttpRequest) -> JSONResponse:
-        if (denied := refused(request)) is not None:
-            return denied
+    async def models(request: HttpRequest, _: HTTPAuthorizationCredentials | None = Security(bearer)) -> JSONResponse:
+        if (problem := token_error(request.headers.get("authorization", ""))) is not None:
+            return refuse(Status.UNAUTHORIZED, problem, client_of(request), time.perf_counter(),
+                          headers={"WWW-Authenticate": "Bearer"})
         return JSONResponse({"models": [d.describe() for d in engine.models.values()]})
+
+    @app.get("/metrics", summary="Prometheus metrics", response_class=HttpResponse,
+             responses={200: {"description": "Prometheus text format", "content": {"text/plain": {}}}})
+    async def prometheus(request: HttpRequest,
+                         _: HTTPAuthorizationCredentials | None = Security(bearer)) -> HttpResponse:
+        if (problem := token_error(request.headers.get("authorization", ""))) is not None:
+            return refuse(Status.UNAUTHORIZED, problem, client_of(request), time.perf_counter(),
+                          headers={"WWW-Authenticate": "Bearer"})
+        return HttpResponse(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/healthz", summary="Liveness")
     async def healthz() -> dict:
@@ -84,17 +408,31 @@ def create_app(engine: Engine, token: str | None) -> FastAPI:
     return app
 
 
+async def _read_capped(request: HttpRequest, limit: int) -> bytes | None:
+    """The body, read as it arrives; None as soon as it passes ``limit`` bytes (the rest is never read)."""
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            return None
+    return bytes(body)
+
+
+# ---- tokens and exposure ----------------------------------------------------------------------------------------------
+
+
 def check_exposure(host: str, token: str | None) -> None:
     """Refuse to serve without a token anywhere but loopback."""
-    if token is not None:
-        return
-    try:
-        loopback = ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = host == "localhost"
-    if not loopback:
+    if token is None and not _is_loopback(host):
         raise ServerError(f"refusing to serve on {host} without a token: anyone who reaches it could use the server; "
                           "pass --token-file FILE (or set EDGESPLIT_TOKEN), or bind to 127.0.0.1")
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def read_token(path: Path | None) -> str | None:
@@ -102,27 +440,56 @@ def read_token(path: Path | None) -> str | None:
     if path is None:
         return None
     try:
-        token = path.read_text().strip().splitlines()[0].strip() if path.read_text().strip() else ""
-    except OSError as error:
-        raise ServerError(f"cannot read the token file {path} ({error.strerror}); check the path") from None
-    if len(token) < 16:
-        raise ServerError(f"the token in {path} is {len(token)} characters; use at least 16 random characters "
-                          "(e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))' > token`)")
+        text = path.read_text().strip()
+    except (OSError, UnicodeDecodeError) as error:
+        why = error.strerror if isinstance(error, OSError) else "not text"
+        raise ServerError(f"cannot read the token file {path} ({why}); check the path") from None
+    return _checked_token(text.splitlines()[0].strip() if text else "", f"the token in {path}")
+
+
+def token_from(token_file: Path | None) -> tuple[str | None, str]:
+    """The token from ``token_file``, else $EDGESPLIT_TOKEN, else none; and where it came from."""
+    if token_file is not None:
+        return read_token(token_file), str(token_file)
+    if os.environ.get(TOKEN_ENV, "").strip():
+        return _checked_token(os.environ[TOKEN_ENV].strip(), f"${TOKEN_ENV}"), f"${TOKEN_ENV}"
+    return None, "none"
+
+
+def _checked_token(token: str, what: str) -> str:
+    if len(token) < 16 or not token.isascii() or not token.isprintable() or " " in token:
+        raise ServerError(f"{what} is {len(token)} characters; use at least 16 random printable ASCII characters "
+                          "without spaces (e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))' > token`)")
     return token
+
+
+# ---- running it -------------------------------------------------------------------------------------------------------
+
+
+def _uvicorn_config(engine: Engine, token: str | None, client_concurrency: int, log_level: str, **options):  # noqa: ANN202
+    import uvicorn
+
+    return uvicorn.Config(create_app(engine, token, client_concurrency=client_concurrency), log_level=log_level,
+                          lifespan="on", timeout_graceful_shutdown=30, access_log=False,
+                          ws_max_size=engine.limits.max_request_bytes, **options)
 
 
 class ServerThread:
     """A real uvicorn server on a background thread (127.0.0.1, a free port unless given); a context manager."""
 
-    def __init__(self, engine: Engine, token: str | None = None, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, engine: Engine, token: str | None = None, host: str = "127.0.0.1", port: int = 0, *,
+                 client_concurrency: int = DEFAULT_CLIENT_CONCURRENCY) -> None:
         import uvicorn
 
         check_exposure(host, token)
         self.engine, self.token = engine, token
-        config = uvicorn.Config(create_app(engine, token), host=host, port=port, log_level="warning",
-                                lifespan="on", timeout_graceful_shutdown=30)
-        self.server = uvicorn.Server(config)
+        self.server = uvicorn.Server(_uvicorn_config(engine, token, client_concurrency, "warning", host=host,
+                                                     port=port))
         self._thread = threading.Thread(target=self.server.run, name="edgesplit-server", daemon=True)
+
+    @property
+    def app(self) -> FastAPI:
+        return self.server.config.app
 
     @property
     def url(self) -> str:
@@ -148,3 +515,143 @@ class ServerThread:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+
+def _server_class():  # noqa: ANN202 - uvicorn is imported only when serving
+    import uvicorn
+
+    class _Server(uvicorn.Server):
+        """uvicorn that ends with exit status 0 after a graceful shutdown on SIGTERM/SIGINT (it re-raises them)."""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            handled = (signal.SIGINT, signal.SIGTERM)
+            original = {sig: signal.signal(sig, self.handle_exit) for sig in handled}
+            try:
+                yield
+            finally:
+                for sig, handler in original.items():
+                    signal.signal(sig, handler)
+
+        def handle_exit(self, sig: int, frame) -> None:  # noqa: ANN001
+            if not self.should_exit:
+                log.info("shutting down: no new connections; answering the requests in flight",
+                         extra={"fields": {"signal": signal.Signals(sig).name}})
+            self.config.app.state.ready = False
+            super().handle_exit(sig, frame)
+
+    return _Server
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as error:
+        raise ServerError(f"cannot resolve --host {host} ({error.strerror}); pass an address such as 127.0.0.1") \
+            from None
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as error:
+        sock.close()
+        raise ServerError(f"cannot listen on {host}:{port} ({error.strerror}); is another server using the port? "
+                          "pass another --port (0 picks a free one)") from None
+    return sock
+
+
+def serve(plan_path: Path, *, host: str = "127.0.0.1", port: int = 8000, token_file: Path | None = None,
+          weights: Path | None = None, model_id: str | None = None, max_batch: int = 32, max_wait_ms: float = 2.0,
+          max_request_mb: float = 64.0, client_concurrency: int = DEFAULT_CLIENT_CONCURRENCY,
+          log_level: str = "info", console=None) -> None:  # noqa: ANN001 - a rich Console
+    """Serve every tail of ``plan_path``'s switch table until SIGTERM/SIGINT; user errors raise EdgesplitError."""
+    from rich.console import Console
+
+    from ..plan.schema import load_plan
+    from .deployment import load_deployment
+
+    console = console or Console()
+    if log_level.lower() not in LOG_LEVELS:
+        raise ServerError(f"--log-level {log_level} is not one of {', '.join(LOG_LEVELS)}")
+    if max_batch < 1 or max_wait_ms < 0 or max_request_mb <= 0 or client_concurrency < 1:
+        raise ServerError("--max-batch and --client-concurrency must be at least 1, --max-wait-ms at least 0, "
+                          "--max-request-mb above 0")
+    token, token_source = token_from(token_file)
+    check_exposure(host, token)
+    if model_id is not None:
+        check_model_id(model_id)
+    plan = load_plan(plan_path)
+    deployment = load_deployment(plan, weights=weights, model_id=model_id, plan_dir=Path(plan_path).parent)
+    limits = ServerLimits(max_request_bytes=int(max_request_mb * 2**20),
+                          decode=decode_limits([deployment], ServerLimits.max_rows),
+                          max_batch=max_batch, max_wait_ms=max_wait_ms)
+    sock = _listen(host, port)
+    bound_host, bound_port = sock.getsockname()[:2]
+    engine = Engine([deployment], limits)
+    server = _server_class()(_uvicorn_config(engine, token, client_concurrency, log_level.lower(), log_config=None))
+    configure_logging(log_level)
+    url = f"http://{f'[{bound_host}]' if ':' in bound_host else bound_host}:{bound_port}"
+    console.print(startup_summary(deployment, url, token_source if token else None, limits, client_concurrency))
+    log.info("serving", extra={"fields": {"url": url, "model": deployment.model_id, "routes": len(deployment.routes),
+                                          "auth": token is not None}})
+    if token is None:
+        log.warning("authentication is off (no --token-file or $EDGESPLIT_TOKEN); loopback clients only")
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
+    log.info("stopped", extra={"fields": {"url": url}})
+
+
+def startup_summary(deployment: Deployment, url: str, token_source: str | None, limits: ServerLimits,
+                    client_concurrency: int):  # noqa: ANN201 - a rich renderable
+    """One screen: the model, each route (label, cut, codec, width, bytes per inference), the URL, auth, limits."""
+    from rich.console import Group
+    from rich.markup import escape
+    from rich.table import Table
+    from rich.text import Text
+
+    plan = deployment.plan
+    table = Table(title=escape(f"edgesplit serve — {plan.model} (model id {deployment.model_id}, "
+                               f"graph {plan.fingerprint})"),
+                  title_justify="left")
+    for column in ("route", "label", "cut", "codec", "width", "sends", "bytes/inference", "Mbit/s"):
+        table.add_column(column, justify="right" if column in ("route", "bytes/inference") else "left")
+    for route in deployment.routes:
+        cut = route.split.cut
+        where = str(cut.index) if cut.index >= 0 else f"{len(cut.head or ())} head nodes"
+        codecs = sorted({route.picture.spec} if route.picture else {c.spec for c in route.codecs})
+        ranges = ", ".join(f"{low:g}–{high:g}" for low, high in route.ranges) or "chosen"
+        table.add_row(str(route.route_id), escape(route.label), escape(where), escape(" ".join(codecs)),
+                      f"{route.width:g}" if route.width is not None else "—",
+                      " ".join("×".join(map(str, shape[1:])) for shape in route.sent_shapes),
+                      f"{_bytes_per_inference(deployment, route):,}", ranges)
+    lines = [table,
+             Text.assemble(("listening ", "bold"), url, "  (POST /v1/infer, WebSocket /v1/stream, GET /v1/models, "
+                           "/metrics, /healthz, /readyz, /docs)")]
+    if token_source is None:
+        lines.append(Text("warning: authentication is OFF (no --token-file or $EDGESPLIT_TOKEN); this is allowed on "
+                          "loopback only — anyone on this machine can use the server", style="bold yellow"))
+    else:
+        lines.append(Text.assemble(("auth ", "bold"), f"on: bearer token from {token_source}"))
+    if not _is_loopback(urlsplit(url).hostname or ""):
+        lines.append(Text("note: this is plain HTTP; the token and the features cross the network in clear — put a "
+                          "TLS-terminating proxy in front of this server", style="yellow"))
+    lines.append(Text.assemble(("limits ", "bold"), f"batch ≤ {limits.max_batch} inputs, wait ≤ {limits.max_wait_ms:g} "
+                               f"ms, request ≤ {limits.max_request_bytes / 2**20:g} MiB, decode ≤ "
+                               f"{limits.decode.max_decoded_bytes / 2**20:.3g} MiB, {client_concurrency} in flight "
+                               "per client; SIGTERM/Ctrl-C finishes in-flight requests, then exits"))
+    return Group(*lines)
+
+
+def _bytes_per_inference(deployment: Deployment, route: Route) -> int:
+    """The plan's predicted uplink bytes for this route's entry, else the bytes of one random input's payload."""
+    plan = deployment.plan
+    for entry in (plan.chosen, plan.all_server, *plan.ranked):
+        if entry.label == route.label:
+            return entry.costs.uplink_bytes
+    generator = torch.Generator().manual_seed(0)
+    example = torch.rand(tuple(plan.input_shape), generator=generator)
+    return len(route.encode(route.device_side(example)))
