@@ -16,12 +16,16 @@ from edgesplit.plan import plan_model
 from edgesplit.plan.schema import PlanReport, SwitchRange
 
 
-def write_model(folder: Path, name: str = "resnet8", seed: int = 0) -> tuple[Path, tuple[int, ...]]:
-    """A seeded, untrained zoo model saved as safetensors (with how to rebuild it); its input shape."""
+def write_model(folder: Path, name: str = "resnet8", seed: int = 0,
+                shape: tuple[int, ...] | None = None) -> tuple[Path, tuple[int, ...]]:
+    """A seeded, untrained zoo model saved as safetensors (with how to rebuild it); its input shape.
+
+    ``shape`` overrides the zoo's input shape (small_cnn on the bundled digits is 1×1×8×8).
+    """
     from edgesplit.zoo import ZOO
 
     torch.manual_seed(seed)
-    shape = tuple(ZOO[name].input_shape)
+    shape = tuple(shape or ZOO[name].input_shape)
     ref = ModelRef(name, {"in_channels": shape[1]})
     model = build_model(ref).eval()
     path = folder / f"{name}.safetensors"
@@ -30,21 +34,27 @@ def write_model(folder: Path, name: str = "resnet8", seed: int = 0) -> tuple[Pat
 
 
 def make_plan(folder: Path, name: str = "resnet8", routes: list[tuple[float, float, dict]] | None = None,
-              compress_files: list[str] = ()) -> PlanReport:
-    """Plan ``name`` (seeded weights in ``folder``), then set its switch table to ``routes``.
+              compress_files: list[str] = (), weights: Path | None = None,
+              shape: tuple[int, ...] | None = None) -> PlanReport:
+    """Plan ``name`` (seeded weights in ``folder``, or ``weights``), then set its switch table to ``routes``.
 
     Each route is (low Mbit/s, high Mbit/s, fields) where fields hold ``kind`` and ``cut_index`` or
     ``head_nodes``, and ``codec``; the label is made from them. Without ``routes`` the plan is left as planned.
     """
-    weights, shape = write_model(folder, name)
+    if weights is None:
+        weights, shape = write_model(folder, name, shape=shape)
     from edgesplit.intake import load_model
 
     loaded = load_model(name, weights=weights)
     traced = trace(loaded.module, loaded.example_input)
     plan = plan_model(traced, device="rpi4", server="edge-gpu", link="wifi", codec=["fp32"], name=name,
                       model_ref={**loaded.ref.to_json(), "weights": str(weights)}, host_runs=2, progress=False)
-    if routes is None:
-        return plan
+    return plan if routes is None else with_routes(plan, routes, compress_files)
+
+
+def with_routes(plan: PlanReport, routes: list[tuple[float, float, dict]],
+                compress_files: list[str] = ()) -> PlanReport:
+    """``plan`` with its switch table set to ``routes`` (as ``make_plan`` takes them), without planning again."""
     table = []
     for low, high, fields in routes:
         kind = fields.get("kind", "split")

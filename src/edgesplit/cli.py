@@ -257,6 +257,73 @@ def demo(out_dir: Annotated[Path, typer.Option("--out", help="folder for every r
     run_demo(out_dir, out, progress=not quiet)
 
 
+@app.command()
+def serve(plan_path: Annotated[Path, typer.Argument(metavar="PLAN.json", help="a plan from `edgesplit plan ... --json`")],
+          host: Annotated[str, typer.Option(help="address to listen on; anything but loopback needs a token")] = "127.0.0.1",
+          port: Annotated[int, typer.Option(min=0, max=65535, help="port (0 picks a free one)")] = 8000,
+          token_file: Annotated[Optional[Path], typer.Option(help="file whose first line is the bearer token "
+                                                             "[default: $EDGESPLIT_TOKEN, else no auth]")] = None,
+          weights: Weights = None,
+          model_id: Annotated[Optional[str], typer.Option(help="the id clients name [default: from the plan's model]")] = None,
+          max_batch: Annotated[int, typer.Option(min=1, help="most inputs in one forward pass (1: no batching)")] = 32,
+          max_wait_ms: Annotated[float, typer.Option(min=0.0, max=10000.0, help="how long a request waits for "
+                                                     "others to batch with")] = 2.0,
+          max_request_mb: Annotated[float, typer.Option(min=0.001, help="largest request body (MiB)")] = 64.0,
+          client_concurrency: Annotated[int, typer.Option(min=1, help="requests in flight per client (429 beyond)")] = 16,
+          log_level: Annotated[str, typer.Option(help="debug, info, warning or error (JSON lines on stderr)")] = "info",
+          ) -> None:
+    """Serve the tails of every route in PLAN's switch table: binary frames over HTTP and WebSocket."""
+    from .runtime.server import serve as run_server
+    run_server(plan_path, host=host, port=port, token_file=token_file, weights=weights, model_id=model_id,
+               max_batch=max_batch, max_wait_ms=max_wait_ms, max_request_mb=max_request_mb,
+               client_concurrency=client_concurrency, log_level=log_level, console=out)
+
+
+@app.command()
+def infer(plan_path: Annotated[Path, typer.Argument(metavar="PLAN.json", help="a plan from `edgesplit plan ... --json`")],
+          server: Annotated[str, typer.Option(help="the tail server's URL, e.g. http://10.0.0.2:8000")],
+          token_file: Annotated[Optional[Path], typer.Option(help="file whose first line is the server's token "
+                                                             "[default: $EDGESPLIT_TOKEN, else none]")] = None,
+          images: Annotated[Optional[Path], typer.Option(help="folder of PNG/JPEG images (class subfolders "
+                                                         "give labels)")] = None,
+          data: Annotated[Optional[str], typer.Option(help="digits | mnist:DIR | fashion-mnist:DIR (test split) "
+                                                      "[default: digits for 1×8×8 models]")] = None,
+          limit: Annotated[Optional[int], typer.Option(min=1, help="send at most this many images")] = None,
+          batch: Annotated[int, typer.Option(min=1, max=64, help="images per request")] = 1,
+          top_k: Annotated[int, typer.Option(min=0, max=255, help="ask for the k largest outputs only (0: all)")] = 0,
+          weights: Weights = None,
+          model_id: Annotated[Optional[str], typer.Option(help="the id the server serves the plan under "
+                                                          "[default: from the plan's model]")] = None,
+          timeout: Annotated[float, typer.Option(min=0.001, help="seconds an attempt may wait on the network "
+                                                 "(to connect, to send, for the answer)")] = 5.0,
+          retries: Annotated[int, typer.Option(min=0, max=20, help="attempts after the first (same request id)")] = 2,
+          probe_every: Annotated[float, typer.Option(min=0.01, help="seconds between probes of a faster route or "
+                                                     "of a server that stopped answering")] = 2.0,
+          initial_mbps: Annotated[Optional[float], typer.Option(min=0.001, help="uplink to assume before measuring "
+                                                               "[default: the plan's link]")] = None,
+          hysteresis: Annotated[float, typer.Option(min=0.0, max=10.0, help="switch once the estimate is this far "
+                                                    "past a threshold (0.2 = 20%)")] = 0.2,
+          route: Annotated[Optional[str], typer.Option(help="always run this plan of the switch table (its "
+                                                       "label): no switching")] = None,
+          no_fallback: Annotated[bool, typer.Option("--no-fallback", help="fail instead of running the whole model "
+                                                    "here when the server does not answer")] = False,
+          check: Annotated[bool, typer.Option(help="also run the whole model here and report agreement")] = True,
+          json_out: JsonOut = None, quiet: Quiet = False) -> None:
+    """Run PLAN's head here and its tail on a server: adapts the cut to the uplink, falls back when it is down."""
+    from .plan.schema import load_plan
+    from .runtime.client import Client, load_inputs, read_token, run_inference, summary_table
+
+    token = read_token(token_file)
+    report = load_plan(plan_path)
+    inputs = load_inputs(report.input_shape, images=images, data=data, limit=limit)
+    with Client(report, server, token, weights=weights, timeout_s=timeout, retries=retries, fallback=not no_fallback,
+                probe_every_s=probe_every, initial_mbps=initial_mbps, hysteresis=hysteresis, top_k=top_k,
+                route=route, model_id=model_id, plan_dir=plan_path.parent) as client:
+        result = run_inference(client, inputs, batch=batch, check=check, progress=not quiet)
+    out.print(summary_table(result["summary"]))
+    write_json(json_out, result)
+
+
 def write_json(path: Path | None, result: Any) -> None:
     """Write a pydantic model (or plain data) as indented JSON, creating parent folders."""
     if path is None:
