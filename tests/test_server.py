@@ -369,13 +369,20 @@ def test_concurrent_clients_share_forward_passes(deployments, max_batch):
         assert max(sizes) > 1, sizes
 
 
-def test_a_client_over_its_concurrency_limit_gets_429(deployments):
+def test_a_client_over_its_concurrency_limit_gets_429(deployments, monkeypatch):
     deployment = deployments["small_cnn"]
     frames = [_frame(deployment, deployment.routes[0], _input(deployment, 1, seed=i)) for i in range(3)]
-    with ServerThread(_engine(deployments, max_wait_ms=1000.0), token=TOKEN, client_concurrency=1) as srv, \
+    route, original = deployment.routes[0], deployment.routes[0].server_side
+
+    def slow_tail(tensors):  # noqa: ANN001, ANN202 - keeps the first request in flight for a while
+        time.sleep(0.5)
+        return original(tensors)
+
+    monkeypatch.setattr(route, "server_side", slow_tail)
+    with ServerThread(_engine(deployments), token=TOKEN, client_concurrency=1) as srv, \
             httpx.Client(base_url=srv.url, headers={**AUTH, "X-Edgesplit-Client": "camera-1"}, timeout=60) as one:
         with ThreadPoolExecutor(1) as pool:
-            first = pool.submit(one.post, "/v1/infer", content=frames[0])  # waits ~1 s for a batch to fill
+            first = pool.submit(one.post, "/v1/infer", content=frames[0])  # its tail takes 0.5 s
             deadline = time.monotonic() + 10
             while _metric(one.get("/metrics").text, "edgesplit_in_flight") < 1 and time.monotonic() < deadline:
                 time.sleep(0.01)

@@ -271,9 +271,20 @@ def serve(plan_path: Annotated[Path, typer.Argument(metavar="PLAN.json", help="a
           max_request_mb: Annotated[float, typer.Option(min=0.001, help="largest request body (MiB)")] = 64.0,
           client_concurrency: Annotated[int, typer.Option(min=1, help="requests in flight per client (429 beyond)")] = 16,
           log_level: Annotated[str, typer.Option(help="debug, info, warning or error (JSON lines on stderr)")] = "info",
+          ray: Annotated[bool, typer.Option("--ray", help="serve from Ray Serve replicas (needs the ray extra)")] = False,
+          replicas: Annotated[int, typer.Option(min=1, help="with --ray: replicas to start")] = 1,
+          max_replicas: Annotated[Optional[int], typer.Option(min=1, help="with --ray: autoscale up to this many")] = None,
+          num_cpus: Annotated[float, typer.Option(min=0.1, help="with --ray: CPUs per replica")] = 1.0,
           ) -> None:
     """Serve the tails of every route in PLAN's switch table: binary frames over HTTP and WebSocket."""
-    from .runtime.server import serve as run_server
+    from .runtime.server import serve as run_server, token_from
+    if ray:
+        from .runtime.ray_serve import run as run_ray
+        run_ray(plan_path, host=host, port=port, token=token_from(token_file)[0], weights=weights, model_id=model_id,
+                replicas=replicas, max_replicas=max_replicas, max_batch=max_batch, max_wait_ms=max_wait_ms,
+                max_request_mb=max_request_mb, client_concurrency=client_concurrency, log_level=log_level,
+                num_cpus=num_cpus)
+        return
     run_server(plan_path, host=host, port=port, token_file=token_file, weights=weights, model_id=model_id,
                max_batch=max_batch, max_wait_ms=max_wait_ms, max_request_mb=max_request_mb,
                client_concurrency=client_concurrency, log_level=log_level, console=out)

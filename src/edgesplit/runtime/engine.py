@@ -18,11 +18,19 @@ import torch
 from torch.utils import _pytree as pytree
 
 from ..codecs import DecodeLimits, pack, parse_codec
+from ..codecs.spec import Ans
 from .deployment import Deployment, Route
 from .wire import REQUEST_MAGIC, Request, Response, Status, WireError
 
 log = logging.getLogger("edgesplit.server")
-_RESULT_CODEC = parse_codec("fp32")  # results go back exactly as the tail computed them
+_RESULT_CODEC = parse_codec("fp32")
+
+
+
+def _decodes_fast(route: Route, nbytes: int) -> bool:
+    """Whether decoding takes microseconds: small, or raw/cast/quantized/zstd (only ANS and pictures are slow)."""
+    slow = route.picture is not None or any(isinstance(c.lossless, Ans) for c in route.codecs)
+    return nbytes <= (16 << 10) or (not slow and nbytes <= (4 << 20))  # results go back exactly as the tail computed them
 
 
 @dataclass(frozen=True)
@@ -90,6 +98,7 @@ class Engine:
         self._recent: OrderedDict[tuple[str, bytes], Response] = OrderedDict()
         self._pending: dict[tuple[str, bytes], asyncio.Future] = {}
         self._in_flight = 0
+        self._coming: dict[tuple[str, int], int] = {}  # requests per route between parsing and their answer
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -166,11 +175,19 @@ class Engine:
                             f"{route.width if route.width is not None else 'none'}, the request says "
                             f"{request.width if request.width is not None else 'none'}")
         loop = asyncio.get_running_loop()
-        tensors = await loop.run_in_executor(None, route.decode, request.payload, self.limits.decode,
-                                             self.limits.max_rows)
-        job = _Job(request, route, tensors, started, loop.create_future())
-        await self._queue(request.model_id, route).put(job)
-        return await job.done
+        key = (request.model_id, route.route_id)
+        self._coming[key] = self._coming.get(key, 0) + 1
+        try:
+            if _decodes_fast(route, len(request.payload)):  # a thread hop costs more than decoding it
+                tensors = route.decode(request.payload, self.limits.decode, self.limits.max_rows)
+            else:
+                tensors = await loop.run_in_executor(None, route.decode, request.payload, self.limits.decode,
+                                                     self.limits.max_rows)
+            job = _Job(request, route, tensors, started, loop.create_future())
+            await self._queue(request.model_id, route).put(job)
+            return await job.done
+        finally:
+            self._coming[key] -= 1
 
     # ---- batching ---------------------------------------------------------------------------------------------
 
@@ -178,16 +195,17 @@ class Engine:
         key = (model_id, route.route_id)
         if key not in self._queues:
             self._queues[key] = asyncio.Queue()
-            self._workers.append(asyncio.create_task(self._batch_loop(self._queues[key])))
+            self._workers.append(asyncio.create_task(self._batch_loop(key, self._queues[key])))
         return self._queues[key]
 
-    async def _batch_loop(self, queue: asyncio.Queue) -> None:
+    async def _batch_loop(self, key: tuple[str, int], queue: asyncio.Queue) -> None:
         loop = asyncio.get_running_loop()
         while True:
             jobs = [await queue.get()]
             rows = jobs[0].rows
             deadline = loop.time() + self.limits.max_wait_ms / 1e3
-            while rows < self.limits.max_batch:
+            # Wait for more only while other requests for this route are on their way: a lone request runs at once.
+            while rows < self.limits.max_batch and (not queue.empty() or self._coming.get(key, 0) > len(jobs)):
                 try:
                     if queue.empty():
                         job = await asyncio.wait_for(queue.get(), max(deadline - loop.time(), 0))
