@@ -207,3 +207,24 @@ def test_a_missing_or_corrupt_file_gets_a_clear_error(tmp_path):
     with pytest.raises(OnnxHeadError, match=r"cannot load the ONNX head .*corrupt.onnx .*re-export it") as raised:
         OnnxHead(corrupt)
     assert "\n" not in str(raised.value)
+
+
+def test_a_client_runs_its_heads_with_onnxruntime_against_a_real_server(tmp_path):
+    from edgesplit.runtime.client import Client
+    from edgesplit.runtime.deployment import load_deployment
+    from edgesplit.runtime.engine import Engine
+    from edgesplit.runtime.onnx_head import OnnxHead
+    from edgesplit.runtime.server import ServerThread
+    from runtime_plans import make_plan
+
+    plan = make_plan(tmp_path, "resnet8", [(0.1, 10, {"cut_index": 10}), (10, 1000, {"cut_index": 6})])
+    served = load_deployment(plan)
+    images = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    with ServerThread(Engine([served])) as server:
+        for route in served.routes:
+            with Client(plan, server.url, fallback=False, route=route.label, onnx_dir=tmp_path / "onnx") as client:
+                assert all(isinstance(r.split.head, OnnxHead) for r in client.deployment.routes)
+                result = client.infer(images)
+                assert result.where == "server" and result.label == route.label
+                torch.testing.assert_close(result.logits, served.model(images), atol=1e-4, rtol=1e-4)
+    assert sorted(p.name for p in (tmp_path / "onnx").iterdir()) == ["resnet8-route0.onnx", "resnet8-route1.onnx"]

@@ -229,6 +229,7 @@ class Client:
     plan file's folder by default). ``transport`` replaces httpx's (tests throttle uploads with one).
     ``initial_mbps`` is the uplink to assume before anything is measured (default: the plan's link). ``route``
     pins one plan of the switch table by its label (no switching, no probes; the estimate is still kept).
+    ``onnx_dir`` exports every route's head to ONNX there, checks it against PyTorch, and runs it with onnxruntime.
     """
 
     def __init__(self, plan: PlanReport | Deployment | str | Path, url: str, token: str | None = None, *,
@@ -237,11 +238,15 @@ class Client:
                  transport: httpx.BaseTransport | None = None, initial_mbps: float | None = None,
                  hysteresis: float = 0.2, alpha: float = 0.3, min_transfer_ms: float = 2.0,
                  rtt_refresh_s: float = 30.0, top_k: int = 0, route: str | None = None,
-                 model_id: str | None = None, plan_dir: str | Path | None = None) -> None:
+                 model_id: str | None = None, plan_dir: str | Path | None = None,
+                 onnx_dir: str | Path | None = None) -> None:
         if retries < 0 or timeout_s <= 0 or probe_every_s <= 0 or hysteresis < 0 or not 0 < alpha <= 1:
             raise ClientError("retries and hysteresis must be ≥ 0, timeout_s and probe_every_s positive, alpha in "
                               "(0, 1]")
         self.deployment = _deployment(plan, weights, plan_dir, model_id)
+        if onnx_dir is not None:  # the device runs its heads with onnxruntime, as a Raspberry Pi would
+            from .onnx_head import use_onnx_heads
+            use_onnx_heads(self.deployment, onnx_dir)
         self.url = url.rstrip("/")
         if not self.url.startswith(("http://", "https://")):
             raise ClientError(f"server URL '{url}' is not http(s)://HOST:PORT; give it as e.g. http://10.0.0.2:8000")

@@ -240,6 +240,16 @@ class Engine:
 
     # ---- lifecycle --------------------------------------------------------------------------------------------
 
+    async def warm_up(self, passes: int = 3) -> None:
+        """Run every tail a few times on the compute thread before the server reports ready, so the first
+        requests do not pay for lazy initialisation (the first forward pass of a module is several × slower)."""
+        loop = asyncio.get_running_loop()
+        for deployment in self.models.values():
+            for route in deployment.routes:
+                zeros = [torch.zeros(shape) for shape in route.sent_shapes]
+                for _ in range(passes):
+                    await loop.run_in_executor(self._compute, run_batch, route, [zeros], [0])
+
     async def drain(self, timeout_s: float = 30.0) -> bool:
         """Wait until no request is in flight (graceful shutdown); False if ``timeout_s`` passed first."""
         try:

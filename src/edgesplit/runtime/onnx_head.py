@@ -310,3 +310,23 @@ def _require(*modules: str, error: type[EdgesplitError]) -> list[Any]:
         except ImportError:
             raise error(f"the ONNX runtime needs the package {name}, which is not installed; {INSTALL_HINT}") from None
     return loaded
+
+
+def use_onnx_heads(deployment, folder: str | Path, *, threads: int | None = None) -> list[Path]:  # noqa: ANN001
+    """Export every route's head of ``deployment`` to ``folder`` and run it with onnxruntime from now on.
+
+    Each exported head is checked against the PyTorch head on the plan's example input first (``verify_head``),
+    so a client never runs a head that computes something else. Returns the files written.
+    """
+    folder = Path(folder)
+    example = tuple(deployment.traced.example_inputs)
+    written = []
+    for route in deployment.routes:
+        if route.kind == "all-server":
+            continue  # nothing runs on the device but the input's encoding
+        path = export_head(route.split.head, example, folder / f"{deployment.model_id}-route{route.route_id}.onnx")
+        runner = OnnxHead(path, threads=threads)
+        verify_head(route.split.head, runner, example)
+        route.split.head = runner
+        written.append(path)
+    return written

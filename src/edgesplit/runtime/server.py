@@ -256,6 +256,7 @@ def create_app(engine: Engine, token: str | None, *,
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):  # noqa: ANN202
+        await engine.warm_up()
         app.state.ready = True
         yield
         app.state.ready = False
