@@ -319,6 +319,8 @@ def infer(plan_path: Annotated[Path, typer.Argument(metavar="PLAN.json", help="a
           no_fallback: Annotated[bool, typer.Option("--no-fallback", help="fail instead of running the whole model "
                                                     "here when the server does not answer")] = False,
           check: Annotated[bool, typer.Option(help="also run the whole model here and report agreement")] = True,
+          stream: Annotated[bool, typer.Option("--stream", help="send frames over one WebSocket instead of one HTTP "
+                                               "POST each")] = False,
           onnx: Annotated[Optional[Path], typer.Option(help="export the heads to ONNX in this folder and run them "
                                                        "with onnxruntime (needs the onnx extra)")] = None,
           json_out: JsonOut = None, quiet: Quiet = False) -> None:
@@ -331,7 +333,8 @@ def infer(plan_path: Annotated[Path, typer.Argument(metavar="PLAN.json", help="a
     inputs = load_inputs(report.input_shape, images=images, data=data, limit=limit)
     with Client(report, server, token, weights=weights, timeout_s=timeout, retries=retries, fallback=not no_fallback,
                 probe_every_s=probe_every, initial_mbps=initial_mbps, hysteresis=hysteresis, top_k=top_k,
-                route=route, model_id=model_id, plan_dir=plan_path.parent, onnx_dir=onnx) as client:
+                route=route, model_id=model_id, plan_dir=plan_path.parent, onnx_dir=onnx,
+                stream=stream) as client:
         result = run_inference(client, inputs, batch=batch, check=check, progress=not quiet)
     out.print(summary_table(result["summary"]))
     write_json(json_out, result)
