@@ -118,3 +118,14 @@ def test_a_picture_bomb_is_refused_before_decoding(picture_deployment):
     with pytest.raises(WireError, match="declares 3 frames, the limit is 2"):
         image = route.encode([torch.zeros(3, 3, 32, 32)])
         route.decode(image, DecodeLimits(), max_batch=2)
+
+
+def test_a_plan_that_never_sends_anything_is_refused_with_the_reason(tmp_path):
+    from edgesplit.plan.schema import PlanReport
+    from edgesplit.runtime.deployment import DeploymentError
+
+    plan = make_plan(tmp_path, "small_cnn", [(0.1, 1000, {"kind": "all-device"})])
+    data = plan.model_dump()
+    data["chosen"] = data["all_device"]
+    with pytest.raises(DeploymentError, match="nothing to serve; plan for a slower device"):
+        load_deployment(PlanReport.model_validate(data))

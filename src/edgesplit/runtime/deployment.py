@@ -198,6 +198,11 @@ def load_deployment(plan: PlanReport, *, weights: str | Path | None = None, mode
                               f"planned (graph {plan.fingerprint}); plan again with this model and weights")
     reports = [load_compress(_resolve(p, plan_dir)) for p in plan.constraints.compress_files]
     entries = _entries(plan)
+    if not entries:
+        raise DeploymentError(f"the plan for {plan.model} runs the whole model on the device at every uplink in its "
+                              f"switch table ({plan.switch_table[0].low_mbps:g}–{plan.switch_table[-1].high_mbps:g} "
+                              "Mbit/s), so there is nothing to serve; plan for a slower device, a faster server or "
+                              "other codecs until a plan sends something")
     routes = [_route(i, entry, ranges, traced, reports) for i, (entry, ranges) in enumerate(entries)]
     return Deployment(model_id or model_id_for(plan.model), plan, model, traced, routes)
 
