@@ -596,11 +596,22 @@ def test_sigterm_finishes_in_flight_requests_then_exits_0(plans, deployments, tm
         deployment = deployments["small_cnn"]
         inputs = [_input(deployment, 1, seed=i) for i in range(4)]
         frames = [_frame(deployment, deployment.routes[0], x) for x in inputs]
+        signalled = threading.Event()
+
+        def held_back(frame: bytes):  # noqa: ANN202 - half the body now, the rest once SIGTERM was sent
+            yield frame[:len(frame) // 2]
+            signalled.wait(30)
+            yield frame[len(frame) // 2:]
+
         with ThreadPoolExecutor(4) as pool:
-            futures = [pool.submit(httpx.post, url + "/v1/infer", content=f, timeout=60) for f in frames]
-            while _metric(httpx.get(url + "/metrics").text, "edgesplit_in_flight") < 4:  # all held for a batch
+            futures = [pool.submit(httpx.post, url + "/v1/infer", content=held_back(f), timeout=60) for f in frames]
+            deadline = time.monotonic() + 30
+            while _metric(httpx.get(url + "/metrics").text, "edgesplit_in_flight") < 4:  # all four mid-upload
+                assert time.monotonic() < deadline, "the four requests never were in flight together"
                 time.sleep(0.02)
             process.send_signal(signal.SIGTERM)
+            time.sleep(0.3)  # the server has begun shutting down with the four uploads unfinished
+            signalled.set()
             replies = [f.result() for f in futures]
         assert process.wait(timeout=60) == 0
     finally:
@@ -615,6 +626,6 @@ def test_sigterm_finishes_in_flight_requests_then_exits_0(plans, deployments, tm
     stderr.seek(0)
     records = [json.loads(line) for line in stderr.read().splitlines() if line.startswith("{")]
     requests = [r for r in records if r["event"] == "request" and r["status"] == 200]
-    assert len(requests) >= 4 and all(r["batch_size"] == 4 and r["model"] == "small_cnn" for r in requests[-4:])
+    assert len(requests) >= 4 and all(r["batch_size"] >= 1 and r["model"] == "small_cnn" for r in requests[-4:])
     assert any(r["level"] == "warning" and "authentication is off" in r["event"] for r in records)
     assert any("shutting down" in r["event"] for r in records)

@@ -169,25 +169,27 @@ class Engine:
         return response
 
     async def _answer(self, request: Request, route: Route, started: float) -> Response:
+        loop = asyncio.get_running_loop()
+        key = (request.model_id, route.route_id)
+        self._coming[key] = self._coming.get(key, 0) + 1
+        try:
+            job = _Job(request, route, await self.decoded(request, route), started, loop.create_future())
+            await self._queue(request.model_id, route).put(job)
+            return await job.done
+        finally:
+            self._coming[key] -= 1
+
+    async def decoded(self, request: Request, route: Route) -> list[torch.Tensor]:
+        """The request's tensors for ``route``, its width checked; decoded inline when that beats a thread hop."""
         if (request.width is None) != (route.width is None) or (
                 route.width is not None and abs(request.width - route.width) > 1e-3):
             raise WireError(f"route {route.route_id} ({route.label}) runs at width "
                             f"{route.width if route.width is not None else 'none'}, the request says "
                             f"{request.width if request.width is not None else 'none'}")
-        loop = asyncio.get_running_loop()
-        key = (request.model_id, route.route_id)
-        self._coming[key] = self._coming.get(key, 0) + 1
-        try:
-            if _decodes_fast(route, len(request.payload)):  # a thread hop costs more than decoding it
-                tensors = route.decode(request.payload, self.limits.decode, self.limits.max_rows)
-            else:
-                tensors = await loop.run_in_executor(None, route.decode, request.payload, self.limits.decode,
-                                                     self.limits.max_rows)
-            job = _Job(request, route, tensors, started, loop.create_future())
-            await self._queue(request.model_id, route).put(job)
-            return await job.done
-        finally:
-            self._coming[key] -= 1
+        if _decodes_fast(route, len(request.payload)):
+            return route.decode(request.payload, self.limits.decode, self.limits.max_rows)
+        return await asyncio.get_running_loop().run_in_executor(None, route.decode, request.payload,
+                                                                self.limits.decode, self.limits.max_rows)
 
     # ---- batching ---------------------------------------------------------------------------------------------
 

@@ -74,15 +74,8 @@ class ServeEngine(Engine):
 
     async def _answer(self, request: Request, route: Route, started: float) -> Response:
         # Engine.handle has parsed the frame and found the route; _answer_once wraps this in dedup and turns
-        # exceptions into error responses. Same width check and decode as Engine._answer, then Serve's batch.
-        if (request.width is None) != (route.width is None) or (
-                route.width is not None and abs(request.width - route.width) > 1e-3):
-            raise WireError(f"route {route.route_id} ({route.label}) runs at width "
-                            f"{route.width if route.width is not None else 'none'}, the request says "
-                            f"{request.width if request.width is not None else 'none'}")
-        loop = asyncio.get_running_loop()
-        tensors = await loop.run_in_executor(None, route.decode, request.payload, self.limits.decode,
-                                             self.limits.max_rows)
+        # exceptions into error responses. The engine's checks and decoding, then Serve's batch.
+        tensors = await self.decoded(request, route)
         outcome = await self._tail(_TailJob(route, tensors, request.top_k))
         if isinstance(outcome, BaseException):
             raise outcome
