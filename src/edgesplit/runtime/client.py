@@ -820,6 +820,7 @@ def run_inference(client: Client, inputs: Inputs, *, batch: int = 1, check: bool
         "fallbacks": stats.fallbacks, "outages": stats.outages, "recoveries": stats.recoveries,
         "retries": stats.retries, "probes": stats.probes,
         "final_route": client.label, "final_mbps": _rounded(client.mbps, 4),
+        "final_mbps_is_lower_bound": client.estimator.censored,
         "rtt_floor_ms": _rounded(client.rtt_floor_s * 1e3 if client.rtt_floor_s is not None else None),
         "accuracy": None, "agreement": None, "max_abs_diff": None,
     }
@@ -875,7 +876,8 @@ def summary_table(summary: dict):  # noqa: ANN201 - rich is imported here only
     table.add_row("fallbacks", f"{summary['fallbacks']} result(s) on the device, {summary['outages']} outage(s), "
                                f"{summary['recoveries']} recovery(ies), {summary['retries']} retry(ies)")
     mbps = summary["final_mbps"]
-    table.add_row("uplink estimate", "n/a" if mbps is None else f"{mbps:.3g} Mbit/s (RTT floor "
+    at_least = "≥ " if summary.get("final_mbps_is_lower_bound") else ""  # transfers too short to time
+    table.add_row("uplink estimate", "n/a" if mbps is None else f"{at_least}{mbps:.3g} Mbit/s (RTT floor "
                   f"{summary['rtt_floor_ms'] if summary['rtt_floor_ms'] is not None else 'n/a'} ms)")
     if summary["accuracy"] is not None:
         table.add_row("accuracy", f"{summary['accuracy']:.2%}")
