@@ -1,0 +1,400 @@
+"""Model-inversion attacks on the features that cross a cut (He et al., ACSAC 2019).
+
+Threat model: the server is honest but curious. It runs the tail as agreed, but it keeps every crossing tensor
+it receives, exactly as the codec delivered it (quantized, cast, ...), and it knows the tail's weights. It
+tries to reconstruct the private input image the device never sent.
+
+- Black-box attacker (:func:`learned_inversion`): does not know the head's weights, but has auxiliary images
+  from the same domain (disjoint from the victim's) and can query the head with them, e.g. as a customer of
+  the same app. It trains a decoder from (features, image) pairs and applies it to the victim's features.
+- White-box attacker (:func:`optimization_inversion`): knows the head's weights (they ship in the app) and
+  searches for the image whose head features match the received ones (regularised maximum likelihood, rMLE).
+
+Both attacks see the features after ``transform``, which stands for what the wire does to them: pass
+``codec_transform("int4+zstd")`` to attack what that codec actually delivers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from ..errors import EdgesplitError, InputShapeError
+from ..graph import Split
+from ..progress import progress_bar
+
+Transform = Callable[[list[torch.Tensor]], list[torch.Tensor]]
+
+QUERY_BATCH = 256  # images per head query; only memory depends on it, results do not
+MIN_WIDTH = 16
+BASE_WIDTH = 32
+MAX_WIDTH = 128
+FC_HIDDEN_MIN = 256
+FC_HIDDEN_MAX = 1024
+
+
+@dataclass
+class InversionResult:
+    """An attack's reconstructions of the victim's images and what producing them cost."""
+
+    reconstructions: torch.Tensor  # float32, N×C×H×W in [0, 1], in the victim's order
+    seconds: float
+    epochs: int  # decoder training epochs (learned) or optimization steps (optimization)
+    train_loss: list[float]  # mean loss per epoch (learned) or per step (optimization)
+
+
+# ------------------------------------------------------------------------------------------- decoder
+
+
+class ConvDecoder(nn.Module):
+    """Decodes image-like crossing tensors (N×C×h×w, several concatenated by channel) to N×C×H×W images."""
+
+    def __init__(self, crossing_shapes: list[tuple[int, ...]], input_shape: tuple[int, int, int]):
+        super().__init__()
+        channels = sum(s[1] for s in crossing_shapes)
+        self.feature_size = (max(s[2] for s in crossing_shapes), max(s[3] for s in crossing_shapes))
+        out_c, out_h, out_w = input_shape
+        h, w = self.feature_size
+        steps = max(0, math.ceil(math.log2(max(out_h / h, out_w / w))))
+        # Wider at the cut's resolution, halving per upsampling step, as in a mirrored encoder.
+        width = min(max(channels, 2 ** steps * BASE_WIDTH, BASE_WIDTH), MAX_WIDTH)
+        layers: list[nn.Module] = [_conv_bn_relu(channels, width)]
+        for step in range(1, steps + 1):
+            # Intermediate sizes ceil(H / 2^k) end exactly at the input size, whatever H is.
+            size = (math.ceil(out_h / 2 ** (steps - step)), math.ceil(out_w / 2 ** (steps - step)))
+            narrower = max(width // 2, MIN_WIDTH)
+            layers += [nn.Upsample(size=size, mode="bilinear", align_corners=False), _conv_bn_relu(width, narrower)]
+            width = narrower
+        if steps == 0 and (h, w) != (out_h, out_w):
+            layers.append(nn.Upsample(size=(out_h, out_w), mode="bilinear", align_corners=False))
+        layers += [_conv_bn_relu(width, width), nn.Conv2d(width, out_c, 3, padding=1), nn.Sigmoid()]
+        self.body = nn.Sequential(*layers)
+
+    def forward(self, *features: torch.Tensor) -> torch.Tensor:
+        maps = [f.float() if f.shape[2:] == self.feature_size
+                else F.interpolate(f.float(), size=self.feature_size, mode="bilinear", align_corners=False)
+                for f in features]
+        return self.body(torch.cat(maps, dim=1))
+
+
+class FCDecoder(nn.Module):
+    """Decodes flat (or otherwise non-image) crossing tensors, flattened and concatenated, to N×C×H×W images."""
+
+    def __init__(self, crossing_shapes: list[tuple[int, ...]], input_shape: tuple[int, int, int]):
+        super().__init__()
+        features = sum(math.prod(s[1:]) for s in crossing_shapes)
+        pixels = math.prod(input_shape)
+        hidden = min(max(2 * pixels, FC_HIDDEN_MIN), FC_HIDDEN_MAX)
+        self.body = nn.Sequential(
+            nn.Linear(features, hidden), nn.BatchNorm1d(hidden), nn.ReLU(),
+            nn.Linear(hidden, hidden), nn.BatchNorm1d(hidden), nn.ReLU(),
+            nn.Linear(hidden, pixels), nn.Sigmoid(), nn.Unflatten(1, input_shape))
+
+    def forward(self, *features: torch.Tensor) -> torch.Tensor:
+        return self.body(torch.cat([f.float().reshape(f.shape[0], -1) for f in features], dim=1))
+
+
+def _conv_bn_relu(c_in: int, c_out: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU())
+
+
+def build_decoder(crossing_shapes: Sequence[tuple[int, ...]], input_shape: tuple[int, ...]) -> nn.Module:
+    """A decoder sized to the cut: ``decoder(*crossing_tensors)`` returns images of ``input_shape`` in [0, 1].
+
+    ``crossing_shapes`` are the crossing tensors' shapes batch first (as ``Cut.crossing`` lists them);
+    ``input_shape`` is one image's (C, H, W), or (1, C, H, W). All 4-D tensors: an upsampling conv decoder on
+    their channel concatenation at the largest spatial size; anything else: a fully connected decoder.
+    """
+    shapes = [tuple(int(d) for d in s) for s in crossing_shapes]
+    image = _image_shape(input_shape)
+    if not shapes:
+        raise EdgesplitError("a decoder needs at least one crossing tensor; pick a cut that sends something")
+    if any(len(s) < 1 or any(d < 1 for d in s) for s in shapes):
+        raise EdgesplitError(f"crossing shapes must be batch-first with positive sizes, got {shapes}; pass the "
+                             "shapes Cut.crossing lists")
+    if all(len(s) == 4 for s in shapes):
+        return ConvDecoder(shapes, image)
+    return FCDecoder(shapes, image)
+
+
+def _image_shape(shape: Sequence[int]) -> tuple[int, int, int]:
+    dims = tuple(int(d) for d in shape)
+    if len(dims) == 4 and dims[0] == 1:
+        dims = dims[1:]
+    if len(dims) != 3 or any(d < 1 for d in dims):
+        raise InputShapeError(f"input shape must be an image's (C, H, W), got {tuple(shape)}; pass e.g. (1, 8, 8)")
+    return dims  # type: ignore[return-value]
+
+
+# ------------------------------------------------------------------------------------------- helpers
+
+
+def codec_transform(codec: Any, *, per_example: bool = True) -> Transform:
+    """A transform that sends features through a codec (a ``Codec`` or a spec string) and back, as the wire does.
+
+    ``per_example`` encodes each example as its own frame, as one request per image would; an uncalibrated
+    quantizer then takes its range from that example alone, as it does in deployment.
+    """
+    from ..codecs import decode, parse_codec
+
+    if isinstance(codec, str):
+        codec = parse_codec(codec)
+
+    def through_codec(features: list[torch.Tensor]) -> list[torch.Tensor]:
+        if not per_example:
+            return [decode(codec.encode(f)) for f in features]
+        return [torch.cat([decode(codec.encode(f[i:i + 1])) for i in range(f.shape[0])]) for f in features]
+
+    return through_codec
+
+
+def mean_image_baseline(aux_images: torch.Tensor, count: int) -> torch.Tensor:
+    """The no-information baseline: the mean auxiliary image, repeated ``count`` times."""
+    return aux_images.float().mean(dim=0, keepdim=True).expand(count, *aux_images.shape[1:]).clone()
+
+
+def total_variation(images: torch.Tensor) -> torch.Tensor:
+    """Anisotropic total variation per image: mean absolute difference of neighbouring pixels, shape N."""
+    dh = (images[:, :, 1:, :] - images[:, :, :-1, :]).abs().flatten(1).mean(1) if images.shape[2] > 1 else 0
+    dw = (images[:, :, :, 1:] - images[:, :, :, :-1]).abs().flatten(1).mean(1) if images.shape[3] > 1 else 0
+    return images.new_zeros(images.shape[0]) + dh + dw
+
+
+def _head_module(head: Any) -> Callable[..., Any]:
+    # A Split is accepted for its head, so callers can pass traced.split(k) directly.
+    module = head.head if isinstance(head, Split) else head
+    if not callable(module):
+        raise EdgesplitError(f"head must be a module or callable returning the crossing tensors, got "
+                             f"{type(head).__name__}; pass traced.split(cut).head")
+    return module
+
+
+def _head_input_shape(head: Callable[..., Any]) -> tuple[int, ...] | None:
+    """One input's (C, H, W) as traced, when the head is a traced GraphModule with shape metadata."""
+    if not isinstance(head, fx.GraphModule):
+        return None
+    placeholders = [n for n in head.graph.nodes if n.op == "placeholder"]
+    meta = placeholders[0].meta.get("tensor_meta") if len(placeholders) == 1 else None
+    shape = getattr(meta, "shape", None)
+    return tuple(int(d) for d in shape[1:]) if shape is not None else None
+
+
+def _check_images(images: torch.Tensor, what: str, expected: tuple[int, ...] | None,
+                  reference: str = "the model's input is") -> torch.Tensor:
+    if not isinstance(images, torch.Tensor) or images.ndim != 4:
+        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise InputShapeError(f"{what} must be an N×C×H×W image tensor, got {shape}; stack the images into one")
+    if len(images) == 0:
+        raise InputShapeError(f"{what} hold no images; pass at least one")
+    if expected is not None and tuple(images.shape[1:]) != tuple(expected):
+        raise InputShapeError(f"{what} are {tuple(images.shape[1:])} but {reference} {tuple(expected)}; resize "
+                              "the images to the model's input shape or trace the model on that shape")
+    if not torch.isfinite(images).all():
+        raise InputShapeError(f"{what} hold NaN or infinite pixels; clean the images first")
+    return images.float()
+
+
+@contextlib.contextmanager
+def _eval_mode(module: Any) -> Iterator[None]:
+    """Eval mode for the duration (BatchNorm running statistics, no dropout), the caller's modes restored after."""
+    if not isinstance(module, nn.Module):
+        yield
+        return
+    modes = {m: m.training for m in module.modules()}
+    module.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes.items():
+            m.training = training
+
+
+def _as_list(output: Any) -> list[torch.Tensor]:
+    tensors = list(output) if isinstance(output, (tuple, list)) else [output]
+    if not tensors or not all(isinstance(t, torch.Tensor) for t in tensors):
+        raise EdgesplitError("the head must return a tensor or a tuple of tensors; pass traced.split(cut).head")
+    return tensors
+
+
+def _run_head(head: Callable[..., Any], images: torch.Tensor, what: str) -> list[torch.Tensor]:
+    try:
+        return _as_list(head(images))
+    except RuntimeError as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputShapeError(f"the head cannot run on {what} of shape {tuple(images.shape[1:])} ({reason}); "
+                              "pass images of the model's input shape") from None
+
+
+def _query(head: Callable[..., Any], images: torch.Tensor, transform: Transform | None,
+           what: str) -> list[torch.Tensor]:
+    """The crossing tensors the server receives for ``images``: head output, then ``transform``, as float32."""
+    chunks: list[list[torch.Tensor]] = []
+    with torch.no_grad(), _eval_mode(head):
+        for start in range(0, len(images), QUERY_BATCH):
+            features = _run_head(head, images[start:start + QUERY_BATCH], what)
+            if transform is not None:
+                features = _as_list(transform([f.detach() for f in features]))
+            chunks.append([f.detach().float() for f in features])
+    return [torch.cat(parts) for parts in zip(*chunks)]
+
+
+def _check_counts(**values: int) -> None:
+    for name, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise EdgesplitError(f"{name} must be a positive integer, got {value!r}; pass e.g. 10")
+
+
+def _check_rates(lr: float, tv_weight: float) -> None:
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < math.inf:
+        raise EdgesplitError(f"lr must be a positive number, got {lr!r}; pass e.g. 1e-3")
+    if isinstance(tv_weight, bool) or not isinstance(tv_weight, (int, float)) or not 0 <= tv_weight < math.inf:
+        raise EdgesplitError(f"tv_weight must be 0 or a positive number, got {tv_weight!r}; pass e.g. 0.05")
+
+
+# ------------------------------------------------------------------------------------------- attacks
+
+
+def learned_inversion(head: Any, aux_images: torch.Tensor, victim_images: torch.Tensor, *,
+                      transform: Transform | None = None, epochs: int = 30, batch_size: int = 64,
+                      lr: float = 3e-3, tv_weight: float = 0.0, seed: int = 0,
+                      progress: bool = False) -> InversionResult:
+    """Black-box attack: train a decoder on the head's features of ``aux_images``, apply it to the victim's.
+
+    The victim's images only go through the head (and ``transform``): the attacker sees their features, never
+    them. Loss is pixel MSE plus ``tv_weight`` times total variation.
+    """
+    module = _head_module(head)
+    expected = _head_input_shape(module)
+    aux = _check_images(aux_images, "auxiliary images", expected)
+    victims = _check_images(victim_images, "victim images", expected or tuple(aux.shape[1:]),
+                            "the model's input is" if expected else "the auxiliary images are")
+    _check_counts(epochs=epochs, batch_size=batch_size)
+    _check_rates(lr, tv_weight)
+    if len(aux) < 2 or batch_size < 2:
+        raise EdgesplitError(f"learned inversion trains on batches of at least 2 images (got {len(aux)} auxiliary "
+                             f"images, batch_size={batch_size}); pass more images and batch_size >= 2")
+
+    start = time.perf_counter()
+    aux_features = _query(module, aux, transform, "auxiliary images")
+    victim_features = _query(module, victims, transform, "victim images")
+    losses: list[float] = []
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        generator = torch.Generator().manual_seed(seed)
+        decoder = build_decoder([tuple(f.shape) for f in aux_features], tuple(aux.shape[1:]))
+        optimizer = torch.optim.Adam(decoder.parameters(), lr=lr)
+        n = len(aux)
+        # BatchNorm cannot train on a batch of one: a last batch of one image is skipped.
+        steps_per_epoch = max(1, n // batch_size + (1 if n % batch_size > 1 else 0))
+        with progress_bar(progress) as bar:
+            task = bar.add_task("learned inversion", total=epochs * steps_per_epoch, status=f"epoch 1/{epochs}")
+            decoder.train()
+            for epoch in range(epochs):
+                order = torch.randperm(n, generator=generator)
+                total, seen = 0.0, 0
+                for step in range(steps_per_epoch):
+                    idx = order[step * batch_size:(step + 1) * batch_size]
+                    target = aux[idx]
+                    output = decoder(*(f[idx] for f in aux_features))
+                    loss = F.mse_loss(output, target)
+                    if tv_weight:
+                        loss = loss + tv_weight * total_variation(output).mean()
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    value = loss.item()
+                    if not math.isfinite(value):
+                        raise EdgesplitError(f"decoder training diverged (loss {value} at epoch {epoch + 1}); "
+                                             "lower lr")
+                    total, seen = total + value * len(idx), seen + len(idx)
+                    bar.advance(task)
+                losses.append(total / seen)
+                bar.update(task, status=f"epoch {epoch + 1}/{epochs} loss {losses[-1]:.4f}")
+        decoder.eval()
+        with torch.no_grad():
+            reconstructions = torch.cat([
+                decoder(*(f[i:i + QUERY_BATCH] for f in victim_features))
+                for i in range(0, len(victims), QUERY_BATCH)])
+    return InversionResult(reconstructions.clamp(0, 1), time.perf_counter() - start, epochs, losses)
+
+
+def optimization_inversion(head: Any, *, victim_images: torch.Tensor | None = None,
+                           victim_features: Sequence[torch.Tensor] | torch.Tensor | None = None,
+                           input_shape: tuple[int, ...] | None = None, transform: Transform | None = None,
+                           steps: int = 300, lr: float = 0.1, tv_weight: float = 0.05, batch_size: int = 256,
+                           seed: int = 0, progress: bool = False) -> InversionResult:
+    """White-box attack (rMLE): optimize images so the head's features match the received ones, plus TV prior.
+
+    Give either ``victim_images`` (the features are computed from them, through ``transform``) or
+    ``victim_features`` (the crossing tensors as received, batch first). Images are ``sigmoid(z)`` so they stay in
+    [0, 1], starting from uniform gray (z = 0). The feature term is each victim's squared error relative to its
+    features' mean square, so ``tv_weight`` means the same at every cut.
+    """
+    module = _head_module(head)
+    traced_shape = _head_input_shape(module)
+    if (victim_images is None) == (victim_features is None):
+        raise EdgesplitError("give exactly one of victim_images and victim_features")
+    _check_counts(steps=steps, batch_size=batch_size)
+    _check_rates(lr, tv_weight)
+    if victim_images is not None:
+        given = traced_shape or (_image_shape(input_shape) if input_shape is not None else None)
+        images = _check_images(victim_images, "victim images", given)
+        shape = tuple(images.shape[1:])
+        targets = _query(module, images, transform, "victim images")
+    else:
+        given = traced_shape or input_shape
+        if given is None:
+            raise InputShapeError("optimization inversion from features needs the model's input shape; pass "
+                                  "input_shape=(C, H, W) or a traced head")
+        shape = _image_shape(given)
+        if traced_shape is not None and input_shape is not None and _image_shape(input_shape) != shape:
+            raise InputShapeError(f"input_shape {tuple(input_shape)} differs from the head's traced input {shape}; "
+                                  "drop input_shape or trace the model on that shape")
+        targets = [f.detach().float() for f in _as_list(victim_features)]
+        if len({len(f) for f in targets}) != 1:
+            raise EdgesplitError(f"victim features disagree on the batch size ({[len(f) for f in targets]}); pass "
+                                 "the crossing tensors of the same victims, batch first")
+    with torch.no_grad(), _eval_mode(module):
+        expected = _run_head(module, torch.full((1, *shape), 0.5), "an image")
+    if [tuple(e.shape[1:]) for e in expected] != [tuple(t.shape[1:]) for t in targets]:
+        raise EdgesplitError(f"victim features have shapes {[tuple(t.shape[1:]) for t in targets]} but the head "
+                             f"sends {[tuple(e.shape[1:]) for e in expected]}; pass features from this cut")
+
+    count = len(targets[0])
+    start = time.perf_counter()
+    chunks = range(0, count, batch_size)
+    losses = [0.0] * steps
+    results: list[torch.Tensor] = []
+    with torch.random.fork_rng(devices=[]), _eval_mode(module), progress_bar(progress) as bar:
+        torch.manual_seed(seed)
+        task = bar.add_task("optimization inversion", total=steps * len(chunks), status="")
+        for first in chunks:
+            target = [t[first:first + batch_size] for t in targets]
+            scale = [t.flatten(1).pow(2).mean(1).clamp_min(1e-8) for t in target]
+            z = torch.zeros(len(target[0]), *shape, requires_grad=True)
+            optimizer = torch.optim.Adam([z], lr=lr)
+            for step in range(steps):
+                x = torch.sigmoid(z)
+                features = _as_list(module(x))
+                per_victim = sum((f.float() - t).flatten(1).pow(2).mean(1) / s
+                                 for f, t, s in zip(features, target, scale))
+                per_victim = per_victim + tv_weight * total_variation(x)
+                loss = per_victim.sum()
+                # autograd.grad, not backward: the head's parameters must not collect gradients.
+                (grad,) = torch.autograd.grad(loss, z)
+                z.grad = grad
+                optimizer.step()
+                losses[step] += loss.item() / count
+                bar.advance(task)
+                if step % 20 == 0 or step == steps - 1:
+                    bar.update(task, status=f"step {step + 1}/{steps} loss {losses[step]:.4f}")
+            results.append(torch.sigmoid(z).detach())
+    return InversionResult(torch.cat(results), time.perf_counter() - start, steps, losses)
