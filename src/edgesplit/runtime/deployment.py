@@ -25,7 +25,7 @@ from ..graph import Split, TracedModel, trace
 from ..intake import ModelRef, build_model, load_weights, read_weights
 from ..pictures import decode_picture, encode_picture
 from ..plan.schema import PlanEntry, PlanReport, SwitchRange
-from .wire import WireError, model_id_for
+from .wire import Status, WireError, model_id_for
 
 # How the all-server plan's input formats travel: 8-bit images as exact 8-bit levels over [0, 1].
 # The all-server plans' input formats: raw 8-bit levels as a codec frame; PNG and JPEG as pictures.
@@ -161,7 +161,7 @@ class Deployment:
     def route(self, route_id: int) -> Route:
         if not 0 <= route_id < len(self.routes):
             raise WireError(f"model {self.model_id} has routes 0..{len(self.routes) - 1}, not {route_id}; "
-                            "GET /v1/models lists them", status=_not_found())
+                            "GET /v1/models lists them", status=Status.NOT_FOUND)
         return self.routes[route_id]
 
     def label_at(self, mbps: float) -> str:
@@ -181,11 +181,6 @@ class Deployment:
                 "input_shape": self.plan.input_shape, "chosen": self.plan.chosen.label,
                 "switch_table": [row.model_dump() for row in self.plan.switch_table],
                 "routes": [r.describe() for r in self.routes]}
-
-
-def _not_found():  # noqa: ANN202 - avoids importing Status at module level twice
-    from .wire import Status
-    return Status.NOT_FOUND
 
 
 def load_deployment(plan: PlanReport, *, weights: str | Path | None = None, model_id: str | None = None,
