@@ -1,4 +1,4 @@
-"""Tests for edgesplit.data: digits, IDX reading/writing and corruption, MNIST, image folders."""
+"""Tests for edgesplit.data: digits, IDX reading/writing and corruption, MNIST, image folders, photo patches."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from edgesplit.data import DIGIT_CLASSES, FASHION_CLASSES, IDX_FILES, Dataset, load_dataset, read_idx, write_idx
+from edgesplit.data import (DIGIT_CLASSES, FASHION_CLASSES, IDX_FILES, PATCH_CLASSES, Dataset, load_dataset,
+                            load_patches, read_idx, write_idx)
 from edgesplit.errors import DataError
 
 from conftest import SHARED_DATA as SHARED
@@ -286,7 +287,8 @@ def test_missing_idx_files(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("spec", "pattern"),
     [
-        ("cifar:/somewhere", r"unknown data set kind 'cifar'.*digits, mnist:PATH, fashion-mnist:PATH, idx:PATH, folder:PATH"),
+        ("cifar:/somewhere", r"unknown data set kind 'cifar'.*digits, mnist:PATH, fashion-mnist:PATH, idx:PATH, folder:PATH, "
+                             r"patches:PATH or a bare PATH"),
         ("mnist:/does/not/exist", "/does/not/exist does not exist"),
         ("/does/not/exist", "/does/not/exist does not exist"),
         ("mnist:", "has no path"),
@@ -431,4 +433,154 @@ def test_folder_errors(tmp_path: Path) -> None:
     tiny = make_folder(tmp_path / "tiny", {"a": 1, "b": 1})
     with pytest.raises(DataError, match="too few images") as exc:
         load_dataset(f"folder:{tiny}")
+    one_line(exc)
+
+
+# --------------------------------------------------------------------------------------- photo patches
+
+
+def grid_cells(photo: np.ndarray, size: int) -> list[np.ndarray]:
+    """The documented patch grid: non-overlapping size×size cells centred in the photo (H×W×3 uint8)."""
+    height, width = photo.shape[:2]
+    rows, cols = height // size, width // size
+    top, left = (height - rows * size) // 2, (width - cols * size) // 2
+    return [photo[top + r * size: top + (r + 1) * size, left + c * size: left + (c + 1) * size]
+            for r in range(rows) for c in range(cols)]
+
+
+def patch_pixels(images: torch.Tensor) -> np.ndarray:
+    """Float N×3×S×S patches back to the uint8 N×S×S×3 pixels they were cut from."""
+    return np.round(images.permute(0, 2, 3, 1).numpy() * 255).astype(np.uint8)
+
+
+def source_photos(ds: Dataset, photos: list[np.ndarray], size: int) -> tuple[list[set[int]], list[set[int]]]:
+    """For each split, the photos each patch comes from once rotated back by its label (asserts every one is found)."""
+    cells: dict[bytes, set[int]] = {}
+    for index, photo in enumerate(photos):
+        for cell in grid_cells(photo, size):
+            cells.setdefault(cell.tobytes(), set()).add(index)
+    found = []
+    for images, labels in ((ds.train_images, ds.train_labels), (ds.test_images, ds.test_labels)):
+        sources = []
+        for patch, label in zip(patch_pixels(images), labels.tolist()):
+            unrotated = np.ascontiguousarray(np.rot90(patch, k=-label, axes=(0, 1)))
+            assert unrotated.tobytes() in cells, "a patch rotated back by its label is no crop of any photo"
+            sources.append(cells[unrotated.tobytes()])
+        found.append(sources)
+    return found[0], found[1]
+
+
+def make_photos(root: Path, sizes: list[tuple[int, int]], *, mode: str = "RGB") -> Path:
+    """Noise photos (W×H each) whose red channel is the photo's index, so a patch tells which photo it is from."""
+    rng = np.random.default_rng(3)
+    root.mkdir(parents=True, exist_ok=True)
+    for i, (width, height) in enumerate(sizes):
+        pixels = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+        pixels[..., 0] = 10 * i
+        Image.fromarray(pixels).convert(mode).save(root / f"photo{i}.png")
+    return root
+
+
+@pytest.mark.skipif(not KODAK.is_dir(), reason=f"Kodak photographs not present at {KODAK}")
+def test_kodak_patches() -> None:
+    ds = load_dataset(f"patches:{KODAK}")
+    assert ds.name == "patches-kodak" and ds.classes == PATCH_CLASSES == ["0°", "90°", "180°", "270°"]
+    assert ds.train_images.shape == (19 * 64, 3, 32, 32) and ds.test_images.shape == (5 * 64, 3, 32, 32)
+    assert ds.train_images.dtype == torch.float32 and 0 <= ds.train_images.min() and ds.train_images.max() <= 1
+    assert torch.bincount(ds.train_labels, minlength=4).tolist() == [304] * 4
+    assert torch.bincount(ds.test_labels, minlength=4).tolist() == [80] * 4
+    photos = [np.asarray(Image.open(p).convert("RGB")) for p in sorted(KODAK.glob("*.png"))]
+    train, test = source_photos(ds, photos, 32)  # every label rotates its patch back onto a crop of a photo
+    train_photos = set().union(*(s for s in train if len(s) == 1))
+    test_photos = set().union(*(s for s in test if len(s) == 1))
+    assert len(train_photos) == 19 and len(test_photos) == 5 and not train_photos & test_photos
+    again = load_dataset(f"patches:{KODAK}", limit=100)
+    assert torch.equal(again.train_images, ds.train_images[:100]) and torch.equal(again.test_labels, ds.test_labels[:100])
+    assert len(set(again.train_labels.tolist())) == 4
+
+
+def test_patches_from_two_small_photos(tmp_path: Path) -> None:
+    root = make_photos(tmp_path / "snaps", [(70, 50), (40, 64)])
+    (root / "notes.txt").write_text("not an image")
+    ds = load_dataset(f"patches:{root}", image_size=16)
+    assert ds.name == "patches-snaps" and ds.input_shape == (3, 16, 16)
+    # 4×3 = 12 and 2×4 = 8 grid cells: all of them, in each split one photo.
+    assert sorted([len(ds.train_labels), len(ds.test_labels)]) == [8, 12]
+    for labels in (ds.train_labels, ds.test_labels):
+        counts = torch.bincount(labels, minlength=4)
+        assert counts.min() == counts.max()
+    photos = [np.asarray(Image.open(root / f"photo{i}.png")) for i in range(2)]
+    train, test = source_photos(ds, photos, 16)
+    assert {frozenset(s) for s in train} | {frozenset(s) for s in test} == {frozenset({0}), frozenset({1})}
+    assert {frozenset(s) for s in train}.isdisjoint({frozenset(s) for s in test})
+    # The red channel names the photo, and it stays one value per split whatever the rotation.
+    assert {len(torch.unique(images[:, 0])) for images in (ds.train_images, ds.test_images)} == {1}
+    # Only the label's rotation undoes it: the noise photos have no crop equal to another rotation of it.
+    cells = {cell.tobytes() for photo in photos for cell in grid_cells(photo, 16)}
+    for patch, label in zip(patch_pixels(ds.train_images), ds.train_labels.tolist()):
+        matches = [k for k in range(4)
+                   if np.ascontiguousarray(np.rot90(patch, k=-k, axes=(0, 1))).tobytes() in cells]
+        assert matches == [label]
+
+
+def test_patches_are_deterministic_and_per_photo_count(tmp_path: Path) -> None:
+    root = make_photos(tmp_path / "p", [(128, 96), (96, 128), (100, 100)], mode="L")  # gray photos read as RGB
+    a, b = load_patches(root, image_size=8), load_dataset(f"patches:{root}", image_size=8)
+    for name in ("train_images", "train_labels", "test_images", "test_labels"):
+        assert torch.equal(getattr(a, name), getattr(b, name))
+    assert a.input_shape == (3, 8, 8) and len(a.train_labels) + len(a.test_labels) == 3 * 64
+    assert len(load_patches(root, image_size=8, per_photo=6).train_labels) == 2 * 4  # a multiple of 4 per photo
+    assert len(load_dataset(f"patches:{root}", image_size=8, limit=5).train_labels) == 5
+    # Adding a photo moves no other photo's patches (each photo is seeded by its name).
+    make_photos(tmp_path / "q", [(128, 96), (96, 128), (100, 100), (64, 64)], mode="L")
+    grown = load_patches(tmp_path / "q", image_size=8)
+    old = {p.tobytes() for p in patch_pixels(torch.cat([a.train_images, a.test_images]))}
+    new = {p.tobytes() for p in patch_pixels(torch.cat([grown.train_images, grown.test_images]))}
+    assert old <= new and len(new) == 4 * 64
+
+
+def test_patches_errors(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DataError, match="is empty; put photographs") as exc:
+        load_dataset(f"patches:{empty}")
+    assert str(empty) in one_line(exc)
+
+    texts = tmp_path / "texts"
+    texts.mkdir()
+    (texts / "a.txt").write_text("x")
+    (texts / "b.csv").write_text("y")
+    with pytest.raises(DataError, match=r"holds 2 file\(s\) but no images") as exc:
+        load_dataset(f"patches:{texts}")
+    one_line(exc)
+
+    classes = make_folder(tmp_path / "classes", {"a": 2, "b": 2})
+    with pytest.raises(DataError, match="flat folder") as exc:
+        load_dataset(f"patches:{classes}")
+    one_line(exc)
+
+    single = make_photos(tmp_path / "single", [(64, 64)])
+    with pytest.raises(DataError, match="only one image.*add at least one more photo") as exc:
+        load_dataset(f"patches:{single}")
+    one_line(exc)
+
+    small = make_photos(tmp_path / "small", [(64, 64), (40, 20)])
+    with pytest.raises(DataError, match="is 40×20 px, smaller than the 32-px patches") as exc:
+        load_dataset(f"patches:{small}")
+    assert str(small / "photo1.png") in one_line(exc) and "smaller image size" in one_line(exc)
+    assert load_dataset(f"patches:{small}", image_size=16).input_shape == (3, 16, 16)
+
+    broken = make_photos(tmp_path / "broken", [(64, 64), (64, 64)])
+    (broken / "photo1.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 5)
+    with pytest.raises(DataError, match="cannot read image") as exc:
+        load_dataset(f"patches:{broken}")
+    one_line(exc)
+
+    with pytest.raises(DataError, match="does not exist"):
+        load_dataset(f"patches:{tmp_path / 'nowhere'}")
+    with pytest.raises(DataError, match="per_photo must be a positive integer"):
+        load_patches(single, per_photo=0)
+    # A bare path to a flat folder of photos is not guessed; the message names the kind to use.
+    with pytest.raises(DataError, match="patches:PATH for a flat folder of photos") as exc:
+        load_dataset(str(small))
     one_line(exc)

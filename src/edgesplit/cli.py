@@ -223,6 +223,61 @@ def compress(model: ModelArg,
 
 
 @app.command()
+def audit(model: ModelArg, weights: Weights = None, input_shape: InputShape = None,
+          data: Annotated[str, typer.Option(help="victims: the test split of digits | mnist:DIR | fashion-mnist:DIR | "
+                                                 "patches:DIR | folder:DIR")] = "digits",
+          aux: Annotated[Optional[str], typer.Option(help="the attacker's images: the train split of this spec "
+                                                     "[default: --data's train split]")] = None,
+          cut: Annotated[str, typer.Option(help="all, or cut indices / node names, comma-separated")] = "all",
+          codec: Annotated[Optional[str], typer.Option(help="the deployment codec (e.g. int8): attacks see what it "
+                                                       "delivers [default: fp32]")] = None,
+          attack: Annotated[str, typer.Option(help="inversion (black-box decoder), optimize (white-box), probe "
+                                                   "(labels), comma-separated")] = "inversion,optimize,probe",
+          defense: Annotated[Optional[list[str]], typer.Option(help="noise:SIGMA, dropout:P, quant:BITS, nopeek:ALPHA, "
+                                                               "bottleneck:CHANNELS; repeatable or comma-separated")] = None,
+          victims: Annotated[int, typer.Option(min=2, help="test images to attack")] = 256,
+          aux_limit: Annotated[int, typer.Option(min=2, help="auxiliary images the attacker holds")] = 2000,
+          epochs: Annotated[int, typer.Option(min=1, help="decoder training epochs (learned inversion)")] = 10,
+          steps: Annotated[int, typer.Option(min=1, help="optimization steps (white-box inversion)")] = 200,
+          defense_epochs: Annotated[int, typer.Option(min=1, help="NoPeek / bottleneck training epochs")] = 2,
+          threads: Annotated[Optional[int], typer.Option(min=1, help="torch intra-op threads")] = None,
+          seed: int = 0, json_out: JsonOut = None,
+          out_dir: Annotated[Optional[Path], typer.Option("--out", help="folder for reconstruction grids and plots "
+                                                          "(PNG)")] = None,
+          quiet: Quiet = False) -> None:
+    """Attack what crosses each cut (inversion, label probes) and measure what defenses cost in accuracy."""
+    from .codecs import parse_codec
+    from .privacy.audit import AuditSettings, parse_attacks, resolve_cuts, run_audit, summary_line
+    from .privacy.defenses import parse_defenses
+    from .views import audit_table
+
+    attacks, defenses = parse_attacks(attack), parse_defenses(defense or [])
+    if codec:
+        parse_codec(codec)  # every spec is checked before the slow work starts
+    if threads:
+        torch.set_num_threads(threads)
+    victim_data = load_dataset(data)
+    aux_data = load_dataset(aux) if aux else victim_data
+    loaded = load_model(model, input_shape=input_shape or (1, *victim_data.input_shape), weights=weights)
+    if weights is None:
+        out.print("[yellow]warning:[/] no --weights: auditing an untrained model says little about a trained one")
+    traced = trace(loaded.module, loaded.example_input)
+    settings = AuditSettings(attacks=attacks, codec=codec, victims=victims, aux_limit=aux_limit,
+                             inversion_epochs=epochs, optimize_steps=steps, defense_epochs=defense_epochs, seed=seed)
+    torch.manual_seed(seed)
+    report = run_audit(traced, loaded.module, victim_data, aux_data, cuts=resolve_cuts(traced, cut), defenses=defenses,
+                       settings=settings, name=model, model_ref={**loaded.ref.to_json(), "weights": loaded.weights},
+                       data_spec=data, aux_spec=aux or data, out_dir=out_dir, progress=not quiet,
+                       on_warning=lambda text: Console(stderr=True).print(f"[bold yellow]warning:[/] {text}",
+                                                                           highlight=False, soft_wrap=True))
+    out.print(audit_table(report))
+    out.print(summary_line(report))
+    if out_dir is not None:
+        out.print(f"grids and plots written to {out_dir}")
+    write_json(json_out, report)
+
+
+@app.command()
 def train(model: ModelArg,
           out_path: Annotated[Path, typer.Option("--out", help="where to write the weights (.safetensors)")],
           data: Annotated[str, typer.Option(help="digits | mnist:DIR | fashion-mnist:DIR | idx:DIR | folder:DIR")] = "digits",

@@ -1,8 +1,11 @@
-"""Data sets: scikit-learn's bundled digits, IDX files (MNIST, Fashion-MNIST) and image folders.
+"""Data sets: scikit-learn's bundled digits, IDX files (MNIST, Fashion-MNIST), image folders and photo patches.
 
 A data set is named by a spec string: ``digits``, ``mnist:PATH``, ``fashion-mnist:PATH``, ``idx:PATH``,
-``folder:PATH``, or a bare PATH whose kind is detected from what the directory holds. Nothing is
-downloaded; every loader reads only what the user points it at.
+``folder:PATH`` (one subfolder per class), ``patches:PATH`` (a flat folder of photographs cut into square
+patches labelled by their rotation, see :func:`load_patches`), or a bare PATH whose kind is detected from what
+the directory holds (IDX files or class subfolders; a flat folder of photos must be named ``patches:PATH``).
+``load_dataset``'s ``image_size`` resizes images (the patch size for ``patches``) and ``limit`` caps each
+split. Nothing is downloaded; every loader reads only what the user points it at.
 """
 
 from __future__ import annotations
@@ -23,9 +26,10 @@ import torch.nn.functional as F
 
 from .errors import DataError
 
-KINDS = ("digits", "mnist", "fashion-mnist", "idx", "folder")
+KINDS = ("digits", "mnist", "fashion-mnist", "idx", "folder", "patches")
 
 DIGIT_CLASSES = [str(i) for i in range(10)]
+PATCH_CLASSES = ["0°", "90°", "180°", "270°"]  # the rotation a photo patch was turned by
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 
@@ -53,6 +57,7 @@ _GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I
 TEST_FRACTION = 0.2
 SPLIT_SEED = 0
 DEFAULT_FOLDER_SIZE = 32
+PATCHES_PER_PHOTO = 64  # Kodak's 24 photos give 1,536 patches, Set5's 5 give 320
 
 
 # eq=False: field-wise == on tensors is ambiguous, so data sets compare by identity.
@@ -300,8 +305,11 @@ def _image_files(directory: Path) -> list[Path]:
                   if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
 
 
-def _read_image(path: Path, size: int) -> tuple[np.ndarray, bool]:
-    """An image as uint8 H×W×3 (or H×W when grayscale) resized to size×size, and whether it was gray."""
+def _read_image(path: Path, size: int | None, *, rgb: bool = False) -> tuple[np.ndarray, bool]:
+    """An image as uint8 H×W×3 (or H×W when grayscale) resized to size×size, and whether it was gray.
+
+    ``size=None`` keeps the image's own size; ``rgb=True`` converts grayscale images to three channels.
+    """
     from PIL import Image, ImageOps
 
     try:
@@ -309,8 +317,9 @@ def _read_image(path: Path, size: int) -> tuple[np.ndarray, bool]:
             img.load()
             img = ImageOps.exif_transpose(img)
             gray = img.mode in _GRAY_MODES
-            img = img.convert("L" if gray else "RGB")
-            img = img.resize((size, size), Image.Resampling.BILINEAR)
+            img = img.convert("L" if gray and not rgb else "RGB")
+            if size is not None:
+                img = img.resize((size, size), Image.Resampling.BILINEAR)
             return np.asarray(img, dtype=np.uint8), gray
     except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -364,6 +373,107 @@ def _load_folder(directory: Path, image_size: int, limit: int | None) -> Dataset
     )
 
 
+# -------------------------------------------------------------------------------------- photo patches
+
+
+def _photo_split(count: int, test_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Train and test photo indices (sorted): ``test_fraction`` of the photos held out, at least one per side."""
+    order = np.random.default_rng(seed).permutation(count)
+    n_test = min(max(math.floor(test_fraction * count + 0.5), 1), count - 1)
+    return sorted(order[n_test:].tolist()), sorted(order[:n_test].tolist())
+
+
+def _cut_patches(photo: np.ndarray, size: int, per_photo: int, key: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Up to ``per_photo`` rotated size×size patches of one H×W×3 photo (uint8 N×size×size×3) and their rotations.
+
+    The patches are cells of a non-overlapping grid centred in the photo, chosen by a generator seeded with
+    ``seed`` and the photo's file name (so adding a photo to the folder does not move another photo's patches).
+    """
+    height, width = photo.shape[:2]
+    rows, cols = height // size, width // size
+    top, left = (height - rows * size) // 2, (width - cols * size) // 2
+    count = min(per_photo, rows * cols)
+    if count >= len(PATCH_CLASSES):  # a multiple of 4, so every photo gives each rotation equally often
+        count -= count % len(PATCH_CLASSES)
+    rng = np.random.default_rng([seed, zlib.crc32(key.encode())])
+    cells = rng.choice(rows * cols, size=count, replace=False)
+    rotations = rng.permutation(np.arange(count) % len(PATCH_CLASSES))
+    patches = np.empty((count, size, size, 3), dtype=np.uint8)
+    for i, (cell, k) in enumerate(zip(cells.tolist(), rotations.tolist())):
+        y, x = top + (cell // cols) * size, left + (cell % cols) * size
+        # Counter-clockwise as displayed: np.rot90 turns the first axis (rows) towards the second (columns).
+        patches[i] = np.rot90(photo[y:y + size, x:x + size], k=k, axes=(0, 1))
+    return patches, rotations.astype(np.int64)
+
+
+def load_patches(directory: str | Path, *, image_size: int = DEFAULT_FOLDER_SIZE,
+                 per_photo: int = PATCHES_PER_PHOTO, limit: int | None = None, seed: int = SPLIT_SEED) -> Dataset:
+    """Square patches of a flat folder of photographs, labelled by a rotation (0/90/180/270°) applied to each.
+
+    Every image in ``directory`` (no class subfolders; read as RGB at full size) gives up to ``per_photo``
+    ``image_size``-px patches: cells of a non-overlapping grid centred in the photo, chosen at seeded places
+    (64 of the 24 × 16 cells of a 768×512 Kodak photo at 32 px; a multiple of 4 when fewer fit). Each patch is rotated counter-clockwise by
+    90° × its label (a self-supervised task: classes "0°", "90°", "180°", "270°", balanced within each
+    photo). Train and test are split *by photo* (20% of the photos, at least one, held out) so that no
+    photo gives patches to both; ``limit`` keeps the first patches of each split, which are shuffled.
+    """
+    _check_positive("image_size", image_size)
+    _check_positive("per_photo", per_photo)
+    _check_positive("limit", limit)
+    directory = Path(directory).expanduser()
+    if not directory.is_dir():
+        raise DataError(f"photo folder {directory} does not exist or is not a directory; check the path")
+    files = _image_files(directory)
+    if not files:
+        raise DataError(_no_photos_message(directory))
+    if len(files) < 2:
+        raise DataError(f"photo folder {directory} holds only one image ({files[0].name}); patches are split "
+                        "into train and test by photo, so add at least one more photo")
+    photos = []
+    for path in files:
+        pixels = _read_image(path, None, rgb=True)[0]
+        height, width = pixels.shape[:2]
+        if height < image_size or width < image_size:
+            raise DataError(f"photo {path} is {width}×{height} px, smaller than the {image_size}-px patches; "
+                            "remove it from the folder or choose a smaller image size")
+        photos.append(_cut_patches(pixels, image_size, per_photo, path.name, seed))
+    train_photos, test_photos = _photo_split(len(files), TEST_FRACTION, seed)
+    rng = np.random.default_rng(seed)
+
+    def split(indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        patches = np.concatenate([photos[i][0] for i in indices])
+        labels = np.concatenate([photos[i][1] for i in indices])
+        # Shuffled so that `limit` keeps a mix of photos and rotations.
+        order = rng.permutation(len(labels))[:limit]
+        images = patches[order].transpose(0, 3, 1, 2)
+        return (torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32) / np.float32(255)),
+                torch.from_numpy(labels[order]))
+
+    train_images, train_labels = split(train_photos)
+    test_images, test_labels = split(test_photos)
+    return Dataset(
+        name=f"patches-{directory.resolve().name or directory}",
+        train_images=train_images,
+        train_labels=train_labels,
+        test_images=test_images,
+        test_labels=test_labels,
+        classes=list(PATCH_CLASSES),
+    )
+
+
+def _no_photos_message(directory: Path) -> str:
+    extensions = ", ".join(sorted(IMAGE_EXTENSIONS))
+    if _class_dirs(directory):
+        return (f"photo folder {directory} holds subfolders but no images; patches:PATH reads a flat folder of "
+                f"photographs ({extensions}), so point it at the folder that holds them (folder:PATH reads class "
+                "subfolders)")
+    others = [p for p in directory.iterdir() if not p.name.startswith(".")]
+    if others:
+        return (f"photo folder {directory} holds {len(others)} file(s) but no images ({extensions}); "
+                "put photographs in it")
+    return f"photo folder {directory} is empty; put photographs ({extensions}) in it"
+
+
 # ------------------------------------------------------------------------------------------ specs
 
 
@@ -402,7 +512,9 @@ def _resize(ds: Dataset, size: int) -> Dataset:
 
 
 def load_dataset(spec: str, *, image_size: int | None = None, limit: int | None = None) -> Dataset:
-    """Load the data set named by ``spec`` (digits, mnist:PATH, fashion-mnist:PATH, idx:PATH, folder:PATH or PATH)."""
+    """Load the data set named by ``spec`` (digits, mnist:PATH, fashion-mnist:PATH, idx:PATH, folder:PATH,
+    patches:PATH or PATH); ``image_size`` is the side images are resized to (the patch side for patches:PATH,
+    default 32 there and for folders), ``limit`` the most images kept in each split."""
     _check_positive("image_size", image_size)
     _check_positive("limit", limit)
     spec = spec.strip()
@@ -434,10 +546,13 @@ def load_dataset(spec: str, *, image_size: int | None = None, limit: int | None 
         else:
             raise DataError(f"cannot tell what data set {directory} holds: it has neither the IDX files "
                             f"({', '.join(IDX_FILES.values())}, raw or .gz) nor class subfolders of "
-                            "images; add one of them or name the kind (e.g. mnist:PATH)")
+                            "images; add one of them or name the kind (e.g. mnist:PATH"
+                            f"{', or patches:PATH for a flat folder of photos' if _image_files(directory) else ''})")
 
     if kind == "folder":
         return _load_folder(directory, image_size or DEFAULT_FOLDER_SIZE, limit)
+    if kind == "patches":
+        return load_patches(directory, image_size=image_size or DEFAULT_FOLDER_SIZE, limit=limit)
     if kind == "fashion-mnist":
         ds = _load_idx(directory, "fashion-mnist", FASHION_CLASSES, limit)
     else:

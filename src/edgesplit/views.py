@@ -147,3 +147,36 @@ def compress_table(report) -> Table:  # noqa: ANN001 - CompressReport (imported 
                       f"{config.accuracy:.2%}", f"{config.accuracy_drop * 100:+.2f} pt", f"{config.encode_ms:.3f}",
                       f"{config.decode_ms:.3f}", style=style)
     return table
+
+
+def audit_table(report) -> Table:  # noqa: ANN001 - AuditReport (imported lazily)
+    """One row per cut and defense: what crosses, task accuracy, each attack's PSNR/SSIM, probes, dCor."""
+    accuracy = f"{report.model_accuracy:.1%}" if report.model_accuracy is not None else "n/a"
+    baseline = report.mean_image
+    table = Table(title=f"{report.model}: privacy audit on {report.victims} victims ({report.data}), attacker holds "
+                        f"{report.aux_images} aux images ({report.aux}); codec {report.codec or 'fp32'}; whole model "
+                        f"{accuracy}, chance {report.chance:.1%}; mean-image baseline "
+                        f"{baseline.psnr.mean:.1f} dB / SSIM {baseline.ssim.mean:.2f}")
+    attacks = [a for a in ("inversion", "optimize") if a in report.attacks]
+    headers = ["cut", "after", "defense", "crossing", "task acc"]
+    headers += [f"{'learned' if a == 'inversion' else 'white-box'} PSNR / SSIM" for a in attacks]
+    headers += ["probe acc (linear / mlp)"] if "probe" in report.attacks else []
+    headers += ["dCor"]
+    for header in headers:
+        table.add_column(header, justify="left" if header in ("after", "defense", "crossing") else "right")
+    for row in report.rows:
+        cells = [str(row.position), row.after, row.defense, crossing_text(row.crossing),
+                 f"{row.task_accuracy:.1%}" if row.task_accuracy is not None else "n/a"]
+        scores = {a.attack: a for a in row.attacks}
+        best = row.best_attack()
+        for attack in attacks:
+            score = scores.get(attack)
+            text = (f"{score.psnr.mean:.1f} dB / {score.ssim.mean:.2f} ±{(score.ssim.high - score.ssim.low) / 2:.2f}"
+                    if score else "—")
+            cells.append(f"[bold]{text}[/]" if score is not None and score is best and len(attacks) > 1 else text)
+        if "probe" in report.attacks:
+            cells.append(" / ".join(f"{p.accuracy.mean:.1%}" for p in row.probes) or "—")
+        dcor = row.distance_correlation
+        cells.append(f"{dcor.mean:.2f}" if dcor else "—")
+        table.add_row(*cells)
+    return table

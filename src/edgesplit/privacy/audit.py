@@ -1,0 +1,309 @@
+"""The privacy audit: at each cut, under each defense, attack what crosses and measure what the task keeps.
+
+For every (cut, defense) pair the audit builds what the device sends (head, defense, codec), measures the
+task's accuracy on it, runs the chosen attacks on it — learned inversion (black-box), optimization inversion
+(white-box), linear and MLP label probes — and the distance correlation between inputs and what crosses.
+The victims are the data set's test split; the attacker's auxiliary images are a train split (of ``--aux``,
+else of the same data set), disjoint from the victims. See docs/threat-model.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..data import Dataset
+from ..errors import CutError, EdgesplitError, InputShapeError
+from ..graph import Cut, TracedModel
+from ..progress import progress_bar
+from .defenses import DefendedCut, DefenseSpec, build_defense
+from .inversion import learned_inversion, mean_image_baseline, optimization_inversion
+from .leakage import CutLeakage, LeakageTable
+from .metrics import distance_correlation_ci, mean_ci, psnr, ssim
+from .probes import probe_accuracy
+from .report import ATTACKS, AttackScore, AuditReport, AuditRow, ProbeScore, Score
+
+PROBE_KINDS = ("linear", "mlp")
+
+
+@dataclass(frozen=True)
+class AuditSettings:
+    """How hard the attacks try and on how much data; part of the report, so a result can be reproduced."""
+
+    attacks: tuple[str, ...] = ATTACKS
+    codec: str | None = None  # the deployment codec: attacks see what it delivers
+    victims: int = 256  # test images attacked
+    aux_limit: int = 2000  # auxiliary images the attacker holds
+    inversion_epochs: int = 10  # decoder training epochs (learned inversion)
+    optimize_steps: int = 200  # optimization-inversion steps per victim batch
+    probe_kinds: tuple[str, ...] = PROBE_KINDS
+    defense_epochs: int = 2  # NoPeek / bottleneck training epochs
+    defense_train_limit: int | None = 5000  # defenses train on at most this many images
+    grid_images: int = 8  # victims shown in the reconstruction grids
+    seed: int = 0
+
+
+@dataclass
+class _Reconstructions:
+    """The first few victims' reconstructions per (cut, defense, attack), for the grids."""
+
+    rows: dict[tuple[int, str], list[tuple[str, torch.Tensor, AttackScore]]] = field(default_factory=dict)
+
+
+def parse_attacks(text: str | Sequence[str]) -> tuple[str, ...]:
+    """``inversion,optimize,probe`` (or a list of such items) as a tuple in canonical order."""
+    items = [part.strip().lower() for chunk in ([text] if isinstance(text, str) else text)
+             for part in chunk.split(",") if part.strip()]
+    unknown = [item for item in items if item not in ATTACKS]
+    if unknown or not items:
+        raise EdgesplitError(f"unknown attack {', '.join(repr(u) for u in unknown) or '(none given)'}; "
+                             f"choose from {', '.join(ATTACKS)} (comma-separated)")
+    return tuple(a for a in ATTACKS if a in items)
+
+
+def resolve_cuts(traced: TracedModel, text: str) -> list[Cut]:
+    """``all``, or comma-separated cut indices / node names, as candidate cuts in graph order."""
+    if text.strip().lower() == "all":
+        return list(traced.cuts)
+    chosen: dict[int, Cut] = {}
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        cut = traced.cut(int(part) if part.lstrip("-").isdigit() else part)
+        chosen[cut.position] = cut
+    if not chosen:
+        raise CutError(f"--cut {text!r} names no cut; give 'all', an index or a node name (see `edgesplit profile`)")
+    return [chosen[p] for p in sorted(chosen)]
+
+
+def count_overlap(first: torch.Tensor, second: torch.Tensor) -> int:
+    """How many images of ``second`` also appear in ``first`` (compared as 8-bit pixels)."""
+    def digests(images: torch.Tensor) -> list[bytes]:
+        levels = (images.clamp(0, 1) * 255).round().to(torch.uint8).contiguous()
+        return [hashlib.blake2b(image.numpy().tobytes(), digest_size=16).digest() for image in levels]
+
+    seen = set(digests(first))
+    return sum(digest in seen for digest in digests(second))
+
+
+def defense_misfit(spec: DefenseSpec, cut: Cut) -> str | None:
+    """Why ``spec`` cannot be applied at ``cut``, or None when it can."""
+    if spec.kind == "bottleneck" and (len(cut.crossing) != 1 or len(cut.crossing[0].shape) != 4):
+        return "a bottleneck needs one N×C×H×W tensor crossing the cut"
+    return None
+
+
+def _applicable(cuts: Sequence[Cut], defenses: Sequence[DefenseSpec], warnings: list[str],
+                on_warning: Callable[[str], None] | None) -> list[tuple[Cut, DefenseSpec]]:
+    """The (cut, defense) pairs to measure; a defense that fits none of the cuts is an error, found up front."""
+    pairs = []
+    for spec in defenses:
+        misfits = [(cut, defense_misfit(spec, cut)) for cut in cuts]
+        skipped = [cut for cut, reason in misfits if reason]
+        if skipped and len(skipped) == len(cuts):
+            raise EdgesplitError(f"defense {spec.text} fits none of the cuts audited ({misfits[0][1]}); choose other "
+                                 "cuts (see `edgesplit profile`) or drop it")
+        if skipped:
+            text = (f"defense {spec.text} skipped at cut{'s' if len(skipped) > 1 else ''} "
+                    f"{', '.join(str(c.position) for c in skipped)}: {misfits[[c for c, _ in misfits].index(skipped[0])][1]}")
+            warnings.append(text)
+            if on_warning is not None:
+                on_warning(text)
+        pairs += [(cut, spec) for cut, reason in misfits if reason is None]
+    return pairs
+
+
+def _check_images(images: torch.Tensor, what: str, input_shape: tuple[int, ...]) -> None:
+    if tuple(images.shape[1:]) != tuple(input_shape):
+        raise InputShapeError(f"{what} are {'×'.join(map(str, images.shape[1:]))} but the model takes "
+                              f"{'×'.join(map(str, input_shape))}; pass data of that size, or --input-shape "
+                              f"1,{','.join(map(str, images.shape[1:]))} if the model accepts it")
+
+
+def _score(values: torch.Tensor) -> Score:
+    mean, low, high = mean_ci(values) if len(values) > 1 else (float(values.mean()),) * 3
+    return Score(mean=mean, low=low, high=high)
+
+
+def _image_scores(attack: str, reconstructions: torch.Tensor, originals: torch.Tensor, seconds: float) -> AttackScore:
+    return AttackScore(attack=attack, psnr=_score(psnr(reconstructions, originals)),
+                       ssim=_score(ssim(reconstructions, originals)), seconds=seconds)
+
+
+def _accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
+    with torch.no_grad():
+        predictions = torch.cat([model(images[i:i + 256]).argmax(1) for i in range(0, len(images), 256)])
+    return float((predictions == labels).double().mean())
+
+
+def _attack_row(defended: DefendedCut, cut: Cut, victims: torch.Tensor, victim_labels: torch.Tensor,
+                aux: torch.Tensor, aux_labels: torch.Tensor, settings: AuditSettings,
+                kept: _Reconstructions, step: Callable[[str], None]) -> AuditRow:
+    """Every chosen attack on what ``defended`` sends at ``cut``."""
+    spec = defended.spec
+    sent = defended.send(victims)
+    row = AuditRow(position=cut.position, after=cut.after, defense=spec.text,
+                   crossing=[list(t.shape[1:]) for t in sent],
+                   task_accuracy=defended.accuracy(victims, victim_labels),
+                   defense_seconds=defended.train_seconds)
+    shown = kept.rows.setdefault((cut.position, spec.text), [])
+    if "inversion" in settings.attacks:
+        step("learned inversion")
+        result = learned_inversion(defended.head, aux, victims, transform=defended.transform,
+                                   epochs=settings.inversion_epochs, seed=settings.seed)
+        score = _image_scores("inversion", result.reconstructions, victims, result.seconds)
+        row.attacks.append(score)
+        shown.append(("learned", result.reconstructions[:settings.grid_images], score))
+    if "optimize" in settings.attacks:
+        step("optimization inversion")
+        result = optimization_inversion(defended.head, victim_features=sent, input_shape=defended.input_shape,
+                                        steps=settings.optimize_steps, seed=settings.seed)
+        score = _image_scores("optimize", result.reconstructions, victims, result.seconds)
+        row.attacks.append(score)
+        shown.append(("white-box", result.reconstructions[:settings.grid_images], score))
+    if "probe" in settings.attacks:
+        step("label probes")
+        aux_sent = defended.send(aux)
+        for kind in settings.probe_kinds:
+            probe = probe_accuracy(aux_sent, aux_labels, sent, victim_labels, kind=kind, seed=settings.seed)
+            row.probes.append(ProbeScore(kind=kind, chance=probe.chance,
+                                         accuracy=Score(mean=probe.accuracy, low=probe.ci_low, high=probe.ci_high)))
+    step("distance correlation")
+    flat = torch.cat([t.flatten(1) for t in sent], dim=1)
+    value, low, high = distance_correlation_ci(victims, flat, seed=settings.seed)
+    row.distance_correlation = Score(mean=value, low=low, high=high)
+    return row
+
+
+def leakage_table(rows: Sequence[AuditRow], model: str, fingerprint: str, codec: str | None) -> LeakageTable:
+    """The planner's per-cut bounds from the undefended rows: best attack's SSIM/PSNR, best probe's accuracy."""
+    cuts = []
+    for row in rows:
+        if row.defense != "none":
+            continue
+        best, probe = row.best_attack(), row.best_probe()
+        cuts.append(CutLeakage(position=row.position, after=row.after,
+                               ssim=best.ssim.mean if best else None, psnr=best.psnr.mean if best else None,
+                               probe_accuracy=probe.accuracy.mean if probe else None,
+                               distance_correlation=row.distance_correlation.mean if row.distance_correlation else None))
+    return LeakageTable(model=model, fingerprint=fingerprint, codec=codec, cuts=cuts)
+
+
+def run_audit(traced: TracedModel, model: nn.Module, data: Dataset, aux: Dataset, *, cuts: Sequence[Cut],
+              defenses: Sequence[DefenseSpec], settings: AuditSettings, name: str, model_ref: dict,
+              data_spec: str, aux_spec: str, out_dir: Path | None = None, progress: bool = True,
+              on_warning: Callable[[str], None] | None = None) -> AuditReport:
+    """Attack every cut under every defense; write grids and plots into ``out_dir`` when given.
+
+    ``on_warning`` hears each warning (overlapping data sets) as soon as it is found, before the long work.
+    """
+    started = time.perf_counter()
+    input_shape = tuple(traced.example_inputs[0].shape[1:])
+    victims, victim_labels = data.test_images[:settings.victims], data.test_labels[:settings.victims]
+    aux_images, aux_labels = aux.train_images[:settings.aux_limit], aux.train_labels[:settings.aux_limit]
+    _check_images(victims, f"the victim images ({data_spec}, test split)", input_shape)
+    _check_images(aux_images, f"the auxiliary images ({aux_spec}, train split)", input_shape)
+    if len(victims) < 2 or len(aux_images) < 2:
+        raise EdgesplitError(f"the audit needs at least 2 victim and 2 auxiliary images (got {len(victims)} and "
+                             f"{len(aux_images)}); use a larger data set or raise --victims / --aux-limit")
+    warnings = []
+    overlap = count_overlap(aux_images, victims)
+    if overlap:
+        warnings.append(f"{overlap} of {len(victims)} victim images are also in the auxiliary set: the attacks "
+                        "are inflated (they may recall those images); use disjoint data for --aux")
+    for warning in warnings:
+        if on_warning is not None:
+            on_warning(warning)
+    model.eval()
+    model_accuracy = _accuracy(model, victims, victim_labels)
+    chance = float(torch.bincount(victim_labels).max()) / len(victim_labels)
+    baseline = mean_image_baseline(aux_images, len(victims))
+    mean_image = _image_scores("inversion", baseline, victims, 0.0)
+
+    pairs = _applicable(cuts, defenses, warnings, on_warning)
+    rows: list[AuditRow] = []
+    kept = _Reconstructions()
+    steps_per_row = len([a for a in settings.attacks if a != "probe"]) + ("probe" in settings.attacks) + 1
+    with torch.random.fork_rng(devices=[]), progress_bar(progress) as bar:
+        task = bar.add_task("audit", total=len(pairs) * (steps_per_row + 1), status="")
+        for cut in cuts:
+            split = traced.split(cut)
+            for spec in (d for c, d in pairs if c is cut):
+                where = f"cut {cut.position} ({cut.after}) · {spec.text}"
+
+                def step(what: str, where: str = where) -> None:
+                    bar.update(task, advance=1, status=f"{where} · {what}")
+
+                step("defense")
+                defended = build_defense(spec, split, model, data, codec=settings.codec,
+                                         epochs=settings.defense_epochs, train_limit=settings.defense_train_limit,
+                                         seed=settings.seed)
+                rows.append(_attack_row(defended, cut, victims, victim_labels, aux_images, aux_labels, settings,
+                                        kept, step))
+    report = AuditReport(
+        model=name, fingerprint=traced.fingerprint, model_ref=model_ref, data=data_spec, aux=aux_spec,
+        victims=len(victims), aux_images=len(aux_images), overlap=overlap, codec=settings.codec,
+        attacks=list(settings.attacks), defenses=[d.text for d in defenses], model_accuracy=model_accuracy,
+        chance=chance, mean_image=mean_image, rows=rows,
+        leakage=leakage_table(rows, name, traced.fingerprint, settings.codec),
+        settings={**settings.__dict__, "attacks": list(settings.attacks), "probe_kinds": list(settings.probe_kinds),
+                  "threads": torch.get_num_threads(), "cpus": os.cpu_count()},
+        warnings=warnings, seconds=0.0)
+    if out_dir is not None:
+        _write_figures(report, victims[:settings.grid_images], kept, out_dir)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _write_figures(report: AuditReport, originals: torch.Tensor, kept: _Reconstructions, out_dir: Path) -> None:
+    """Reconstruction grids (one per cut, and the best attack at every cut), the leakage and trade-off plots."""
+    from ..plots import plot_leakage_by_cut, plot_privacy_utility, plot_reconstructions
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    best_rows = []
+    for position in sorted({r.position for r in report.rows}):
+        rows = [(f"{defense} · {attack} · {score.psnr.mean:.1f} dB / {score.ssim.mean:.2f}", images)
+                for (at, defense), shown in kept.rows.items() if at == position
+                for attack, images, score in shown]
+        if not rows:
+            continue
+        row = report.row(position)
+        after = row.after if row else str(position)
+        path = out_dir / f"reconstructions-cut{position:02d}.png"
+        plot_reconstructions(originals, rows, path, f"{report.model}: cut {position} (after {after})")
+        report.grids[str(position)] = path.name
+        undefended = kept.rows.get((position, "none"), [])
+        if undefended:
+            attack, images, score = max(undefended, key=lambda item: item[2].ssim.mean)
+            best_rows.append((f"{position} {after} · {attack} · {score.ssim.mean:.2f}", images))
+    if best_rows:
+        path = out_dir / "reconstructions.png"
+        plot_reconstructions(originals, best_rows, path, f"{report.model}: the strongest attack at each cut")
+        report.grids["best"] = path.name
+    if any(r.defense == "none" for r in report.rows):
+        report.plots["leakage"] = plot_leakage_by_cut(report, out_dir / "leakage-by-cut.png").name
+    report.plots["privacy_utility"] = plot_privacy_utility(report, out_dir / "privacy-utility.png").name
+
+
+def summary_line(report: AuditReport) -> str:
+    """One sentence on the most and least leaky undefended cuts."""
+    undefended = [r for r in report.rows if r.defense == "none" and r.best_attack() is not None]
+    if not undefended:
+        return f"audited {len(report.rows)} rows in {report.seconds:.0f} s"
+    worst = max(undefended, key=lambda r: r.best_attack().ssim.mean)
+    best = min(undefended, key=lambda r: r.best_attack().ssim.mean)
+    return (f"most leaky: cut {worst.position} ({worst.after}), SSIM {worst.best_attack().ssim.mean:.2f}; "
+            f"least: cut {best.position} ({best.after}), SSIM {best.best_attack().ssim.mean:.2f} "
+            f"(mean-image baseline {report.mean_image.ssim.mean:.2f}); {len(report.rows)} rows in "
+            f"{report.seconds / 60:.1f} min")
+
+
+__all__ = ["AuditSettings", "count_overlap", "leakage_table", "parse_attacks", "resolve_cuts", "run_audit",
+           "summary_line"]
