@@ -19,7 +19,7 @@ from edgesplit.zoo import ZOO
 EARLY = "conv1_2"  # the first cut after conv1 (conv, BN, ReLU): 16×8×8 crosses
 LOGITS = "fc2"  # the last cut: the 10 logits cross
 LEARNED = dict(epochs=10, batch_size=64, lr=3e-3, seed=0)
-OPTIMIZATION = dict(steps=150, lr=0.1, tv_weight=0.05, seed=0)
+OPTIMIZATION = dict(steps=150, lr=0.05, tv_weight=0.01, seed=0)
 
 
 def mse(a: torch.Tensor, b: torch.Tensor) -> float:

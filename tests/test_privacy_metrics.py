@@ -411,3 +411,20 @@ def test_probe_rejects_bad_options() -> None:
         probe_accuracy(features, labels, features, labels, epochs=0)
     with pytest.raises(EdgesplitError, match="at least 10"):
         probe_accuracy(features[:5], labels[:5], features, labels, kind="mlp")
+
+
+def test_distance_correlation_interval_holds_the_estimate_and_separates_dependence():
+    from edgesplit.privacy.metrics import distance_correlation, distance_correlation_ci
+
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(200, 16, generator=generator)
+    dependent = torch.tanh(x @ torch.randn(16, 8, generator=generator)) + 0.05 * torch.randn(200, 8, generator=generator)
+    independent = torch.randn(200, 8, generator=generator)
+    high = distance_correlation_ci(x, dependent)
+    low = distance_correlation_ci(x, independent)
+    for value, lower, upper in (high, low):
+        assert 0 <= lower <= value <= upper <= 1
+    assert high[0] == pytest.approx(distance_correlation(x, dependent))
+    assert low[2] < high[1]  # the intervals do not overlap
+    fewer = distance_correlation_ci(x, dependent, max_samples=50)
+    assert fewer[2] - fewer[1] > high[2] - high[1]  # fewer samples, wider interval

@@ -1,7 +1,9 @@
-"""What the features at a cut reveal about the private input: metrics, attacks, and the leakage table.
+"""What the features at a cut reveal about the private input: metrics, attacks, defenses, and the audit.
 
 ``metrics`` (PSNR, SSIM, distance correlation, confidence intervals), ``inversion`` (learned and optimization
-feature inversion), ``probes`` (label probes on features); the audit that runs them per cut is still to come.
+feature inversion), ``probes`` (label probes on features), ``defenses`` (noise, dropout, coarser quantization,
+NoPeek, bottlenecks), ``audit`` (all of them per cut and defense), ``report`` (its JSON), ``leakage`` (the
+per-cut table the planner bounds).
 """
 
 from .leakage import CutLeakage, LeakageTable, load_leakage

@@ -329,13 +329,14 @@ def learned_inversion(head: Any, aux_images: torch.Tensor, victim_images: torch.
 def optimization_inversion(head: Any, *, victim_images: torch.Tensor | None = None,
                            victim_features: Sequence[torch.Tensor] | torch.Tensor | None = None,
                            input_shape: tuple[int, ...] | None = None, transform: Transform | None = None,
-                           steps: int = 300, lr: float = 0.1, tv_weight: float = 0.05, batch_size: int = 256,
+                           steps: int = 300, lr: float = 0.05, tv_weight: float = 0.01, batch_size: int = 256,
                            seed: int = 0, progress: bool = False) -> InversionResult:
     """White-box attack (rMLE): optimize images so the head's features match the received ones, plus TV prior.
 
     Give either ``victim_images`` (the features are computed from them, through ``transform``) or
-    ``victim_features`` (the crossing tensors as received, batch first). Images are ``sigmoid(z)`` so they stay in
-    [0, 1], starting from uniform gray (z = 0). The feature term is each victim's squared error relative to its
+    ``victim_features`` (the crossing tensors as received, batch first). Images start uniform gray and are
+    projected back into [0, 1] after every Adam step (a box constraint: a sigmoid parametrisation instead stalls
+    near black and white, 37.7 dB against 100 dB on MNIST after conv1). The feature term is each victim's squared error relative to its
     features' mean square, so ``tv_weight`` means the same at every cut.
     """
     module = _head_module(head)
@@ -379,22 +380,23 @@ def optimization_inversion(head: Any, *, victim_images: torch.Tensor | None = No
         for first in chunks:
             target = [t[first:first + batch_size] for t in targets]
             scale = [t.flatten(1).pow(2).mean(1).clamp_min(1e-8) for t in target]
-            z = torch.zeros(len(target[0]), *shape, requires_grad=True)
-            optimizer = torch.optim.Adam([z], lr=lr)
+            x = torch.full((len(target[0]), *shape), 0.5, requires_grad=True)
+            optimizer = torch.optim.Adam([x], lr=lr)
             for step in range(steps):
-                x = torch.sigmoid(z)
                 features = _as_list(module(x))
                 per_victim = sum((f.float() - t).flatten(1).pow(2).mean(1) / s
                                  for f, t, s in zip(features, target, scale))
                 per_victim = per_victim + tv_weight * total_variation(x)
                 loss = per_victim.sum()
                 # autograd.grad, not backward: the head's parameters must not collect gradients.
-                (grad,) = torch.autograd.grad(loss, z)
-                z.grad = grad
+                (grad,) = torch.autograd.grad(loss, x)
+                x.grad = grad
                 optimizer.step()
+                with torch.no_grad():
+                    x.clamp_(0, 1)
                 losses[step] += loss.item() / count
                 bar.advance(task)
                 if step % 20 == 0 or step == steps - 1:
                     bar.update(task, status=f"step {step + 1}/{steps} loss {losses[step]:.4f}")
-            results.append(torch.sigmoid(z).detach())
+            results.append(x.detach().clone())
     return InversionResult(torch.cat(results), time.perf_counter() - start, steps, losses)
