@@ -169,7 +169,7 @@ def plan(model: ModelArg, input_shape: InputShape = None, weights: Weights = Non
 def compress(model: ModelArg,
              cut: Annotated[str, typer.Option(help="cut index, or the name of the last head node")],
              weights: Weights = None, input_shape: InputShape = None,
-             data: Annotated[str, typer.Option(help="digits | mnist:DIR | fashion-mnist:DIR | idx:DIR | folder:DIR")] = "digits",
+             data: Annotated[str, typer.Option(help="digits | mnist:DIR | fashion-mnist:DIR | idx:DIR | folder:DIR | patches:DIR")] = "digits",
              codec: Annotated[Optional[list[str]], typer.Option(help="codec spec, repeatable: fp16, int8, int4+zstd, "
                                                                      "int2+ans, int8:channel,p99.9+ans … "
                                                                      "[default: fp32 fp16 int8 int4+zstd int2+ans]")] = None,
@@ -280,7 +280,7 @@ def audit(model: ModelArg, weights: Weights = None, input_shape: InputShape = No
 @app.command()
 def train(model: ModelArg,
           out_path: Annotated[Path, typer.Option("--out", help="where to write the weights (.safetensors)")],
-          data: Annotated[str, typer.Option(help="digits | mnist:DIR | fashion-mnist:DIR | idx:DIR | folder:DIR")] = "digits",
+          data: Annotated[str, typer.Option(help="digits | mnist:DIR | fashion-mnist:DIR | idx:DIR | folder:DIR | patches:DIR")] = "digits",
           epochs: Annotated[int, typer.Option(min=1)] = 10,
           batch_size: Annotated[int, typer.Option(min=1)] = 64,
           lr: Annotated[float, typer.Option(min=0.0)] = 1e-3,
