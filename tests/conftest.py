@@ -22,3 +22,19 @@ sys.path.insert(0, str(TESTS))  # so `modelfactories:Name` resolves, as a user's
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for the module: the privacy tests' tensors are tiny, a second thread only adds contention."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    from edgesplit.data import load_dataset
+
+    return load_dataset("digits")

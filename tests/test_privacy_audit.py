@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from edgesplit.data import Dataset, load_dataset
+from edgesplit.data import Dataset
 from edgesplit.errors import CutError, EdgesplitError, InputShapeError
 from edgesplit.graph import trace
 from edgesplit.intake import ModelRef, save_weights
@@ -21,10 +21,11 @@ FAST = AuditSettings(victims=64, aux_limit=400, inversion_epochs=4, optimize_ste
                      defense_train_limit=400)
 
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
 @pytest.fixture(scope="module")
-def trained():
-    torch.set_num_threads(1)
-    digits = load_dataset("digits")
+def trained(one_thread, digits):
     torch.manual_seed(0)
     model = small_cnn()
     train_classifier(model, digits, epochs=4, batch_size=64, lr=3e-3, seed=0, progress=False)

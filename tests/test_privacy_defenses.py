@@ -20,18 +20,7 @@ FLAT_CUT = "flatten"  # one flat 256-vector crosses
 CHANCE = 0.1  # ten digit classes
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # The tensors are tiny: a second thread only adds contention on a shared machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_dataset("digits")
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ import math
 import pytest
 import torch
 
-from edgesplit.data import load_dataset
 from edgesplit.errors import EdgesplitError, InputShapeError
 from edgesplit.graph import trace
 from edgesplit.privacy.inversion import (ConvDecoder, FCDecoder, InversionResult, build_decoder, codec_transform,
@@ -30,18 +29,7 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     return 10 * math.log10(1 / mse(a, b))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # These tensors are tiny: a second thread only adds contention on a shared CI machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_dataset("digits")
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

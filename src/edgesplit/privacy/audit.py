@@ -154,20 +154,20 @@ def _attack_row(defended: DefendedCut, cut: Cut, victims: torch.Tensor, victim_l
                    task_accuracy=defended.accuracy(victims, victim_labels),
                    defense_seconds=defended.train_seconds)
     shown = kept.rows.setdefault((cut.position, spec.text), [])
-    if "inversion" in settings.attacks:
-        step("learned inversion")
-        result = learned_inversion(defended.head, aux, victims, transform=defended.transform,
-                                   epochs=settings.inversion_epochs, seed=settings.seed)
-        score = _image_scores("inversion", result.reconstructions, victims, result.seconds)
-        row.attacks.append(score)
-        shown.append(("learned", result.reconstructions[:settings.grid_images], score))
-    if "optimize" in settings.attacks:
-        step("optimization inversion")
-        result = optimization_inversion(defended.head, victim_features=sent, input_shape=defended.input_shape,
-                                        steps=settings.optimize_steps, seed=settings.seed)
-        score = _image_scores("optimize", result.reconstructions, victims, result.seconds)
-        row.attacks.append(score)
-        shown.append(("white-box", result.reconstructions[:settings.grid_images], score))
+    inversions = {
+        "inversion": ("learned", lambda: learned_inversion(defended.head, aux, victims, transform=defended.transform,
+                                                           epochs=settings.inversion_epochs, seed=settings.seed)),
+        "optimize": ("white-box", lambda: optimization_inversion(defended.head, victim_features=sent,
+                                                                 input_shape=defended.input_shape,
+                                                                 steps=settings.optimize_steps, seed=settings.seed)),
+    }
+    for attack, (label, invert) in inversions.items():
+        if attack in settings.attacks:
+            step(f"{label} inversion")
+            result = invert()
+            score = _image_scores(attack, result.reconstructions, victims, result.seconds)
+            row.attacks.append(score)
+            shown.append((label, result.reconstructions[:settings.grid_images], score))
     if "probe" in settings.attacks:
         step("label probes")
         aux_sent = defended.send(aux)
