@@ -183,3 +183,35 @@ def test_cli_audit_then_plan_under_a_leakage_bound(trained, tmp_path):
 ])
 def test_cli_audit_user_errors_exit_2_in_one_line(args, fragments):
     assert_user_error(edgesplit("audit", "small_cnn", "--data", "digits", "-q", *args), *fragments)
+
+
+def test_attacks_see_what_the_codec_delivers(trained):
+    model, traced, digits = trained
+    settings = AuditSettings(attacks=("optimize",), victims=32, optimize_steps=60)
+    rows = {}
+    for codec in (None, "int1"):
+        report = run_audit(traced, model, digits, digits, cuts=resolve_cuts(traced, "conv1_2"),
+                           defenses=parse_defenses([]), settings=AuditSettings(**{**settings.__dict__, "codec": codec}),
+                           name="m", model_ref={}, data_spec="digits", aux_spec="digits", progress=False)
+        rows[codec] = report.rows[0]
+        assert report.codec == codec and report.leakage.codec == codec
+    assert rows["int1"].best_attack().psnr.mean < rows[None].best_attack().psnr.mean - 5
+    assert rows["int1"].task_accuracy < rows[None].task_accuracy
+
+
+def test_a_cut_inside_a_residual_block_sends_two_tensors_and_is_attacked(one_thread):
+    from edgesplit.zoo import resnet8
+
+    torch.manual_seed(0)
+    photos = Dataset("noise", torch.rand(64, 3, 16, 16), torch.arange(64) % 4, torch.rand(16, 3, 16, 16),
+                     torch.arange(16) % 4, ["a", "b", "c", "d"])
+    model = resnet8(num_classes=4).eval()
+    traced = trace(model, photos.train_images[:1])
+    inside = next(c for c in traced.cuts if len(c.crossing) == 2)
+    settings = AuditSettings(victims=16, aux_limit=64, inversion_epochs=2, optimize_steps=20,
+                             probe_kinds=("linear",))
+    report = run_audit(traced, model, photos, photos, cuts=[inside], defenses=parse_defenses(["noise:0.5"]),
+                       settings=settings, name="resnet8", model_ref={}, data_spec="noise", aux_spec="noise",
+                       progress=False)
+    assert [len(r.crossing) for r in report.rows] == [2, 2]
+    assert all(len(r.attacks) == 2 and len(r.probes) == 1 for r in report.rows)
