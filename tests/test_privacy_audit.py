@@ -175,8 +175,6 @@ def test_cli_audit_then_plan_under_a_leakage_bound(trained, tmp_path):
 @pytest.mark.parametrize("args, fragments", [
     (["--attack", "inversion,gan"], ["unknown attack 'gan'"]),
     (["--defense", "noise:-1"], ["noise"]),
-    (["--defense", "blur:3"], ["blur"]),
-    (["--data", "mnist:/no/such/dir"], ["does not exist"]),
     (["--cut", "no_such_node"], ["no_such_node"]),
     (["--codec", "int99"], ["int99"]),
     (["--cut", "flatten", "--defense", "bottleneck:2"], ["fits none of the cuts"]),
