@@ -313,6 +313,26 @@ def demo(out_dir: Annotated[Path, typer.Option("--out", help="folder for every r
 
 
 @app.command()
+def report(run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="folder the stages wrote their --json "
+                                                   "files into (searched recursively)")],
+           out_path: Annotated[Path, typer.Option("--out", "-o", help="the HTML page to write")] = Path("report.html"),
+           title: Annotated[Optional[str], typer.Option(help="page title (default: from RUN_DIR's name)")] = None,
+           json_out: JsonOut = None) -> None:
+    """One self-contained HTML page (plots embedded) from every stage's JSON in RUN_DIR."""
+    from .report import report_index, scan, write_report
+
+    files = scan(run_dir)
+    path = write_report(run_dir, out_path, title, files=files)
+    shown = ", ".join(f.name + (" [unreadable]" if f.error else "") for f in files.found)
+    out.print(f"report written to {path} from {len(files.found)} result file(s): {shown}", markup=False,
+              highlight=False, soft_wrap=True)
+    if files.other or files.unreadable:
+        out.print(f"not shown: {', '.join(n for n, _ in [*files.other, *files.unreadable])}", markup=False,
+                  highlight=False, soft_wrap=True)
+    write_json(json_out, report_index(files, path))
+
+
+@app.command()
 def serve(plan_path: Annotated[Path, typer.Argument(metavar="PLAN.json", help="a plan from `edgesplit plan ... --json`")],
           host: Annotated[str, typer.Option(help="address to listen on; anything but loopback needs a token")] = "127.0.0.1",
           port: Annotated[int, typer.Option(min=0, max=65535, help="port (0 picks a free one)")] = 8000,
