@@ -96,7 +96,7 @@ def plan(model: ModelArg, input_shape: InputShape = None, weights: Weights = Non
                                                 "or custom:up=MBPS,down=MBPS,rtt=MS,tx=W,rx=W")] = "wifi",
          codec: Annotated[Optional[list[str]], typer.Option(help="how features cross, repeatable to choose codec and "
                                                                 "cut together: fp32, fp16, int8, int4+zstd, int2+ans … "
-                                                                "[default: fp32]")] = None,
+                                                                "(default: fp32)")] = None,
          compressed: Annotated[Optional[list[Path]], typer.Option("--compress", help="result of `edgesplit compress` "
                                                                   "(JSON): its configurations become plans at its cut")] = None,
          max_accuracy_drop: Annotated[float, typer.Option(min=0.0, max=1.0, help="largest accuracy drop allowed for "
@@ -104,7 +104,7 @@ def plan(model: ModelArg, input_shape: InputShape = None, weights: Weights = Non
          objective: Annotated[str, typer.Option(help="latency, energy, throughput or weighted:L,E")] = "latency",
          samples: Annotated[Optional[str], typer.Option(help="images to cost sending the input as PNG/JPEG: photos "
                                                    "(bundled), a data set spec, or a folder of images "
-                                                   "[default: photos for colour inputs, digits for gray]")] = None,
+                                                   "(default: photos for colour inputs, digits for gray)")] = None,
          jpeg_quality: Annotated[int, typer.Option(min=1, max=95)] = 90,
          device_memory: Annotated[Optional[str], typer.Option(help="device memory for the head, e.g. 64MB "
                                                                    "(default: the device preset's)")] = None,
@@ -172,7 +172,7 @@ def compress(model: ModelArg,
              data: Annotated[str, typer.Option(help="digits | mnist:DIR | fashion-mnist:DIR | idx:DIR | folder:DIR | patches:DIR")] = "digits",
              codec: Annotated[Optional[list[str]], typer.Option(help="codec spec, repeatable: fp16, int8, int4+zstd, "
                                                                      "int2+ans, int8:channel,p99.9+ans … "
-                                                                     "[default: fp32 fp16 int8 int4+zstd int2+ans]")] = None,
+                                                                     "(default: fp32 fp16 int8 int4+zstd int2+ans)")] = None,
              bottleneck: Annotated[Optional[int], typer.Option(help="train a learned bottleneck with this many code channels")] = None,
              slimmable: Annotated[bool, typer.Option("--slimmable", help="train the bottleneck at 25/50/75/100% width")] = False,
              stride: Annotated[int, typer.Option(min=1, max=4, help="bottleneck spatial reduction")] = 2,
@@ -227,10 +227,10 @@ def audit(model: ModelArg, weights: Weights = None, input_shape: InputShape = No
           data: Annotated[str, typer.Option(help="victims: the test split of digits | mnist:DIR | fashion-mnist:DIR | "
                                                  "patches:DIR | folder:DIR")] = "digits",
           aux: Annotated[Optional[str], typer.Option(help="the attacker's images: the train split of this spec "
-                                                     "[default: --data's train split]")] = None,
+                                                     "(default: --data's train split)")] = None,
           cut: Annotated[str, typer.Option(help="all, or cut indices / node names, comma-separated")] = "all",
           codec: Annotated[Optional[str], typer.Option(help="the deployment codec (e.g. int8): attacks see what it "
-                                                       "delivers [default: fp32]")] = None,
+                                                       "delivers (default: fp32)")] = None,
           attack: Annotated[str, typer.Option(help="inversion (black-box decoder), optimize (white-box), probe "
                                                    "(labels), comma-separated")] = "inversion,optimize,probe",
           defense: Annotated[Optional[list[str]], typer.Option(help="noise:SIGMA, dropout:P, quant:BITS, nopeek:ALPHA, "
@@ -337,9 +337,9 @@ def serve(plan_path: Annotated[Path, typer.Argument(metavar="PLAN.json", help="a
           host: Annotated[str, typer.Option(help="address to listen on; anything but loopback needs a token")] = "127.0.0.1",
           port: Annotated[int, typer.Option(min=0, max=65535, help="port (0 picks a free one)")] = 8000,
           token_file: Annotated[Optional[Path], typer.Option(help="file whose first line is the bearer token "
-                                                             "[default: $EDGESPLIT_TOKEN, else no auth]")] = None,
+                                                             "(default: $EDGESPLIT_TOKEN, else no auth)")] = None,
           weights: Weights = None,
-          model_id: Annotated[Optional[str], typer.Option(help="the id clients name [default: from the plan's model]")] = None,
+          model_id: Annotated[Optional[str], typer.Option(help="the id clients name (default: from the plan's model)")] = None,
           max_batch: Annotated[int, typer.Option(min=1, help="most inputs in one forward pass (1: no batching)")] = 32,
           max_wait_ms: Annotated[float, typer.Option(min=0.0, max=10000.0, help="how long a request waits for "
                                                      "others to batch with")] = 2.0,
@@ -369,24 +369,24 @@ def serve(plan_path: Annotated[Path, typer.Argument(metavar="PLAN.json", help="a
 def infer(plan_path: Annotated[Path, typer.Argument(metavar="PLAN.json", help="a plan from `edgesplit plan ... --json`")],
           server: Annotated[str, typer.Option(help="the tail server's URL, e.g. http://10.0.0.2:8000")],
           token_file: Annotated[Optional[Path], typer.Option(help="file whose first line is the server's token "
-                                                             "[default: $EDGESPLIT_TOKEN, else none]")] = None,
+                                                             "(default: $EDGESPLIT_TOKEN, else none)")] = None,
           images: Annotated[Optional[Path], typer.Option(help="folder of PNG/JPEG images (class subfolders "
                                                          "give labels)")] = None,
           data: Annotated[Optional[str], typer.Option(help="digits | mnist:DIR | fashion-mnist:DIR (test split) "
-                                                      "[default: digits for 1×8×8 models]")] = None,
+                                                      "(default: digits for 1×8×8 models)")] = None,
           limit: Annotated[Optional[int], typer.Option(min=1, help="send at most this many images")] = None,
           batch: Annotated[int, typer.Option(min=1, max=64, help="images per request")] = 1,
           top_k: Annotated[int, typer.Option(min=0, max=255, help="ask for the k largest outputs only (0: all)")] = 0,
           weights: Weights = None,
           model_id: Annotated[Optional[str], typer.Option(help="the id the server serves the plan under "
-                                                          "[default: from the plan's model]")] = None,
+                                                          "(default: from the plan's model)")] = None,
           timeout: Annotated[float, typer.Option(min=0.001, help="seconds an attempt may wait on the network "
                                                  "(to connect, to send, for the answer)")] = 5.0,
           retries: Annotated[int, typer.Option(min=0, max=20, help="attempts after the first (same request id)")] = 2,
           probe_every: Annotated[float, typer.Option(min=0.01, help="seconds between probes of a faster route or "
                                                      "of a server that stopped answering")] = 2.0,
           initial_mbps: Annotated[Optional[float], typer.Option(min=0.001, help="uplink to assume before measuring "
-                                                               "[default: the plan's link]")] = None,
+                                                               "(default: the plan's link)")] = None,
           hysteresis: Annotated[float, typer.Option(min=0.0, max=10.0, help="switch once the estimate is this far "
                                                     "past a threshold (0.2 = 20%)")] = 0.2,
           route: Annotated[Optional[str], typer.Option(help="always run this plan of the switch table (its "
