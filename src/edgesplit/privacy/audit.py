@@ -100,23 +100,21 @@ def defense_misfit(spec: DefenseSpec, cut: Cut) -> str | None:
     return None
 
 
-def _applicable(cuts: Sequence[Cut], defenses: Sequence[DefenseSpec], warnings: list[str],
-                on_warning: Callable[[str], None] | None) -> list[tuple[Cut, DefenseSpec]]:
+def _applicable(cuts: Sequence[Cut], defenses: Sequence[DefenseSpec],
+                warn: Callable[[str], None]) -> list[tuple[Cut, DefenseSpec]]:
     """The (cut, defense) pairs to measure; a defense that fits none of the cuts is an error, found up front."""
     pairs = []
     for spec in defenses:
-        misfits = [(cut, defense_misfit(spec, cut)) for cut in cuts]
-        skipped = [cut for cut, reason in misfits if reason]
-        if skipped and len(skipped) == len(cuts):
-            raise EdgesplitError(f"defense {spec.text} fits none of the cuts audited ({misfits[0][1]}); choose other "
+        misfits = {cut.position: defense_misfit(spec, cut) for cut in cuts}
+        skipped = [position for position, reason in misfits.items() if reason]
+        reason = next((r for r in misfits.values() if r), None)
+        if len(skipped) == len(cuts):
+            raise EdgesplitError(f"defense {spec.text} fits none of the cuts audited ({reason}); choose other "
                                  "cuts (see `edgesplit profile`) or drop it")
         if skipped:
-            text = (f"defense {spec.text} skipped at cut{'s' if len(skipped) > 1 else ''} "
-                    f"{', '.join(str(c.position) for c in skipped)}: {misfits[[c for c, _ in misfits].index(skipped[0])][1]}")
-            warnings.append(text)
-            if on_warning is not None:
-                on_warning(text)
-        pairs += [(cut, spec) for cut, reason in misfits if reason is None]
+            warn(f"defense {spec.text} skipped at cut{'s' if len(skipped) > 1 else ''} "
+                 f"{', '.join(map(str, skipped))}: {reason}")
+        pairs += [(cut, spec) for cut in cuts if not misfits[cut.position]]
     return pairs
 
 
@@ -213,21 +211,24 @@ def run_audit(traced: TracedModel, model: nn.Module, data: Dataset, aux: Dataset
     if len(victims) < 2 or len(aux_images) < 2:
         raise EdgesplitError(f"the audit needs at least 2 victim and 2 auxiliary images (got {len(victims)} and "
                              f"{len(aux_images)}); use a larger data set or raise --victims / --aux-limit")
-    warnings = []
+    warnings: list[str] = []
+
+    def warn(text: str) -> None:
+        warnings.append(text)
+        if on_warning is not None:
+            on_warning(text)
+
     overlap = count_overlap(aux_images, victims)
     if overlap:
-        warnings.append(f"{overlap} of {len(victims)} victim images are also in the auxiliary set: the attacks "
-                        "are inflated (they may recall those images); use disjoint data for --aux")
-    for warning in warnings:
-        if on_warning is not None:
-            on_warning(warning)
+        warn(f"{overlap} of {len(victims)} victim images are also in the auxiliary set: the attacks are inflated "
+             "(they may recall those images); use disjoint data for --aux")
     model.eval()
     model_accuracy = _accuracy(model, victims, victim_labels)
     chance = float(torch.bincount(victim_labels).max()) / len(victim_labels)
     baseline = mean_image_baseline(aux_images, len(victims))
     mean_image = _image_scores("inversion", baseline, victims, 0.0)
 
-    pairs = _applicable(cuts, defenses, warnings, on_warning)
+    pairs = _applicable(cuts, defenses, warn)
     rows: list[AuditRow] = []
     kept = _Reconstructions()
     steps_per_row = len([a for a in settings.attacks if a != "probe"]) + ("probe" in settings.attacks) + 1
