@@ -259,8 +259,9 @@ def audit(model: ModelArg, weights: Weights = None, input_shape: InputShape = No
     victim_data = load_dataset(data)
     aux_data = load_dataset(aux) if aux else victim_data
     loaded = load_model(model, input_shape=input_shape or (1, *victim_data.input_shape), weights=weights)
+    warn = Console(stderr=True)
     if weights is None:
-        out.print("[yellow]warning:[/] no --weights: auditing an untrained model says little about a trained one")
+        warn.print("[bold yellow]warning:[/] no --weights: auditing an untrained model says little about a trained one")
     traced = trace(loaded.module, loaded.example_input)
     settings = AuditSettings(attacks=attacks, codec=codec, victims=victims, aux_limit=aux_limit,
                              inversion_epochs=epochs, optimize_steps=steps, defense_epochs=defense_epochs, seed=seed)
@@ -268,8 +269,8 @@ def audit(model: ModelArg, weights: Weights = None, input_shape: InputShape = No
     report = run_audit(traced, loaded.module, victim_data, aux_data, cuts=resolve_cuts(traced, cut), defenses=defenses,
                        settings=settings, name=model, model_ref={**loaded.ref.to_json(), "weights": loaded.weights},
                        data_spec=data, aux_spec=aux or data, out_dir=out_dir, progress=not quiet,
-                       on_warning=lambda text: Console(stderr=True).print(f"[bold yellow]warning:[/] {text}",
-                                                                           highlight=False, soft_wrap=True))
+                       on_warning=lambda text: warn.print(f"[bold yellow]warning:[/] {text}", highlight=False,
+                                                          soft_wrap=True))
     out.print(audit_table(report))
     out.print(summary_line(report))
     if out_dir is not None:
