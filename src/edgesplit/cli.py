@@ -261,7 +261,9 @@ def audit(model: ModelArg, weights: Weights = None, input_shape: InputShape = No
     loaded = load_model(model, input_shape=input_shape or (1, *victim_data.input_shape), weights=weights)
     warn = Console(stderr=True)
     if weights is None:
-        warn.print("[bold yellow]warning:[/] no --weights: auditing an untrained model says little about a trained one")
+        # On stdout: stderr stays one line when the run then stops on a user error.
+        out.print("[bold yellow]warning:[/] no --weights: auditing an untrained model says little about a trained one",
+                  soft_wrap=True)
     traced = trace(loaded.module, loaded.example_input)
     settings = AuditSettings(attacks=attacks, codec=codec, victims=victims, aux_limit=aux_limit,
                              inversion_epochs=epochs, optimize_steps=steps, defense_epochs=defense_epochs, seed=seed)
