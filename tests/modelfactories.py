@@ -98,3 +98,18 @@ class ParameterBranch(nn.Module):
         offset = torch.tanh(self.bias * 2.0)
         features = torch.relu(self.reduce(x)).flatten(1)
         return self.fc(torch.relu(self.hidden(features))) + offset
+
+
+class DigitNet(nn.Module):
+    """A user's own classifier with a residual block: conv stem, conv + skip, linear head; any channels/classes."""
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, 16, 3, padding=1), nn.ReLU())
+        self.branch = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1), nn.ReLU())
+        self.pool = nn.AdaptiveMaxPool2d(4)
+        self.fc = nn.Linear(256, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        stem = self.stem(x)
+        return self.fc(self.pool(stem + self.branch(stem)).flatten(1))

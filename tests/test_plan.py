@@ -313,6 +313,22 @@ def test_memory_and_bytes_constraints(resnet8):
     assert not squeezed.all_device.feasible and squeezed.chosen.kind != "all-device"
 
 
+def test_keep_input_rules_out_every_all_server_plan(resnet8):
+    traced, workload = resnet8
+    free = plan_model(traced, device="rpi4", server="edge-gpu", link="ethernet", progress=False)
+    assert free.chosen.kind == "all-server"
+    kept = plan_model(traced, device="rpi4", server="edge-gpu", link="ethernet",
+                      constraints=Constraints(keep_input_on_device=True), progress=False)
+    assert kept.chosen.kind == "split" and kept.constraints.keep_input_on_device
+    servers = [e for e in kept.ranked if e.kind == "all-server"]
+    assert servers and all(not e.feasible and "--keep-input" in e.violations[0] for e in servers)
+    assert all(row.kind != "all-server" for row in kept.switch_table)
+    small = int(workload.prefix_peak_bytes[-1] + workload.prefix_weight_bytes[-1]) - 1
+    with pytest.raises(PlanError, match="no plan satisfies all constraints together"):
+        plan_model(traced, device="rpi4", server="edge-gpu", link="ethernet", progress=False,
+                   constraints=Constraints(keep_input_on_device=True, device_memory_bytes=small, max_uplink_bytes=1))
+
+
 def test_a_constraint_nothing_meets_names_itself(resnet8):
     traced, workload = resnet8
     with pytest.raises(PlanError, match="no plan satisfies the device memory constraint; the nearest"):

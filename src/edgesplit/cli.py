@@ -109,6 +109,8 @@ def plan(model: ModelArg, input_shape: InputShape = None, weights: Weights = Non
          device_memory: Annotated[Optional[str], typer.Option(help="device memory for the head, e.g. 64MB "
                                                                    "(default: the device preset's)")] = None,
          max_bytes: Annotated[Optional[str], typer.Option(help="most bytes sent per inference, e.g. 20KB")] = None,
+         keep_input: Annotated[bool, typer.Option("--keep-input", help="the raw input never leaves the device: "
+                                                  "no all-server plans (a privacy policy)")] = False,
          leakage: Annotated[Optional[Path], typer.Option(help="per-cut leakage table (JSON from `edgesplit audit`)")] = None,
          max_ssim: Annotated[Optional[float], typer.Option(help="highest reconstruction SSIM allowed (needs --leakage)")] = None,
          max_probe_acc: Annotated[Optional[float], typer.Option(help="highest label-probe accuracy allowed (needs --leakage)")] = None,
@@ -141,7 +143,7 @@ def plan(model: ModelArg, input_shape: InputShape = None, weights: Weights = Non
         images = sample_images(samples or ("photos" if shape[1] == 3 else "digits"), shape[1:])
     constraints = Constraints(
         device_memory_bytes=parse_size(device_memory) if device_memory else None,
-        max_uplink_bytes=parse_size(max_bytes) if max_bytes else None,
+        max_uplink_bytes=parse_size(max_bytes) if max_bytes else None, keep_input_on_device=keep_input,
         max_ssim=max_ssim, max_probe_accuracy=max_probe_acc, leakage_file=str(leakage) if leakage else None,
         max_accuracy_drop=max_accuracy_drop if reports else None, compress_files=[str(p) for p in compressed or []])
     table = load_leakage(leakage, traced.fingerprint) if leakage else None
@@ -309,10 +311,20 @@ def train(model: ModelArg,
 
 @app.command()
 def demo(out_dir: Annotated[Path, typer.Option("--out", help="folder for every result")] = Path("demo-results"),
-         quiet: Quiet = False) -> None:
-    """The main job: train, profile, split and verify, on data bundled with the packages."""
+         json_out: JsonOut = None, quiet: Quiet = False) -> None:
+    """The main job on bundled data: train, profile, plan, compress, serve and run, audit, report."""
     from .demo import run_demo
-    run_demo(out_dir, out, progress=not quiet)
+    write_json(json_out, run_demo(out_dir, out, progress=not quiet))
+
+
+@app.command("run")
+def run_config(config_path: Annotated[Path, typer.Argument(metavar="CONFIG.yaml", help="what to run (see "
+                                                             "examples/run.yaml)")],
+               out_dir: Annotated[Path, typer.Option("--out", help="folder for every result")] = Path("run-results"),
+               json_out: JsonOut = None, quiet: Quiet = False) -> None:
+    """The demo's pipeline on your model, data, device, server, link, codecs and attacks, from a config file."""
+    from .pipeline import load_config, run_pipeline
+    write_json(json_out, run_pipeline(load_config(config_path), out_dir, out, progress=not quiet))
 
 
 @app.command()

@@ -107,7 +107,7 @@ def _refine(solve, low: float, low_head, high: float, high_head, heads: set, dep
 
 def violations(model: CostModel, candidate: Candidate, costs: Costs, constraints: Constraints,
                leakage: LeakageTable | None) -> list[str]:
-    """What keeps ``candidate`` from being allowed: memory, bytes per inference, leakage."""
+    """What keeps ``candidate`` from being allowed: memory, the raw input leaving, bytes per inference, leakage."""
     found: list[str] = []
     device = model.device
     memory = constraints.device_memory_bytes or device.memory_bytes
@@ -120,6 +120,8 @@ def violations(model: CostModel, candidate: Candidate, costs: Costs, constraints
             needed += costs.head_weight_bytes
         if needed > memory:
             found.append(f"needs {_mb(needed)} of device memory, {_mb(memory)} available")
+    if constraints.keep_input_on_device and candidate.kind == "all-server":
+        found.append("the raw input leaves the device, which --keep-input forbids")
     if constraints.max_uplink_bytes is not None and costs.uplink_bytes > constraints.max_uplink_bytes:
         found.append(f"sends {costs.uplink_bytes:,} B, more than {constraints.max_uplink_bytes:,} B")
     drop = getattr(candidate.codec, "accuracy_drop", None)
@@ -198,7 +200,7 @@ def make_plan(model: CostModel, objective: Objective, *, formats: list[InputForm
 
 def _nothing_fits(scored: list[Scored]) -> str:
     """Name the constraint no plan satisfies on its own, or say that they conflict, with the nearest miss."""
-    kinds = {"memory": "device memory", "storage": "weight storage", "sends": "--max-bytes",
+    kinds = {"raw input": "--keep-input", "memory": "device memory", "storage": "weight storage", "sends": "--max-bytes",
              "accuracy": "--max-accuracy-drop", "leak": "leakage bound"}
 
     def kind(violation: str) -> str:

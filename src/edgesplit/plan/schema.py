@@ -101,6 +101,7 @@ class Constraints(BaseModel):
     max_probe_accuracy: float | None = None
     leakage_file: str | None = None
     max_accuracy_drop: float | None = None  # for configurations from `edgesplit compress` (0.01 = 1 point)
+    keep_input_on_device: bool = False  # a policy that the raw input never leaves the device: no all-server plans
     compress_files: list[str] = []
 
 

@@ -1,0 +1,138 @@
+"""The whole job: `edgesplit demo` and `edgesplit run CONFIG.yaml`, end to end with a real server, and config errors."""
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from rich.console import Console
+
+from edgesplit.artifact import load_split
+from edgesplit.demo import run_demo
+from edgesplit.pipeline import DEMO_CONFIG, ConfigError, RunConfig, check_config, load_config
+from test_cli import assert_user_error, edgesplit
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "run.yaml"
+
+
+def quiet_console() -> Console:
+    return Console(file=io.StringIO(), width=160)
+
+
+@pytest.mark.slow
+def test_demo_runs_every_stage_and_reports_it(tmp_path):
+    out = tmp_path / "demo"
+    summary = run_demo(out, quiet_console(), progress=False)
+    stages = summary["stages"]
+    assert list(stages) == ["train", "profile small_cnn", "profile resnet8", "plan rpi4-lte", "plan mcu-ethernet",
+                            "split", "compress", "plan mcu-ethernet with compress", "serve and infer", "audit"]
+    assert stages["train"]["test_accuracy"] >= 0.97
+    # On a Pi behind LTE one round trip costs more than the whole model: the planner keeps it on the device.
+    assert stages["plan rpi4-lte"]["switch_table"] == ["all on device"]
+    # On the MCU with Ethernet, with the raw input kept home, splitting wins at high bandwidth.
+    mcu = json.loads((out / "plan_mcu-ethernet.json").read_text())
+    assert mcu["chosen"]["kind"] == "split" and mcu["constraints"]["keep_input_on_device"]
+    assert all(row["kind"] != "all-server" for row in mcu["switch_table"])
+    assert mcu["constraints"]["compress_files"] == [str(out.resolve() / "compress.json")]
+    # The halves saved at the chosen cut are exact on every held-out digit.
+    split = stages["split"]
+    assert split["cut"] == mcu["chosen"]["cut_index"] and split["agreement"] == 1.0 and split["max_abs_diff"] <= 1e-5
+    _, record = load_split(out / "split")
+    assert record.cut.index == split["cut"]
+    # Codecs and a trained bottleneck were measured at that cut; the bottleneck sends far less than float32.
+    compress = json.loads((out / "compress.json").read_text())
+    by_name = {c["name"]: c for c in compress["configurations"]}
+    assert {"fp32", "int8", "int2+ans", "bottleneck 8ch"} <= set(by_name)
+    assert by_name["bottleneck 8ch"]["bytes_per_inference"] < by_name["fp32"]["bytes_per_inference"] / 10
+    # Real split inference through a server subprocess, checked against the whole model here.
+    infer = json.loads((out / "infer.json").read_text())["summary"]
+    assert infer["images"] == 200 and infer["server_results"] >= 1
+    assert infer["accuracy"] >= 0.95 and infer["agreement"] >= 0.97
+    assert any(label.startswith("cut ") for label in infer["routes"])
+    # Every cut audited.
+    audit = json.loads((out / "audit" / "audit.json").read_text())
+    assert len(audit["rows"]) == 17 and (out / "audit" / "leakage-by-cut.png").stat().st_size > 0
+    # One page shows it all, plots embedded.
+    page = (out / "report.html").read_text()
+    for title in ("Training", "Profile", "Plan", "Compression", "Privacy audit", "Split", "Split inference run"):
+        assert f">{title}" in page
+    assert page.count("data:image/png;base64,") >= 8 and "http://" not in page.replace(infer["server"], "")
+    assert json.loads((out / "run.json").read_text())["report"] == str(out.resolve() / "report.html")
+    assert (out / "token").stat().st_mode & 0o077 == 0
+
+
+@pytest.mark.slow
+def test_run_config_with_a_users_own_model(tmp_path):
+    config = yaml.safe_load(EXAMPLE.read_text())
+    # A model this small stays on the MCU preset; this machine slowed 50× (with the MCU's power) offloads.
+    config["targets"][1]["device"] = "host/50@mcu"
+    config.update(model="modelfactories:DigitNet", title="DigitNet", train={"epochs": 6},
+                  compress={"codecs": ["int8"], "bottleneck": None}, serve={"images": 40},
+                  audit={"cuts": "stem_1,add", "attacks": "probe", "victims": 32})
+    path = tmp_path / "mine.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = edgesplit("run", str(path), "--out", str(tmp_path / "out"), "--json", str(tmp_path / "run.json"), "-q")
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((tmp_path / "run.json").read_text())
+    assert summary["stages"]["train"]["test_accuracy"] > 0.8
+    assert set(summary["stages"]) >= {"plan rpi4-wifi", "plan mcu-ethernet", "compress", "serve and infer", "audit"}
+    infer = summary["stages"]["serve and infer"]
+    assert infer["images"] == 40 and infer["agreement"] >= 0.95
+    audit = json.loads((tmp_path / "out" / "audit" / "audit.json").read_text())
+    # The cut after the residual add crosses one tensor; the audit ran at both named cuts.
+    assert [row["after"] for row in audit["rows"]] == ["stem_1", "add"]
+    assert (tmp_path / "out" / "report.html").stat().st_size > 10_000
+    assert "DigitNet" in result.stdout
+
+
+def test_example_config_is_valid_and_its_specs_parse():
+    config = load_config(EXAMPLE)
+    check_config(config)
+    assert [t.slug for t in config.targets] == ["rpi4-wifi", "mcu-ethernet"]
+    assert config.keep_input and config.serve.target == "mcu-ethernet"
+    check_config(DEMO_CONFIG)
+
+
+@pytest.mark.parametrize("text, fragments", [
+    ("model: [unclosed", ["not valid YAML"]),
+    ("- just a list", ["holds no mapping"]),
+    ("model: small_cnn\n", ["targets", "Field required"]),
+    ("model: small_cnn\ntargets: []\n", ["targets"]),
+    ("model: small_cnn\nmodle: x\ntargets: [{device: rpi4, link: lte}]\n", ["modle", "Extra inputs"]),
+    ("model: small_cnn\ntargets: [{device: rpi4, link: lte}, {device: rpi4, link: lte}]\n", ["distinct `name`"]),
+])
+def test_bad_configs_are_refused_in_one_line(tmp_path, text, fragments):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    for fragment in fragments:
+        assert fragment in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("changes, fragment", [
+    ({"weights": None, "train": None}, "neither `weights` nor a `train` section"),
+    ({"targets": [{"device": "toaster", "link": "lte"}]}, "toaster"),
+    ({"targets": [{"device": "rpi4", "link": "carrier-pigeon"}]}, "carrier-pigeon"),
+    ({"codecs": ["int9"]}, "int9"),
+    ({"audit": {"attacks": "telepathy"}}, "telepathy"),
+    ({"serve": {"target": "nowhere"}}, "nowhere"),
+])
+def test_bad_specs_are_refused_before_any_work(changes, fragment):
+    config = RunConfig.model_validate({"model": "small_cnn", "train": {}, "targets": [{"device": "rpi4", "link": "lte"}],
+                                       **changes})
+    from edgesplit.errors import EdgesplitError
+
+    with pytest.raises(EdgesplitError) as caught:
+        check_config(config)
+    assert fragment in str(caught.value)
+
+
+def test_run_cli_errors_exit_2_in_one_line(tmp_path):
+    assert_user_error(edgesplit("run", str(tmp_path / "missing.yaml")), "not found", "examples/run.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: small_cnn\ntargets: [{device: rpi4, link: lte}]\ncodecs: [int9]\n")
+    assert_user_error(edgesplit("run", str(bad), "--out", str(tmp_path / "out")), "int9")
+    assert not (tmp_path / "out").exists()  # refused before anything was written
