@@ -526,6 +526,7 @@ class Client:
             return
         try:
             self._check_models()
+            self._warm_up_heads()
             self._refresh_rtt(_HEALTH_SAMPLES)
         except (httpx.TransportError, _Unavailable) as error:
             self._give_up(_describe(error) if isinstance(error, httpx.TransportError) else str(error))
@@ -560,6 +561,15 @@ class Client:
                 raise ServerMismatchError(f"route {route.route_id} is '{route.label}' {ours['codecs']} here and "
                                           f"{got} on the server; serve the same plan on both ends")
         self._connected = True
+
+    def _warm_up_heads(self) -> None:
+        """Run every head, its encoder and the whole model once, untimed: a first forward pass costs many times a
+        later one, and timed inside the first requests it would read as a slow link (the server warms its tails)."""
+        examples = self.deployment.traced.example_inputs
+        with torch.no_grad():
+            self.deployment.model(*examples)
+            for route in self.deployment.routes:
+                route.encode(route.device_side(*examples))
 
     def _refresh_rtt(self, samples: int = 1) -> None:
         for _ in range(samples):
