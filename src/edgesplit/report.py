@@ -1,8 +1,9 @@
 """One self-contained HTML page from the JSON files the stages wrote into a run folder.
 
 Every JSON file under the folder is recognised by its ``kind`` (the train result by its keys) and rendered as a
-section, in pipeline order. Plots are PNGs embedded as ``data:`` URIs and the CSS is inline, so the page is one
-file that opens anywhere without a network. Apart from the generation time the page is deterministic.
+section, in pipeline order; the summary that `edgesplit run` and `edgesplit demo` write (run.json) opens the page.
+Plots are PNGs embedded as ``data:`` URIs and the CSS is inline, so the page is one file that opens anywhere
+without a network. Apart from the generation time the page is deterministic.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import re
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -24,15 +26,18 @@ from .errors import EdgesplitError
 from .views import crossing_text, human_bytes, human_count
 
 REPORT_KIND, REPORT_VERSION = "edgesplit.report", 1
+RUN = "edgesplit.run"  # `edgesplit run`/`demo`: the config and what each stage left (pipeline.py writes it)
+RUN_VERSION = 1
 TRAIN = "train"  # `edgesplit train --json` writes no kind: recognised by its keys
 TRAIN_KEYS = frozenset({"model", "dataset", "epochs", "test_accuracy"})
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 TOP_PLANS = 10
 
-# Pipeline order: train the model, measure it, choose the plan (from compress and audit results), split, serve.
-ORDER = (TRAIN, "edgesplit.profile", "edgesplit.plan", "edgesplit.compress", "edgesplit.audit",
+# The run's summary first (the whole story), then pipeline order: train the model, measure it, choose the plan
+# (from compress and audit results), split, serve.
+ORDER = (RUN, TRAIN, "edgesplit.profile", "edgesplit.plan", "edgesplit.compress", "edgesplit.audit",
          "edgesplit.split", "edgesplit.infer")
-TITLES = {TRAIN: "Training", "edgesplit.profile": "Profile", "edgesplit.plan": "Plan",
+TITLES = {RUN: "Run", TRAIN: "Training", "edgesplit.profile": "Profile", "edgesplit.plan": "Plan",
           "edgesplit.compress": "Compression", "edgesplit.audit": "Privacy audit", "edgesplit.split": "Split",
           "edgesplit.infer": "Split inference run"}
 
@@ -108,7 +113,30 @@ def scan(run_dir: str | Path) -> RunFiles:
         raise EdgesplitError(f"{run_dir} {what}; write results into it with `edgesplit profile|plan|compress|audit "
                              "... --json DIR/NAME.json` (and `infer`, `train`), then run `edgesplit report DIR`")
     files.found.sort(key=lambda f: ORDER.index(f.kind))  # stable: files of one kind stay in name order
+    summary = run_summary(files)
+    if summary is not None:  # files of one kind in the run's order: its model's profile first, targets as listed
+        files.found.sort(key=lambda f: (ORDER.index(f.kind), _run_rank(f, summary)))
     return files
+
+
+def run_summary(files: RunFiles) -> RunSummary | None:
+    """The first readable run summary (run.json) of a run folder, if it has one."""
+    return next((f.result for f in files.found if f.kind == RUN and f.result is not None), None)
+
+
+def _run_rank(found: Found, summary: RunSummary) -> int:
+    """Where a file comes among the files of its kind in the order the run's config names them (last: unnamed)."""
+    config, result, last = summary.config, found.result, 10**6
+    if result is None:
+        return last
+    if found.kind == "edgesplit.profile":
+        models = [config.model, *config.compare]
+        return models.index(result.model.name) if result.model.name in models else last
+    if found.kind == "edgesplit.plan":
+        slugs = [t.slug for t in config.targets]
+        stem = PurePosixPath(found.name).stem.removeprefix("plan_")
+        return slugs.index(stem) if stem in slugs else last
+    return 0
 
 
 # ---------------------------------------------------------------------------------------------- loading
@@ -166,6 +194,77 @@ class TrainResult(BaseModel):
     weights: str | None = None
 
 
+class RunTarget(BaseModel):
+    """One deployment a run planned for (the run config's `targets`)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str | None = None
+    device: str
+    server: str = "edge-gpu"
+    link: str
+
+    @property
+    def slug(self) -> str:
+        """What names the target's files (plan_SLUG.json), as the pipeline derives it."""
+        return self.name or re.sub(r"[^A-Za-z0-9.-]+", "_", f"{self.device}-{self.link}").strip("_")
+
+
+class RunConfigView(BaseModel):
+    """What the report reads of the config a run was made with (sections it does not know are kept, not shown)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    title: str | None = None
+    model: str
+    weights: str | None = None
+    data: str = "digits"
+    train: dict[str, Any] | None = None
+    compare: list[str] = []
+    targets: list[RunTarget] = []
+    codecs: list[str] = []
+    objective: str | None = None
+    keep_input: bool = False
+    compress: dict[str, Any] | None = None
+    serve: dict[str, Any] | None = None
+    audit: dict[str, Any] | None = None
+    seed: int | None = None
+
+
+class RunStage(BaseModel):
+    """One stage of a run: its wall-clock seconds and the facts it recorded (any keys)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    seconds: float | None = None
+
+    @property
+    def facts(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class RunSummary(BaseModel):
+    """run.json, written by `edgesplit run CONFIG` and `edgesplit demo`: the config and each stage in order."""
+
+    model_config = ConfigDict(extra="allow")
+
+    kind: str
+    version: int
+    out_dir: str | None = None
+    config: RunConfigView
+    stages: dict[str, RunStage] = {}  # in the order the stages ran
+    seconds: float | None = None  # the whole run, wall clock
+    report: str | None = None
+
+
+def _load_run(path: Path) -> RunSummary:
+    from .versioned import read_versioned
+
+    return read_versioned(path, RunSummary, kind=RUN, version=RUN_VERSION, what="run summary",
+                          make="`edgesplit run CONFIG.yaml --out DIR` or `edgesplit demo --out DIR`",
+                          again="run it again")
+
+
 def _load_profile(path: Path) -> Any:
     from .profile import PROFILE_VERSION, ProfileReport
     from .versioned import read_versioned
@@ -218,7 +317,7 @@ def _load_train(path: Path) -> TrainResult:
 
 
 LOADERS: dict[str, Callable[[Path], Any]] = {
-    TRAIN: _load_train, "edgesplit.profile": _load_profile, "edgesplit.plan": _load_plan,
+    RUN: _load_run, TRAIN: _load_train, "edgesplit.profile": _load_profile, "edgesplit.plan": _load_plan,
     "edgesplit.compress": _load_compress, "edgesplit.audit": _load_audit, "edgesplit.split": _load_split,
     "edgesplit.infer": _load_infer}
 
@@ -241,18 +340,31 @@ code { font: 0.9em ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; bac
 .source { margin: 0 0 12px; }
 nav.toc { background: var(--stripe); border: 1px solid var(--line); border-radius: 6px; padding: 8px 16px;
           margin: 16px 0; }
-nav.toc ol { margin: 6px 0; padding-left: 22px; }
+nav.toc ol { margin: 6px 0; padding-left: 22px; columns: 2 22em; column-gap: 32px; }
+nav.toc li { break-inside: avoid; }
 .scroll { overflow-x: auto; margin: 8px 0 14px; }
 table { border-collapse: collapse; font-size: 0.88em; }
 th, td { padding: 4px 9px; border-bottom: 1px solid var(--line); text-align: left; vertical-align: top; }
-th { background: #eef1f4; position: sticky; top: 0; }
+th { background: #eef1f4; vertical-align: bottom; }
 tbody tr:nth-child(even) td { background: var(--stripe); }
-td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
+td.num { white-space: nowrap; }
+td.num.wrap { white-space: normal; }
+.nw { white-space: nowrap; }
+.ci { color: var(--muted); font-size: 0.86em; white-space: nowrap; }
 tr.chosen td { font-weight: 600; background: #dafbe1 !important; }
 tr.dim td { color: var(--muted); }
-table.facts th { background: none; position: static; width: 15em; font-weight: 600; }
+tr.total td { font-weight: 600; border-top: 2px solid var(--line); background: none !important; }
+table.facts th { background: none; width: 15em; font-weight: 600; vertical-align: top; }
+table.plans td:last-child { min-width: 13em; }
+.bar { display: inline-block; width: 90px; height: 0.7em; background: var(--stripe); border: 1px solid var(--line);
+       border-radius: 2px; vertical-align: middle; }
+.bar > span { display: block; height: 100%; background: var(--accent); opacity: 0.6; }
 figure { margin: 14px 0; }
 figure img { max-width: 100%; height: auto; border: 1px solid var(--line); border-radius: 4px; }
+figure.grid img { max-width: min(100%, 800px); }
+details { margin: 10px 0; }
+details > summary { cursor: pointer; color: var(--accent); font-weight: 600; }
 .note { padding: 8px 12px; border-radius: 6px; margin: 10px 0; border: 1px solid; }
 .note.error { color: #82071e; background: #ffebe9; border-color: #ff8182; }
 .note.warning { color: #6f4e00; background: #fff8c5; border-color: #d4a72c; }
@@ -275,17 +387,19 @@ def esc(value: Any) -> str:
 
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[Cell]], numeric: Iterable[int] = (),
-          row_classes: Sequence[str | None] | None = None) -> str:
-    """A striped table; the ``numeric`` columns are right-aligned."""
-    numeric = set(numeric)
-    cls = lambda i: ' class="num"' if i in numeric else ""  # noqa: E731
-    head = "".join(f"<th{cls(i)}>{esc(h)}</th>" for i, h in enumerate(headers))
+          row_classes: Sequence[str | None] | None = None, wrap: Iterable[int] = (), css: str | None = None) -> str:
+    """A striped table; the ``numeric`` columns are right-aligned and kept on one line unless also in ``wrap``."""
+    numeric, wrap = set(numeric), set(wrap)
+    th = lambda i: ' class="num"' if i in numeric else ""  # noqa: E731
+    td = lambda i: (' class="num wrap"' if i in wrap else ' class="num"') if i in numeric else ""  # noqa: E731
+    head = "".join(f"<th{th(i)}>{esc(h)}</th>" for i, h in enumerate(headers))
     body = []
     for n, row in enumerate(rows):
         row_class = row_classes[n] if row_classes and n < len(row_classes) else None
         attr = f' class="{esc(row_class)}"' if row_class else ""
-        body.append(f"<tr{attr}>" + "".join(f"<td{cls(i)}>{esc(c)}</td>" for i, c in enumerate(row)) + "</tr>")
-    return (f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>\n' + "\n".join(body)
+        body.append(f"<tr{attr}>" + "".join(f"<td{td(i)}>{esc(c)}</td>" for i, c in enumerate(row)) + "</tr>")
+    table_attr = f' class="{esc(css)}"' if css else ""
+    return (f'<div class="scroll"><table{table_attr}><thead><tr>{head}</tr></thead><tbody>\n' + "\n".join(body)
             + "\n</tbody></table></div>")
 
 
@@ -300,10 +414,11 @@ def note(text: str, level: str = "info") -> str:
     return f'<p class="note {esc(level)}">{esc(text)}</p>'
 
 
-def png_figure(data: bytes, caption: str) -> str:
+def png_figure(data: bytes, caption: str, css: str | None = None) -> str:
     """A PNG embedded as a data: URI, with its caption."""
     encoded = base64.b64encode(data).decode("ascii")
-    return (f'<figure><img src="data:image/png;base64,{encoded}" alt="{esc(caption)}">'
+    attr = f' class="{esc(css)}"' if css else ""
+    return (f'<figure{attr}><img src="data:image/png;base64,{encoded}" alt="{esc(caption)}">'
             f"<figcaption>{esc(caption)}</figcaption></figure>")
 
 
@@ -335,6 +450,28 @@ def _interval(score: Any, digits: int, unit: str = "") -> str:
     return f"{score.mean:.{digits}f}{unit} [{score.low:.{digits}f}, {score.high:.{digits}f}]"
 
 
+def _interval_cell(score: Any, digits: int) -> Cell:
+    """A table cell '27.3 [26.9, 27.8]' whose interval, smaller and grey, wraps under the mean when space is short."""
+    if score is None:
+        return "—"
+    return Raw(f'<span class="nw">{score.mean:.{digits}f}</span> '
+               f'<span class="ci">[{score.low:.{digits}f}, {score.high:.{digits}f}]</span>')
+
+
+def _label_cell(label: str) -> Cell:
+    """A plan label 'cut 3 after conv1_2 [int8, measured]' that breaks only before its bracket."""
+    head, bracket, rest = label.partition(" [")
+    if not bracket:
+        return Raw(f'<span class="nw">{esc(label)}</span>')
+    return Raw(f'<span class="nw">{esc(head)}</span> <span class="nw">{esc("[" + rest)}</span>')
+
+
+def _seconds(value: float | None) -> str:
+    if value is None:
+        return "—"
+    return f"{value:.2f}" if value < 10 else f"{value:.1f}" if value < 100 else f"{value:,.0f}"
+
+
 def _shape(shape: Sequence[int]) -> str:
     return "×".join(map(str, shape)) or "scalar"
 
@@ -349,6 +486,180 @@ def _model_text(ref: dict[str, Any] | str | None) -> str:
     kwargs = ref.get("kwargs") or {}
     arguments = ", ".join(f"{k}={v}" for k, v in kwargs.items()) if isinstance(kwargs, dict) else str(kwargs)
     return str(ref.get("name", "?")) + (f" ({arguments})" if arguments else "")
+
+
+STAGE_KINDS = {"train": TRAIN, "profile": "edgesplit.profile", "plan": "edgesplit.plan", "split": "edgesplit.split",
+               "compress": "edgesplit.compress", "serve": "edgesplit.infer", "infer": "edgesplit.infer",
+               "audit": "edgesplit.audit"}
+
+
+def stage_anchor(stage: str, anchors: dict[str, str], files: Sequence[Found]) -> str | None:
+    """The section a run stage ('plan mcu-ethernet with compress') wrote: by kind, then by the name it names."""
+    verb, _, rest = stage.partition(" ")
+    kind = STAGE_KINDS.get(verb)
+    candidates = [f for f in files if f.kind == kind and f.name in anchors]
+    if len(candidates) > 1:
+        subject = rest.removesuffix(" with compress").strip()
+        by_subject = [f for f in candidates if subject and (
+            PurePosixPath(f.name).stem.removeprefix(f"{verb}_") == subject.replace(":", "_")
+            or (kind == "edgesplit.profile" and f.result is not None and f.result.model.name == subject))]
+        candidates = by_subject
+    return anchors[candidates[0].name] if len(candidates) == 1 else None
+
+
+def _stage_result(stage: str, facts: dict[str, Any]) -> str:
+    """The key result a run stage recorded, in words; its raw facts where the stage is not one this report knows."""
+    try:
+        text = _known_stage_result(stage.partition(" ")[0], facts)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError):
+        text = None
+    return text or _plain_facts(facts)
+
+
+def _known_stage_result(verb: str, facts: dict[str, Any]) -> str | None:
+    if verb == "train":
+        return f"test accuracy {_pct(facts['test_accuracy'])}"
+    if verb == "profile":
+        return (f"{human_count(facts['macs'])} MACs, {facts['cuts']} candidate cuts; whole model "
+                f"{_ms(facts['model_ms'])} ms on this machine")
+    if verb == "plan":
+        routes = facts.get("switch_table") or []
+        by_bandwidth = f"; by bandwidth: {' → '.join(routes)}" if len(routes) > 1 else ""
+        return f"chosen: {facts['chosen']} ({_ms(facts['latency_ms'])} ms per inference){by_bandwidth}"
+    if verb == "split":
+        checked = (f"; {facts['images']} held-out images agree {_pct(facts['agreement'])}, max abs diff "
+                   f"{facts['max_abs_diff']:.1e}" if "images" in facts else "")
+        return (f"cut {facts['cut']} after {facts['after']}: {human_bytes(facts['crossing_bytes'])} of float32 "
+                f"cross per inference{checked}")
+    if verb == "compress":
+        configurations = facts["configurations"]
+        name, best = min(configurations.items(), key=lambda kv: kv[1]["bytes"])
+        fp32 = configurations.get("fp32")
+        reference = f" (fp32: {fp32['bytes']:,.0f} B)" if fp32 and name != "fp32" else ""
+        return (f"{len(configurations)} configurations at cut {facts['cut']}; fewest bytes: {name}, "
+                f"{best['bytes']:,.0f} B at {_pct(best['accuracy'])} accuracy{reference}")
+    if verb == "serve":
+        routes = ", ".join(f"{label} ×{n}" for label, n in (facts.get("routes") or {}).items())
+        latency = facts.get("latency_ms") or {}
+        agreement = facts.get("agreement")
+        return (f"{facts['images']} images ({routes}); latency p50 {_ms(latency.get('p50'))} ms; "
+                f"accuracy {_pct(facts.get('accuracy'))}; agreement with the whole model {_pct(agreement)}; "
+                f"{facts['bytes_per_image']:,.0f} B per image")
+    if verb == "audit":
+        return str(facts.get("summary") or f"{facts['rows']} rows")
+    return None
+
+
+def _plain_facts(facts: dict[str, Any]) -> str:
+    """Facts of a stage this report does not know: 'key value' pairs, nested values as JSON."""
+    def text(value: Any) -> str:
+        if isinstance(value, float):
+            return f"{value:.4g}"
+        return value if isinstance(value, str) else json.dumps(value, separators=(", ", ": "))
+    return "; ".join(f"{key.replace('_', ' ')} {text(value)}" for key, value in facts.items()) or "—"
+
+
+def _link(text: str, anchor: str | None) -> Cell:
+    return Raw(f'<a href="#{esc(anchor)}">{esc(text)}</a>') if anchor else text
+
+
+def run_section(summary: RunSummary, found: Found, anchors: dict[str, str], files: Sequence[Found]) -> str:
+    """The whole run on one screen: each stage in order with its time and result, the total, and the config."""
+    stages = summary.stages
+    longest = max((s.seconds or 0 for s in stages.values()), default=0) or 1
+    names = list(stages)
+    rows, classes = [], []
+    for n, (name, stage) in enumerate(stages.items()):
+        result = _stage_result(name, stage.facts)
+        replanned = name.startswith("plan ") and f"{name} with compress" in names[n + 1:]
+        if replanned:
+            result += " — replanned below with the measured configurations"
+        share = (stage.seconds or 0) / longest
+        anchor = stage_anchor(name, anchors, files)
+        label = Raw(f'<a class="nw" href="#{esc(anchor)}">{esc(name)}</a>' if anchor else
+                    f'<span class="nw">{esc(name)}</span>')
+        rows.append([n + 1, label, _seconds(stage.seconds),
+                     Raw(f'<span class="bar"><span style="width: {share * 100:.0f}%"></span></span>'), result])
+        classes.append("dim" if replanned else None)
+    total = summary.seconds
+    staged = sum(s.seconds or 0 for s in stages.values())
+    rows.append(["", "total", f"{total if total is not None else staged:.1f}", "",
+                 f"{len(stages)} stage{'s' if len(stages) != 1 else ''}"
+                 + (f" ({_seconds(staged)} s in them; the rest: loading, tracing, plots, the report)"
+                    if total is not None and total - staged >= 0.05 else "")])
+    classes.append("total")
+    parts = ["<h3>Stages</h3>",
+             table(["#", "stage", "seconds", "", "result"], rows, numeric=(0, 2), row_classes=classes)]
+    if not stages:
+        parts.append(note("this run recorded no stages (it stopped before the first one finished)", "warning"))
+    parts += ["<h3>Config</h3>", facts(_config_facts(summary, anchors, files)),
+              '<p class="meta">To run it again, save the <code>config</code> object of '
+              f"<code>{esc(found.name)}</code> as a file and pass it to <code>edgesplit run</code> (JSON is YAML); "
+              "each stage can also be rerun by hand from the files it left in the run folder.</p>"]
+    return "\n".join(parts)
+
+
+def _served_target(summary: RunSummary) -> str | None:
+    """The target a run served when its config names none: the first whose plan sends anything at some bandwidth."""
+    for target in summary.config.targets:
+        stage = summary.stages.get(f"plan {target.slug}")
+        routes = stage.facts.get("switch_table") if stage is not None else None
+        if isinstance(routes, list) and any(route != "all on device" for route in routes):
+            return target.slug
+    return None
+
+
+def _config_facts(summary: RunSummary, anchors: dict[str, str], files: Sequence[Found]) -> list[tuple[str, Cell]]:
+    config = summary.config
+    train = config.train or {}
+    if config.weights:
+        model = f"{config.model}, weights {config.weights}"
+    elif config.train is not None:
+        epochs = train.get("epochs", "?")
+        model = (f"{config.model}, trained here on {config.data} ({epochs} epoch{'' if epochs == 1 else 's'}, batch "
+                 f"{train.get('batch_size', '?')}, lr {train.get('lr', '?')})")
+    else:
+        model = config.model
+    targets = []
+    for target in config.targets:
+        anchor = stage_anchor(f"plan {target.slug}", anchors, files)
+        targets.append(f"{esc(_link(target.slug, anchor))}: device <code>{esc(target.device)}</code> → link "
+                       f"<code>{esc(target.link)}</code> → server <code>{esc(target.server)}</code>")
+    compress, serve, audit = config.compress, config.serve, config.audit
+
+    def listed(value: Any) -> str:
+        return ", ".join(map(str, value)) if isinstance(value, list) else str(value)
+
+    compress_text = "not run" if compress is None else "; ".join(filter(None, [
+        f"codecs {listed(compress.get('codecs', []))}",
+        (f"learned bottleneck of {compress['bottleneck']} channels (stride {compress.get('stride', '?')}, "
+         f"{compress.get('bits', '?')} bits, {compress.get('epochs', '?')}+{compress.get('epochs', '?')} epochs)"
+         if compress.get("bottleneck") else "no learned bottleneck"),
+        f"evaluated on up to {compress['eval_limit']} images" if "eval_limit" in compress else None,
+        (f"plans may use them if accuracy drops at most {compress['max_accuracy_drop'] * 100:g} point(s)"
+         if isinstance(compress.get("max_accuracy_drop"), (int, float)) else None)]))
+    served = serve.get("target") if serve is not None else None
+    if serve is not None and not served:
+        first = _served_target(summary)
+        served = f"{first} (the first target whose plan sends anything)" if first else \
+            "the first target whose plan sends anything (none did)"
+    serve_text = "not run" if serve is None else (
+        f"{serve.get('images', '?')} held-out images, batch {serve.get('batch', 1)}, through a server subprocess on "
+        f"127.0.0.1, with the plan of {served}")
+    audit_text = "not run" if audit is None else "; ".join([
+        f"cuts {audit.get('cuts', 'all')}", f"attacks {audit.get('attacks', '?')}",
+        f"defenses {listed(audit.get('defenses') or []) or 'none'}",
+        f"{audit.get('victims', '?')} victims, {audit.get('aux_limit', '?')} attacker's images"])
+    return [
+        ("title", config.title), ("model", model), ("data", config.data),
+        ("compared with", f"{', '.join(config.compare)} (profiled untrained)" if config.compare else None),
+        ("targets", Raw("<br>".join(targets)) if targets else "none"),
+        ("codecs the planner may use", listed(config.codecs) or None),
+        ("objective", config.objective),
+        ("keep input on the device", "yes: the raw input never leaves the device, so no all-server plans"
+                                     if config.keep_input else "no"),
+        ("compress", compress_text), ("serve", serve_text), ("audit", audit_text),
+        ("seed", config.seed)]
 
 
 def train_section(result: TrainResult, found: Found) -> str:
@@ -418,7 +729,8 @@ def plan_section(report: Any, found: Found) -> str:
              table(["link", "uplink Mbit/s", "downlink Mbit/s", "RTT ms", "radio tx / rx W", "source"],
                    [[link.spec, f"{link.uplink_mbps:g}", f"{link.downlink_mbps:g}", f"{link.rtt_ms:g}",
                      f"{link.tx_w:g} / {link.rx_w:g}", link.source]], numeric=(1, 2, 3, 4))]
-    constraints = {k: v for k, v in report.constraints.model_dump().items() if v not in (None, [])}
+    constraints = [_constraint_text(k, v) for k, v in report.constraints.model_dump().items()
+                   if v not in (None, [], False)]
     parts += ["<h3>Chosen plan</h3>", facts([
         ("model", f"{report.model} (input {_shape(report.input_shape)}, graph {report.fingerprint})"),
         ("weights", (report.model_ref or {}).get("weights")),
@@ -426,12 +738,13 @@ def plan_section(report: Any, found: Found) -> str:
         ("latency", f"{_ms(costs.latency_ms)} ms per inference"),
         ("energy on the device", None if costs.energy_mj is None else f"{_ms(costs.energy_mj)} mJ"),
         ("sent per inference", f"{human_bytes(costs.uplink_bytes)} ({costs.uplink_bytes:,} B)"),
-        ("speed-up vs all on device", f"{report.speedup_vs_all_device:.2f}× "
-                                      f"({_ms(report.all_device.costs.latency_ms)} ms)"),
+        ("speed-up vs all on device", f"{report.speedup_vs_all_device:.2f}× ({_ms(report.all_device.costs.latency_ms)}"
+                                      f" ms{_not_allowed(report.all_device)})"),
         ("speed-up vs all on server", f"{report.speedup_vs_all_server:.2f}× ({report.all_server.label}, "
-                                      f"{_ms(report.all_server.costs.latency_ms)} ms)"),
-        ("objective / codec", f"{report.objective}; codec {report.codec}"),
-        ("constraints", "; ".join(f"{k} {v}" for k, v in constraints.items()) or None),
+                                      f"{_ms(report.all_server.costs.latency_ms)} ms"
+                                      f"{_not_allowed(report.all_server)})"),
+        ("objective / codecs", f"{report.objective}; codecs {report.codec}"),
+        ("constraints", "; ".join(constraints) or None),
         ("planner", f"{report.candidates} plans costed in {report.planner_ms:.0f} ms; min-cut "
                     f"{'agrees with' if report.min_cut_agrees else 'DISAGREES with'} the scan")])]
     if not report.min_cut_agrees:
@@ -445,16 +758,20 @@ def plan_section(report: Any, found: Found) -> str:
     for entry in shown:
         c = entry.costs
         status = "chosen" if entry.label == chosen.label else ("ok" if entry.feasible else "; ".join(entry.violations))
-        rows.append([rank.get(entry.label, "—"), entry.label, _ms(c.device_ms), _ms(c.encode_ms + c.decode_ms),
-                     _ms(c.uplink_ms), _ms(c.rtt_ms), _ms(c.server_ms), _ms(c.downlink_ms), _ms(c.latency_ms),
+        rows.append([rank.get(entry.label, "—"), _label_cell(entry.label), _ms(c.device_ms),
+                     _ms(c.encode_ms + c.decode_ms), _ms(c.uplink_ms), _ms(c.rtt_ms), _ms(c.server_ms),
+                     _ms(c.downlink_ms), _ms(c.latency_ms),
                      "—" if c.energy_mj is None else _ms(c.energy_mj), human_bytes(c.uplink_bytes),
                      f"{report.all_device.costs.latency_ms / c.latency_ms:.2f}×",
                      f"{report.all_server.costs.latency_ms / c.latency_ms:.2f}×", status])
         classes.append("chosen" if entry.label == chosen.label else (None if entry.feasible else "dim"))
     parts += [f"<h3>Ranked plans (top {min(TOP_PLANS, len(report.ranked))} of {len(report.ranked)})</h3>",
+              '<p class="meta">Predicted per inference at the link\'s uplink rate. <em>vs device</em>, <em>vs '
+              "server</em>: the speed-up over running the whole model on the device, or over sending the input to "
+              "the server (above 1× is faster). Grey rows break a constraint.</p>",
               table(["#", "plan", "device ms", "codec ms", "uplink ms", "RTT ms", "server ms", "down ms",
-                     "latency ms", "energy mJ", "sent", "×device", "×server", "status"], rows,
-                    numeric=[0, *range(2, 13)], row_classes=classes),
+                     "latency ms", "energy mJ", "sent", "vs device", "vs server", "status"],
+                    rows, numeric=[0, *range(2, 13)], row_classes=classes, css="plans"),
               "<h3>Switch table</h3>",
               '<p class="meta">The best plan for each uplink bandwidth range: what the runtime switches on.</p>',
               table(["from Mbit/s", "to Mbit/s", "best plan"],
@@ -464,6 +781,28 @@ def plan_section(report: Any, found: Found) -> str:
                      f"{esc('; '.join(report.pareto))}</p>")
     parts.append(rendered_plot(lambda path: plot_plan(report, path), "end-to-end latency against uplink bandwidth"))
     return "\n".join(parts)
+
+
+def _not_allowed(entry: Any) -> str:
+    """'; not allowed: WHY' for a baseline plan that breaks a constraint (its speed-up is then only a reference)."""
+    return "" if entry.feasible else f"; not allowed here: {'; '.join(entry.violations)}"
+
+
+def _constraint_text(name: str, value: Any) -> str:
+    """A plan constraint in words ('raw input kept on the device', 'max accuracy drop 1 point')."""
+    if name == "keep_input_on_device":
+        return "raw input kept on the device (no all-server plans)"
+    if name == "max_accuracy_drop" and isinstance(value, (int, float)):
+        points = value * 100
+        return f"max accuracy drop {points:g} point{'' if points == 1 else 's'} (measured configurations)"
+    if name == "compress_files":
+        return "measured configurations from " + ", ".join(map(str, value))
+    words = name.replace("_", " ")
+    if name.endswith("_bytes") and isinstance(value, (int, float)):
+        return f"{words.removesuffix(' bytes')} {human_bytes(value)}"
+    if isinstance(value, list):
+        return f"{words} {', '.join(map(str, value))}"
+    return f"{words} {value:g}" if isinstance(value, float) else f"{words} {value}"
 
 
 def compress_section(report: Any, found: Found) -> str:
@@ -525,7 +864,7 @@ def _grid_order(key: str) -> tuple[int, int, str]:
 
 
 def audit_section(report: Any, found: Found, run_dir: Path) -> str:
-    """Per cut and defense: task accuracy, attack PSNR/SSIM, probes, dCor; the audit's grids and plots."""
+    """Per cut and defense: task accuracy, attack PSNR/SSIM, probes, dCor; the audit's plots and grids."""
     from .plots import plot_leakage_by_cut, plot_privacy_utility
 
     baseline = report.mean_image
@@ -543,52 +882,55 @@ def audit_section(report: Any, found: Found, run_dir: Path) -> str:
         ("mean-image baseline", None if baseline is None else
          f"PSNR {_interval(baseline.psnr, 1, ' dB')}, SSIM {_interval(baseline.ssim, 2)} — what an attacker "
          "gets with no information"),
-        ("settings", ", ".join(f"{k} {v}" for k, v in settings.items() if not isinstance(v, (list, dict)))),
+        ("settings", ", ".join(f"{k} {', '.join(map(str, v)) if isinstance(v, list) else v}"
+                               for k, v in settings.items() if v is not None and not isinstance(v, dict)
+                               and k != "attacks")),
         ("time", f"{report.seconds:.1f} s")])]
     parts += [note(warning, "warning") for warning in report.warnings]
     attacks = [a for a in ("inversion", "optimize") if a in report.attacks]
     probe_kinds = sorted({p.kind for r in report.rows for p in r.probes}, key=lambda k: (k != "linear", k))
-    headers = ["cut", "after", "defense", "crossing", "task acc"]
+    # Without defenses every row has the defense "none" and the whole model's accuracy: columns that say nothing.
+    defended = any(r.defense != "none" for r in report.rows)
+    accuracies = {r.task_accuracy for r in report.rows}
+    show_accuracy = defended or len(accuracies) > 1
+    headers = ["cut", "after", *(["defense"] if defended else []), "crossing",
+               *(["task acc"] if show_accuracy else [])]
+    first_score = len(headers)
     for attack in attacks:
         name = "learned" if attack == "inversion" else "white-box"
-        headers += [f"{name} PSNR dB [95% CI]", f"{name} SSIM [95% CI]"]
-    headers += [f"{kind} probe acc [95% CI]" for kind in probe_kinds] + ["dCor [95% CI]"]
+        headers += [f"{name} PSNR dB", f"{name} SSIM"]
+    headers += [f"{kind} probe acc" for kind in probe_kinds] + ["dCor"]
     rows = []
     for row in report.rows:
         scores = {a.attack: a for a in row.attacks}
         probes = {p.kind: p for p in row.probes}
-        cells: list[Cell] = [row.position, row.after, row.defense, crossing_text(row.crossing),
-                             _pct(row.task_accuracy, 1)]
+        cells: list[Cell] = [row.position, row.after, *([row.defense] if defended else []),
+                             crossing_text(row.crossing), *([_pct(row.task_accuracy, 1)] if show_accuracy else [])]
         for attack in attacks:
             score = scores.get(attack)
-            cells += [_interval(score and score.psnr, 1), _interval(score and score.ssim, 2)]
-        cells += [_interval(probes.get(kind) and probes[kind].accuracy, 2) for kind in probe_kinds]
-        cells.append(_interval(row.distance_correlation, 2))
+            cells += [_interval_cell(score and score.psnr, 1), _interval_cell(score and score.ssim, 2)]
+        cells += [_interval_cell(probes.get(kind) and probes[kind].accuracy, 2) for kind in probe_kinds]
+        cells.append(_interval_cell(row.distance_correlation, 2))
         rows.append(cells)
-    parts += ["<h3>Leakage per cut and defense</h3>",
-              '<p class="meta">Higher PSNR/SSIM, probe accuracy and distance correlation mean the server learns more '
-              "about the private input; compare SSIM with the mean-image baseline and probes with chance.</p>",
-              table(headers, rows, numeric=[0, 4, *range(5, len(headers))])]
+    same_accuracy = "" if show_accuracy or not accuracies or None in accuracies else (
+        f" With no defense the tail sees exactly what the model computes: task accuracy "
+        f"{_pct(next(iter(accuracies)), 1)} at every cut.")
+    parts += ["<h3>Leakage per cut" + (" and defense" if defended else "") + "</h3>",
+              '<p class="meta">Each score: the mean over the victims and its 95% bootstrap interval. Higher '
+              "PSNR/SSIM (attacks rebuilding the input), probe accuracy (attacks guessing the label) and distance "
+              "correlation (dCor) mean the server learns more about the private input; compare SSIM with the "
+              f"mean-image baseline and probes with chance.{esc(same_accuracy)}</p>",
+              table(headers, rows, numeric=[0, *range(first_score - (1 if show_accuracy else 0), len(headers))],
+                    wrap=range(first_score, len(headers)))]
 
     grids = {key: find_png(name, found.path, run_dir) for key, name in report.grids.items()}
     plots = {key: find_png(name, found.path, run_dir) for key, name in report.plots.items()}
     present_grids = {k: v for k, v in grids.items() if v is not None}
     missing_grids = sorted((report.grids[k] for k, v in grids.items() if v is None))
-    if not report.grids:
-        parts.append(note("reconstruction grids missing: this audit was run without --out; run `edgesplit audit "
-                          "... --out DIR --json DIR/audit.json` to keep them", "warning"))
-    elif missing_grids:
-        parts.append(note(f"reconstruction grids missing: {', '.join(missing_grids)} not found next to "
-                          f"{found.name} or in the run folder; copy them there or audit again with --out", "warning"))
-    if present_grids:
-        parts.append("<h3>Reconstructions</h3>")
-        for key in sorted(present_grids, key=_grid_order):
-            row = report.row(int(key)) if key.isdigit() else None
-            caption = ("the strongest attack at each cut (top row: the victims)" if key == "best" else
-                       f"cut {key}" + (f" (after {row.after})" if row else "") + ": each defense and attack")
-            parts.append(png_figure(present_grids[key], caption))
     parts.append("<h3>Plots</h3>")
-    captions = {"leakage": "leakage by cut (undefended)", "privacy_utility": "privacy against utility per defense"}
+    captions = {"leakage": "leakage by cut (undefended)", "privacy_utility": "privacy against utility per defense"
+                + ("" if defended else " (no defense audited: every point is an undefended cut; audit with "
+                   "--defense to compare defenses)")}
     draw = {"leakage": lambda path: plot_leakage_by_cut(report, path),
             "privacy_utility": lambda path: plot_privacy_utility(report, path)}
     wanted = ["privacy_utility"]
@@ -600,6 +942,28 @@ def audit_section(report: Any, found: Found, run_dir: Path) -> str:
             parts.append(png_figure(plots[key], caption))
         elif key in draw:
             parts.append(rendered_plot(draw[key], caption + " (redrawn from the JSON)"))
+    if not report.grids:
+        parts.append(note("reconstruction grids missing: this audit was run without --out; run `edgesplit audit "
+                          "... --out DIR --json DIR/audit.json` to keep them", "warning"))
+    elif missing_grids:
+        parts.append(note(f"reconstruction grids missing: {', '.join(missing_grids)} not found next to "
+                          f"{found.name} or in the run folder; copy them there or audit again with --out", "warning"))
+    if present_grids:
+        parts.append("<h3>Reconstructions</h3>")
+        keys = sorted(present_grids, key=_grid_order)
+        if "best" in present_grids:
+            parts.append(png_figure(present_grids["best"], "the strongest attack at each cut (top row: the victims; "
+                                    "each row: cut, attack, SSIM)", css="grid"))
+        per_cut = [key for key in keys if key != "best"]
+        if per_cut:
+            figures = []
+            for key in per_cut:
+                row = report.row(int(key)) if key.isdigit() else None
+                caption = f"cut {key}" + (f" (after {row.after})" if row else "") + ": each defense and attack"
+                figures.append(png_figure(present_grids[key], caption))
+            parts.append(f"<details><summary>Reconstructions at each cut ({len(per_cut)} grid"
+                         f"{'s' if len(per_cut) != 1 else ''}: every defense and attack)</summary>"
+                         f'{"".join(figures)}</details>')
     return "\n".join(parts)
 
 
@@ -647,28 +1011,38 @@ def infer_section(summary: InferSummary, found: Found) -> str:
          else _pct(summary.agreement))])
 
 
-def _subject(found: Found) -> str:
-    """What a section is about (its model), for the heading."""
+def _subject(found: Found, summary: RunSummary | None = None) -> str:
+    """What a section is about (its model; a plan's machines and link), for the heading."""
     result = found.result
     if result is None:
         return ""
     model = getattr(result, "model", None)
+    if found.kind == RUN:
+        return result.config.model
     if found.kind == "edgesplit.profile":
         model = result.model.name
+        if summary is not None and model in summary.config.compare and model != summary.config.model:
+            return f"{model} (compared, untrained)"
+    elif found.kind == "edgesplit.plan":
+        return f"{model}: {result.device.spec} → {result.link.spec} → {result.server.spec}"
     elif isinstance(model, dict):
         model = model.get("name")
     return str(model) if model else ""
 
 
-def render_section(found: Found, anchor: str, run_dir: Path) -> tuple[str, str]:
-    """(the table-of-contents title, the section's HTML) for one file."""
-    subject = _subject(found)
+def render_section(found: Found, anchor: str, run_dir: Path, anchors: dict[str, str] | None = None,
+                   files: Sequence[Found] = ()) -> tuple[str, str]:
+    """(the table-of-contents title, the section's HTML) for one file; ``anchors`` (file name → section id) and
+    ``files`` let the run summary link to the sections of its stages."""
+    summary = next((f.result for f in files if f.kind == RUN and f.result is not None), None)
+    subject = _subject(found, summary)
     title = TITLES[found.kind] + (f" — {subject}" if subject else "")
     body: str
     if found.error is not None:
         body = note(f"{found.name} could not be read: {found.error}", "error")
     else:
         renderers: dict[str, Callable[[], str]] = {
+            RUN: lambda: run_section(found.result, found, anchors or {}, files),
             TRAIN: lambda: train_section(found.result, found),
             "edgesplit.profile": lambda: profile_section(found.result, found),
             "edgesplit.plan": lambda: plan_section(found.result, found),
@@ -707,13 +1081,19 @@ def build_report(run_dir: str | Path, title: str | None = None, *, generated: da
     run_dir = Path(run_dir)
     files = files or scan(run_dir)
     generated = generated or datetime.now(timezone.utc)
-    title = title or f"edgesplit report: {run_dir.resolve().name}"
-    toc, sections, counts = [], [], {}
+    summary = run_summary(files)
+    title = title or (summary.config.title if summary and summary.config.title else None) \
+        or f"edgesplit report: {run_dir.resolve().name}"
+    anchors: dict[str, str] = {}
+    counts: dict[str, int] = {}
     for found in files.found:
         slug = "train" if found.kind == TRAIN else found.kind.removeprefix("edgesplit.")
         counts[slug] = counts.get(slug, 0) + 1
-        anchor = slug if counts[slug] == 1 else f"{slug}-{counts[slug]}"
-        heading, section = render_section(found, anchor, run_dir)
+        anchors[found.name] = slug if counts[slug] == 1 else f"{slug}-{counts[slug]}"
+    toc, sections = [], []
+    for found in files.found:
+        anchor = anchors[found.name]
+        heading, section = render_section(found, anchor, run_dir, anchors, files.found)
         toc.append((anchor, heading, found.name))
         sections.append(section)
     other = other_files_section(files)
