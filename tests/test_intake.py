@@ -1,3 +1,4 @@
+import inspect
 import json
 
 import pytest
@@ -22,7 +23,8 @@ def test_zoo_models_build_with_their_documented_shape():
     for name, entry in zoo.ZOO.items():
         loaded = load_model(name)
         assert tuple(loaded.example_input.shape) == entry.input_shape
-        assert loaded.module(loaded.example_input).shape == (entry.input_shape[0], 10)
+        classes = inspect.signature(entry.factory).parameters["num_classes"].default  # 10, or 1000 for ImageNet
+        assert loaded.module(loaded.example_input).shape == (entry.input_shape[0], classes)
 
 
 def test_zoo_model_adapts_to_the_given_channels():

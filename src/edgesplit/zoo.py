@@ -261,3 +261,58 @@ class HybridViT(nn.Module):
 @register("hybrid_vit", (1, 3, 32, 32), "conv stem + 3 transformer blocks (64-dim, 4 heads, 64 tokens); 1×3×32×32")
 def hybrid_vit(in_channels: int = 3, num_classes: int = 10) -> nn.Module:
     return HybridViT(in_channels, num_classes)
+
+
+# --- ImageNet ResNet-18, laid out like torchvision's -----------------------------------------
+
+
+class ImageNetBasicBlock(nn.Module):
+    """ResNet basic block with torchvision's attribute names, so its state dicts load unchanged."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.downsample = None
+        if stride != 1 or c_in != c_out:  # 1×1 projection shortcut (option B of He et al.)
+            self.downsample = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
+        identity = x if self.downsample is None else self.downsample(x)  # after the branch, as torchvision orders it
+        return self.relu(out + identity)
+
+
+class ResNet18(nn.Module):
+    """He et al. 2016's 18-layer ImageNet ResNet: 7×7 stem, four stages of two basic blocks (64–512 channels).
+
+    Module and parameter names are torchvision's (`conv1`, `bn1`, `layer1`…`layer4`, `fc`), so a
+    `torchvision.models.resnet18` state dict loads with ``strict=True``.
+    """
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 1000):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        self.layer1 = nn.Sequential(ImageNetBasicBlock(64, 64), ImageNetBasicBlock(64, 64))
+        self.layer2 = nn.Sequential(ImageNetBasicBlock(64, 128, 2), ImageNetBasicBlock(128, 128))
+        self.layer3 = nn.Sequential(ImageNetBasicBlock(128, 256, 2), ImageNetBasicBlock(256, 256))
+        self.layer4 = nn.Sequential(ImageNetBasicBlock(256, 512, 2), ImageNetBasicBlock(512, 512))
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(512, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+@register("resnet18", (1, 3, 224, 224),
+          "ImageNet ResNet-18 (He et al. 2016), 11.7 M parameters, torchvision's layout and names; 1×3×224×224")
+def resnet18(in_channels: int = 3, num_classes: int = 1000) -> nn.Module:
+    return ResNet18(in_channels, num_classes)
