@@ -331,7 +331,7 @@ def run_config(config_path: Annotated[Path, typer.Argument(metavar="CONFIG.yaml"
 def report(run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="folder the stages wrote their --json "
                                                    "files into (searched recursively)")],
            out_path: Annotated[Path, typer.Option("--out", "-o", help="the HTML page to write")] = Path("report.html"),
-           title: Annotated[Optional[str], typer.Option(help="page title (default: from RUN_DIR's name)")] = None,
+           title: Annotated[Optional[str], typer.Option(help="page title (default: the run's title, else from RUN_DIR's name)")] = None,
            json_out: JsonOut = None) -> None:
     """One self-contained HTML page (plots embedded) from every stage's JSON in RUN_DIR."""
     from .report import report_index, scan, write_report
