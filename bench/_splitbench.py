@@ -42,7 +42,7 @@ from edgesplit.data import sample_images
 from edgesplit.graph import TracedModel, trace
 from edgesplit.linkemu import PacedSocketLink, link_emulation_unavailable, open_link
 from edgesplit.plan import plan_model
-from edgesplit.plan.payload import FRAME_HEADER_BYTES
+from edgesplit.codecs import parse_codec
 from edgesplit.plan.schema import PlanEntry, PlanReport
 from edgesplit.profile import device_profile, profile_model
 
@@ -192,6 +192,9 @@ def predicted_parts(entry: PlanEntry) -> dict[str, float]:
             "decode_ms": c.decode_ms, "server_ms": c.server_ms, "total_ms": c.latency_ms}
 
 
+_FP32 = parse_codec("fp32")
+
+
 @dataclass
 class PlanRun:
     """One plan of a prepared model, runnable end to end; ``samples`` collects the timed runs."""
@@ -217,7 +220,10 @@ class PlanRun:
             self.split = traced.split(cut)
             planned = sum(t.payload_bytes for t in entry.crossing) if entry.crossing else (
                 entry.costs.uplink_bytes)
-            sent = sum(t.nbytes + FRAME_HEADER_BYTES for t in cut.crossing)
+            # The fp32 codec's frame header (its size depends on the tensor's rank), taken from a real encode.
+            example = [t.detach() for t in self.split.head(self.inputs[0])]
+            self.headers = [len(_FP32.encode(t)) - t.numel() * t.element_size() for t in example]
+            sent = sum(t.nbytes + header for t, header in zip(cut.crossing, self.headers))
             if sent != planned:
                 raise RuntimeError(f"{entry.label}: the split sends {sent} B, the plan says {planned} B")
         elif self.format is not None:
@@ -270,10 +276,10 @@ class PlanRun:
         crossing = self.split.head(x)
         t1 = time.perf_counter()
         arrays = [t.detach().contiguous().numpy().reshape(-1).view(np.uint8) for t in crossing]
-        payload = bytearray(sum(FRAME_HEADER_BYTES + a.nbytes for a in arrays))
+        payload = bytearray(sum(header + a.nbytes for header, a in zip(self.headers, arrays)))
         view, offset, places = memoryview(payload), 0, []
-        for a in arrays:
-            offset += FRAME_HEADER_BYTES  # shape, dtype and codec fields: their size, not their content, matters
+        for a, header in zip(arrays, self.headers):
+            offset += header  # shape, dtype and codec fields: their size, not their content, matters
             view[offset:offset + a.nbytes] = a
             places.append(offset)
             offset += a.nbytes
