@@ -62,7 +62,12 @@ class Target(_Section):
 
     @property
     def slug(self) -> str:
-        return self.name or re.sub(r"[^A-Za-z0-9.-]+", "_", f"{self.device}-{self.link}").strip("_")
+        return target_slug(self.name, self.device, self.link)
+
+
+def target_slug(name: str | None, device: str, link: str) -> str:
+    """What names a target's files (plan_SLUG.json): its name, else its device and link specs made file-safe."""
+    return name or re.sub(r"[^A-Za-z0-9.-]+", "_", f"{device}-{link}").strip("_")
 
 
 class CompressConfig(_Section):

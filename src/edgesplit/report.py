@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import html
 import json
-import re
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -207,7 +206,9 @@ class RunTarget(BaseModel):
     @property
     def slug(self) -> str:
         """What names the target's files (plan_SLUG.json), as the pipeline derives it."""
-        return self.name or re.sub(r"[^A-Za-z0-9.-]+", "_", f"{self.device}-{self.link}").strip("_")
+        from .pipeline import target_slug
+
+        return target_slug(self.name, self.device, self.link)
 
 
 class RunConfigView(BaseModel):
