@@ -1,29 +1,25 @@
 """The whole job: `edgesplit demo` and `edgesplit run CONFIG.yaml`, end to end with a real server, and config errors."""
 
-import io
 import json
 from pathlib import Path
 
 import pytest
 import yaml
-from rich.console import Console
 
 from edgesplit.artifact import load_split
-from edgesplit.demo import run_demo
 from edgesplit.pipeline import DEMO_CONFIG, ConfigError, RunConfig, check_config, load_config
 from test_cli import assert_user_error, edgesplit
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "run.yaml"
 
 
-def quiet_console() -> Console:
-    return Console(file=io.StringIO(), width=160)
-
-
 @pytest.mark.slow
 def test_demo_runs_every_stage_and_reports_it(tmp_path):
     out = tmp_path / "demo"
-    summary = run_demo(out, quiet_console(), progress=False)
+    result = edgesplit("demo", "--out", str(out), "--json", str(tmp_path / "demo.json"), "-q")
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((tmp_path / "demo.json").read_text())
+    assert summary == json.loads((out / "run.json").read_text())
     stages = summary["stages"]
     mcu = json.loads((out / "plan_mcu-ethernet.json").read_text())
     pinned = next(r["label"] for r in mcu["switch_table"] if r["low_mbps"] <= 100 < r["high_mbps"])
