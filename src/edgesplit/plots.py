@@ -11,6 +11,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from .errors import EdgesplitError  # noqa: E402
 from .profile import ProfileReport  # noqa: E402
@@ -37,6 +38,7 @@ def plot_profile(report: ProfileReport, path: str | Path) -> Path:
                        label="raw input bytes")
     bytes_axis.set_yscale("log")
     bytes_axis.set_xlabel("cut index (head = nodes before the cut)")
+    bytes_axis.xaxis.set_major_locator(MaxNLocator(integer=True))  # cuts are whole: no tick at 2.5
     bytes_axis.set_ylabel("bytes crossing the network", color="#4c72b0")
     multi = [c.index for c in cuts if len(c.crossing) > 1]
     if multi:
@@ -108,6 +110,21 @@ def plot_plan(report, path: str | Path) -> Path:  # noqa: ANN001 - PlanReport (i
     return path
 
 
+def _annotate_stacked(axis: plt.Axes, labels: list[tuple[float, float, str, str]]) -> None:
+    """Label points on a log-x axis, lifting a label above any neighbour's it would overlap (with headroom)."""
+    accuracies = [y for _, y, _, _ in labels]
+    y_range = (max(accuracies) - min(accuracies)) if len(accuracies) > 1 else 0.0
+    placed: list[tuple[float, float, int]] = []
+    for x, y, text, colour in sorted(labels):
+        level = 0
+        while any(abs(math.log10(max(x, 1e-9)) - px) < 0.15 and abs(y - py) <= 0.05 * y_range and level == pl
+                  for px, py, pl in placed):
+            level += 1
+        placed.append((math.log10(max(x, 1e-9)), y, level))
+        axis.annotate(text, (x, y), fontsize=7, xytext=(4, 4 + 9 * level), textcoords="offset points", color=colour)
+    axis.margins(y=0.05 + 0.06 * max((level for _, _, level in placed), default=0))
+
+
 def plot_rate_accuracy(report, path: str | Path) -> Path:  # noqa: ANN001 - CompressReport (imported lazily)
     """Accuracy against bytes per inference (log): codecs as points, bottleneck widths as a line, input as squares."""
     path = Path(path)
@@ -115,6 +132,7 @@ def plot_rate_accuracy(report, path: str | Path) -> Path:  # noqa: ANN001 - Comp
     figure, axis = plt.subplots(figsize=(9, 5.4), dpi=120)
     styles = {"codec": ("o", "#4c72b0", "feature codecs"), "input": ("s", "#8c8c8c", "input offloading"),
               "bottleneck": ("D", "#55a868", "learned bottleneck")}
+    labels = []
     for kind, (marker, colour, label) in styles.items():
         points = sorted((c for c in report.configurations if c.kind == kind), key=lambda c: c.bytes_per_inference)
         if not points:
@@ -122,9 +140,8 @@ def plot_rate_accuracy(report, path: str | Path) -> Path:  # noqa: ANN001 - Comp
         x, y = [c.bytes_per_inference for c in points], [c.accuracy * 100 for c in points]
         axis.plot(x, y, marker=marker, color=colour, linestyle="-" if kind == "bottleneck" else "none",
                   markersize=6, label=label)
-        for c in points:
-            axis.annotate(c.name.removeprefix("input as "), (c.bytes_per_inference, c.accuracy * 100), fontsize=7,
-                          xytext=(4, 4), textcoords="offset points", color=colour)
+        labels += [(c.bytes_per_inference, c.accuracy * 100, c.name.removeprefix("input as "), colour) for c in points]
+    _annotate_stacked(axis, labels)
     axis.axhline(report.baseline_accuracy * 100, color="black", linestyle="--", linewidth=1,
                  label=f"uncompressed model {report.baseline_accuracy:.2%}")
     axis.axhline((report.baseline_accuracy - 0.01) * 100, color="#c44e52", linestyle=":", linewidth=1,
