@@ -301,6 +301,26 @@ def test_estimator_follows_log_bandwidth_and_bounds_short_transfers():
     assert slow.mbps == pytest.approx(10)
 
 
+def test_a_hiccup_on_a_frame_too_small_to_time_is_not_a_slow_link():
+    estimator = BandwidthEstimator(prior_mbps=100, alpha=0.3)
+    frame = 4_000 * 8  # 0.32 ms at 100 Mbit/s: under the 2 ms the client can time
+    for _ in range(5):
+        estimator.add(frame, 0.0003, 0.002)  # untimeable: "at least 16 Mbit/s"
+        estimator.add(frame, 0.010, 0.002)  # one 10 ms hiccup between fast frames: held, then cleared
+    estimator.add(frame, 0.0003, 0.002)
+    assert estimator.mbps == pytest.approx(100) and estimator.suspect == 0
+    for expected_held in (True, True, False):  # three slow frames in a row: the link is slow
+        estimator.add(frame, 0.010, 0.002)
+        assert (estimator.mbps == pytest.approx(100)) is expected_held
+    assert estimator.mbps < 50 and estimator.measured
+    before = estimator.mbps
+    estimator.add(frame, 0.020, 0.002)  # the link is slow now: each slower frame counts at once
+    assert estimator.mbps < before
+    timeable = BandwidthEstimator(prior_mbps=10, alpha=1.0)
+    timeable.add(8e6, 2.0, 0.002)  # a frame big enough to time counts at once
+    assert timeable.mbps == pytest.approx(4)
+
+
 def test_hysteresis_keeps_a_plan_near_its_threshold(devices):
     policy, sticky = SwitchPolicy(devices["adaptive"], hysteresis=0.0), SwitchPolicy(devices["adaptive"])
     assert policy.label_at(0.5) == DEVICE and policy.label_at(5) == LOW and policy.label_at(50) == HIGH

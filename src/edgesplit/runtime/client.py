@@ -120,7 +120,14 @@ class BandwidthEstimator:
 
     ``prior_mbps`` is where it starts (the plan's link); the first measured sample replaces it. Probes (rare,
     and the only news about another regime) are mixed in with weight at least 0.5.
+
+    A frame too small to time at the current estimate (it should cross faster than ``min_transfer_s``) that
+    takes longer is more often a scheduling hiccup than a slower link: such slow samples count once ``patience``
+    of them come in a row (and from then on, while the run lasts); a fast one in between clears them. Without this, a few hiccups among
+    hundreds of untimeable kilobyte frames read as a slow link (the only samples ever "measured" are the slow ones).
     """
+
+    patience = 3
 
     def __init__(self, prior_mbps: float | None = None, alpha: float = 0.3) -> None:
         if not 0 < alpha <= 1:
@@ -130,6 +137,7 @@ class BandwidthEstimator:
         self.measured = False  # False while the estimate is still the prior
         self.censored = False  # the last sample was too short to time: only a lower bound
         self.samples = 0
+        self.suspect = 0  # slow samples in a row from frames too small to time at the estimate
 
     @property
     def mbps(self) -> float | None:
@@ -140,11 +148,15 @@ class BandwidthEstimator:
         self.samples += 1
         alpha = max(self.alpha, 0.5) if probe else self.alpha
         if transfer_s < min_transfer_s:
-            self.censored = True
+            self.censored, self.suspect = True, 0
             bound = bits / min_transfer_s / 1e6  # at least this fast
             if self._log is None or math.log(bound) > self._log:
                 self._mix(bound, alpha)
             return self.mbps
+        untimeable = self.mbps is not None and bits / (self.mbps * 1e6) < min_transfer_s
+        self.suspect = self.suspect + 1 if untimeable else 0
+        if 0 < self.suspect < self.patience:
+            return self.mbps  # held: a hiccup until it repeats (then every slow one in the run counts)
         self.censored = False
         self._mix(bits / transfer_s / 1e6, alpha)
         self.measured = True
