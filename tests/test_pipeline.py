@@ -136,3 +136,19 @@ def test_run_cli_errors_exit_2_in_one_line(tmp_path):
     bad.write_text("model: small_cnn\ntargets: [{device: rpi4, link: lte}]\ncodecs: [int9]\n")
     assert_user_error(edgesplit("run", str(bad), "--out", str(tmp_path / "out")), "int9")
     assert not (tmp_path / "out").exists()  # refused before anything was written
+
+
+def test_a_run_whose_plans_never_send_skips_compress_and_serve_and_says_so(tmp_path):
+    import io
+
+    from rich.console import Console
+
+    from edgesplit.pipeline import run_pipeline
+
+    config = RunConfig.model_validate({"model": "small_cnn", "train": {"epochs": 1}, "profile_runs": 2,
+                                       "targets": [{"name": "pi", "device": "rpi4", "link": "lte"}], "audit": None})
+    log = io.StringIO()
+    summary = run_pipeline(config, tmp_path / "out", Console(file=log, width=200), progress=False)
+    assert list(summary["stages"]) == ["train", "profile small_cnn", "plan pi"]
+    assert "runs the whole model on the device at every bandwidth, so nothing is compressed or served" in log.getvalue()
+    assert not (tmp_path / "out" / "compress.json").exists() and (tmp_path / "out" / "report.html").exists()
