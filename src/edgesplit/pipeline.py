@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -203,6 +204,25 @@ class Run:
         self.summary: dict[str, Any] = {"kind": RUN_KIND, "version": RUN_VERSION, "out_dir": str(self.out_dir),
                                         "config": json.loads(config.model_dump_json()), "stages": {}}
         self.step = 0
+        self._samples: torch.Tensor | None = None
+
+    @cached_property
+    def dataset(self) -> Any:
+        """The config's data set, loaded once for every stage that needs it."""
+        from .data import load_dataset
+
+        return load_dataset(self.config.data)
+
+    def samples(self, loaded: LoadedModel) -> torch.Tensor | None:
+        """Images to cost sending the input as PNG/JPEG (image models only), drawn once per run."""
+        shape = tuple(loaded.example_input.shape)
+        if not (len(shape) == 4 and shape[1] in (1, 3)):
+            return None
+        if self._samples is None:
+            from .data import sample_images
+
+            self._samples = sample_images(self.config.data, shape[1:])
+        return self._samples
 
     def stage(self, title: str) -> None:
         self.step += 1
@@ -256,7 +276,6 @@ def run_pipeline(config: RunConfig, out_dir: Path, console: Console, progress: b
 
 
 def _train_or_load(run: Run) -> LoadedModel:
-    from .data import load_dataset
     from .train import train_classifier
 
     config = run.config
@@ -265,7 +284,7 @@ def _train_or_load(run: Run) -> LoadedModel:
         return load_model(config.model, weights=config.weights)
     run.stage(f"train {config.model} on {config.data}")
     started = time.perf_counter()
-    dataset = load_dataset(config.data)
+    dataset = run.dataset
     ref = ModelRef(config.model, _data_kwargs(config.model, dataset))
     network = build_model(ref)
     result = train_classifier(network, dataset, epochs=config.train.epochs, batch_size=config.train.batch_size,
@@ -322,30 +341,36 @@ def _profile(run: Run, loaded: LoadedModel, traced: TracedModel) -> None:
 
 
 def _plan(run: Run, loaded: LoadedModel, traced: TracedModel) -> dict[str, Any]:
-    from .data import sample_images
-    from .plan import Constraints, plan_model
-    from .plots import plot_plan
-    from .views import switch_table_view
+    from .plan import Constraints
 
-    shape = tuple(loaded.example_input.shape)
-    images = sample_images(run.config.data, shape[1:]) if len(shape) == 4 and shape[1] in (1, 3) else None
     plans = {}
     for target in run.config.targets:
         run.stage(f"plan {run.config.model} for {target.device} → {target.link} → {target.server}")
-        started = time.perf_counter()
-        report = plan_model(traced, device=target.device, server=target.server, link=target.link,
-                            codec=run.config.codecs, objective=run.config.objective, samples=images,
-                            constraints=Constraints(keep_input_on_device=run.config.keep_input),
-                            name=run.config.model, model_ref={**loaded.ref.to_json(), "weights": loaded.weights},
-                            progress=run.progress)
-        run.write(f"plan_{target.slug}.json", report)
-        plot_plan(report, run.out_dir / f"plan_{target.slug}.png")
-        _say_plan(run, report)
-        run.console.print(switch_table_view(report))
-        run.record(f"plan {target.slug}", started, chosen=report.chosen.label,
-                   latency_ms=report.chosen.costs.latency_ms, switch_table=[r.label for r in report.switch_table])
-        plans[target.slug] = report
+        plans[target.slug] = _plan_target(run, loaded, traced, target, f"plan {target.slug}",
+                                          Constraints(keep_input_on_device=run.config.keep_input))
     return plans
+
+
+def _plan_target(run: Run, loaded: LoadedModel, traced: TracedModel, target: Target, stage: str,
+                 constraints: Any, compressed: list[Any] = ()) -> Any:
+    """Plan one target, write plan_SLUG.json and its plot, show it, and record the stage."""
+    from .plan import plan_model
+    from .plots import plot_plan
+    from .views import switch_table_view
+
+    started = time.perf_counter()
+    report = plan_model(traced, device=target.device, server=target.server, link=target.link,
+                        codec=run.config.codecs, objective=run.config.objective, samples=run.samples(loaded),
+                        constraints=constraints, name=run.config.model,
+                        model_ref={**loaded.ref.to_json(), "weights": loaded.weights}, progress=run.progress,
+                        compressed=list(compressed))
+    run.write(f"plan_{target.slug}.json", report)
+    plot_plan(report, run.out_dir / f"plan_{target.slug}.png")
+    _say_plan(run, report)
+    run.console.print(switch_table_view(report))
+    run.record(stage, started, chosen=report.chosen.label, latency_ms=report.chosen.costs.latency_ms,
+               switch_table=[r.label for r in report.switch_table])
+    return report
 
 
 def _say_plan(run: Run, report: Any) -> None:
@@ -379,7 +404,6 @@ def _chosen_cut(report: Any) -> Any | None:
 
 def _split(run: Run, loaded: LoadedModel, traced: TracedModel, entry: Any) -> None:
     from .artifact import load_split, save_split, verify_split
-    from .data import load_dataset
     from .graph import max_abs_diff
     from .views import human_bytes, split_table
 
@@ -392,7 +416,7 @@ def _split(run: Run, loaded: LoadedModel, traced: TracedModel, entry: Any) -> No
     reloaded, record = load_split(folder)
     run.console.print(split_table(record))
     facts: dict[str, Any] = {"cut": entry.cut_index, "after": entry.after, "crossing_bytes": record.crossing_bytes}
-    dataset = load_dataset(run.config.data)
+    dataset = run.dataset
     if tuple(dataset.input_shape) == tuple(loaded.example_input.shape[1:]):
         images = dataset.test_images
         difference = verify_split(reloaded, loaded.module, images)
@@ -408,18 +432,16 @@ def _split(run: Run, loaded: LoadedModel, traced: TracedModel, entry: Any) -> No
 def _compress_and_replan(run: Run, loaded: LoadedModel, traced: TracedModel, slug: str, entry: Any) -> Any:
     from .bottleneck import BottleneckConfig, TrainingPlan
     from .compress import compress
-    from .data import load_dataset, sample_images
-    from .plan import Constraints, plan_model
-    from .plots import plot_plan, plot_rate_accuracy
-    from .views import compress_table, switch_table_view
+    from .plan import Constraints
+    from .plots import plot_rate_accuracy
+    from .views import compress_table
 
     settings = run.config.compress
     run.stage(f"compress at cut {entry.cut_index} (after {entry.after}): codecs and a learned bottleneck")
     started = time.perf_counter()
-    dataset = load_dataset(run.config.data)
     bottleneck = (BottleneckConfig(0, settings.bottleneck, settings.stride, settings.bits)
                   if settings.bottleneck else None)
-    result = compress(traced, loaded.module, dataset, entry.cut_index, name=run.config.model,
+    result = compress(traced, loaded.module, run.dataset, entry.cut_index, name=run.config.model,
                       model_ref=loaded.ref.to_json(), codecs=["fp32", *settings.codecs], bottleneck=bottleneck,
                       training=TrainingPlan(settings.epochs, settings.epochs, seed=run.config.seed),
                       checkpoint_dir=run.out_dir / "bottleneck", eval_limit=settings.eval_limit,
@@ -432,23 +454,10 @@ def _compress_and_replan(run: Run, loaded: LoadedModel, traced: TracedModel, slu
                                for c in result.configurations})
     target = next(t for t in run.config.targets if t.slug == slug)
     run.stage(f"plan {slug} again with the measured configurations")
-    started = time.perf_counter()
-    shape = tuple(loaded.example_input.shape)
-    images = sample_images(run.config.data, shape[1:]) if len(shape) == 4 and shape[1] in (1, 3) else None
     constraints = Constraints(keep_input_on_device=run.config.keep_input, max_accuracy_drop=settings.max_accuracy_drop,
                               compress_files=[str(compress_path)])
-    replanned = plan_model(traced, device=target.device, server=target.server, link=target.link,
-                           codec=run.config.codecs, objective=run.config.objective, samples=images,
-                           constraints=constraints, name=run.config.model,
-                           model_ref={**loaded.ref.to_json(), "weights": loaded.weights}, progress=run.progress,
-                           compressed=[result])
-    run.write(f"plan_{slug}.json", replanned)  # what is served: the first plan, with the measured configurations
-    plot_plan(replanned, run.out_dir / f"plan_{slug}.png")
-    _say_plan(run, replanned)
-    run.console.print(switch_table_view(replanned))
-    run.record(f"plan {slug} with compress", started, chosen=replanned.chosen.label,
-               latency_ms=replanned.chosen.costs.latency_ms, switch_table=[r.label for r in replanned.switch_table])
-    return replanned
+    # Rewrites plan_SLUG.json: what is served is the first plan with the measured configurations added.
+    return _plan_target(run, loaded, traced, target, f"plan {slug} with compress", constraints, [result])
 
 
 def _free_port() -> int:
@@ -551,7 +560,6 @@ def _infer_through_server(run: Run, report: Any, plan_path: Path, token: str, to
 
 
 def _audit(run: Run, loaded: LoadedModel, traced: TracedModel) -> None:
-    from .data import load_dataset
     from .privacy.audit import AuditSettings, parse_attacks, resolve_cuts, run_audit, summary_line
     from .privacy.defenses import parse_defenses
     from .views import audit_table
@@ -559,7 +567,7 @@ def _audit(run: Run, loaded: LoadedModel, traced: TracedModel) -> None:
     settings = run.config.audit
     run.stage(f"audit what crosses {'every cut' if settings.cuts == 'all' else 'cuts ' + settings.cuts}")
     started = time.perf_counter()
-    dataset = load_dataset(run.config.data)
+    dataset = run.dataset
     audit_settings = AuditSettings(attacks=parse_attacks(settings.attacks), victims=settings.victims,
                                    aux_limit=settings.aux_limit, inversion_epochs=settings.epochs,
                                    optimize_steps=settings.steps, seed=run.config.seed)
