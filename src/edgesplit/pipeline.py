@@ -253,6 +253,7 @@ def run_pipeline(config: RunConfig, out_dir: Path, console: Console, progress: b
     _profile(run, loaded, traced)
     plans = _plan(run, loaded, traced)
     served = _served_target(run, plans)
+    run.summary["served_target"] = served
     entry = _chosen_cut(plans[served]) if served is not None else None
     if entry is not None:
         _split(run, loaded, traced, entry)

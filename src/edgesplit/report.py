@@ -256,6 +256,7 @@ class RunSummary(BaseModel):
     stages: dict[str, RunStage] = {}  # in the order the stages ran
     seconds: float | None = None  # the whole run, wall clock
     report: str | None = None
+    served_target: str | None = None  # the target whose plan was compressed and served (None: none sent anything)
 
 
 def _load_run(path: Path) -> RunSummary:
@@ -600,16 +601,6 @@ def run_section(summary: RunSummary, found: Found, anchors: dict[str, str], file
     return "\n".join(parts)
 
 
-def _served_target(summary: RunSummary) -> str | None:
-    """The target a run served when its config names none: the first whose plan sends anything at some bandwidth."""
-    for target in summary.config.targets:
-        stage = summary.stages.get(f"plan {target.slug}")
-        routes = stage.facts.get("switch_table") if stage is not None else None
-        if isinstance(routes, list) and any(route != "all on device" for route in routes):
-            return target.slug
-    return None
-
-
 def _config_facts(summary: RunSummary, anchors: dict[str, str], files: Sequence[Found]) -> list[tuple[str, Cell]]:
     config = summary.config
     train = config.train or {}
@@ -641,7 +632,7 @@ def _config_facts(summary: RunSummary, anchors: dict[str, str], files: Sequence[
          if isinstance(compress.get("max_accuracy_drop"), (int, float)) else None)]))
     served = serve.get("target") if serve is not None else None
     if serve is not None and not served:
-        first = _served_target(summary)
+        first = summary.served_target  # the pipeline records which one it chose
         served = f"{first} (the first target whose plan sends anything)" if first else \
             "the first target whose plan sends anything (none did)"
     serve_text = "not run" if serve is None else (
