@@ -264,7 +264,7 @@ def test_tokens_are_checked(server, http, deployments):
 
 
 def test_oversized_bodies_are_refused_before_they_are_read(server, http, deployments):
-    head = (f"POST /v1/infer HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {TOKEN}\r\n"
+    head = (f"POST /v1/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {TOKEN}\r\n"
             f"Content-Type: {MEDIA_TYPE}\r\n")
     # A declared length over the limit: answered at once, nothing sent but the head.
     status, body = _raw_http(server.url, head + "Content-Length: 100000000000\r\n\r\n", [])
@@ -370,8 +370,10 @@ def test_concurrent_clients_share_forward_passes(deployments, max_batch):
 
 
 def test_a_client_over_its_concurrency_limit_gets_429(deployments, monkeypatch):
+    """A client is its address: naming itself another client in a header neither escapes its own limit (the
+    attack: rotate names) nor counts against the one it names (the attack: get a victim refused)."""
     deployment = deployments["small_cnn"]
-    frames = [_frame(deployment, deployment.routes[0], _input(deployment, 1, seed=i)) for i in range(3)]
+    frames = [_frame(deployment, deployment.routes[0], _input(deployment, 1, seed=i)) for i in range(4)]
     route, original = deployment.routes[0], deployment.routes[0].server_side
 
     def slow_tail(tensors):  # noqa: ANN001, ANN202 - keeps the first request in flight for a while
@@ -379,23 +381,27 @@ def test_a_client_over_its_concurrency_limit_gets_429(deployments, monkeypatch):
         return original(tensors)
 
     monkeypatch.setattr(route, "server_side", slow_tail)
+    elsewhere = httpx.HTTPTransport(local_address="127.0.0.2")  # another machine, as far as the server can tell
     with ServerThread(_engine(deployments), token=TOKEN, client_concurrency=1) as srv, \
-            httpx.Client(base_url=srv.url, headers={**AUTH, "X-Edgesplit-Client": "camera-1"}, timeout=60) as one:
+            httpx.Client(base_url=srv.url, headers={**AUTH, "X-Edgesplit-Client": "camera-1"}, timeout=60) as one, \
+            httpx.Client(base_url=srv.url, headers={**AUTH, "X-Edgesplit-Client": "camera-1"}, timeout=60,
+                         transport=elsewhere) as victim:
         with ThreadPoolExecutor(1) as pool:
             first = pool.submit(one.post, "/v1/infer", content=frames[0])  # its tail takes 0.5 s
             deadline = time.monotonic() + 10
             while _metric(one.get("/metrics").text, "edgesplit_in_flight") < 1 and time.monotonic() < deadline:
                 time.sleep(0.01)
             refused = one.post("/v1/infer", content=frames[1])
-            other = httpx.post(srv.url + "/v1/infer", content=frames[2],
-                               headers={**AUTH, "X-Edgesplit-Client": "camera-2"}, timeout=60)
+            rotated = one.post("/v1/infer", content=frames[3], headers={"X-Edgesplit-Client": "camera-9"})
+            other = victim.post("/v1/infer", content=frames[2])  # names camera-1 too, from another address
             assert first.result().status_code == 200
         assert refused.status_code == 429 and "already has 1 requests in flight" in refused.json()["error"]
         assert refused.headers["retry-after"] == "1"
-        assert other.status_code == 200  # another client is not held back
+        assert rotated.status_code == 429  # a new name in the header is the same client
+        assert other.status_code == 200  # another client is not held back, whatever name it sends
         assert one.post("/v1/infer", content=frames[1]).status_code == 200  # and once answered, camera-1 may go on
         text = one.get("/metrics").text
-        assert _metric(text, "edgesplit_requests_total", status="429") == 1
+        assert _metric(text, "edgesplit_requests_total", status="429") == 2
 
 
 def test_load_from_eight_clients(server, deployments):
@@ -467,7 +473,8 @@ def test_each_request_is_one_structured_log_record(http, deployments, caplog):
         http.post("/v1/infer", content=frame, headers={"X-Edgesplit-Client": "cam-7"})
     (record,) = [r for r in caplog.records if r.name == "edgesplit.server" and r.getMessage() == "request"]
     fields = record.fields
-    assert fields["request_id"] == Request.from_bytes(frame).request_id.hex() and fields["client"] == "cam-7"
+    # the client is its address, never the name it gives itself
+    assert fields["request_id"] == Request.from_bytes(frame).request_id.hex() and fields["client"] == "127.0.0.1"
     assert fields["model"] == "small_cnn" and fields["route"] == small.routes[0].label and fields["status"] == 200
     assert fields["batch_size"] >= 1 and fields["ms"] > 0 and fields["bytes_in"] == len(frame)
     from edgesplit.runtime.server import JsonFormatter
@@ -553,6 +560,7 @@ def test_serve_user_errors(plans, tmp_path):
     assert_user_error(edgesplit("serve", str(plans["small_cnn"]), "--token-file", str(tmp_path)),
                       "cannot read the token file")
     (tmp_path / "short").write_text("abc\n")
+    (tmp_path / "short").chmod(0o600)
     assert_user_error(edgesplit("serve", str(plans["small_cnn"]), "--token-file", str(tmp_path / "short")),
                       "at least 16")
 

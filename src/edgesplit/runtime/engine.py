@@ -8,6 +8,7 @@ request id seen recently is answered from memory, so a client's retry never runs
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from collections import OrderedDict
@@ -95,8 +96,9 @@ class Engine:
         self._compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgesplit-tail")
         self._queues: dict[tuple[str, int], asyncio.Queue[_Job]] = {}
         self._workers: list[asyncio.Task] = []
-        self._recent: OrderedDict[tuple[str, bytes], Response] = OrderedDict()
-        self._pending: dict[tuple[str, bytes], asyncio.Future] = {}
+        # (client, model, request id) -> (digest of the request frame, its answer / the future of the first try)
+        self._recent: OrderedDict[tuple[str | None, str, bytes], tuple[bytes, Response]] = OrderedDict()
+        self._pending: dict[tuple[str | None, str, bytes], tuple[bytes, asyncio.Future]] = {}
         self._in_flight = 0
         self._coming: dict[tuple[str, int], int] = {}  # requests per route between parsing and their answer
         self._idle = asyncio.Event()
@@ -121,7 +123,7 @@ class Engine:
             model_id = request.model_id
             route = self.models[model_id].route(request.route_id)
             label = route.label
-            response = await self._answer_once(request, route, started)
+            response = await self._answer_once(request, route, started, frame, client)
         except WireError as error:
             response = _timed(Response.error(request_id, error.status, str(error)), started)
         finally:
@@ -138,15 +140,25 @@ class Engine:
         known = ", ".join(sorted(self.models)) or "none"
         raise WireError(f"this server does not serve model '{model_id}' (it serves: {known})", Status.NOT_FOUND)
 
-    async def _answer_once(self, request: Request, route: Route, started: float) -> Response:
-        key = (request.model_id, request.request_id)
+    async def _answer_once(self, request: Request, route: Route, started: float, frame: bytes,
+                           client: str | None) -> Response:
+        """The answer to ``request``, computed once per (client, model, request id): a retry of the same frame
+        gets the first try's bytes; the same id with any other frame (image, route, rows, top-k) is a conflict."""
+        key = (client, request.model_id, request.request_id)
+        digest = hashlib.blake2b(frame, digest_size=16).digest()
         if key in self._recent:
+            known, response = self._recent[key]
+            if known != digest:
+                return _conflict(request)
             self._recent.move_to_end(key)
-            return self._recent[key]
+            return response
         if key in self._pending:  # the same request retried while the first try still runs
-            return await asyncio.shield(self._pending[key])
+            known, waiter = self._pending[key]
+            if known != digest:
+                return _conflict(request)
+            return await asyncio.shield(waiter)
         waiter = asyncio.get_running_loop().create_future()
-        self._pending[key] = waiter
+        self._pending[key] = (digest, waiter)
         response = None
         try:
             response = await self._answer(request, route, started)
@@ -163,7 +175,7 @@ class Engine:
                 response = _timed(response, started)
                 waiter.set_result(response)
         if response.status == Status.OK:
-            self._recent[key] = response
+            self._recent[key] = (digest, response)
             while len(self._recent) > self.limits.dedup_entries:
                 self._recent.popitem(last=False)
         return response
@@ -267,6 +279,13 @@ class Engine:
         self._workers.clear()
         self._queues.clear()
         self._compute.shutdown(wait=True)
+
+
+def _conflict(request: Request) -> Response:
+    return Response.error(request.request_id, Status.CONFLICT,
+                          f"request id {request.request_id.hex()} was already used for another request (other "
+                          "image, route, rows or top-k); give every new request a fresh id and resend a retry's "
+                          "frame unchanged")
 
 
 def peek_request_id(frame: bytes) -> bytes:

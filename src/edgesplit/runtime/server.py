@@ -4,22 +4,23 @@
 (tests, benchmarks, the demo); ``serve(...)`` is what `edgesplit serve` runs in the foreground, until SIGTERM or
 SIGINT, after which it stops accepting, answers what is in flight and exits 0.
 
-Every request is checked in this order, each refusal answered before the body is read: the bearer token (401),
-the declared size (413), the client's requests in flight (429); the body is then read with a running cap (413),
-so a body without Content-Length is never buffered past the limit. Metrics go to a Prometheus registry of the
-app's own; each request is one JSON line on the ``edgesplit.server`` logger.
+Before the app: a connection cap and a header deadline (``guard.guarded_protocol``), then the Host and Origin
+checks (``guard.BrowserGuard``). Every request is then checked in this order, each refusal answered before the
+body is read: the bearer token (401), the declared size (413), the client's requests in flight (429); the body is
+then read with a running cap (413) and a deadline (408), so a body without Content-Length is never buffered past
+the limit and a slow one never holds its slot for long. A client is its peer address (never a name it sends).
+Metrics go to a Prometheus registry of the app's own; each request is one JSON line on the ``edgesplit.server``
+logger.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import ipaddress
 import json
 import logging
 import math
-import os
 import signal
 import socket
 import sys
@@ -27,6 +28,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -41,12 +43,12 @@ from starlette.websockets import WebSocketDisconnect
 
 from ..codecs import DecodeLimits
 from ..errors import EdgesplitError
+from .auth import TOKEN_ENV, bearer_matches, checked_token, read_token_file, token_from  # noqa: F401 - TOKEN_ENV re-exported
 from .deployment import Deployment, Route
 from .engine import Engine, Observer, RequestRecord, ServerLimits, peek_request_id
+from .guard import BrowserGuard, allowed_hosts, guarded_protocol
 from .wire import MEDIA_TYPE, Response, Status, check_model_id
 
-TOKEN_ENV = "EDGESPLIT_TOKEN"
-CLIENT_HEADER = "x-edgesplit-client"  # who a request counts against for the per-client limit (else its address)
 DEFAULT_CLIENT_CONCURRENCY = 16
 LOG_LEVELS = ("debug", "info", "warning", "error")
 log = logging.getLogger("edgesplit.server")
@@ -63,6 +65,9 @@ _INFER_RESPONSES = {
     **{code: {"description": what, "content": _ERROR} for code, what in (
         (400, "a malformed frame, a wrong shape, width or dtype for the route"),
         (401, "a missing or wrong bearer token"), (404, "an unknown model or route"),
+        (403, "a Host that is not the server's, or a web page's Origin that is not allowed"),
+        (408, "the body did not arrive within the server's deadline"),
+        (409, "a request id already used for another request"),
         (413, "a body over the server's request limit, or a payload over its decode limits"),
         (429, "the client has as many requests in flight as the server allows"),
         (500, "the tail failed (a bug, never the request's fault)"))},
@@ -71,6 +76,18 @@ _INFER_RESPONSES = {
 
 class ServerError(EdgesplitError):
     """A server that cannot start as asked (no token on a public address, a port in use, an unreadable token)."""
+
+
+@dataclass(frozen=True)
+class Guards:
+    """What keeps a hostile network from exhausting the server or a web page from using it (docs/threat-model.md)."""
+
+    max_connections: int = 256  # open connections (HTTP and WebSocket); beyond: 503 and closed
+    header_timeout_s: float = 10.0  # a request's headers, from connect or the previous answer; beyond: 408, closed
+    body_timeout_s: float = 30.0  # a request's whole body once its headers arrived; beyond: 408
+    stream_idle_s: float = 300.0  # a WebSocket with no complete message for this long is closed (1001)
+    allow_origins: tuple[str, ...] = ()  # web pages (scheme://host[:port]) allowed to call the server
+    allow_hosts: tuple[str, ...] = ()  # extra Host names (DNS names of the server) besides its address
 
 
 # ---- metrics and logs ---------------------------------------------------------------------------------------------
@@ -238,14 +255,27 @@ def decode_limits(deployments: Iterable[Deployment], max_rows: int) -> DecodeLim
     return DecodeLimits(max_decoded_bytes=max(largest, 1 << 20))
 
 
+def request_limit(deployments: Iterable[Deployment], max_rows: int) -> int:
+    """The largest request body any route can validly need for ``max_rows`` inputs: 4 bytes a value sent (float32;
+    every codec a plan uses — fp16, int8, int4+zstd, int2+ans, bottleneck codes, PNG/JPEG input — sends at most
+    that, entropy coders included) plus 64 KiB for frame headers. A body over it is refused unread."""
+    largest = 0
+    for deployment in deployments:
+        for route in deployment.routes:
+            largest = max(largest, sum(math.prod(shape[1:]) for shape in route.sent_shapes))
+    return largest * max_rows * 4 + (64 << 10)
+
+
 # ---- the app --------------------------------------------------------------------------------------------------------
 
 
 def create_app(engine: Engine, token: str | None, *,
-               client_concurrency: int = DEFAULT_CLIENT_CONCURRENCY) -> FastAPI:
+               client_concurrency: int = DEFAULT_CLIENT_CONCURRENCY, guards: Guards = Guards(),
+               hosts: frozenset[str] | None = None) -> FastAPI:
     """The ASGI app: POST /v1/infer and WebSocket /v1/stream (frames), /v1/models, /metrics, /healthz, /readyz.
 
-    The engine's observer is wrapped so that its events also reach this app's metrics and request log.
+    The engine's observer is wrapped so that its events also reach this app's metrics and request log. ``hosts``
+    are the Host names it answers (None: any; see ``guard.allowed_hosts``), ``guards.allow_origins`` the web pages.
     """
     metrics, request_log = ServerMetrics(engine.models.values()), RequestLog()
     own = engine.observer.observers[0] if isinstance(engine.observer, _Observers) else engine.observer
@@ -271,11 +301,14 @@ def create_app(engine: Engine, token: str | None, *,
                               "them by request id). Send `Authorization: Bearer <token>` to /v1/* and /metrics.")
     app.state.ready = False
     app.state.metrics, app.state.limiter = metrics, limiter
+    if guards.allow_origins:  # pages allowed with --allow-origin get CORS answers (preflights included)
+        from starlette.middleware.cors import CORSMiddleware
+        app.add_middleware(CORSMiddleware, allow_origins=list(guards.allow_origins), allow_methods=["GET", "POST"],
+                           allow_headers=["authorization", "content-type"])
+    app.add_middleware(BrowserGuard, hosts=hosts, origins=guards.allow_origins)
 
     def token_error(authorization: str) -> str | None:
-        if token is None:
-            return None
-        if hmac.compare_digest(authorization.encode(), f"Bearer {token}".encode()):
+        if token is None or bearer_matches(authorization, token):
             return None
         return (f"{'wrong' if authorization else 'missing'} bearer token; send 'Authorization: Bearer <token>' "
                 "with the server's token")
@@ -288,9 +321,7 @@ def create_app(engine: Engine, token: str | None, *,
         return HttpResponse(body, status_code=status.http, media_type="application/json", headers=headers)
 
     def client_of(connection: HttpRequest | WebSocket) -> str:
-        named = connection.headers.get(CLIENT_HEADER)
-        if named:
-            return named[:64]
+        """Who a request counts against: its peer address (a header the client picks would let it be anyone)."""
         return connection.client.host if connection.client else "-"
 
     @app.post("/v1/infer", summary="Run a tail on one request frame", response_class=HttpResponse,
@@ -312,7 +343,11 @@ def create_app(engine: Engine, token: str | None, *,
                                            "server's limit per client; wait for answers before sending more",
                               client, started, headers={"Retry-After": "1"})
             try:
-                body = await _read_capped(request, max_bytes)
+                try:
+                    body = await asyncio.wait_for(_read_capped(request, max_bytes), guards.body_timeout_s)
+                except asyncio.TimeoutError:
+                    return refuse(Status.TIMEOUT, f"the request body did not arrive within {guards.body_timeout_s:g} "
+                                                  "s; check the link, or send smaller batches", client, started)
                 if body is None:
                     return refuse(Status.TOO_LARGE, f"request body is over this server's limit of {max_bytes:,} "
                                                     "bytes; send smaller batches", client, started, max_bytes)
@@ -361,7 +396,12 @@ def create_app(engine: Engine, token: str | None, *,
 
         try:
             while True:
-                message = await websocket.receive()
+                try:
+                    message = await asyncio.wait_for(websocket.receive(), guards.stream_idle_s)
+                except asyncio.TimeoutError:  # idle, or a message trickling in: the slot goes to someone else
+                    with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
+                        await websocket.close(code=1001, reason=f"no complete message for {guards.stream_idle_s:g} s")
+                    break
                 if message["type"] == "websocket.disconnect":
                     break
                 frame = message.get("bytes")
@@ -437,55 +477,59 @@ def _is_loopback(host: str) -> bool:
 
 
 def read_token(path: Path | None) -> str | None:
-    """The bearer token from a file (first line, stripped); None when no file is given."""
-    if path is None:
-        return None
-    try:
-        text = path.read_text().strip()
-    except (OSError, UnicodeDecodeError) as error:
-        why = error.strerror if isinstance(error, OSError) else "not text"
-        raise ServerError(f"cannot read the token file {path} ({why}); check the path") from None
-    return _checked_token(text.splitlines()[0].strip() if text else "", f"the token in {path}")
-
-
-def token_from(token_file: Path | None) -> tuple[str | None, str]:
-    """The token from ``token_file``, else $EDGESPLIT_TOKEN, else none; and where it came from."""
-    if token_file is not None:
-        return read_token(token_file), str(token_file)
-    if os.environ.get(TOKEN_ENV, "").strip():
-        return _checked_token(os.environ[TOKEN_ENV].strip(), f"${TOKEN_ENV}"), f"${TOKEN_ENV}"
-    return None, "none"
-
-
-def _checked_token(token: str, what: str) -> str:
-    if len(token) < 16 or not token.isascii() or not token.isprintable() or " " in token:
-        raise ServerError(f"{what} is {len(token)} characters; use at least 16 random printable ASCII characters "
-                          "without spaces (e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))' > token`)")
-    return token
+    """The bearer token from a file (first line, stripped; the file private to its owner); None without a file."""
+    return None if path is None else checked_token(read_token_file(Path(path)), f"the token in {path}")
 
 
 # ---- running it -------------------------------------------------------------------------------------------------------
 
 
-def _uvicorn_config(engine: Engine, token: str | None, client_concurrency: int, log_level: str, **options):  # noqa: ANN202
+def _uvicorn_config(engine: Engine, token: str | None, client_concurrency: int, log_level: str, host: str,
+                    guards: Guards = Guards(), tls: tuple[Path, Path] | None = None, **options):  # noqa: ANN202
     import uvicorn
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-    return uvicorn.Config(create_app(engine, token, client_concurrency=client_concurrency), log_level=log_level,
-                          lifespan="on", timeout_graceful_shutdown=30, access_log=False,
-                          ws_max_size=engine.limits.max_request_bytes, **options)
+    app = create_app(engine, token, client_concurrency=client_concurrency, guards=guards,
+                     hosts=allowed_hosts(host, guards.allow_hosts))
+    if tls is not None:
+        options.update(ssl_certfile=str(tls[0]), ssl_keyfile=str(tls[1]))
+    return uvicorn.Config(app, host=host, log_level=log_level, lifespan="on", timeout_graceful_shutdown=30,
+                          access_log=False, ws_max_size=engine.limits.max_request_bytes, ws_per_message_deflate=False,
+                          http=guarded_protocol(HttpToolsProtocol, guards.max_connections, guards.header_timeout_s),
+                          **options)
+
+
+def check_tls(cert: Path | None, key: Path | None) -> tuple[Path, Path] | None:
+    """The certificate and key files, checked to load together; None when neither is given."""
+    if cert is None and key is None:
+        return None
+    if cert is None or key is None:
+        raise ServerError("TLS needs both --tls-cert (the certificate chain, PEM) and --tls-key (its private key, PEM)")
+    import ssl
+
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(str(cert), str(key))
+    except FileNotFoundError as error:
+        raise ServerError(f"cannot read {error.filename}; check --tls-cert and --tls-key") from None
+    except (ssl.SSLError, OSError) as error:
+        raise ServerError(f"--tls-cert {cert} and --tls-key {key} do not load as a PEM certificate and its key "
+                          f"({getattr(error, 'reason', None) or error}); check the files") from None
+    return Path(cert), Path(key)
 
 
 class ServerThread:
     """A real uvicorn server on a background thread (127.0.0.1, a free port unless given); a context manager."""
 
     def __init__(self, engine: Engine, token: str | None = None, host: str = "127.0.0.1", port: int = 0, *,
-                 client_concurrency: int = DEFAULT_CLIENT_CONCURRENCY) -> None:
+                 client_concurrency: int = DEFAULT_CLIENT_CONCURRENCY, guards: Guards = Guards(),
+                 tls_cert: Path | None = None, tls_key: Path | None = None) -> None:
         import uvicorn
 
         check_exposure(host, token)
         self.engine, self.token = engine, token
-        self.server = uvicorn.Server(_uvicorn_config(engine, token, client_concurrency, "warning", host=host,
-                                                     port=port))
+        self.tls = check_tls(tls_cert, tls_key)
+        self.server = uvicorn.Server(_uvicorn_config(engine, token, client_concurrency, "warning", host, guards,
+                                                     self.tls, port=port))
         self._thread = threading.Thread(target=self.server.run, name="edgesplit-server", daemon=True)
 
     @property
@@ -495,7 +539,7 @@ class ServerThread:
     @property
     def url(self) -> str:
         host, port = self.server.servers[0].sockets[0].getsockname()[:2]
-        return f"http://{host}:{port}"
+        return f"{'https' if self.tls else 'http'}://{host}:{port}"
 
     def start(self, timeout_s: float = 30.0) -> ServerThread:
         self._thread.start()
@@ -565,9 +609,12 @@ def _listen(host: str, port: int) -> socket.socket:
 
 def serve(plan_path: Path, *, host: str = "127.0.0.1", port: int = 8000, token_file: Path | None = None,
           weights: Path | None = None, model_id: str | None = None, max_batch: int = 32, max_wait_ms: float = 2.0,
-          max_request_mb: float = 64.0, client_concurrency: int = DEFAULT_CLIENT_CONCURRENCY,
-          log_level: str = "info", console=None) -> None:  # noqa: ANN001 - a rich Console
-    """Serve every tail of ``plan_path``'s switch table until SIGTERM/SIGINT; user errors raise EdgesplitError."""
+          max_request_mb: float | None = None, client_concurrency: int = DEFAULT_CLIENT_CONCURRENCY,
+          guards: Guards = Guards(), tls_cert: Path | None = None, tls_key: Path | None = None,
+          log_level: str = "info", console=None, model: str | None = None) -> None:  # noqa: ANN001 - a Console
+    """Serve every tail of ``plan_path``'s switch table until SIGTERM/SIGINT; user errors raise EdgesplitError.
+
+    ``model`` is the ``module:factory`` the plan's model_ref must name when it names one (`--model`)."""
     from rich.console import Console
 
     from ..plan.schema import load_plan
@@ -576,25 +623,31 @@ def serve(plan_path: Path, *, host: str = "127.0.0.1", port: int = 8000, token_f
     console = console or Console()
     if log_level.lower() not in LOG_LEVELS:
         raise ServerError(f"--log-level {log_level} is not one of {', '.join(LOG_LEVELS)}")
-    if max_batch < 1 or max_wait_ms < 0 or max_request_mb <= 0 or client_concurrency < 1:
-        raise ServerError("--max-batch and --client-concurrency must be at least 1, --max-wait-ms at least 0, "
-                          "--max-request-mb above 0")
+    if max_batch < 1 or max_wait_ms < 0 or (max_request_mb is not None and max_request_mb <= 0) \
+            or client_concurrency < 1 or guards.max_connections < 1:
+        raise ServerError("--max-batch, --client-concurrency and --max-connections must be at least 1, --max-wait-ms "
+                          "at least 0, --max-request-mb above 0")
     token, token_source = token_from(token_file)
     check_exposure(host, token)
+    tls = check_tls(tls_cert, tls_key)
     if model_id is not None:
         check_model_id(model_id)
     plan = load_plan(plan_path)
-    deployment = load_deployment(plan, weights=weights, model_id=model_id, plan_dir=Path(plan_path).parent)
-    limits = ServerLimits(max_request_bytes=int(max_request_mb * 2**20),
+    deployment = load_deployment(plan, weights=weights, model_id=model_id, plan_dir=Path(plan_path).parent,
+                                 model=model)
+    limits = ServerLimits(max_request_bytes=int(max_request_mb * 2**20) if max_request_mb is not None
+                          else request_limit([deployment], ServerLimits.max_rows),
                           decode=decode_limits([deployment], ServerLimits.max_rows),
                           max_batch=max_batch, max_wait_ms=max_wait_ms)
     sock = _listen(host, port)
     bound_host, bound_port = sock.getsockname()[:2]
     engine = Engine([deployment], limits)
-    server = _server_class()(_uvicorn_config(engine, token, client_concurrency, log_level.lower(), log_config=None))
+    server = _server_class()(_uvicorn_config(engine, token, client_concurrency, log_level.lower(), host, guards, tls,
+                                             log_config=None))
     configure_logging(log_level)
-    url = f"http://{f'[{bound_host}]' if ':' in bound_host else bound_host}:{bound_port}"
-    console.print(startup_summary(deployment, url, token_source if token else None, limits, client_concurrency))
+    url = f"{'https' if tls else 'http'}://{f'[{bound_host}]' if ':' in bound_host else bound_host}:{bound_port}"
+    console.print(startup_summary(deployment, url, token_source if token else None, limits, client_concurrency,
+                                  guards))
     log.info("serving", extra={"fields": {"url": url, "model": deployment.model_id, "routes": len(deployment.routes),
                                           "auth": token is not None}})
     if token is None:
@@ -607,7 +660,7 @@ def serve(plan_path: Path, *, host: str = "127.0.0.1", port: int = 8000, token_f
 
 
 def startup_summary(deployment: Deployment, url: str, token_source: str | None, limits: ServerLimits,
-                    client_concurrency: int):  # noqa: ANN201 - a rich renderable
+                    client_concurrency: int, guards: Guards = Guards()):  # noqa: ANN201 - a rich renderable
     """One screen: the model, each route (label, cut, codec, width, bytes per inference), the URL, auth, limits."""
     from rich.console import Group
     from rich.markup import escape
@@ -637,13 +690,17 @@ def startup_summary(deployment: Deployment, url: str, token_source: str | None, 
                           "loopback only — anyone on this machine can use the server", style="bold yellow"))
     else:
         lines.append(Text.assemble(("auth ", "bold"), f"on: bearer token from {token_source}"))
-    if not _is_loopback(urlsplit(url).hostname or ""):
-        lines.append(Text("note: this is plain HTTP; the token and the features cross the network in clear — put a "
-                          "TLS-terminating proxy in front of this server", style="yellow"))
+    if url.startswith("http://") and not _is_loopback(urlsplit(url).hostname or ""):
+        lines.append(Text("note: this is plain HTTP; the token and the features cross the network in clear — pass "
+                          "--tls-cert and --tls-key (clients then use https:// and --ca-file)", style="yellow"))
     lines.append(Text.assemble(("limits ", "bold"), f"batch ≤ {limits.max_batch} inputs, wait ≤ {limits.max_wait_ms:g} "
                                f"ms, request ≤ {limits.max_request_bytes / 2**20:g} MiB, decode ≤ "
                                f"{limits.decode.max_decoded_bytes / 2**20:.3g} MiB, {client_concurrency} in flight "
-                               "per client; SIGTERM/Ctrl-C finishes in-flight requests, then exits"))
+                               f"per client, {guards.max_connections} connections, headers within "
+                               f"{guards.header_timeout_s:g} s, bodies within {guards.body_timeout_s:g} s; "
+                               "SIGTERM/Ctrl-C finishes in-flight requests, then exits"))
+    if guards.allow_origins:
+        lines.append(Text.assemble(("web pages allowed ", "bold"), ", ".join(guards.allow_origins)))
     return Group(*lines)
 
 

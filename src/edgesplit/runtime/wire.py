@@ -42,10 +42,12 @@ class Status(IntEnum):
     BUSY = 5
     UNAVAILABLE = 6
     INTERNAL = 7
+    CONFLICT = 8  # a request id already used for another request (a retry must resend the same frame)
+    TIMEOUT = 9  # the request did not arrive within the server's deadline
 
     @property
     def http(self) -> int:
-        return {0: 200, 1: 400, 2: 401, 3: 404, 4: 413, 5: 429, 6: 503, 7: 500}[self.value]
+        return {0: 200, 1: 400, 2: 401, 3: 404, 4: 413, 5: 429, 6: 503, 7: 500, 8: 409, 9: 408}[self.value]
 
 
 class WireError(EdgesplitError):
