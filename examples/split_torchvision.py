@@ -69,6 +69,6 @@ print(f"best real split: {best.label}, {best.costs.latency_ms:.1f} ms, {best.cos
 
 # 5. Save the halves as the CLI's `split` verb does, reload them and check them again.
 save_split(halves, traced, ref, out_dir, diff)
-reloaded, record = load_split(out_dir)
+reloaded, record = load_split(out_dir, model=ref.name)  # a factory split.json names runs only if we name it too
 print(f"saved {out_dir}/ (split.json, head.safetensors, tail.safetensors); "
       f"reloaded max abs diff {verify_split(reloaded, model, x):.1e}")

@@ -17,6 +17,13 @@ def test_parse_input_shape():
     for bad in ("", "1,a,3", "1,0,3", "-1,3", "1,x,8", "1,,8", "1.5,2"):
         with pytest.raises(InputShapeError, match="write it like 1,3,32,32"):
             parse_input_shape(bad)
+    # Bounded before anything is allocated: rank 1..8, at most 2**24 elements (huge digit strings never parsed).
+    for bad, fragment in (("1,1,100000,100000", "10,000,000,000 elements"), (",".join(["1"] * 9), "rank 9"),
+                          ("1," + "9" * 5000, "not a list of positive integers")):
+        with pytest.raises(InputShapeError, match=fragment):
+            parse_input_shape(bad)
+    with pytest.raises(InputShapeError, match="EDGESPLIT_MAX_INPUT_ELEMENTS"):
+        load_model("small_cnn", input_shape="1,1,5000,5000")
 
 
 def test_zoo_models_build_with_their_documented_shape():

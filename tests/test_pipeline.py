@@ -59,7 +59,7 @@ def test_demo_runs_every_stage_and_reports_it(tmp_path):
         assert f">{title}" in page
     assert page.count("data:image/png;base64,") >= 8 and "http://" not in page.replace(infer["server"], "")
     assert json.loads((out / "run.json").read_text())["report"] == str(out.resolve() / "report.html")
-    assert (out / "token").stat().st_mode & 0o077 == 0
+    assert (out / "token").stat().st_mode & 0o777 == 0o600  # created 0600 (pipeline.write_secret)
 
 
 @pytest.mark.slow
@@ -152,3 +152,72 @@ def test_a_run_whose_plans_never_send_skips_compress_and_serve_and_says_so(tmp_p
     assert list(summary["stages"]) == ["train", "profile small_cnn", "plan pi"]
     assert "runs the whole model on the device at every bandwidth, so nothing is compressed or served" in log.getvalue()
     assert not (tmp_path / "out" / "compress.json").exists() and (tmp_path / "out" / "report.html").exists()
+
+
+@pytest.mark.parametrize("name", ["x/../../ESCAPED", "..", ".", "a b", "a" * 65, "../ESCAPED", "/tmp/ESCAPED"])
+def test_a_target_name_that_is_not_a_file_name_is_refused(tmp_path, name):
+    """The attack: a target named x/../../ESCAPED made `edgesplit run` write plan_x/../../ESCAPED.json outside --out."""
+    work = tmp_path / "work"
+    work.mkdir()
+    config = tmp_path / "work" / "evil.yaml"
+    config.write_text(yaml.safe_dump({"model": "small_cnn", "train": {"epochs": 1},
+                                      "targets": [{"name": name, "device": "rpi4", "link": "lte"}]}))
+    with pytest.raises(ConfigError, match="targets.0.name: Value error, a target's name .* names files"):
+        load_config(config)
+    assert not (tmp_path / "ESCAPED").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["work"]
+
+
+def test_run_refuses_a_traversing_target_name_and_writes_nothing(tmp_path):
+    config = tmp_path / "a" / "b" / "evil.yaml"
+    config.parent.mkdir(parents=True)
+    config.write_text(yaml.safe_dump({"model": "small_cnn", "train": {"epochs": 1},
+                                      "targets": [{"name": "x/../../ESCAPED", "device": "rpi4", "link": "lte"}]}))
+    out = tmp_path / "a" / "b" / "out"
+    assert_user_error(edgesplit("run", str(config), "--out", str(out)), "targets.0.name", "x/../../ESCAPED")
+    assert not out.exists() and not list(tmp_path.rglob("*ESCAPED*"))
+
+
+def test_the_run_writer_refuses_paths_outside_its_folder(tmp_path):
+    from rich.console import Console
+
+    from edgesplit.pipeline import Run
+
+    run = Run(DEMO_CONFIG, tmp_path / "out", Console(), progress=False)
+    assert run.write("plan_ok.json", {"a": 1}) == (tmp_path / "out" / "plan_ok.json").resolve()
+    for name in ("../ESCAPED.json", "plan_x/../../ESCAPED.json", str(tmp_path / "ESCAPED.json")):
+        with pytest.raises(ConfigError, match="leads outside the run folder"):
+            run.write(name, {"a": 1})
+    assert not list(tmp_path.rglob("ESCAPED*"))
+
+
+def test_the_token_file_is_0600_from_its_creation(tmp_path):
+    import os
+    import stat
+
+    from edgesplit.pipeline import write_secret
+
+    old = tmp_path / "token"
+    old.write_text("old token\n")
+    old.chmod(0o644)
+    observed = []
+    real_open = os.open
+
+    def watching_open(path, flags, mode=0o777, *args, **kwargs):  # noqa: ANN001, ANN202
+        observed.append((flags & os.O_CREAT and flags & os.O_EXCL, mode))
+        return real_open(path, flags, mode, *args, **kwargs)
+
+    os.open = watching_open
+    try:
+        path = write_secret(old, "s3cret\n")
+    finally:
+        os.open = real_open
+    assert observed == [(os.O_EXCL, 0o600)]  # created exclusively with 0600: never readable by others
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600 and path.read_text() == "s3cret\n"
+    # A link planted where the token goes is replaced, never followed.
+    target = tmp_path / "elsewhere"
+    target.write_text("untouched")
+    path.unlink()
+    path.symlink_to(target)
+    write_secret(path, "s3cret\n")
+    assert not path.is_symlink() and target.read_text() == "untouched"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600

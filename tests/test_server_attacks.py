@@ -16,7 +16,7 @@ from websockets.sync.client import connect
 
 from edgesplit.codecs import unpack
 from edgesplit.runtime.auth import bearer_matches
-from edgesplit.runtime.server import Guards, ServerThread, request_limit
+from edgesplit.runtime.server import Guards, ServerError, ServerThread, check_tls, request_limit
 from edgesplit.runtime.wire import Request, Response, Status, new_request_id
 from test_cli import assert_user_error, edgesplit
 from test_server import AUTH, TOKEN, _engine, _frame, _input, deployments, plans  # noqa: F401 - fixtures
@@ -224,9 +224,9 @@ def test_the_bearer_scheme_is_case_insensitive_and_the_token_is_not(deployments)
 def test_serve_refuses_tls_files_that_do_not_load(plans, tmp_path):
     (tmp_path / "cert.pem").write_text("not a certificate\n")
     (tmp_path / "key.pem").write_text("not a key\n")
-    assert_user_error(edgesplit("serve", str(plans["small_cnn"]), "--tls-cert", str(tmp_path / "cert.pem")),
-                      "needs both --tls-cert")
+    with pytest.raises(ServerError, match="needs both --tls-cert"):
+        check_tls(tmp_path / "cert.pem", None)
+    with pytest.raises(ServerError, match="cannot read"):
+        check_tls(tmp_path / "none.pem", tmp_path / "key.pem")
     assert_user_error(edgesplit("serve", str(plans["small_cnn"]), "--tls-cert", str(tmp_path / "cert.pem"),
                                 "--tls-key", str(tmp_path / "key.pem")), "do not load as a PEM certificate")
-    assert_user_error(edgesplit("serve", str(plans["small_cnn"]), "--tls-cert", str(tmp_path / "none.pem"),
-                                "--tls-key", str(tmp_path / "key.pem")), "cannot read")

@@ -88,25 +88,40 @@ def read_split_record(folder: str | Path) -> SplitRecord:
         raise SplitArtifactError(f"{path} is malformed (at {error.errors()[0]['loc']}); write the split again") from None
 
 
-def load_split(folder: str | Path, parts: tuple[Part, ...] = ("head", "tail")) -> tuple[Split, SplitRecord]:
-    """Rebuild the split saved in ``folder`` and load the weights of the requested halves."""
+def load_split(folder: str | Path, parts: tuple[Part, ...] = ("head", "tail"), *,
+               model: str | None = None) -> tuple[Split, SplitRecord]:
+    """Rebuild the split saved in ``folder`` and load the weights of the requested halves.
+
+    ``split.json`` may name a zoo model; a ``module:factory`` is built only if ``model`` names that same factory
+    (the caller's choice: a file never chooses code to run). Its arguments and input shapes are checked before
+    anything is allocated (``intake.build_model``)."""
     folder = Path(folder)
     record = read_split_record(folder)
-    model = build_model(ModelRef(record.model["name"], record.model.get("kwargs", {})))
+    name, kwargs = record.model.get("name"), record.model.get("kwargs") or {}
+    if not isinstance(name, str) or not record.input_shapes:
+        raise SplitArtifactError(f"{folder / 'split.json'} does not say which model and input shape to rebuild; "
+                                 "write the split again")
+    model_module = build_model(ModelRef(name, kwargs), trusted_factory=model,
+                               input_shapes=[tuple(s) for s in record.input_shapes],
+                               source=f"split record {folder / 'split.json'}")
     example = tuple(torch.zeros(shape) for shape in record.input_shapes)
     try:
-        traced = trace(model, example)
+        traced = trace(model_module, example)
     except EdgesplitError as error:
         raise SplitArtifactError(f"cannot rebuild the model of split {folder}: {error}") from None
     if traced.fingerprint != record.fingerprint:
-        raise SplitArtifactError(f"the model code of '{record.model['name']}' changed since split {folder} was "
+        raise SplitArtifactError(f"the model code of '{name}' changed since split {folder} was "
                                  "written (graph fingerprint differs); write the split again")
     split = traced.split(record.cut.index)
     if split.cut.position != record.cut.position or split.cut.after != record.cut.after:
         raise SplitArtifactError(f"split {folder} names cut {record.cut.index} after '{record.cut.after}', which the "
                                  "rebuilt graph does not have; write the split again")
     for part in parts:
-        path = folder / record.files[part]
+        file_name = record.files.get(part, "")
+        if Path(file_name).name != file_name or file_name in ("", ".", ".."):
+            raise SplitArtifactError(f"{folder / 'split.json'} names the {part} file {file_name[:80]!r}, not a file in "
+                                     "its own folder; write the split again")
+        path = folder / file_name
         if not path.is_file():
             raise SplitArtifactError(f"{path} not found; copy the whole split folder or write the split again")
         try:

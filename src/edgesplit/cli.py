@@ -32,6 +32,10 @@ InputShape = Annotated[Optional[str], typer.Option(help="input shape N,C,H,W (zo
 Weights = Annotated[Optional[Path], typer.Option(help=".safetensors, or a state dict torch.load reads with weights_only")]
 JsonOut = Annotated[Optional[Path], typer.Option("--json", help="also write the result as JSON to this file")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")]
+# A file never chooses code to run: a plan naming a module:factory is loaded only when the user names it here.
+TrustedModel = Annotated[Optional[str], typer.Option("--model", help="the package.module:factory the plan's model "
+                                                     "comes from, if it is not a zoo model (you choose the code that "
+                                                     "runs, never the plan)")]
 
 
 @app.command("zoo")
@@ -80,7 +84,7 @@ def split(model: ModelArg, cut: Annotated[str, typer.Option(help="cut index, or 
     halves = traced.split(cut)
     expected = loaded.module(loaded.example_input)
     save_split(halves, traced, loaded.ref, out_dir, max_abs_diff(halves(loaded.example_input), expected))
-    reloaded, record = load_split(out_dir)
+    reloaded, record = load_split(out_dir, model=model)
     reloaded_diff = verify_split(reloaded, loaded.module, loaded.example_input)
     out.print(split_table(record))
     out.print(f"reloaded from {out_dir}: tail(*head(x)) vs model(x) max abs diff {reloaded_diff:.2e}")
@@ -297,7 +301,8 @@ def train(model: ModelArg,
     channels = dataset.input_shape[0]
     ref = ModelRef(model, {"in_channels": channels, "num_classes": dataset.num_classes} if ":" not in model else {})
     torch.manual_seed(seed)
-    network = build_model(ref)
+    network = build_model(ref, trusted_factory=model, input_shapes=[(1, *dataset.input_shape)],
+                          source="the command line")
     result = train_classifier(network, dataset, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                               progress=not quiet)
     save_weights(network, out_path, ref, (1, *dataset.input_shape),
@@ -353,13 +358,22 @@ def serve(plan_path: Annotated[Path, typer.Argument(metavar="PLAN.json", help="a
           port: Annotated[int, typer.Option(min=0, max=65535, help="port (0 picks a free one)")] = 8000,
           token_file: Annotated[Optional[Path], typer.Option(help="file whose first line is the bearer token "
                                                              "(default: $EDGESPLIT_TOKEN, else no auth)")] = None,
-          weights: Weights = None,
+          weights: Weights = None, model: TrustedModel = None,
           model_id: Annotated[Optional[str], typer.Option(help="the id clients name (default: from the plan's model)")] = None,
           max_batch: Annotated[int, typer.Option(min=1, help="most inputs in one forward pass (1: no batching)")] = 32,
           max_wait_ms: Annotated[float, typer.Option(min=0.0, max=10000.0, help="how long a request waits for "
                                                      "others to batch with")] = 2.0,
-          max_request_mb: Annotated[float, typer.Option(min=0.001, help="largest request body (MiB)")] = 64.0,
-          client_concurrency: Annotated[int, typer.Option(min=1, help="requests in flight per client (429 beyond)")] = 16,
+          max_request_mb: Annotated[Optional[float], typer.Option(min=0.001, help="largest request body (MiB; "
+                                                                  "default: the largest valid request for the plan)")] = None,
+          client_concurrency: Annotated[int, typer.Option(min=1, help="requests in flight per client address (429 "
+                                                          "beyond)")] = 16,
+          max_connections: Annotated[int, typer.Option(min=1, help="open connections (503 and closed beyond)")] = 256,
+          tls_cert: Annotated[Optional[Path], typer.Option(help="serve HTTPS/WSS with this certificate chain (PEM)")] = None,
+          tls_key: Annotated[Optional[Path], typer.Option(help="the certificate's private key (PEM)")] = None,
+          allow_origin: Annotated[Optional[list[str]], typer.Option(help="a web page allowed to call the server, "
+                                                                    "e.g. https://app.example (repeatable)")] = None,
+          allow_host: Annotated[Optional[list[str]], typer.Option(help="a DNS name of this server that clients use "
+                                                                  "(repeatable; its address is always allowed)")] = None,
           log_level: Annotated[str, typer.Option(help="debug, info, warning or error (JSON lines on stderr)")] = "info",
           ray: Annotated[bool, typer.Option("--ray", help="serve from Ray Serve replicas (needs the ray extra)")] = False,
           replicas: Annotated[int, typer.Option(min=1, help="with --ray: replicas to start")] = 1,
@@ -367,17 +381,20 @@ def serve(plan_path: Annotated[Path, typer.Argument(metavar="PLAN.json", help="a
           num_cpus: Annotated[float, typer.Option(min=0.1, help="with --ray: CPUs per replica")] = 1.0,
           ) -> None:
     """Serve the tails of every route in PLAN's switch table: binary frames over HTTP and WebSocket."""
-    from .runtime.server import serve as run_server, token_from
+    from .runtime.server import Guards, serve as run_server, token_from
     if ray:
         from .runtime.ray_serve import run as run_ray
         run_ray(plan_path, host=host, port=port, token=token_from(token_file)[0], weights=weights, model_id=model_id,
                 replicas=replicas, max_replicas=max_replicas, max_batch=max_batch, max_wait_ms=max_wait_ms,
                 max_request_mb=max_request_mb, client_concurrency=client_concurrency, log_level=log_level,
-                num_cpus=num_cpus)
+                num_cpus=num_cpus, model=model)
         return
+    guards = Guards(max_connections=max_connections, allow_origins=tuple(allow_origin or ()),
+                    allow_hosts=tuple(allow_host or ()))
     run_server(plan_path, host=host, port=port, token_file=token_file, weights=weights, model_id=model_id,
                max_batch=max_batch, max_wait_ms=max_wait_ms, max_request_mb=max_request_mb,
-               client_concurrency=client_concurrency, log_level=log_level, console=out)
+               client_concurrency=client_concurrency, guards=guards, tls_cert=tls_cert, tls_key=tls_key,
+               log_level=log_level, console=out, model=model)
 
 
 @app.command()
@@ -392,7 +409,7 @@ def infer(plan_path: Annotated[Path, typer.Argument(metavar="PLAN.json", help="a
           limit: Annotated[Optional[int], typer.Option(min=1, help="send at most this many images")] = None,
           batch: Annotated[int, typer.Option(min=1, max=64, help="images per request")] = 1,
           top_k: Annotated[int, typer.Option(min=0, max=255, help="ask for the k largest outputs only (0: all)")] = 0,
-          weights: Weights = None,
+          weights: Weights = None, model: TrustedModel = None,
           model_id: Annotated[Optional[str], typer.Option(help="the id the server serves the plan under "
                                                           "(default: from the plan's model)")] = None,
           timeout: Annotated[float, typer.Option(min=0.001, help="seconds an attempt may wait on the network "
@@ -423,7 +440,7 @@ def infer(plan_path: Annotated[Path, typer.Argument(metavar="PLAN.json", help="a
     inputs = load_inputs(report.input_shape, images=images, data=data, limit=limit)
     with Client(report, server, token, weights=weights, timeout_s=timeout, retries=retries, fallback=not no_fallback,
                 probe_every_s=probe_every, initial_mbps=initial_mbps, hysteresis=hysteresis, top_k=top_k,
-                route=route, model_id=model_id, plan_dir=plan_path.parent, onnx_dir=onnx,
+                route=route, model_id=model_id, model=model, plan_dir=plan_path.parent, onnx_dir=onnx,
                 stream=stream) as client:
         result = run_inference(client, inputs, batch=batch, check=check, progress=not quiet)
     out.print(summary_table(result["summary"]))

@@ -32,6 +32,8 @@ from .graph import TracedModel, trace
 from .intake import LoadedModel, ModelRef, build_model, load_model, save_weights
 
 RUN_KIND, RUN_VERSION = "edgesplit.run", 1
+MAX_NAME_CHARS = 64  # a target's name, which names its files
+_FILE_NAME = re.compile(r"[A-Za-z0-9._-]+")
 
 
 class ConfigError(EdgesplitError):
@@ -61,14 +63,29 @@ class Target(_Section):
     server: str = "edge-gpu"
     link: str
 
+    @field_validator("name")
+    @classmethod
+    def _file_safe(cls, name: str | None) -> str | None:
+        return None if name is None else check_file_name(name, "a target's name")
+
     @property
     def slug(self) -> str:
         return target_slug(self.name, self.device, self.link)
 
 
+def check_file_name(name: str, what: str = "a name") -> str:
+    """``name`` if it is safe as one file name (letters, digits, ``._-``; not ``.`` or ``..``; at most 64
+    characters), else ValueError (a config error where pydantic validates)."""
+    if not _FILE_NAME.fullmatch(name) or name in (".", "..") or len(name) > MAX_NAME_CHARS:
+        raise ValueError(f"{what} {name[:80]!r} names files, so it may use only letters, digits, '.', '_' and '-' "
+                         f"(at most {MAX_NAME_CHARS}, not '.' or '..')")
+    return name
+
+
 def target_slug(name: str | None, device: str, link: str) -> str:
-    """What names a target's files (plan_SLUG.json): its name, else its device and link specs made file-safe."""
-    return name or re.sub(r"[^A-Za-z0-9.-]+", "_", f"{device}-{link}").strip("_")
+    """What names a target's files (plan_SLUG.json): its name (``Target`` checks it with ``check_file_name``), else
+    its device and link specs made file-safe."""
+    return name or re.sub(r"[^A-Za-z0-9.-]+", "_", f"{device}-{link}").strip("_")[:MAX_NAME_CHARS] or "target"
 
 
 class CompressConfig(_Section):
@@ -229,7 +246,11 @@ class Run:
         self.console.rule(f"{self.step}. {title}")
 
     def write(self, name: str, result: Any) -> Path:
-        path = self.out_dir / name
+        """Write ``result`` as JSON to ``name`` inside the run folder; a name that leads outside it is refused."""
+        path = (self.out_dir / name).resolve()
+        if not path.is_relative_to(self.out_dir):
+            raise ConfigError(f"refusing to write {name!r}: it leads outside the run folder {self.out_dir}; use "
+                              "names made of letters, digits, '.', '_' and '-'")
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(result.model_dump_json(indent=2) if isinstance(result, BaseModel) else
                         json.dumps(result, indent=2))
@@ -287,7 +308,9 @@ def _train_or_load(run: Run) -> LoadedModel:
     started = time.perf_counter()
     dataset = run.dataset
     ref = ModelRef(config.model, _data_kwargs(config.model, dataset))
-    network = build_model(ref)
+    # The run config is the user's own choice, so its model may be a factory.
+    network = build_model(ref, trusted_factory=config.model, input_shapes=[(1, *dataset.input_shape)],
+                          source="the run config")
     result = train_classifier(network, dataset, epochs=config.train.epochs, batch_size=config.train.batch_size,
                               lr=config.train.lr, seed=config.seed, progress=run.progress)
     weights = run.out_dir / f"{config.model.replace(':', '_')}.safetensors"
@@ -303,7 +326,8 @@ def _train_or_load(run: Run) -> LoadedModel:
 
 
 def _data_kwargs(model: str, dataset: Any) -> dict[str, int]:
-    """The data's channels and classes, for the factory arguments that take them (every zoo factory does)."""
+    """The data's channels and classes, for the factory parameters named so (every zoo factory has them; a
+    ``**kwargs`` catch-all is not given them, as ``intake.check_model_args`` would refuse them)."""
     import inspect
 
     from .intake import resolve_factory
@@ -313,8 +337,9 @@ def _data_kwargs(model: str, dataset: Any) -> dict[str, int]:
         parameters = inspect.signature(resolve_factory(model)).parameters
     except (TypeError, ValueError):
         return {}
-    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
-    return {k: v for k, v in wanted.items() if k in parameters or takes_any}
+    named = {k for k, p in parameters.items()
+             if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)}
+    return {k: v for k, v in wanted.items() if k in named}
 
 
 def _profile(run: Run, loaded: LoadedModel, traced: TracedModel) -> None:
@@ -414,7 +439,7 @@ def _split(run: Run, loaded: LoadedModel, traced: TracedModel, entry: Any) -> No
     folder = run.out_dir / "split"
     save_split(halves, traced, loaded.ref, folder,
                max_abs_diff(halves(loaded.example_input), loaded.module(loaded.example_input)))
-    reloaded, record = load_split(folder)
+    reloaded, record = load_split(folder, model=run.config.model)
     run.console.print(split_table(record))
     facts: dict[str, Any] = {"cut": entry.cut_index, "after": entry.after, "crossing_bytes": record.crossing_bytes}
     dataset = run.dataset
@@ -468,15 +493,20 @@ def _free_port() -> int:
 
 
 @contextmanager
-def served(plan_path: Path, token_file: Path, log_path: Path, ready_s: float = 120.0) -> Iterator[str]:
-    """`edgesplit serve PLAN` in a subprocess on 127.0.0.1; yields its URL once /readyz answers, stops it after."""
+def served(plan_path: Path, token_file: Path, log_path: Path, ready_s: float = 120.0,
+           model: str | None = None) -> Iterator[str]:
+    """`edgesplit serve PLAN` in a subprocess on 127.0.0.1; yields its URL once /readyz answers, stops it after.
+
+    ``model`` is passed as `--model` when it is a ``module:factory``: the plan the pipeline wrote names the run
+    config's factory, and the server builds a factory only when told to on its command line."""
     import httpx
 
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     with open(log_path, "wb") as log:
         process = subprocess.Popen([sys.executable, "-m", "edgesplit", "serve", str(plan_path), "--port", str(port),
-                                    "--token-file", str(token_file), "--log-level", "warning"],
+                                    "--token-file", str(token_file), "--log-level", "warning",
+                                    *(["--model", model] if model and ":" in model else [])],
                                    stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
         try:
             deadline = time.monotonic() + ready_s
@@ -510,9 +540,7 @@ def _serve_and_infer(run: Run, report: Any, plan_path: Path) -> None:
     run.stage(f"serve the {report.device.spec} → {report.link.spec} plan on 127.0.0.1 and run held-out images")
     started = time.perf_counter()
     token = secrets.token_urlsafe(32)
-    token_file = run.out_dir / "token"
-    token_file.write_text(token + "\n")
-    token_file.chmod(0o600)
+    token_file = write_secret(run.out_dir / "token", token + "\n")
     inputs = load_inputs(report.input_shape, data=run.config.data, limit=settings.images)
     pinned = _pinned_route(report)
     threads = torch.get_num_threads()
@@ -535,6 +563,19 @@ def _serve_and_infer(run: Run, report: Any, plan_path: Path) -> None:
                    switches=summary["switch_count"])
 
 
+def write_secret(path: Path, text: str) -> Path:
+    """Write ``text`` to a new file at ``path`` that is 0600 from its creation (never readable by others, not even
+    for a moment); an old file or link there is removed first, and a link is never followed."""
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(text)
+    return path
+
+
 def _pinned_route(report: Any) -> str:
     """The route every image takes in the first pass: the switch table's at the plan's link, else the fastest."""
     rows = [row for row in report.switch_table if row.kind != "all-device"]
@@ -547,14 +588,15 @@ def _infer_through_server(run: Run, report: Any, plan_path: Path, token: str, to
     from .runtime.client import Client, run_inference
 
     results = {}
-    with served(plan_path, token_file, run.out_dir / "server.log") as url:
+    with served(plan_path, token_file, run.out_dir / "server.log", model=run.config.model) as url:
         run.console.print(f"server ready at {url} (a subprocess, bearer token in {token_file}); routes: "
                           + escape(", ".join(f"{r.label} ({r.low_mbps:g}–{r.high_mbps:g} Mbit/s)"
                                              for r in report.switch_table)))
         for name, how, route in (("infer_pinned", f"every image on {pinned}", pinned),
                                  ("infer_adaptive", "adaptive client", None)):
             run.console.print(f"[bold]{escape(how)}[/]")
-            with Client(report, url, token, plan_dir=plan_path.parent, route=route) as client:
+            with Client(report, url, token, plan_dir=plan_path.parent, route=route,
+                        model=run.config.model) as client:
                 results[(name, how)] = run_inference(client, inputs, batch=run.config.serve.batch, check=True,
                                                      progress=run.progress)
     return results

@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, field_validator
 
+from ..limits import check_input_shape
 from ..versioned import read_versioned
 
 PLAN_VERSION = 1
@@ -131,6 +132,12 @@ class PlanReport(BaseModel):
     min_cut_agrees: bool  # the min-cut's best head costs the same as the best of all candidates under the objective
     candidates: int
     planner_ms: float
+
+    @field_validator("input_shape")
+    @classmethod
+    def _bounded_shape(cls, shape: list[int]) -> list[int]:
+        # Raises InputShapeError (not a ValueError), so the reader's one-line message says what is wrong.
+        return list(check_input_shape(shape, "the plan's input_shape"))
 
 
 def load_plan(path: str | Path) -> PlanReport:
