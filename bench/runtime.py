@@ -4,9 +4,11 @@
    answer back) minus what split inference cannot avoid — the head, the tail, and a raw TCP transfer of the same
    request and response bytes over the same loopback (linkemu's echo server). Target: at most 1 ms or 5%,
    whichever is larger.
+   Also (1b) the Ray Serve path's extra time per request over `edgesplit serve` (when Ray is installed).
 2. Server throughput with dynamic batching (max batch 32, max wait 2 ms) against without (max batch 1), at 1, 8
-   and 32 concurrent clients (asyncio + httpx, one request in flight per client, fresh request ids), side by side
-   in one run. Target: at least 3× at 32 clients for a small model.
+   and 32 concurrent clients, both servers up at once, each cell measured on one and then on the other. The load
+   generator is up to 4 processes, each holding several connections with one request in flight each, sending
+   pre-encoded frames with fresh request ids (no torch per request). Target: at least 3× at 32 clients.
 3. End-to-end latency across uplink bandwidths: the adaptive client (follows the plan's switch table from its own
    bandwidth estimate) against every fixed route, all-device and all-server, through the real server. The link
    is a network namespace with a tbf rate limit when this machine allows it (root, ip, tc), else a throttled
@@ -38,7 +40,6 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from edgesplit.codecs import unpack
 from edgesplit.graph import trace
 from edgesplit.intake import ModelRef, build_model, load_model, save_weights
 from edgesplit.linkemu import EchoClient, EchoServer
@@ -100,16 +101,19 @@ class ServeProcess:
     """`python -m edgesplit serve PLAN` in a subprocess on 127.0.0.1, ready when /readyz answers 200."""
 
     def __init__(self, plan_path: Path, folder: Path, *, max_batch: int, max_wait_ms: float = 2.0,
-                 threads: int = 1, prefix: list[str] = (), host: str = "127.0.0.1") -> None:
+                 threads: int = 1, prefix: list[str] = (), host: str = "127.0.0.1", extra: list[str] = ()) -> None:
         token_file = folder / "token"
-        token_file.write_text(TOKEN)
+        if not token_file.exists():  # 0600 from the start: serve refuses a token file others can read
+            os.close(os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            token_file.write_text(TOKEN)
+        token_file.chmod(0o600)  # a token file others can read is refused
         self.port = free_port()
         self.url = f"http://{host}:{self.port}"
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
         self.proc = subprocess.Popen([*prefix, sys.executable, "-m", "edgesplit", "serve", str(plan_path), "--host",
                                       host, "--port", str(self.port), "--token-file", str(token_file),
                                       "--max-batch", str(max_batch), "--max-wait-ms", str(max_wait_ms),
-                                      "--log-level", "warning"],
+                                      "--log-level", "warning", *extra],
                                      env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 120
         while True:
@@ -197,6 +201,42 @@ def overhead(deployment, url: str, repeats: int) -> list[dict]:  # noqa: ANN001
     return rows
 
 
+def ray_serve_cost(deployment, plan_path: Path, url: str, repeats: int, rounds: int = 5) -> dict | None:  # noqa: ANN001
+    """The extra time per request of the Ray Serve path (`edgesplit serve --ray`: Serve's proxy, then the same
+    app and engine in a replica) over `edgesplit serve`, one client, HTTP, the whole model on the server; the two
+    servers run at once and are timed in alternating blocks. None when Ray is not installed."""
+    try:
+        import ray
+        from ray import serve
+    except ImportError:
+        return None
+    from edgesplit.runtime import ray_serve
+    from edgesplit.runtime.client import Client
+
+    route = deployment.route_for_label("all on server (fp32 tensor)")
+    x = torch.rand(1, *deployment.plan.input_shape[1:], generator=torch.Generator().manual_seed(4))
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        started = time.perf_counter()
+        app = ray_serve.run(plan_path, port=0, token=TOKEN, max_batch=32, log_level=None, blocking=False)
+        start_s = time.perf_counter() - started
+        samples: dict[str, list[float]] = {"serve": [], "ray": []}
+        with Client(deployment, url, TOKEN, fallback=False, route=route.label) as plain, \
+                Client(deployment, app.url, TOKEN, fallback=False, route=route.label, timeout_s=30) as served:
+            for client in (plain, served):
+                timed(lambda c=client: c.infer(x), 20)  # warm both
+            for _ in range(rounds):
+                for name, client in (("serve", plain), ("ray", served)):
+                    samples[name] += timed(lambda c=client: c.infer(x), repeats // rounds)
+        app.shutdown()
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    plain_ms, ray_ms = median_ms(samples["serve"]), median_ms(samples["ray"])
+    return {"route": route.label, "transport": "http", "requests": len(samples["ray"]), "serve_ms": plain_ms,
+            "ray_serve_ms": ray_ms, "extra_ms": ray_ms - plain_ms, "ray_start_s": start_s}
+
+
 def _limits():  # noqa: ANN202
     from edgesplit.codecs import DecodeLimits
     return DecodeLimits()
@@ -205,66 +245,132 @@ def _limits():  # noqa: ANN202
 # ---- 2. throughput with and without dynamic batching ---------------------------------------------------------
 
 
-async def _load(url: str, model_id: str, route, payload: bytes, clients: int, seconds: float,  # noqa: ANN001
-                transport: str) -> dict:
-    """``clients`` concurrent clients, each with one request in flight, for ``seconds``; each its own client id."""
+def _load_process(url: str, model_id: str, route_id: int, width: float | None, payload: bytes, names: list[int],
+                  transport: str, seconds: float, out, go, start) -> None:  # noqa: ANN001
+    """One load-generator process: a connection per client in ``names``, each with one request in flight.
+
+    Frames are pre-encoded (only the 16-byte request id is fresh per request, no torch), HTTP is written and read
+    by hand on asyncio streams (keep-alive, one write per request) and the WebSocket is websockets' asyncio
+    client without compression, so that the generator costs far less per request than the server.
+    """
     import websockets
 
+    host, port = url.removeprefix("http://").rsplit(":", 1)
     latencies: list[float] = []
-    errors = 0
     batch_sizes: list[int] = []
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(headers={"Authorization": f"Bearer {TOKEN}"}, limits=limits, timeout=30) as http:
-        stop = time.perf_counter() + seconds
+    errors = 0
+    auth = f"Bearer {TOKEN}"
+    connected = 0
 
-        async def exchange_http(frame: bytes, number: int) -> Response | None:
-            answer = await http.post(url + "/v1/infer", content=frame, headers={"X-Edgesplit-Client": f"c{number}"})
-            return Response.from_bytes(answer.content) if answer.status_code == 200 else None
+    async def started() -> float:
+        """Once every connection of this process is open: tell the parent, wait for its start time."""
+        nonlocal connected
+        connected += 1
+        if connected == len(names):
+            out.put("ready")
+        await asyncio.to_thread(go.wait, 120)
+        await asyncio.sleep(max(start.value - time.time(), 0))
+        return start.value
 
-        async def worker(number: int) -> None:
-            nonlocal errors
-            socket = None
-            if transport == "websocket":
-                socket = await websockets.connect("ws" + url.removeprefix("http") + "/v1/stream", max_size=None,
-                                                  additional_headers={"Authorization": f"Bearer {TOKEN}",
-                                                                      "X-Edgesplit-Client": f"c{number}"})
-            try:
-                while time.perf_counter() < stop:
-                    frame = Request(new_request_id(), model_id, route.route_id, payload, route.width).to_bytes()
-                    start = time.perf_counter()
-                    if socket is None:
-                        response = await exchange_http(frame, number)
-                    else:
-                        await socket.send(frame)
-                        response = Response.from_bytes(await socket.recv())
-                    if response is None or response.status != 0:
-                        errors += 1
-                        continue
-                    latencies.append(time.perf_counter() - start)
-                    batch_sizes.append(response.batch_size)
-            finally:
-                if socket is not None:
-                    await socket.close()
+    async def http_client() -> None:
+        nonlocal errors
+        reader, writer = await asyncio.open_connection(host, int(port))
+        head = (f"POST /v1/infer HTTP/1.1\r\nHost: {host}:{port}\r\nAuthorization: {auth}\r\n"
+                f"Content-Type: application/x-edgesplit-frame\r\nContent-Length: ").encode()
+        start_at = await started()
+        while time.time() < start_at + seconds:
+            frame = Request(new_request_id(), model_id, route_id, payload, width).to_bytes()
+            began = time.perf_counter()
+            writer.write(head + str(len(frame)).encode() + b"\r\n\r\n" + frame)
+            status_line, _, rest = (await reader.readuntil(b"\r\n\r\n")).partition(b"\r\n")
+            length = next(int(line.split(b":", 1)[1]) for line in rest.split(b"\r\n")
+                          if line.lower().startswith(b"content-length:"))
+            body = await reader.readexactly(length)
+            if status_line.split()[1] != b"200":
+                errors += 1
+                continue
+            latencies.append(time.perf_counter() - began)
+            batch_sizes.append(Response.from_bytes(body).batch_size)
+        writer.close()
 
-        started = time.perf_counter()
-        await asyncio.gather(*(worker(n) for n in range(clients)))
-        elapsed = time.perf_counter() - started
-    return {"clients": clients, "requests": len(latencies), "errors": errors, "rps": len(latencies) / elapsed,
-            "p50_ms": percentile_ms(latencies, 0.5), "p99_ms": percentile_ms(latencies, 0.99),
-            "mean_batch": statistics.fmean(batch_sizes) if batch_sizes else 0.0}
+    async def ws_client() -> None:
+        nonlocal errors
+        async with websockets.connect("ws" + url.removeprefix("http") + "/v1/stream", max_size=None,
+                                      compression=None, additional_headers={"Authorization": auth}) as socket:
+            start_at = await started()
+            while time.time() < start_at + seconds:
+                frame = Request(new_request_id(), model_id, route_id, payload, width).to_bytes()
+                began = time.perf_counter()
+                await socket.send(frame)
+                response = Response.from_bytes(await socket.recv())
+                if response.status != 0:
+                    errors += 1
+                    continue
+                latencies.append(time.perf_counter() - began)
+                batch_sizes.append(response.batch_size)
+
+    async def main() -> None:
+        client = http_client if transport == "http" else ws_client
+        await asyncio.gather(*(client() for _ in names))
+
+    try:
+        asyncio.run(main())
+        out.put({"latencies": latencies, "batch_sizes": batch_sizes, "errors": errors})
+    except Exception as error:  # noqa: BLE001 - the parent reports it
+        out.put({"latencies": latencies, "batch_sizes": batch_sizes, "errors": errors + 1,
+                 "failure": f"{type(error).__name__}: {error}"})
+
+
+def _load(url: str, model_id: str, route, payload: bytes, clients: int, seconds: float,  # noqa: ANN001
+          transport: str, processes: int) -> dict:
+    """``clients`` concurrent clients (one request in flight each) spread over up to ``processes`` processes."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")  # a fresh interpreter: no torch threads or state forked
+    out, go, start = context.Queue(), context.Event(), context.Value("d", 0.0)
+    count = max(1, min(processes, clients))
+    groups = [list(range(clients))[i::count] for i in range(count)]
+    workers = [context.Process(target=_load_process, args=(url, model_id, route.route_id, route.width, payload,
+                                                           group, transport, seconds, out, go, start), daemon=True)
+               for group in groups]
+    for worker in workers:
+        worker.start()
+    for _ in workers:  # every process started and connected before the clock starts
+        if out.get(timeout=120) != "ready":
+            raise RuntimeError("a load-generator process failed before it connected")
+    start.value = time.time() + 0.2
+    go.set()
+    parts = [out.get(timeout=seconds + 60) for _ in workers]
+    for worker in workers:
+        worker.join(10)
+    latencies = [s for part in parts for s in part["latencies"]]
+    batch_sizes = [s for part in parts for s in part["batch_sizes"]]
+    failures = [part["failure"] for part in parts if "failure" in part]
+    return {"clients": clients, "processes": count, "requests": len(latencies),
+            "errors": sum(part["errors"] for part in parts), "rps": len(latencies) / seconds,
+            "p50_ms": percentile_ms(latencies, 0.5) if latencies else None,
+            "p99_ms": percentile_ms(latencies, 0.99) if latencies else None,
+            "mean_batch": statistics.fmean(batch_sizes) if batch_sizes else 0.0,
+            **({"failures": failures} if failures else {})}
 
 
 def throughput(plan_path: Path, folder: Path, deployment, route, concurrency: list[int], seconds: float,  # noqa: ANN001
-               threads: int) -> list[dict]:
+               threads: int, processes: int = 4) -> list[dict]:
+    """Requests/s with dynamic batching (max 32, 2 ms) and without (max 1), side by side: both servers run at
+    once and every (transport, clients) cell is measured on one, then at once on the other."""
     x = torch.rand(1, *deployment.plan.input_shape[1:], generator=torch.Generator().manual_seed(2))
     payload = route.encode(route.device_side(x))
     rows = []
-    for name, max_batch in (("batching", 32), ("no batching", 1)):
-        with ServeProcess(plan_path, folder, max_batch=max_batch, threads=threads) as server:
-            for transport in ("http", "websocket"):
-                for clients in concurrency:
-                    result = asyncio.run(_load(server.url, deployment.model_id, route, payload, clients, seconds,
-                                               transport))
+    most = str(2 * max(concurrency))  # every client its own slot: the per-client cap is not what is measured
+    with ServeProcess(plan_path, folder, max_batch=32, threads=threads,
+                      extra=["--client-concurrency", most]) as batching, \
+            ServeProcess(plan_path, folder, max_batch=1, threads=threads,
+                         extra=["--client-concurrency", most]) as single:
+        for transport in ("websocket", "http"):
+            for clients in concurrency:
+                for name, server in (("batching", batching), ("no batching", single)):
+                    result = _load(server.url, deployment.model_id, route, payload, clients, seconds, transport,
+                                   processes)
                     rows.append({"server": name, "transport": transport, "route": route.label, **result})
     for row in rows:
         if row["server"] == "batching":
@@ -341,6 +447,20 @@ def adaptive(plan_path: Path, folder: Path, plan: PlanReport, bandwidths: list[f
     return rows, kind
 
 
+def adaptive_verdict(rows: list[dict]) -> list[dict]:
+    """Per uplink rate: the best fixed plan's median, the adaptive client's, and whether it is within 5% of it."""
+    verdict = []
+    for mbps in dict.fromkeys(row["mbps"] for row in rows):
+        fixed = [row for row in rows if row["mbps"] == mbps and row["plan"] != "adaptive"]
+        best = min(fixed, key=lambda row: row["median_ms"])
+        mine = next(row for row in rows if row["mbps"] == mbps and row["plan"] == "adaptive")
+        ratio = mine["median_ms"] / best["median_ms"]
+        verdict.append({"mbps": mbps, "best_fixed": best["plan"], "best_fixed_ms": best["median_ms"],
+                        "adaptive_ms": mine["median_ms"], "adaptive_plan": mine["last_plan"],
+                        "switches": mine["switches"], "ratio": ratio, "within_5pct": ratio <= 1.05})
+    return verdict
+
+
 class ThrottledTransport(httpx.HTTPTransport):
     """Loopback with the upload paced to ``mbps`` (sleeps for the request body's airtime)."""
 
@@ -382,12 +502,18 @@ def main() -> None:
         if 1 in parts:
             with ServeProcess(fixed_path, folder, max_batch=1, threads=args.threads) as server:
                 rows = overhead(deployment, server.url, 50 if args.quick else 300)
+                ray_row = ray_serve_cost(deployment, fixed_path, server.url, 100 if args.quick else 500)
             results["overhead"] = rows
+            results["ray_serve"] = ray_row
             show("1. framework overhead (medians, ms)", rows,
                  ["route", "transport", "request_bytes", "end_to_end_ms", "head_ms", "tail_ms", "raw_transfer_ms", "overhead_ms",
                   "overhead_fraction", "target_ms", "met"])
+            if ray_row is not None:
+                show("1b. the Ray Serve path's extra cost per request (medians, ms)", [ray_row],
+                     ["route", "transport", "requests", "serve_ms", "ray_serve_ms", "extra_ms", "ray_start_s"])
         if 2 in parts:
-            whole_model = deployment.routes[-1]  # the whole model on the server: the most work per request
+            # the whole model on the server: the most work per request
+            whole_model = deployment.route_for_label("all on server (fp32 tensor)")
             rows = throughput(fixed_path, folder, deployment, whole_model, [1, 8, 32], 2.0 if args.quick else 6.0,
                               args.threads)
             results["throughput"] = rows
@@ -403,9 +529,14 @@ def main() -> None:
             bandwidths = [1.0, 20.0] if args.quick else [0.5, 2.0, 8.0, 30.0, 100.0]
             rows, kind = adaptive(planned_path, folder, planned, bandwidths, args.device_slowdown,
                                   20 if args.quick else 60, args.threads)
-            results["adaptive"] = {"link": kind, "device": slow, "switch_table": data["switch_table"], "rows": rows}
+            verdict = adaptive_verdict(rows)
+            results["adaptive"] = {"link": kind, "device": slow, "switch_table": data["switch_table"], "rows": rows,
+                                   "verdict": verdict}
             show(f"3. median latency per plan (ms), device {slow}, link: {kind}", rows,
                  ["mbps", "plan", "median_ms", "mean_ms", "switches", "last_plan", "estimate_mbps"])
+            show("3. adaptive client against the best fixed plan (target: within 5%)", verdict,
+                 ["mbps", "best_fixed", "best_fixed_ms", "adaptive_plan", "adaptive_ms", "switches", "ratio",
+                  "within_5pct"])
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(results, indent=2, default=str))
     console.print(f"results written to {args.json}")

@@ -4,7 +4,6 @@ uploads throttled in the transport or by a tbf-limited network namespace, server
 from __future__ import annotations
 
 import json
-import math
 import os
 import signal
 import socket
@@ -17,21 +16,31 @@ from pathlib import Path
 import httpx
 import pytest
 import torch
+from conftest import TESTS
 from PIL import Image
+from runtime_plans import make_plan, save_plan, with_routes
+from test_cli import assert_user_error, edgesplit
 from torch.utils import _pytree as pytree
 
-from conftest import TESTS
 from edgesplit.codecs import DecodeLimits
 from edgesplit.plan.schema import load_plan
-from edgesplit.runtime.client import (BandwidthEstimator, Client, ClientError, ServerMismatchError,
-                                      ServerRejectedError, ServerUnreachableError, SwitchPolicy, load_inputs,
-                                      percentile, read_token)
+from edgesplit.runtime.client import (
+    BandwidthEstimator,
+    Client,
+    ClientError,
+    ServerMismatchError,
+    ServerRejectedError,
+    ServerUnreachableError,
+    SwitchPolicy,
+    load_inputs,
+    percentile,
+    read_token,
+    theil_sen,
+)
 from edgesplit.runtime.deployment import Deployment, Route, load_deployment
 from edgesplit.runtime.engine import Engine, Observer
 from edgesplit.runtime.server import ServerThread
 from edgesplit.runtime.wire import Request
-from runtime_plans import make_plan, save_plan, with_routes
-from test_cli import assert_user_error, edgesplit
 
 TOKEN = "client-test-token-0123456789"
 NON_PREFIX_HEAD = [  # resnet8 through its first block, plus the second block's skip branch: closed, not a prefix
@@ -284,41 +293,49 @@ def test_a_4xx_is_not_retried(server, devices):
 # ---- bandwidth estimate, hysteresis, switching ----------------------------------------------------------------
 
 
-def test_estimator_follows_log_bandwidth_and_bounds_short_transfers():
-    estimator = BandwidthEstimator(prior_mbps=10, alpha=0.5)
+def _times(bits: float, mbps: float, fixed_s: float = 0.002) -> float:
+    return fixed_s + bits / (mbps * 1e6)
+
+
+def test_estimator_separates_the_fixed_cost_from_the_link():
+    estimator = BandwidthEstimator(prior_mbps=10)
     assert estimator.mbps == pytest.approx(10) and not estimator.measured
-    estimator.add(8e6, 1.0, 0.002)  # 8 Mbit in 1 s: the first sample replaces the prior
-    assert estimator.mbps == pytest.approx(8) and estimator.measured
-    estimator.add(2e6, 1.0, 0.002)
-    assert estimator.mbps == pytest.approx(4)  # halfway in log: sqrt(8 × 2)
-    estimator.add(8000, 0.0001, 0.002)  # too short to time: only "at least 4 Mbit/s", which says nothing new
-    assert estimator.mbps == pytest.approx(4) and estimator.censored
-    estimator.add(80000, 0.0001, 0.002)  # at least 40 Mbit/s: raises the estimate
-    assert estimator.mbps == pytest.approx(math.sqrt(4 * 40))
-    slow = BandwidthEstimator(alpha=0.1)
-    slow.add(1e6, 1.0, 0.002)
-    slow.add(100e6, 1.0, 0.002, probe=True)  # a probe weighs at least one half
-    assert slow.mbps == pytest.approx(10)
+    small, big = 8_000 * 8, 100_000 * 8  # two routes' frames over a 20 Mbit/s link with a 2 ms fixed cost
+    for bits in (small, big, small, big):
+        estimator.add(bits, _times(bits, 20))
+    assert estimator.fixed_s == pytest.approx(0.002) and estimator.mbps == pytest.approx(20) and estimator.measured
+    for _ in range(3):  # the big route alone, the link down to 5 Mbit/s: three requests and the median follows
+        estimator.add(big, _times(big, 5))
+    assert estimator.mbps == pytest.approx(5) and not estimator.one_size
+    estimator.add(big, _times(big, 5))
+    assert estimator.one_size  # the last five are one size: the fixed cost learned before stands
+    assert estimator.fixed_s == pytest.approx(0.002) and estimator.mbps == pytest.approx(5)
+    fast = BandwidthEstimator(prior_mbps=100)
+    for bits in (small, big) * 3:  # loopback: both sizes cross within the fixed cost (within 2 ms of it)
+        fast.add(bits, 0.0015 + bits / 10e9)
+    assert fast.censored and fast.mbps >= 100 and fast.fixed_s == pytest.approx(0.0015, abs=1e-4)
+    assert theil_sen([(1, 5.0), (1, 6.0)]) is None  # one size: no slope
+    assert theil_sen([(1, 3.0), (2, 5.0), (3, 7.0), (4, 100.0)]) == (1.0, 2.0)  # an outlier does not bend it
 
 
-def test_a_hiccup_on_a_frame_too_small_to_time_is_not_a_slow_link():
-    estimator = BandwidthEstimator(prior_mbps=100, alpha=0.3)
-    frame = 4_000 * 8  # 0.32 ms at 100 Mbit/s: under the 2 ms the client can time
-    for _ in range(5):
-        estimator.add(frame, 0.0003, 0.002)  # untimeable: "at least 16 Mbit/s"
-        estimator.add(frame, 0.010, 0.002)  # one 10 ms hiccup between fast frames: held, then cleared
-    estimator.add(frame, 0.0003, 0.002)
-    assert estimator.mbps == pytest.approx(100) and estimator.suspect == 0
-    for expected_held in (True, True, False):  # three slow frames in a row: the link is slow
-        estimator.add(frame, 0.010, 0.002)
-        assert (estimator.mbps == pytest.approx(100)) is expected_held
-    assert estimator.mbps < 50 and estimator.measured
-    before = estimator.mbps
-    estimator.add(frame, 0.020, 0.002)  # the link is slow now: each slower frame counts at once
-    assert estimator.mbps < before
-    timeable = BandwidthEstimator(prior_mbps=10, alpha=1.0)
-    timeable.add(8e6, 2.0, 0.002)  # a frame big enough to time counts at once
-    assert timeable.mbps == pytest.approx(4)
+def test_the_fixed_cost_is_not_read_as_a_slow_link():
+    """The old client's mistake: a request's fixed cost (here 3 ms, a /healthz round trip takes 1 ms) read as
+    transfer time made a 4 KB frame on loopback look like a 16 Mbit/s link."""
+    estimator = BandwidthEstimator(prior_mbps=100)
+    frame = 4_150 * 8
+    estimator.add(1_000 * 8, 0.003), estimator.add(frame, 0.003), estimator.add(1_000 * 8, 0.0031)
+    for _ in range(50):
+        estimator.add(frame, 0.003 + 0.0002 * (_ % 3))
+    assert estimator.censored and estimator.mbps >= 100
+    hiccups = BandwidthEstimator(prior_mbps=100)
+    hiccups.add(1_000 * 8, 0.003), hiccups.add(frame, 0.003)
+    for i in range(60):  # every third request 10 ms late: never a majority of the last five
+        hiccups.add(frame, 0.013 if i % 3 == 0 else 0.003)
+        assert hiccups.mbps >= 100, i
+    slower = BandwidthEstimator(prior_mbps=100)  # timeouts are upper bounds: three of them are a slow link
+    for _ in range(3):
+        slower.add_upper_bound(131_000 * 8, 0.2)
+    assert slower.mbps <= 131_000 * 8 / 0.2 / 1e6 + 1e-9 and not slower.censored
 
 
 def test_hysteresis_keeps_a_plan_near_its_threshold(devices):
@@ -376,10 +393,63 @@ def test_no_flapping_while_the_uplink_sits_at_a_threshold(server, devices):
     x = _inputs(deployment, 1)
     link = Throttled(20.0)
     with Client(deployment, server.url, TOKEN, transport=link, initial_mbps=40, probe_every_s=0.2) as client:
-        for i in range(20):
+        for i in range(60):
             link.mbps = 17.0 if i % 2 else 23.0  # ±15% around the 20 Mbit/s threshold
             client.infer(x)
-        assert len(client.stats.switches) <= 1, client.stats.switches
+        assert len(client.stats.switches) <= 3, client.stats.switches  # at most one per 20 requests
+
+
+def test_estimate_and_policy_do_not_flap_on_synthetic_timings(devices):
+    """Hundreds of requests whose link alternates around the 20 Mbit/s threshold (with jitter and hiccups): the
+    estimator and the switch table with hysteresis, as the client drives them, switch at most once per 20."""
+    import random
+
+    rng = random.Random(0)
+    policy = SwitchPolicy(devices["adaptive"])
+    sizes = {HIGH: 131_147 * 8, LOW: 2_598 * 8}
+    for low, high in ((17, 23), (12, 30), (19, 21)):
+        estimator, label, switches = BandwidthEstimator(prior_mbps=40), HIGH, 0
+        estimator.add(sizes[LOW], _times(sizes[LOW], 20)), estimator.add(sizes[HIGH], _times(sizes[HIGH], 20))
+        for i in range(400):
+            mbps = low if (i // rng.choice((1, 2, 3))) % 2 else high
+            late = 0.01 if rng.random() < 0.05 else rng.uniform(0, 0.0005)  # a hiccup now and then
+            estimator.add(sizes[label], _times(sizes[label], mbps) + late)
+            target = policy.next(label, estimator.mbps)
+            if target != label and not (estimator.censored and policy.lower(target, label)):
+                switches, label = switches + 1, target
+        assert switches <= 400 // 20, (low, high, switches)
+
+
+DEMO = [(0.01, 6, {"kind": "all-device"}), (6, 43, {"cut_index": 3, "codec": "int8"}), (43, 1e4, {"cut_index": 3})]
+
+
+@pytest.mark.slow
+def test_on_loopback_the_held_out_digits_never_switch(plans, digits):
+    """`make demo`'s adaptive pass: small_cnn on the digits, the MCU-on-Ethernet switch table (the device below
+    6 Mbit/s, int8 up to 43, fp32 above), 359 held-out digits on loopback, where a 4 KB frame crosses in
+    microseconds. The old client moved some of them to the device for no reason; none may move now.
+    EDGESPLIT_LOOPBACK_RUNS sets the number of runs (3 here; the README's figure is from 10)."""
+    folder = plans["folder"]
+    demo = save_plan(with_routes(load_plan(plans["small"]), DEMO), folder / "demo.json")
+    images = digits.test_images
+    assert len(images) == 359
+    runs = int(os.environ.get("EDGESPLIT_LOOPBACK_RUNS", "3"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the demo runs it
+    try:
+        with ServerThread(Engine([_deploy(demo)]), token=TOKEN) as srv:
+            for run in range(runs):
+                with Client(demo, srv.url, TOKEN, initial_mbps=100) as client:  # the plan's Ethernet link
+                    results = [client.infer(x) for x in images]
+                    assert client.stats.switches == [], (run, client.stats.switches)
+                    # a check is one request on another route when hiccups raise a suspicion (not borne out)
+                    assert {r.label for r in results if r.mode == "route"} == {"split 3 [fp32]"}
+                    assert client.stats.fallbacks == 0 and client.stats.probes <= 3, client.stats
+                    print(f"run {run}: 0 switches, {client.stats.probes} check(s), fixed cost "
+                          f"{client.fixed_cost_s * 1e3:.2f} ms, estimate {'≥ ' if client.estimator.censored else ''}"
+                          f"{client.mbps:.3g} Mbit/s")
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_runs_on_the_device_below_the_table_and_probes_its_way_back(server, devices):
@@ -451,11 +521,13 @@ def test_without_fallback_fails_after_bounded_retries(plans, devices):
     with Client(devices["small"], srv.url, TOKEN, fallback=False, retries=2, backoff_s=0.05, timeout_s=1,
                 transport=transport) as client:
         assert client.infer(_inputs(devices["small"], 1)).where == "server"
+        posts = transport.posts  # the request and the calibration on connect
+        assert posts == 1 + client.stats.calibrations
         srv.stop()
         started = time.monotonic()
         with pytest.raises(ServerUnreachableError, match="after 3 attempt"):
             client.infer(_inputs(devices["small"], 1))
-    assert transport.posts == 1 + 3 and time.monotonic() - started < 3
+    assert transport.posts == posts + 3 and time.monotonic() - started < 3
     closed = f"http://127.0.0.1:{_free_port()}"
     with pytest.raises(ServerUnreachableError, match="unreachable"):
         Client(devices["small"], closed, TOKEN, fallback=False).connect()
@@ -470,10 +542,14 @@ def test_an_upload_that_times_out_lowers_the_estimate(server, devices):
                 initial_mbps=200, probe_every_s=0.05, backoff_s=0.01) as client:
         first = client.infer(x)  # on the 131 KB route: both attempts time out
         assert first.where == "device" and first.mode == "fallback" and client.stats.retries == 1
-        assert client.mbps <= 131_200 * 8 / 0.2 / 1e6 and client.label == LOW
-        time.sleep(0.06)
-        second = client.infer(x)  # the server answers /readyz: back, on the 2.6 KB route
-    assert second.where == "server" and second.label == LOW and client.stats.recoveries == 1
+        # at most 131 KB in 0.2 s less the fixed cost of a request
+        assert client.mbps <= 131_200 * 8 / (0.2 - client.fixed_cost_s) / 1e6 and client.label == LOW
+        later = []  # the server answers /readyz: back, on the 2.6 KB route (a probe of the 131 KB one may stall)
+        while len(later) < 5 and (not later or later[-1].where != "server"):
+            time.sleep(0.06)
+            later.append(client.infer(x))
+        second = later[-1]
+    assert second.where == "server" and second.label == LOW and client.stats.recoveries >= 1
     assert first.logits.argmax() == second.logits.argmax()
 
 
@@ -517,6 +593,7 @@ def test_a_killed_server_process_loses_no_request(tmp_path, plans, devices):
     """kill -9 while requests are in flight: each input still gets exactly one result, then the client returns."""
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN + "\n")
+    token_file.chmod(0o600)  # a token file others can read is refused
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     proc = _start_serve(plans["small"], port, token_file)
@@ -583,6 +660,7 @@ def test_adapts_over_a_rate_limited_netns_link(tmp_path, plans, devices):
         pytest.skip(f"netns link emulation unavailable: {reason}")
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN + "\n")
+    token_file.chmod(0o600)  # a token file others can read is refused
     deployment = devices["adaptive"]
     x = _inputs(deployment, 1)
     with linkemu.RateLimitedLink(200.0) as link:
@@ -600,9 +678,13 @@ def test_adapts_over_a_rate_limited_netns_link(tmp_path, plans, devices):
             slow = []
             while len(slow) < 10 and (not slow or slow[-1].label != LOW):
                 slow.append(client.infer(x))
-            assert slow[-1].label == LOW, [(r.label, r.mbps) for r in slow]
+            assert slow[-1].label == LOW and len(slow) <= 5, [(r.label, r.mbps) for r in slow]  # within 5
             steady = [client.infer(x) for _ in range(5)]
-            assert {r.label for r in steady} == {LOW} and 2 < client.mbps < 10
+            # tbf lets a 2.6 KB frame through at once (its bucket refills between requests): too short to time,
+            # so the client probes the big route now and then, finds it slow, and stays
+            assert {r.label for r in steady if r.mode == "route"} == {LOW} and client.label == LOW, \
+                [(r.label, r.mode, r.mbps) for r in steady]
+            assert [(s.from_label, s.to_label) for s in client.stats.switches] == [(HIGH, LOW)]
     print(f"netns: switched after {len(slow)} requests at {slow[-1].mbps:.3g} Mbit/s")
 
 
@@ -631,6 +713,7 @@ def test_load_inputs_reads_folders_and_data_sets(tmp_path):
     with pytest.raises(ClientError, match="4-channel"):
         load_inputs([1, 4, 32, 32], images=tmp_path / "flat")
     (tmp_path / "token").write_text("\n")
+    (tmp_path / "token").chmod(0o600)
     with pytest.raises(ClientError, match="is empty"):
         read_token(tmp_path / "token")
 
@@ -639,6 +722,7 @@ def test_load_inputs_reads_folders_and_data_sets(tmp_path):
 def test_infer_cli_summary_and_records(tmp_path, server, plans):
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN + "\n")
+    token_file.chmod(0o600)  # a token file others can read is refused
     result = edgesplit("infer", str(plans["small"]), "--server", server.url, "--token-file", str(token_file),
                        "--limit", "40", "--json", str(tmp_path / "run.json"), "-q")
     assert result.returncode == 0, result.stderr
@@ -659,6 +743,7 @@ def test_infer_cli_summary_and_records(tmp_path, server, plans):
 @pytest.mark.slow
 def test_infer_cli_user_errors(tmp_path, server, plans, devices):
     (tmp_path / "wrong").write_text("not-the-token-0123456789\n")
+    (tmp_path / "wrong").chmod(0o600)  # a token file others can read is refused before it is sent
     result = edgesplit("infer", str(plans["small"]), "--server", server.url, "--token-file", str(tmp_path / "wrong"),
                        "--limit", "2", "-q")
     assert_user_error(result, "HTTP 401", "wrong bearer token")

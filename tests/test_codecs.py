@@ -20,7 +20,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from edgesplit.codecs import (SPEC_HELP, Codec, CodecError, DecodeLimits, PayloadError, codec_from_json, decode,
-                              pack, parse_codec, unpack)
+                              decode_cost, pack, parse_codec, unpack)
+from edgesplit.codecs.frame import read
 
 # conftest's autouse seeding fixture is function-scoped; hypothesis only warns that it runs once per test
 SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
@@ -532,12 +533,16 @@ def test_a_zstd_bomb_is_refused_without_inflating_it(declare_size):
 
 
 def test_decode_limits_are_configurable():
-    x = torch.randn(64, 64)
-    for spec in ("fp32", "zstd", "int8", "int4+ans"):
+    x = torch.randn(64, 64)  # 16,384 bytes of float32
+    for spec in ("fp32", "zstd", "int8", "int4+zstd", "int4+ans"):
         payload = parse_codec(spec).encode(x)
         decode(payload)
-        refuses(payload, match="decode limit of 16,383", limits=DecodeLimits(max_decoded_bytes=16_383))
-        decode(payload, DecodeLimits(max_decoded_bytes=16_384))
+        # what decoding holds at once: the tensor (quantized and zstd frames decode inside it), and for ANS the
+        # coder's copy of its data (the frame's body: the ANS words)
+        held = 16_384 + (len(read(payload, DecodeLimits()).body) if "ans" in spec else 0)
+        assert decode_cost(payload).peak_bytes == held
+        refuses(payload, match=f"decode limit of {held - 1:,}", limits=DecodeLimits(max_decoded_bytes=held - 1))
+        decode(payload, DecodeLimits(max_decoded_bytes=held))
     refuses(parse_codec("fp32").encode(torch.ones(1, 2, 3)), match="3 dimensions, the limit is 2",
             limits=DecodeLimits(max_ndim=2))
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -180,6 +181,19 @@ def test_websocket_stream_through_serve(served) -> None:
     for answer in answers:  # sent together, they may share a batch: equal up to the last bit
         assert answer.status == Status.OK
         torch.testing.assert_close(unpack(answer.payload)[0], deployment.model(x), rtol=1e-5, atol=1e-6)
+
+
+def test_a_lone_request_takes_the_engines_fast_path_not_a_serve_batch(served) -> None:
+    """Serve's batch makes a lone request wait its whole batch_wait_timeout (max_wait_ms = 10 here); the replica's
+    engine runs a request that is alone at once, as `edgesplit serve` does."""
+    app, deployment = served
+    x = torch.rand(1, *deployment.plan.input_shape[1:])
+    time.sleep(0.6)  # past the engine's crowd window after the concurrent tests above
+    with httpx.Client(base_url=app.url, headers=AUTH, timeout=30) as http:
+        answers = [Response.from_bytes(http.post("/v1/infer", content=frame(deployment, 1, x)).content)
+                   for _ in range(6)]
+    assert all(a.status == Status.OK and a.batch_size == 1 for a in answers)
+    assert min(a.server_ms for a in answers) < 10.0, [a.server_ms for a in answers]
 
 
 # ---- refusals before Ray starts ---------------------------------------------------------------------------------

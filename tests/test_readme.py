@@ -57,7 +57,8 @@ def _start_server(command: str, folder: Path, env: dict) -> subprocess.Popen:
     while time.monotonic() < deadline:
         assert process.poll() is None, f"{command!r} exited: {process.stderr.read().decode()[-2000:]}"
         try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+            scheme = "https" if "--tls-cert" in command else "http"  # readiness only: the README's client verifies
+            if httpx.get(f"{scheme}://127.0.0.1:{port}/readyz", timeout=1, verify=False).status_code == 200:
                 return process
         except httpx.HTTPError:
             pass

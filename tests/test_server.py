@@ -351,9 +351,16 @@ def _concurrent(url: str, frames: list[bytes], clients: int) -> list[httpx.Respo
 
 
 @pytest.mark.parametrize("max_batch", [32, 1])
-def test_concurrent_clients_share_forward_passes(deployments, max_batch):
+def test_concurrent_clients_share_forward_passes(deployments, max_batch, monkeypatch):
     deployment = deployments["small_cnn"]
     route = deployment.routes[0]
+    original = route.server_side
+
+    def slow_tail(tensors):  # noqa: ANN001, ANN202 - slower than 16 clients send, so that their requests overlap
+        time.sleep(0.02)  # (a tiny tail keeps up with them one by one: alone, each request runs without waiting)
+        return original(tensors)
+
+    monkeypatch.setattr(route, "server_side", slow_tail)
     inputs = [_input(deployment, 1, seed=i) for i in range(16)]
     frames = [_frame(deployment, route, x) for x in inputs]
     with ServerThread(_engine(deployments, max_batch=max_batch, max_wait_ms=20.0), token=TOKEN) as srv:

@@ -17,7 +17,7 @@ from websockets.sync.client import connect
 from edgesplit.codecs import unpack
 from edgesplit.runtime.auth import bearer_matches
 from edgesplit.runtime.server import Guards, ServerError, ServerThread, check_tls, request_limit
-from edgesplit.runtime.wire import Request, Response, Status, new_request_id
+from edgesplit.runtime.wire import Response, Status, new_request_id
 from test_cli import assert_user_error, edgesplit
 from test_server import AUTH, TOKEN, _engine, _frame, _input, deployments, plans  # noqa: F401 - fixtures
 
@@ -141,9 +141,10 @@ def test_bodies_are_capped_by_the_largest_valid_request_of_the_plan(deployments)
             assert reply.status_code == 200, reply.text
         assert http.post("/v1/infer", content=b"\0" * (limit + 1)).status_code == 413
         with connect(srv.url.replace("http", "ws") + "/v1/stream", additional_headers=AUTH) as ws:
-            ws.send(b"\0" * (limit + 1))  # over the WebSocket's message cap: the stream is closed
-            with pytest.raises(ConnectionClosed):
+            with pytest.raises(ConnectionClosed) as closed:  # over the WebSocket's message cap: closed
+                ws.send(b"\0" * (limit + 1))  # (the close may already interrupt the send)
                 ws.recv(timeout=10)
+        assert closed.value.rcvd is None or closed.value.rcvd.code == 1009
 
 
 def test_an_idle_or_trickling_websocket_is_closed(deployments):

@@ -430,6 +430,9 @@ def infer(plan_path: Annotated[Path, typer.Argument(metavar="PLAN.json", help="a
                                                "POST each")] = False,
           onnx: Annotated[Optional[Path], typer.Option(help="export the heads to ONNX in this folder and run them "
                                                        "with onnxruntime (needs the onnx extra)")] = None,
+          ca_file: Annotated[Optional[Path], typer.Option(help="PEM file of the CA (or self-signed certificate) that "
+                                                          "signed an https:// server's certificate (default: the "
+                                                          "system's trusted roots)")] = None,
           json_out: JsonOut = None, quiet: Quiet = False) -> None:
     """Run PLAN's head here and its tail on a server: adapts the cut to the uplink, falls back when it is down."""
     from .plan.schema import load_plan
@@ -441,7 +444,7 @@ def infer(plan_path: Annotated[Path, typer.Argument(metavar="PLAN.json", help="a
     with Client(report, server, token, weights=weights, timeout_s=timeout, retries=retries, fallback=not no_fallback,
                 probe_every_s=probe_every, initial_mbps=initial_mbps, hysteresis=hysteresis, top_k=top_k,
                 route=route, model_id=model_id, model=model, plan_dir=plan_path.parent, onnx_dir=onnx,
-                stream=stream) as client:
+                stream=stream, ca_file=ca_file) as client:
         result = run_inference(client, inputs, batch=batch, check=check, progress=not quiet)
     out.print(summary_table(result["summary"]))
     write_json(json_out, result)

@@ -53,25 +53,61 @@ def encode_picture(image: torch.Tensor, options: dict) -> bytes:
     return buffer.getvalue()
 
 
-def decode_picture(data: bytes, shape: tuple[int, int, int]) -> torch.Tensor:
+# What Pillow holds while it decodes one picture, per pixel, at most: the decoded image (up to 4 bytes a pixel in
+# Pillow's memory, whatever the file's mode), its conversion to L or RGB (again up to 4), the array read from it (1 or
+# 3) and a progressive JPEG's coefficients (2 per channel); rounded up. Measured in tests/test_decode_limits.py.
+PICTURE_BYTES_PER_PIXEL = 24
+
+# PNG chunks Pillow inflates as it reads them (text and ICC profiles), up to 64 MB for a picture of a few kB; a
+# picture for a model carries pixels only.
+_INFLATED_PNG_CHUNKS = frozenset({b"zTXt", b"iTXt", b"iCCP"})
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def decode_picture(data: bytes, shape: tuple[int, int, int], out: torch.Tensor | None = None) -> torch.Tensor:
     """The C×H×W float32 image in ``data``; ValueError unless it is a PNG/JPEG of exactly ``shape``.
 
     The size is read from the header before any pixel is decoded, so a small file that declares a huge image
-    (a decompression bomb) is refused without allocating it.
+    (a decompression bomb) is refused without allocating it; so is a PNG with compressed metadata (text or ICC
+    chunks, which Pillow would inflate). With ``out`` (a float32 C×H×W tensor), the pixels are written there and
+    nothing of the image's size is held but Pillow's own (``PICTURE_BYTES_PER_PIXEL``).
     """
     from PIL import Image, UnidentifiedImageError
 
     channels, height, width = shape
+    _check_png_chunks(data)
     try:
         with Image.open(io.BytesIO(data), formats=("PNG", "JPEG")) as opened:
             if opened.size != (width, height):
                 raise ValueError(f"picture is {opened.size[0]}×{opened.size[1]}, the model takes {width}×{height}")
-            array = np.asarray(opened.convert("L" if channels == 1 else "RGB"))
+            mode = "L" if channels == 1 else "RGB"
+            opened.load()
+            array = np.asarray(opened if opened.mode == mode else opened.convert(mode))
     except UnidentifiedImageError:
         raise ValueError("not a PNG or JPEG image") from None
     except Image.DecompressionBombError:
         raise ValueError(f"picture declares a huge image, the model takes {width}×{height}") from None
     except (OSError, SyntaxError) as error:
         raise ValueError(f"not a readable PNG or JPEG ({error})") from None
-    array = array.reshape(height, width, channels)
-    return torch.from_numpy(array.astype(np.float32) / 255).permute(2, 0, 1).contiguous()
+    if out is None:
+        out = torch.empty(shape, dtype=torch.float32)
+    # the same float32 division as array.astype(float32) / 255, written straight into the C×H×W tensor
+    np.divide(array.reshape(height, width, channels), np.float32(255), out=out.permute(1, 2, 0).numpy(),
+              dtype=np.float32)
+    return out
+
+
+def _check_png_chunks(data: bytes) -> None:
+    """Refuse a PNG whose chunks Pillow would inflate (ValueError); anything else is left to Pillow."""
+    view = memoryview(data)
+    if bytes(view[:8]) != _PNG_SIGNATURE:
+        return
+    position = 8
+    while position + 8 <= len(view):
+        kind = bytes(view[position + 4:position + 8])
+        if kind in _INFLATED_PNG_CHUNKS:
+            raise ValueError(f"the PNG carries a compressed {kind.decode('ascii')} chunk (text or a colour "
+                             "profile), which may expand to far more than the picture; send the pixels only")
+        if kind == b"IEND":
+            return
+        position += 12 + int.from_bytes(view[position:position + 4], "big")

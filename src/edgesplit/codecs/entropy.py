@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import io
+import threading
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -48,21 +49,29 @@ def ans_encode(symbols: np.ndarray, first: int, counts: np.ndarray) -> bytes:
     return coder.get_compressed().astype("<u4").tobytes()
 
 
-def ans_decode(data: bytes, first: int, counts: np.ndarray, count: int) -> np.ndarray:
-    """The ``count`` symbols ``ans_encode`` coded; raises ValueError unless the data decode exactly to them."""
+def ans_symbols(data: bytes | memoryview, first: int, counts: np.ndarray, count: int,
+                step: int) -> Iterator[np.ndarray]:
+    """The ``count`` symbols ``ans_encode`` coded, ``step`` at a time (uint8 arrays), so that no buffer of all the
+    symbols is ever held; raises ValueError unless the data decode exactly to them.
+
+    The coder keeps its own copy of ``data`` (4 bytes a word) while it runs: count it among what a decode holds.
+    """
     import constriction
 
     if count == 0:
-        if data:
+        if len(data):
             raise ValueError("symbols coded for an empty tensor")
-        return np.zeros(0, dtype=np.uint8)
+        return
     if len(data) % 4:
         raise ValueError("ANS data is not a whole number of 32-bit words")
-    coder = constriction.stream.stack.AnsCoder(np.frombuffer(data, dtype="<u4").astype(np.uint32))
-    symbols = coder.decode(_model(counts), count)
+    coder = constriction.stream.stack.AnsCoder(np.frombuffer(data, dtype="<u4"))
+    model = _model(counts)
+    for start in range(0, count, step):
+        symbols = coder.decode(model, min(step, count - start))
+        symbols += first  # int32, below 256: first + alphabet is checked when the header is read
+        yield symbols.astype(np.uint8)
     if not coder.is_empty():
         raise ValueError("ANS data left over after the last symbol")
-    return (np.asarray(symbols, dtype=np.int64) + first).astype(np.uint8)
 
 
 def zstd_compress(data: bytes, level: int) -> bytes:
@@ -71,22 +80,44 @@ def zstd_compress(data: bytes, level: int) -> bytes:
     return zstandard.ZstdCompressor(level=level).compress(data)
 
 
-def zstd_decompress(data: bytes, expected_size: int) -> bytes:
-    """Decompress to exactly ``expected_size`` bytes, never allocating more (ValueError otherwise)."""
+def zstd_content_size(data: bytes | memoryview) -> int:
+    """The size a zstd frame's header says it decompresses to; -1 when the header does not say (ValueError if
+    ``data`` does not start with a zstd frame header)."""
     import zstandard
 
-    try:  # a streamed read: a frame that declares or expands to more than expected is never held whole
-        with zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data)) as reader:
-            chunks, held = [], 0
-            while held <= expected_size:
-                chunk = reader.read(expected_size + 1 - held)
-                if not chunk:
-                    break
-                chunks.append(chunk)
-                held += len(chunk)
-            raw = b"".join(chunks)
+    try:
+        return zstandard.frame_content_size(data)
     except zstandard.ZstdError as error:
         raise ValueError(f"zstd: {error}") from None
-    if len(raw) != expected_size:
-        raise ValueError(f"zstd data decompress to {len(raw)} bytes, the header declares {expected_size}")
-    return raw
+
+
+def zstd_decompress_into(data: bytes | memoryview, target: np.ndarray) -> None:
+    """Decompress a zstd frame into ``target`` (a uint8 array), which it must fill exactly; ValueError otherwise.
+
+    zstd decodes in a single pass straight into ``target`` when the frame's header declares its content size and
+    the whole frame is there; any other frame would need a window buffer of zstd's own, which the smallest window
+    limit (1 KiB) refuses, so nothing but ``target`` grows with the data.
+    """
+    import zstandard
+
+    view, filled = memoryview(target), 0
+    decompressor = getattr(_PER_THREAD, "zstd", None)
+    if decompressor is None:  # one per thread (they are not thread-safe), kept: making one costs more than a decode
+        decompressor = _PER_THREAD.zstd = zstandard.ZstdDecompressor(max_window_size=_ZSTD_MIN_WINDOW)
+    try:
+        with decompressor.stream_reader(data) as reader:
+            while filled < len(view):
+                read = reader.readinto(view[filled:])
+                if not read:
+                    break
+                filled += read
+            if filled == len(view) and reader.read(1):  # a second frame, decoded with at most a 1 KiB window
+                raise ValueError(f"zstd data decompress to more than the {len(view):,} bytes the header declares")
+    except zstandard.ZstdError as error:
+        raise ValueError(f"zstd: {error}") from None
+    if filled != len(view):
+        raise ValueError(f"zstd data decompress to {filled:,} bytes, the header declares {len(view):,}")
+
+
+_ZSTD_MIN_WINDOW = 1 << 10  # ZSTD_WINDOWLOG_ABSOLUTEMIN
+_PER_THREAD = threading.local()

@@ -14,13 +14,16 @@ Layout (little-endian; ``varint`` is unsigned LEB128)::
                  body length in 32-bit words varint (ANS data carry no length of their own)
     body         the rest: the output of the last stage
 
-The decoder checks every declared size against ``DecodeLimits`` before allocating, and that the body holds
-exactly what the header says; anything else raises ``PayloadError`` with what is wrong.
+The decoder checks that the body holds exactly what the header says, and computes from the header everything the
+decode will hold at once (``decode_cost``: the tensor, zstd output that does not fit inside it, the ANS coder's
+copy of its data), refusing it before allocating when that is over ``DecodeLimits.max_decoded_bytes``; anything
+else raises ``PayloadError`` with what is wrong. Values are converted a run at a time straight into the tensor.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+import math
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -53,7 +56,7 @@ class PayloadError(CodecError):
 class DecodeLimits:
     """What a decoder accepts from untrusted bytes; larger declarations are refused before anything is allocated."""
 
-    max_decoded_bytes: int = 256 * 2**20  # the tensor, and any intermediate buffer
+    max_decoded_bytes: int = 256 * 2**20  # the most one decode (or unpack) holds at once: tensors and buffers
     max_ndim: int = MAX_NDIM
 
 
@@ -91,7 +94,7 @@ class Frame:
     dtype: torch.dtype
     shape: tuple[int, ...]
     stages: list[StageRecord] = field(default_factory=list)
-    body: bytes = b""
+    body: bytes | memoryview = b""  # read() gives a view of the caller's bytes, not a copy
 
 
 # ---- writing ---------------------------------------------------------------------------------------------------
@@ -130,19 +133,30 @@ def write(frame: Frame) -> bytes:
 # ---- reading ---------------------------------------------------------------------------------------------------
 
 class _Reader:
-    def __init__(self, data: bytes) -> None:
-        self.data, self.pos = memoryview(data), 0
+    """Reads a frame from the caller's bytes without copying them (only header fields become new objects)."""
 
-    def take(self, n: int, what: str) -> bytes:
+    def __init__(self, data: bytes | bytearray | memoryview) -> None:
+        view = memoryview(data)
+        if view.ndim != 1 or view.itemsize != 1:
+            view = view.cast("B") if view.c_contiguous else memoryview(bytes(view))
+        self.data, self.pos = view, 0
+
+    def view(self, n: int, what: str) -> memoryview:
         if n < 0 or self.pos + n > len(self.data):
             raise PayloadError(f"payload truncated: {what} needs {n} bytes at offset {self.pos}, "
                                f"{max(0, len(self.data) - self.pos)} left")
-        chunk = bytes(self.data[self.pos:self.pos + n])
+        chunk = self.data[self.pos:self.pos + n]
         self.pos += n
         return chunk
 
+    def take(self, n: int, what: str) -> bytes:
+        return bytes(self.view(n, what))
+
     def u8(self, what: str) -> int:
-        return self.take(1, what)[0]
+        if self.pos >= len(self.data):
+            raise PayloadError(f"payload truncated: {what} needs 1 bytes at offset {self.pos}, 0 left")
+        self.pos += 1
+        return self.data[self.pos - 1]
 
     def varint(self, what: str) -> int:
         value = shift = 0
@@ -155,15 +169,15 @@ class _Reader:
             if shift > 63:
                 raise PayloadError(f"payload corrupt: {what} is not a valid varint")
 
-    def rest(self) -> bytes:
-        return bytes(self.data[self.pos:])
+    def rest(self) -> memoryview:
+        return self.data[self.pos:]
 
 
 def read(data: bytes, limits: DecodeLimits) -> Frame:
     """Parse and check a frame's header; the body is returned as it is."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise PayloadError(f"a payload is bytes, not {type(data).__name__}")
-    reader = _Reader(bytes(data))
+    reader = _Reader(data)
     if reader.take(3, "magic") != MAGIC:
         raise PayloadError("not an edgesplit tensor frame (magic bytes differ); send what Codec.encode wrote")
     version = reader.u8("version")
@@ -175,13 +189,12 @@ def read(data: bytes, limits: DecodeLimits) -> Frame:
     if ndim > limits.max_ndim:
         raise PayloadError(f"frame declares {ndim} dimensions, the limit is {limits.max_ndim}")
     shape = tuple(reader.varint("dimension") for _ in range(ndim))
-    numel = int(np.prod(shape, dtype=object)) if shape else 1
-    itemsize = torch.empty((), dtype=dtype).element_size()
-    spanned = int(np.prod([d or 1 for d in shape], dtype=object)) if shape else 1
+    numel, itemsize = math.prod(shape), dtype.itemsize
+    spanned = math.prod(d or 1 for d in shape)
     if numel == 0 and spanned * max(itemsize, 4) > limits.max_decoded_bytes:  # torch overflows on such shapes
         raise PayloadError(f"frame declares an empty tensor of shape {list(shape)}, whose nonzero dimensions "
                            f"span {spanned:,} elements, over the decode limit of {limits.max_decoded_bytes:,} bytes")
-    if numel * max(itemsize, 4) > limits.max_decoded_bytes:
+    if numel * itemsize > limits.max_decoded_bytes:  # the tensor alone; decode() checks all it would hold
         raise PayloadError(f"frame declares a {list(shape)} {str(dtype).removeprefix('torch.')} tensor "
                            f"({numel * itemsize:,} bytes), over the decode limit of {limits.max_decoded_bytes:,}")
     stages = [_stage(reader, shape, numel, limits) for _ in range(stage_count)]
@@ -201,6 +214,10 @@ def _check_order(stages: list[StageRecord], dtype: torch.dtype) -> None:
         names = "+".join(k.__name__.removesuffix("Record").lower() for k in kinds)
         raise PayloadError(f"payload corrupt: stages {names or 'none'} on a {str(dtype).removeprefix('torch.')} "
                            "tensor are not a valid pipeline")
+    cast = stages[0] if stages and isinstance(stages[0], CastRecord) else None
+    if cast is not None and not (cast.dtype.is_floating_point and _itemsize(cast.dtype) <= _itemsize(dtype)):
+        raise PayloadError(f"payload corrupt: a {_name(dtype)} tensor sent as {_name(cast.dtype)} cannot have been "
+                           "written (casts only narrow floating-point values)")
 
 
 def _dtype(code: int) -> torch.dtype:
@@ -246,49 +263,174 @@ def _stage(reader: _Reader, shape: tuple[int, ...], numel: int, limits: DecodeLi
     raise PayloadError(f"payload corrupt: unknown stage id {kind}")
 
 
-def decode(data: bytes, limits: DecodeLimits = DecodeLimits()) -> torch.Tensor:
-    """The tensor a frame carries; raises ``PayloadError`` on anything malformed, never allocating past ``limits``."""
+STEP = 1 << 13  # values converted at a time: all a decode holds besides its accounted buffers is this small
+
+
+@dataclass(frozen=True)
+class DecodeCost:
+    """What decoding takes, read from the headers alone (nothing is decompressed or decoded)."""
+
+    peak_bytes: int  # the most the decoder holds at once: the tensor(s) and every buffer that grows with them
+    tensor_bytes: int  # the decoded tensor(s)
+    converted_values: int = 0  # values computed one by one (dequantized or cast), not copied as bytes
+    ans_symbols: int = 0  # symbols the ANS stage decodes, the slowest per-value step
+
+
+def decode_cost(data: bytes, float_dtype: torch.dtype | None = None,
+                limits: DecodeLimits = DecodeLimits()) -> DecodeCost:
+    """What ``decode(data, limits, float_dtype)`` would hold and do, from the frame's header; the same
+    ``PayloadError`` as decode for a header that is malformed, inconsistent with its body, or over ``limits``."""
+    return _plan(read(data, limits), float_dtype, limits).cost
+
+
+def decode(data: bytes, limits: DecodeLimits = DecodeLimits(),
+           float_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """The tensor a frame carries; raises ``PayloadError`` on anything malformed.
+
+    Everything the decode holds at once (the tensor, decompressed bytes, the ANS coder's copy of its data) is
+    computed from the header and checked against ``limits.max_decoded_bytes`` before any of it is allocated;
+    quantized values and casts are converted a few thousand at a time straight into the tensor. A floating-point
+    frame is decoded into ``float_dtype`` when given: the values ``decode(data).to(float_dtype)`` has, without
+    the second tensor.
+    """
+    if float_dtype is not None and not (isinstance(float_dtype, torch.dtype) and float_dtype.is_floating_point):
+        raise CodecError(f"float_dtype must be a floating-point torch dtype, not {float_dtype}")
     frame = read(data, limits)
-    numel = int(np.prod(frame.shape, dtype=object)) if frame.shape else 1
-    body: bytes | np.ndarray = frame.body
-    symbols: np.ndarray | None = None
+    plan = _plan(frame, float_dtype, limits)
     try:
-        for stage in reversed(frame.stages):
-            if isinstance(stage, ZstdRecord):
-                body = entropy.zstd_decompress(body, stage.raw_size)  # type: ignore[arg-type]
-            elif isinstance(stage, AnsRecord):
-                _expect_size(body, 4 * stage.words, f"{stage.words:,} ANS words")  # type: ignore[arg-type]
-                symbols = entropy.ans_decode(body, stage.first, stage.counts, numel)  # type: ignore[arg-type]
-            elif isinstance(stage, QuantRecord):
-                if symbols is None:
-                    expected = quantize.packed_size(numel, stage.bits)
-                    _expect_size(body, expected, f"{stage.bits}-bit symbols")
-                    symbols = quantize.unpack_bits(body, stage.bits, numel)  # type: ignore[arg-type]
-                if (symbols >= (1 << stage.bits)).any():
-                    raise PayloadError(f"payload corrupt: symbols exceed {stage.bits} bits")
-                values = quantize.dequantize(symbols, stage.low, stage.high, stage.bits, stage.axis, frame.shape)
-                return torch.from_numpy(values).to(frame.dtype)
-            else:  # cast: the body holds the tensor in the cast dtype
-                return _tensor(body, stage.dtype, frame.shape, numel).to(frame.dtype)  # type: ignore[arg-type]
+        return _decode(frame, plan)
     except ValueError as error:
         raise PayloadError(f"payload corrupt: {error}") from None
-    if symbols is not None:
-        raise PayloadError("payload corrupt: entropy-coded symbols without a quantization stage")
-    return _tensor(body, frame.dtype, frame.shape, numel)  # type: ignore[arg-type]
 
 
-def _expect_size(body: bytes, expected: int, what: str) -> None:
-    if len(body) != expected:
-        raise PayloadError(f"payload {'truncated' if len(body) < expected else 'corrupt'}: {what} need "
-                           f"{expected:,} bytes, the body has {len(body):,}")
+@dataclass
+class _Plan:
+    out_dtype: torch.dtype
+    numel: int
+    cost: DecodeCost
+    transform: CastRecord | QuantRecord | None
+    lossless: ZstdRecord | AnsRecord | None
+    zstd_apart: bool  # the zstd output does not fit in the tensor's buffer behind the values it becomes
 
 
-def _tensor(body: bytes, dtype: torch.dtype, shape: tuple[int, ...], numel: int) -> torch.Tensor:
-    itemsize = torch.empty((), dtype=dtype).element_size()
-    _expect_size(body, numel * itemsize, f"{numel:,} {str(dtype).removeprefix('torch.')} values")
-    if numel == 0:
-        return torch.empty(shape, dtype=dtype)
-    return torch.frombuffer(bytearray(body), dtype=dtype).reshape(shape)
+def _plan(frame: Frame, float_dtype: torch.dtype | None, limits: DecodeLimits) -> _Plan:
+    """Every size the decode will meet, checked against the header and the body, and what it will hold at once."""
+    numel = _numel(frame.shape)
+    out_dtype = float_dtype if float_dtype is not None and frame.dtype.is_floating_point else frame.dtype
+    tensor_bytes = numel * _itemsize(out_dtype)
+    transform = next((s for s in frame.stages if isinstance(s, (CastRecord, QuantRecord))), None)
+    lossless = next((s for s in frame.stages if isinstance(s, (ZstdRecord, AnsRecord))), None)
+    extra, symbols, apart, held = 0, 0, False, ""
+    if isinstance(lossless, AnsRecord):
+        _expect_size(len(frame.body), 4 * lossless.words, f"{lossless.words:,} ANS words")
+        extra, symbols, held = 4 * lossless.words, numel, "the ANS coder's copy of its data"
+    else:
+        if isinstance(transform, QuantRecord):
+            expected, what = quantize.packed_size(numel, transform.bits), f"{transform.bits}-bit symbols"
+        else:
+            dtype = transform.dtype if isinstance(transform, CastRecord) else frame.dtype
+            expected, what = numel * _itemsize(dtype), f"{numel:,} {_name(dtype)} values"
+        if isinstance(lossless, ZstdRecord):
+            try:
+                declared = entropy.zstd_content_size(frame.body)
+            except ValueError as error:
+                raise PayloadError(f"payload corrupt: {error}") from None
+            if declared == -1:
+                raise PayloadError(f"payload corrupt: zstd data do not declare the size they decompress to "
+                                   f"(the frame says {lossless.raw_size:,} bytes); send what Codec.encode wrote")
+            if declared != lossless.raw_size:
+                raise PayloadError(f"payload corrupt: zstd data decompress to {declared:,} bytes, the header "
+                                   f"declares {lossless.raw_size:,}")
+            _expect_size(lossless.raw_size, expected, what)
+            # Decompressed behind the values they become, in the tensor's own buffer, when they fit there.
+            apart = (transform is not None or out_dtype != frame.dtype) and expected > tensor_bytes
+            extra, held = (expected, "the decompressed bytes") if apart else (0, "")
+        else:
+            _expect_size(len(frame.body), expected, what)
+    peak = tensor_bytes + extra
+    if peak > limits.max_decoded_bytes:
+        holds = f"{peak:,} bytes at once ({tensor_bytes:,} for the tensor, {extra:,} for {held})" if extra else \
+            f"{peak:,} bytes"
+        raise PayloadError(f"frame declares a {list(frame.shape)} {_name(out_dtype)} tensor whose decoding holds "
+                           f"{holds}, over the decode limit of {limits.max_decoded_bytes:,}")
+    converted = numel if transform is not None or out_dtype != frame.dtype else 0
+    return _Plan(out_dtype, numel, DecodeCost(peak, tensor_bytes, converted, symbols), transform, lossless, apart)
+
+
+def _decode(frame: Frame, plan: _Plan) -> torch.Tensor:
+    out = torch.empty(frame.shape, dtype=plan.out_dtype)
+    flat = out.view(-1)
+    buffer = flat.view(torch.uint8).numpy()  # the tensor's bytes
+    transform, lossless = plan.transform, plan.lossless
+    source = np.frombuffer(frame.body, dtype=np.uint8)
+    if isinstance(lossless, ZstdRecord):
+        size = lossless.raw_size
+        target = np.empty(size, dtype=np.uint8) if plan.zstd_apart else buffer[len(buffer) - size:]
+        entropy.zstd_decompress_into(frame.body, target)
+        if transform is None and plan.out_dtype == frame.dtype:
+            return out  # decompressed straight into the tensor
+        source = target
+    if isinstance(transform, QuantRecord):
+        if isinstance(lossless, AnsRecord):
+            runs = entropy.ans_symbols(frame.body, lossless.first, lossless.counts, plan.numel, STEP)
+        else:
+            runs = quantize.unpacked_symbols(source, transform.bits, plan.numel, STEP)
+        values = quantize.Dequantizer(transform.low, transform.high, transform.bits, transform.axis, frame.shape)
+        check = isinstance(lossless, AnsRecord) and transform.bits < 8  # unpacked symbols cannot exceed their bits
+        start = 0
+        for symbols in runs:
+            if check and int(symbols.max(initial=0)) >> transform.bits:
+                raise PayloadError(f"payload corrupt: symbols exceed {transform.bits} bits")
+            _store(flat, start, values.values(start, symbols), frame.dtype)
+            start += len(symbols)
+        return out
+    if isinstance(transform, CastRecord):
+        _convert(flat, source, transform.dtype, frame.dtype)
+    elif plan.out_dtype != frame.dtype:
+        _convert(flat, source, frame.dtype, frame.dtype)
+    else:
+        buffer[:] = source
+    return out
+
+
+def _store(flat: torch.Tensor, start: int, values: np.ndarray, dtype: torch.dtype) -> None:
+    """float64 ``values`` into ``flat[start:]`` as the old whole-tensor decode rounded them: to float32, then to the
+    frame's ``dtype``, then to the tensor's."""
+    end = start + len(values)
+    if dtype == torch.float32 and flat.dtype == torch.float32:
+        np.copyto(flat[start:end].numpy(), values, casting="same_kind")
+        return
+    run = torch.from_numpy(values.astype(np.float32))
+    flat[start:end].copy_(run if dtype == torch.float32 else run.to(dtype))
+
+
+def _convert(flat: torch.Tensor, source: np.ndarray, stored: torch.dtype, dtype: torch.dtype) -> None:
+    """``source`` bytes holding values in ``stored`` dtype into ``flat``, through the frame's ``dtype``, a run at a
+    time; each run is read before the tensor's bytes are written, so ``source`` may lie at the tensor's end."""
+    size = _itemsize(stored)
+    for start in range(0, flat.numel(), STEP):
+        end = min(start + STEP, flat.numel())
+        run = torch.empty(end - start, dtype=stored)
+        run.view(torch.uint8).numpy()[:] = source[start * size:end * size]
+        flat[start:end].copy_(run if stored == dtype else run.to(dtype))
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    return math.prod(shape)
+
+
+def _itemsize(dtype: torch.dtype) -> int:
+    return dtype.itemsize
+
+
+def _name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _expect_size(length: int, expected: int, what: str) -> None:
+    if length != expected:
+        raise PayloadError(f"payload {'truncated' if length < expected else 'corrupt'}: {what} need "
+                           f"{expected:,} bytes, the body has {length:,}")
 
 
 def pack(frames: list[bytes]) -> bytes:
@@ -296,33 +438,55 @@ def pack(frames: list[bytes]) -> bytes:
     return varint(len(frames)) + b"".join(varint(len(f)) + f for f in frames)
 
 
-def unpack_bytes(data: bytes, max_frames: int = 64) -> list[bytes]:
-    """The byte strings ``pack`` bundled, without decoding them (for payloads that are not codec frames)."""
-    reader = _Reader(bytes(data))
+def _bundled(data: bytes, max_frames: int, noun: str) -> list[memoryview]:
+    """Views of the frames ``pack`` bundled (no copies), the count and the lengths checked."""
+    reader = _Reader(data)
     count = reader.varint("frame count")
     if count > max_frames:
-        raise PayloadError(f"payload declares {count} frames, the limit is {max_frames}")
-    frames = [reader.take(reader.varint("frame length"), "frame") for _ in range(count)]
+        raise PayloadError(f"payload declares {count} {noun}, the limit is {max_frames}")
+    frames = [reader.view(reader.varint("frame length"), "frame") for _ in range(count)]
     if reader.pos != len(reader.data):
         raise PayloadError(f"payload corrupt: {len(reader.data) - reader.pos} bytes after the last frame")
     return frames
 
 
-def unpack(data: bytes, limits: DecodeLimits = DecodeLimits(), max_frames: int = 64) -> list[torch.Tensor]:
-    """The tensors ``pack`` bundled, decoded under ``limits`` all together (each frame gets what the others left)."""
-    reader = _Reader(bytes(data))
-    count = reader.varint("frame count")
-    if count > max_frames:
-        raise PayloadError(f"payload declares {count} tensors, the limit is {max_frames}")
+def pack_count(data: bytes) -> int:
+    """How many frames a ``pack`` payload says it holds (its first field), without reading them."""
+    return _Reader(data).varint("frame count")
+
+
+def unpack_bytes(data: bytes, max_frames: int = 64) -> list[bytes]:
+    """The byte strings ``pack`` bundled, without decoding them (for payloads that are not codec frames)."""
+    return [bytes(frame) for frame in _bundled(data, max_frames, "frames")]
+
+
+def unpack(data: bytes, limits: DecodeLimits = DecodeLimits(), max_frames: int = 64,
+           float_dtype: torch.dtype | None = None) -> list[torch.Tensor]:
+    """The tensors ``pack`` bundled, decoded under ``limits`` all together: each frame's decode gets what the
+    tensors before it left, so the limit bounds the most the whole unpack holds at once. ``float_dtype`` as in
+    ``decode``."""
+    frames = _bundled(data, max_frames, "tensors")
     tensors: list[torch.Tensor] = []
-    for _ in range(count):
-        left = limits.max_decoded_bytes - sum(t.numel() * max(t.element_size(), 4) for t in tensors)
-        frame = reader.take(reader.varint("frame length"), "frame")
+    for frame in frames:
+        left = limits.max_decoded_bytes - sum(t.numel() * t.element_size() for t in tensors)
         try:
-            tensors.append(decode(frame, replace(limits, max_decoded_bytes=left)))
+            tensors.append(decode(frame, DecodeLimits(left, limits.max_ndim), float_dtype))
         except PayloadError as error:
-            raise PayloadError(f"tensor {len(tensors) + 1} of {count}: {error}"
+            raise PayloadError(f"tensor {len(tensors) + 1} of {len(frames)}: {error}"
                                + (" (the limit left after the tensors before it)" if tensors else "")) from None
-    if reader.pos != len(reader.data):
-        raise PayloadError(f"payload corrupt: {len(reader.data) - reader.pos} bytes after the last frame")
     return tensors
+
+
+def unpack_cost(data: bytes, max_frames: int = 64, float_dtype: torch.dtype | None = None,
+                limits: DecodeLimits = DecodeLimits()) -> DecodeCost:
+    """What ``unpack(data, limits, max_frames, float_dtype)`` would hold and do, from the headers alone; the same
+    ``PayloadError`` as unpack for headers that are malformed or over ``limits``."""
+    held = peak = converted = symbols = 0
+    for number, frame in enumerate(_bundled(data, max_frames, "tensors"), 1):
+        try:
+            cost = decode_cost(frame, float_dtype, DecodeLimits(limits.max_decoded_bytes - held, limits.max_ndim))
+        except PayloadError as error:
+            raise PayloadError(f"tensor {number}: {error}") from None
+        peak, held = max(peak, held + cost.peak_bytes), held + cost.tensor_bytes
+        converted, symbols = converted + cost.converted_values, symbols + cost.ans_symbols
+    return DecodeCost(peak, held, converted, symbols)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterator
+
 import numpy as np
 
 _PERCENTILE_SAMPLE = 1 << 20  # values drawn per range when a percentile is computed on a large tensor
@@ -53,12 +56,28 @@ def quantize(values: np.ndarray, low: np.ndarray, high: np.ndarray, bits: int, a
     return np.clip(levels, 0, (1 << bits) - 1).astype(np.uint8).reshape(-1)
 
 
-def dequantize(symbols: np.ndarray, low: np.ndarray, high: np.ndarray, bits: int, axis: int | None,
-               shape: tuple[int, ...]) -> np.ndarray:
-    """The float32 values that ``symbols`` stand for (the inverse of ``quantize`` up to half a step)."""
-    lo = _broadcast(low.astype(np.float64), shape, axis)
-    step = _broadcast(steps(low, high, bits), shape, axis)
-    return np.asarray(lo + symbols.reshape(shape).astype(np.float64) * step, dtype=np.float32)  # 0-d: an array
+class Dequantizer:
+    """The values that symbols stand for (the inverse of ``quantize`` up to half a step), computed a run of
+    consecutive symbols at a time, so that a decoder never holds more than one run in float64."""
+
+    def __init__(self, low: np.ndarray, high: np.ndarray, bits: int, axis: int | None,
+                 shape: tuple[int, ...]) -> None:
+        self.low, self.step = low.astype(np.float64), steps(low, high, bits)
+        self.axis = axis
+        self.channels = shape[axis] if axis is not None else 1
+        self.inner = math.prod(shape[axis + 1:]) if axis is not None else 1
+
+    def values(self, start: int, symbols: np.ndarray) -> np.ndarray:
+        """float64 values of ``symbols``, the flat (C-order) elements ``start``, ``start + 1``, … of the tensor."""
+        values = symbols.astype(np.float64)
+        if self.axis is None:
+            values *= self.step[0]
+            values += self.low[0]
+        else:  # the channel of flat element i is (i // inner) % channels
+            channel = np.arange(start, start + len(symbols)) // self.inner % self.channels
+            values *= self.step[channel]
+            values += self.low[channel]
+        return values
 
 
 def pack_bits(symbols: np.ndarray, bits: int) -> bytes:
@@ -73,12 +92,31 @@ def packed_size(count: int, bits: int) -> int:
     return (count * bits + 7) // 8
 
 
-def unpack_bits(data: bytes, bits: int, count: int) -> np.ndarray:
-    """The ``count`` symbols that ``pack_bits`` packed into ``data``."""
-    raw = np.frombuffer(data, dtype=np.uint8)
-    if bits == 8:
-        return raw[:count].copy()
-    planes = np.unpackbits(raw)[:count * bits].reshape(count, bits)
-    padded = np.zeros((count, 8), dtype=np.uint8)
-    padded[:, 8 - bits:] = planes
-    return np.packbits(padded, axis=1).reshape(-1)
+def unpacked_symbols(data: np.ndarray, bits: int, count: int, step: int) -> Iterator[np.ndarray]:
+    """The ``count`` symbols that ``pack_bits`` packed into ``data`` (uint8), ``step`` at a time (a multiple of 8).
+
+    Each run is read from ``data`` before it is returned, so ``data`` may lie in memory the caller overwrites
+    behind the run it is given (a decoder unpacking in place).
+    """
+    for start in range(0, count, step):
+        n = min(step, count - start)
+        if bits == 8:
+            yield data[start:start + n].copy()
+        else:
+            yield _unpack_run(data[start * bits // 8:], bits, n)
+
+
+def _unpack_run(data: np.ndarray, bits: int, count: int) -> np.ndarray:
+    """The first ``count`` symbols of ``data``: every 8 symbols fill ``bits`` bytes, most significant bit first."""
+    groups = (count + 7) // 8
+    raw = data[:groups * bits]
+    if len(raw) < groups * bits:  # the last group of a tensor may be cut short by the padding
+        raw = np.concatenate([raw, np.zeros(groups * bits - len(raw), dtype=np.uint8)])
+    raw = raw.reshape(groups, bits)
+    words = raw[:, 0].astype(np.uint64)  # each group of 8 symbols as one big-endian integer
+    for column in range(1, bits):
+        words <<= np.uint64(8)
+        words |= raw[:, column]
+    symbols = words[:, None] >> (np.arange(7, -1, -1, dtype=np.uint64) * np.uint64(bits))
+    symbols &= np.uint64((1 << bits) - 1)
+    return symbols.astype(np.uint8).reshape(-1)[:count]

@@ -4,10 +4,12 @@
 on first use that the server serves the same model (name, graph fingerprint, routes), and answers ``infer(x)``
 with a :class:`Result`. Around that:
 
-* Bandwidth: every request's upload is timed; the sample is ``bits / (elapsed − server time − RTT floor)``,
-  where the RTT floor is the fastest of a few tiny ``/healthz`` round trips. Samples are smoothed (an EWMA of the
-  logarithm, so that a drop from 40 to 1 Mbit/s is followed as fast as one from 4 to 0.1). A transfer too short
-  to time (under ``min_transfer_ms``) only says the link is at least that fast.
+* Bandwidth: a request's time beyond what the server reports is a fixed cost (round trip, both stacks) plus its
+  bits ÷ the bandwidth. Both come from the requests (:class:`BandwidthEstimator`): a Theil–Sen line over recent
+  requests of two sizes (routes differ, probes, timed requests of two sizes on connect) gives the fixed cost; the
+  estimate is the median of the last five requests' transfer times; a transfer within ``min_transfer_ms`` of the
+  fixed cost only says the link is at least that fast. A switch to a slower plan that rests on one frame size
+  waits for one request of another size and is made only if its time grows with its bytes as the estimate says.
 * Switching: the switch table's plan for the estimate is adopted only once the estimate is outside every range of
   the current plan by the hysteresis margin (20%: a plan valid below 4 Mbit/s is kept up to 4.8), so a link that
   sits at a threshold does not flap. Below the lowest split range the client runs everything locally.
@@ -23,13 +25,15 @@ Nothing here unpickles anything: responses are wire frames (``wire.py``) holding
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
+import ssl
 import threading
 import time
+from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,7 +51,6 @@ log = logging.getLogger("edgesplit.client")
 
 TOKEN_ENV = "EDGESPLIT_TOKEN"
 _RETRY_STATUS = {429, 503}
-_HEALTH_SAMPLES = 3
 
 
 class ClientError(EdgesplitError):
@@ -60,6 +63,10 @@ class ServerUnreachableError(ClientError):
 
 class ServerRejectedError(ClientError):
     """The server refused a request for a reason retrying cannot fix (a 4xx: wrong token, a bad frame)."""
+
+
+class ServerUntrustedError(ClientError):
+    """The server's TLS certificate does not verify against the CA file (or the system's roots)."""
 
 
 class ServerMismatchError(ClientError):
@@ -108,7 +115,8 @@ class ClientStats:
     outages: int = 0  # times the client gave up on the server and went to the device
     recoveries: int = 0  # times it came back
     retries: int = 0  # attempts after the first
-    probes: int = 0  # requests sent only to measure the link
+    probes: int = 0  # requests sent on the next route up to see whether the link got faster
+    calibrations: int = 0  # requests sent on connect only to time two frame sizes
     bytes_sent: int = 0
     switches: list[Switch] = field(default_factory=list)
 
@@ -116,65 +124,136 @@ class ClientStats:
 # ---- bandwidth -------------------------------------------------------------------------------------------------
 
 class BandwidthEstimator:
-    """A smoothed uplink estimate in Mbit/s: an EWMA of log(bandwidth) over per-request samples.
+    """The uplink in Mbit/s, from the requests themselves: a request's time beyond what the server reports is a fixed
+    cost (round trip, HTTP or WebSocket framing, both stacks) plus its bits ÷ the bandwidth.
 
-    ``prior_mbps`` is where it starts (the plan's link); the first measured sample replaces it. Probes (rare,
-    and the only news about another regime) are mixed in with weight at least 0.5.
+    * The fixed cost is the intercept of a Theil–Sen line (the median of pairwise slopes) of time on bits over the
+      last ``recent`` requests, whenever they hold two frame sizes (routes differ, a probe, the calibration on
+      connect). A fit whose requests do not lie near one line (the link changed among them) is not used. With one
+      frame size the slope cannot be told from the intercept, so the fixed cost learned before stands; when most
+      recent requests are faster than it, it falls to their median.
+    * Each request's transfer time is its time minus the fixed cost. One within ``tolerance_s`` of it (the larger of
+      ``min_transfer_s`` and a quarter of the fixed cost) is *censored*: it only says the link is at least bits ÷
+      tolerance fast, never that it is slow.
+    * The estimate is the median of the last ``recent`` requests, censored ones counting as faster than any measured
+      one: a hiccup (or two in five) moves nothing, a real change is followed after three requests. When most are
+      censored the estimate is a lower bound: it rises to it but never falls on it, and a measured request above it
+      (a probe of a bigger route) is taken.
 
-    A frame too small to time at the current estimate (it should cross faster than ``min_transfer_s``) that
-    takes longer is more often a scheduling hiccup than a slower link: such slow samples count once ``patience``
-    of them come in a row (and from then on, while the run lasts); a fast one in between clears them. Without this, a few hiccups among
-    hundreds of untimeable kilobyte frames read as a slow link (the only samples ever "measured" are the slow ones).
+    ``prior_mbps`` is the estimate until something is measured.
     """
 
-    patience = 3
-
-    def __init__(self, prior_mbps: float | None = None, alpha: float = 0.3) -> None:
-        if not 0 < alpha <= 1:
-            raise ValueError(f"alpha {alpha} is outside (0, 1]")
-        self.alpha = alpha
-        self._log = math.log(prior_mbps) if prior_mbps and prior_mbps > 0 else None
+    def __init__(self, prior_mbps: float | None = None, *, min_transfer_s: float = 0.002, recent: int = 5) -> None:
+        if min_transfer_s <= 0 or recent < 1:
+            raise ValueError("min_transfer_s must be positive and recent ≥ 1")
+        self.min_transfer_s = min_transfer_s
+        self._mbps = prior_mbps if prior_mbps and prior_mbps > 0 else None
+        self._prior = self._mbps
+        self._recent: deque[tuple[float, float, bool]] = deque(maxlen=recent)  # bits, seconds, timed out
+        self.fixed_s: float | None = None  # the learned fixed cost per request
         self.measured = False  # False while the estimate is still the prior
-        self.censored = False  # the last sample was too short to time: only a lower bound
+        self.censored = False  # the estimate is a lower bound: recent transfers were too short to time
         self.samples = 0
-        self.suspect = 0  # slow samples in a row from frames too small to time at the estimate
 
     @property
     def mbps(self) -> float | None:
-        return math.exp(self._log) if self._log is not None else None
+        return self._mbps
 
-    def add(self, bits: float, transfer_s: float, min_transfer_s: float, probe: bool = False) -> float | None:
-        """Mix in one transfer of ``bits`` that took ``transfer_s`` beyond the RTT; returns the new estimate."""
+    @property
+    def tolerance_s(self) -> float:
+        return max(self.min_transfer_s, 0.25 * (self.fixed_s or 0.0))
+
+    @property
+    def one_size(self) -> bool:
+        """Whether the recent requests all had about one size (then the link and the fixed cost are not told apart
+        by them: the fixed cost is the one learned before)."""
+        sizes = [bits for bits, _, _ in self._recent]
+        return not sizes or max(sizes) < _DISTINCT * min(sizes)
+
+    def add(self, bits: float, seconds: float, probe: bool = False) -> float | None:
+        """One answered request of ``bits`` that took ``seconds`` beyond the server's time; returns the estimate.
+        (``probe`` is accepted for callers that mark probes; a probe is a request like any other.)"""
         self.samples += 1
-        alpha = max(self.alpha, 0.5) if probe else self.alpha
-        if transfer_s < min_transfer_s:
-            self.censored, self.suspect = True, 0
-            bound = bits / min_transfer_s / 1e6  # at least this fast
-            if self._log is None or math.log(bound) > self._log:
-                self._mix(bound, alpha)
-            return self.mbps
-        untimeable = self.mbps is not None and bits / (self.mbps * 1e6) < min_transfer_s
-        self.suspect = self.suspect + 1 if untimeable else 0
-        if 0 < self.suspect < self.patience:
-            return self.mbps  # held: a hiccup until it repeats (then every slow one in the run counts)
-        self.censored = False
-        self._mix(bits / transfer_s / 1e6, alpha)
-        self.measured = True
-        return self.mbps
+        self._recent.append((bits, seconds, False))
+        self._fit()
+        return self._estimate()
+
+    @property
+    def typical_bits(self) -> float:
+        """The median size of the recent requests."""
+        sizes = sorted(bits for bits, _, _ in self._recent)
+        return sizes[(len(sizes) - 1) // 2] if sizes else 0.0
+
+    def forget(self) -> None:
+        """Drop the recent requests but the last (they raised a suspicion that another size did not bear out)."""
+        while len(self._recent) > 1:
+            self._recent.popleft()
+        self._estimate()
 
     def add_upper_bound(self, bits: float, seconds: float) -> float | None:
         """A transfer that had not finished after ``seconds`` (a timeout): the link is at most this fast."""
-        bound = math.log(max(bits / max(seconds, 1e-6) / 1e6, 1e-6))
-        if self._log is None or bound < self._log:  # a hard bound, not a noisy sample: taken as it is
-            self._log, self.measured, self.censored = bound, True, False
-        return self.mbps
+        self.samples += 1
+        self._recent.append((bits, seconds, True))
+        return self._estimate()
 
-    def _mix(self, mbps: float, alpha: float) -> None:
-        sample = math.log(max(mbps, 1e-6))
-        if self._log is None or not self.measured:
-            self._log = sample
-        else:
-            self._log += alpha * (sample - self._log)
+    def _fit(self) -> None:
+        recent = [(bits, seconds) for bits, seconds, late in self._recent if not late]
+        line = theil_sen(recent)
+        if line is not None:  # the latest requests hold two sizes: the fixed cost, if they lie near one line
+            fixed, slope = line
+            misfit = sorted(abs(t - fixed - slope * b) for b, t in recent)[(len(recent) - 1) // 2]
+            if fixed > -self.tolerance_s and misfit <= self.tolerance_s:  # else the link changed among them
+                self.fixed_s = max(fixed, 0.0)
+                return
+        if self.fixed_s is None:  # one size and nothing learned: what the prior's transfer time leaves
+            bits, seconds = min(recent, key=lambda s: s[1])
+            self.fixed_s = max(seconds - (bits / (self._prior * 1e6) if self._prior else 0.0), 0.0)
+        recent = sorted(t for _, t, late in self._recent if not late)
+        if recent and self.fixed_s is not None and recent[(len(recent) - 1) // 2] < self.fixed_s:
+            self.fixed_s = recent[(len(recent) - 1) // 2]  # most requests are faster than the fixed cost: it fell
+
+    def _estimate(self) -> float | None:
+        fixed, tolerance = self.fixed_s or 0.0, self.tolerance_s
+        measured, bounds, uppers = [], [], []
+        for bits, seconds, late in self._recent:
+            transfer = seconds - fixed
+            if late:
+                measured.append(bits / max(transfer, tolerance) / 1e6)  # at most this fast
+                uppers.append(measured[-1])
+            elif transfer <= tolerance:
+                bounds.append(bits / tolerance / 1e6)  # at least this fast
+            else:
+                measured.append(bits / transfer / 1e6)
+        if 2 * len(measured) > len(measured) + len(bounds):  # most were timed: their median, censored ones above
+            ordered = sorted(measured) + [math.inf] * len(bounds)
+            self._mbps = ordered[(len(ordered) - 1) // 2]
+            self.measured, self.censored = True, False
+            return self._mbps
+        bound = sorted(bounds)[(len(bounds) - 1) // 2]
+        above = sorted(m for m in measured if m >= bound)  # consistent with the bounds: a probe of a bigger route
+        faster = above[(len(above) - 1) // 2] if above else 0.0
+        self._mbps = max(self._mbps or 0.0, bound, faster)
+        self.censored = not above or faster < self._mbps
+        if uppers:  # a recent timeout caps it: no probing of what just stalled
+            self._mbps, self.censored = min(self._mbps, min(uppers)), False
+        self.measured = self.measured or bool(above)
+        return self._mbps
+
+
+_DISTINCT = 1.25  # frames this many times larger count as another size
+
+
+def theil_sen(samples: Sequence[tuple[float, float]]) -> tuple[float, float] | None:
+    """(intercept, slope ≥ 0) of the Theil–Sen line of y on x, over pairs whose x differ by ``_DISTINCT``×; None
+    when fewer than two such pairs exist (one size only: the slope cannot be told)."""
+    slopes = [(y2 - y1) / (x2 - x1) for i, (x1, y1) in enumerate(samples) for x2, y2 in samples[i + 1:]
+              if max(x1, x2) >= _DISTINCT * min(x1, x2)]
+    if len(slopes) < 2:
+        return None
+    slopes.sort()
+    slope = max(slopes[(len(slopes) - 1) // 2], 0.0)
+    offsets = sorted(y - slope * x for x, y in samples)
+    return offsets[(len(offsets) - 1) // 2], slope
 
 
 class SwitchPolicy:
@@ -203,6 +282,12 @@ class SwitchPolicy:
             return True
         low, high = mbps / (1 + self.hysteresis), mbps * (1 + self.hysteresis)
         return any(lo <= high and low < hi for lo, hi in self.ranges.get(label, []))
+
+    def lower(self, label: str, than: str) -> bool:
+        """Whether ``label`` is a plan for slower links than ``than`` (its ranges end lower)."""
+        def top(name: str) -> float:
+            return max((high for _, high in self.ranges.get(name, [])), default=0.0)
+        return top(label) < top(than)
 
     def next(self, label: str, mbps: float) -> str:
         """The plan to run at ``mbps`` when ``label`` runs now."""
@@ -244,21 +329,23 @@ class Client:
     pins one plan of the switch table by its label (no switching, no probes; the estimate is still kept).
     ``onnx_dir`` exports every route's head to ONNX there, checks it against PyTorch, and runs it with onnxruntime.
     ``stream`` sends the frames over one WebSocket (``/v1/stream``) instead of one HTTP POST each: less overhead
-    per request, the same retries, fallback and answers.
+    per request, the same retries, fallback and answers. Over ``https://`` (and so ``wss://``) the server's
+    certificate is checked against ``ca_file`` (PEM; default: the system's trusted roots); one that does not verify
+    raises :class:`ServerUntrustedError` rather than falling back to the device.
     """
 
     def __init__(self, plan: PlanReport | Deployment | str | Path, url: str, token: str | None = None, *,
                  weights: str | Path | None = None, timeout_s: float = 5.0, retries: int = 2,
                  backoff_s: float = 0.1, fallback: bool = True, probe_every_s: float = 2.0,
                  transport: httpx.BaseTransport | None = None, initial_mbps: float | None = None,
-                 hysteresis: float = 0.2, alpha: float = 0.3, min_transfer_ms: float = 2.0,
-                 rtt_refresh_s: float = 30.0, top_k: int = 0, route: str | None = None,
-                 model_id: str | None = None, plan_dir: str | Path | None = None,
-                 onnx_dir: str | Path | None = None, stream: bool = False) -> None:
-        if retries < 0 or timeout_s <= 0 or probe_every_s <= 0 or hysteresis < 0 or not 0 < alpha <= 1:
-            raise ClientError("retries and hysteresis must be ≥ 0, timeout_s and probe_every_s positive, alpha in "
-                              "(0, 1]")
-        self.deployment = _deployment(plan, weights, plan_dir, model_id)
+                 hysteresis: float = 0.2, min_transfer_ms: float = 2.0, top_k: int = 0, route: str | None = None,
+                 model_id: str | None = None, plan_dir: str | Path | None = None, model: str | None = None,
+                 onnx_dir: str | Path | None = None, stream: bool = False,
+                 ca_file: str | Path | None = None) -> None:
+        if retries < 0 or timeout_s <= 0 or probe_every_s <= 0 or hysteresis < 0 or min_transfer_ms <= 0:
+            raise ClientError("retries and hysteresis must be ≥ 0, timeout_s, probe_every_s and min_transfer_ms "
+                              "positive")
+        self.deployment = _deployment(plan, weights, plan_dir, model_id, model)
         self.stream, self._socket = stream, None
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
         if onnx_dir is not None:  # the device runs its heads with onnxruntime, as a Raspberry Pi would
@@ -269,13 +356,18 @@ class Client:
             raise ClientError(f"server URL '{url}' is not http(s)://HOST:PORT; give it as e.g. http://10.0.0.2:8000")
         self.timeout_s, self.retries, self.backoff_s = timeout_s, retries, backoff_s
         self.fallback, self.probe_every_s, self.top_k = fallback, probe_every_s, top_k
-        self.min_transfer_s, self.rtt_refresh_s = min_transfer_ms / 1e3, rtt_refresh_s
         headers = {"Authorization": f"Bearer {token}"} if token else {}
+        # one verifying TLS context for the HTTP client and the WebSocket
+        self.ssl_context = _ssl_context(ca_file) if self.url.startswith("https://") else None
+        if ca_file is not None and self.ssl_context is None:
+            raise ClientError(f"--ca-file is for https:// servers and {url} is plain http; use https:// (the server "
+                              "runs with --tls-cert and --tls-key) or leave --ca-file out")
         self._http = httpx.Client(base_url=self.url, headers=headers, timeout=httpx.Timeout(timeout_s),
-                                  transport=transport)
+                                  transport=transport or _KeepAlive(self.ssl_context),
+                                  verify=self.ssl_context or True)
         self.policy = SwitchPolicy(self.deployment, hysteresis)
         prior = initial_mbps if initial_mbps is not None else self.deployment.plan.link.uplink_mbps
-        self.estimator = BandwidthEstimator(prior, alpha)
+        self.estimator = BandwidthEstimator(prior, min_transfer_s=min_transfer_ms / 1e3)
         self.label = self.policy.label_at(prior)
         self.pinned = route is not None  # one route always: no switching, no probes
         if route is not None:
@@ -285,14 +377,15 @@ class Client:
                                   f"{', '.join(repr(label) for label in labels)}")
             self.label = route
         self.stats = ClientStats()
-        self.rtt_floor_s: float | None = None
-        self._rtts: list[float] = []
-        self._rtt_at = -math.inf
         self._connected = False  # the server's models were checked
         self._warm = False  # the first request after connecting pays one-time costs: not a bandwidth sample
         self._down = False  # the server did not answer: running locally, asking /readyz now and then
         self._ready_probe_at = -math.inf
         self._probe_at = -math.inf
+        self._sizes: dict[str, int] = {}  # request bytes of each route, for one input
+        self._check: str | None = None  # the route of the next request: another frame size before a switch
+        self._checking = False  # this request is that check
+        self._suspect: tuple[str, float, float, float] | None = None  # target, Mbit/s, fixed cost, bits
         self._lock = threading.Lock()
         self._closed = False
 
@@ -304,11 +397,18 @@ class Client:
         return self.estimator.mbps
 
     @property
+    def fixed_cost_s(self) -> float | None:
+        """What a request costs beyond its transfer and the server's time (round trip, both stacks), as learned."""
+        return self.estimator.fixed_s
+
+    rtt_floor_s = fixed_cost_s  # the name of earlier releases
+
+    @property
     def server_up(self) -> bool:
         return not self._down
 
     def connect(self) -> Client:
-        """Check the server serves this plan and measure the RTT floor (done by the first ``infer`` anyway)."""
+        """Check the server serves this plan and time a few requests (done by the first ``infer`` anyway)."""
         with self._lock:
             self._ensure_connected(time.monotonic())
         return self
@@ -362,7 +462,6 @@ class Client:
         if self._down:
             self.stats.fallbacks += 1
             return self._local(inputs, started, "fallback")
-        self._maybe_refresh_rtt(now)
         route, mode = self._pick(now)
         if route is None:
             return self._local(inputs, started, "all-device")
@@ -370,6 +469,8 @@ class Client:
         request_id = new_request_id()
         frame = Request(request_id, self.deployment.model_id, route.route_id, route.encode(tensors), route.width,
                         self.top_k).to_bytes()
+        if inputs[0].shape[0] == 1:
+            self._sizes[route.label] = len(frame)
         sent = self._send(frame, request_id, index)
         if sent is None:  # every attempt failed; fallback is on
             self.stats.fallbacks += 1
@@ -399,6 +500,11 @@ class Client:
         route = self.deployment.route_for_label(self.label)
         if self.pinned:
             return route, "route"
+        self._checking = False
+        if self._check is not None:  # a switch waits for this request of another size
+            check, self._check, self._checking = self._check, None, True
+            self.stats.probes += 1
+            return self.deployment.route_for_label(check), "probe"
         measuring = route is not None and not self.estimator.censored
         if not measuring and now - self._probe_at >= self.probe_every_s:
             up = self.policy.above(self.label)
@@ -409,13 +515,27 @@ class Client:
         return route, "route"
 
     def _measure(self, frame_bytes: int, elapsed_s: float, server_s: float, index: int, probe: bool) -> None:
-        floor = self.rtt_floor_s or 0.0
-        beyond = elapsed_s - server_s
-        if beyond < floor:  # faster than the floor: the floor was a slow moment
-            self.rtt_floor_s = floor = max(beyond, 0.0)
-        min_transfer = max(self.min_transfer_s, 0.25 * floor)
-        self.estimator.add(frame_bytes * 8, beyond - floor, min_transfer, probe)
-        self._decide(index)
+        seconds = max(elapsed_s - server_s, 0.0)
+        self.estimator.add(frame_bytes * 8, seconds, probe)
+        if self._checking and self._suspect is not None:
+            self._checking = False
+            self._confirm(frame_bytes * 8, seconds, index)
+        else:
+            self._decide(index)
+
+    def _check_route(self, target: str) -> str | None:
+        """A route whose frames differ in size from the recent requests' (the target's if it does, else the
+        smallest that does) and cross in 0.1 s at the estimate; None if there is none."""
+        recent = [bits / 8 for bits, _, _ in self.estimator._recent]
+        if not recent:
+            return None
+        size = sorted(recent)[(len(recent) - 1) // 2]
+        mbps = self.estimator.mbps or self.deployment.plan.link.uplink_mbps
+        candidates = sorted((bytes_, label) for label, bytes_ in self._sizes.items()
+                            if max(bytes_, size) >= _DISTINCT * min(bytes_, size)
+                            and bytes_ * 8 / (mbps * 1e6) <= 0.1)
+        labels = [label for _, label in candidates]
+        return target if target in labels else labels[0] if labels else None
 
     def _slow(self, bits: int, seconds: float, index: int) -> None:
         """An attempt that timed out: its bits took longer than ``seconds``, so lower routes may be needed."""
@@ -425,7 +545,46 @@ class Client:
     def _decide(self, index: int) -> None:
         if self.pinned:
             return
-        target = self.policy.next(self.label, self.estimator.mbps)
+        estimator = self.estimator
+        target = self.policy.next(self.label, estimator.mbps)
+        if target == self.label or self._check is not None:
+            return
+        if self.policy.lower(target, self.label):
+            if estimator.censored:
+                return  # "at least this fast" never says that a slower plan is needed
+            if estimator.one_size:
+                # One frame size cannot tell a slower link from a slower request (a busy machine, a scheduling
+                # hiccup): the next request goes on a route of another size (the target's, where it has one), and
+                # the switch is made only if its transfer time bears the same bandwidth out.
+                check = self._check_route(target)
+                if check is None:  # no other size to ask: only transfers far too long for a hiccup count
+                    if estimator.typical_bits / (estimator.mbps * 1e6) < 10 * estimator.tolerance_s:
+                        return
+                    self._switch(index, target)
+                    return
+                self._check = check
+                self._suspect = (target, estimator.mbps, estimator.fixed_s or 0.0, estimator.typical_bits)
+                return
+        self._switch(index, target)
+
+    def _confirm(self, bits: int, seconds: float, index: int) -> None:
+        """The answer to a check request: switch if its transfer time bears the suspected bandwidth out, else
+        forget the requests that raised the suspicion."""
+        target, mbps, fixed, suspect_bits = self._suspect
+        self._suspect = None
+        ratio, tolerance = bits / suspect_bits, self.estimator.tolerance_s
+        transfer = seconds - fixed
+        if transfer > tolerance:  # timed: nearer "time grows with bytes" than "time is the same" (log midpoint)
+            agrees = abs(math.log(bits / transfer / 1e6 / mbps)) < abs(math.log(ratio)) / 2
+        else:  # too short to time: agrees only if the slow transfers were far too long to be a hiccup
+            agrees = ratio < 1 and suspect_bits / (mbps * 1e6) >= 10 * tolerance
+        if agrees:
+            self._switch(index, target)
+        else:
+            log.info("a %d-byte request did not bear out %.3g Mbit/s: no switch to %s", bits // 8, mbps, target)
+            self.estimator.forget()
+
+    def _switch(self, index: int, target: str) -> None:
         if target != self.label:
             self.stats.switches.append(Switch(index + 1, self.label, target, self.estimator.mbps))
             log.info("switching from %s to %s at %.3g Mbit/s", self.label, target, self.estimator.mbps)
@@ -447,6 +606,7 @@ class Client:
                 try:
                     response = self._exchange(frame, request_id)
                 except (OSError, TimeoutError, ConnectionError) as error:  # the socket is gone or silent: reconnect
+                    self._untrusted(error)
                     self._drop_socket()
                     last = f"{type(error).__name__}: {error}"
                     continue
@@ -461,6 +621,7 @@ class Client:
             try:
                 reply = self._http.post("/v1/infer", content=frame, headers={"Content-Type": MEDIA_TYPE})
             except httpx.TransportError as error:  # refused, reset, timed out: the request may or may not have run
+                self._untrusted(error)
                 last = _describe(error)
                 if isinstance(error, (httpx.WriteTimeout, httpx.ReadTimeout)):  # the link is at most this fast
                     self._slow(len(frame) * 8, time.perf_counter() - began, index)
@@ -488,15 +649,11 @@ class Client:
     def _exchange(self, frame: bytes, request_id: bytes) -> Response:
         """One frame over the WebSocket and its answer (answers to earlier, timed-out tries are skipped)."""
         from websockets.exceptions import InvalidStatus, WebSocketException
-        from websockets.sync.client import connect
 
         try:
             if self._socket is None:
                 url = "ws" + self.url.removeprefix("http") + "/v1/stream"
-                stack = ExitStack()
-                self._socket = stack.enter_context(connect(url, additional_headers=self._headers, max_size=None,
-                                                           open_timeout=self.timeout_s, compression=None))
-                self._socket_stack = stack
+                self._socket = _Stream(url, self._headers, self.timeout_s, getattr(self, "ssl_context", None))
             self._socket.send(frame)
             deadline = time.monotonic() + self.timeout_s
             while True:
@@ -518,9 +675,21 @@ class Client:
         except WebSocketException as error:
             raise ConnectionError(str(error) or type(error).__name__) from None
 
+    def _untrusted(self, error: BaseException | None) -> None:
+        """Raise ServerUntrustedError if ``error`` is a certificate that did not verify: a configuration error,
+        which falling back to the device would hide."""
+        seen = set()
+        while error is not None and id(error) not in seen:
+            seen.add(id(error))
+            if isinstance(error, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in str(error):
+                reason = getattr(error, "verify_message", None) or "it does not verify"
+                raise ServerUntrustedError(f"the server's certificate is not trusted ({reason}); pass --ca-file "
+                                           "with the CA (or self-signed certificate) that signed it") from None
+            error = error.__cause__ or error.__context__
+
     def _drop_socket(self) -> None:
         if self._socket is not None:
-            self._socket_stack.close()
+            self._socket.close()
             self._socket = None
 
     def _give_up(self, why: str) -> None:
@@ -539,8 +708,10 @@ class Client:
         try:
             self._check_models()
             self._warm_up_heads()
-            self._refresh_rtt(_HEALTH_SAMPLES)
+            self._check_health()
+            self._calibrate()
         except (httpx.TransportError, _Unavailable) as error:
+            self._untrusted(error)
             self._give_up(_describe(error) if isinstance(error, httpx.TransportError) else str(error))
 
     def _check_models(self) -> None:
@@ -583,23 +754,72 @@ class Client:
             for route in self.deployment.routes:
                 route.encode(route.device_side(*examples))
 
-    def _refresh_rtt(self, samples: int = 1) -> None:
-        for _ in range(samples):
-            began = time.perf_counter()
-            reply = self._http.get("/healthz")
-            took = time.perf_counter() - began
-            if reply.status_code != 200:
-                raise _Unavailable(f"GET /healthz answered HTTP {reply.status_code}")
-            self._rtts = (self._rtts + [took])[-5:]
-        self.rtt_floor_s = min(self._rtts)
-        self._rtt_at = time.monotonic()
+    def _check_health(self) -> None:
+        reply = self._http.get("/healthz")
+        if reply.status_code != 200:
+            raise _Unavailable(f"GET /healthz answered HTTP {reply.status_code}")
 
-    def _maybe_refresh_rtt(self, now: float) -> None:
-        if now - self._rtt_at >= self.rtt_refresh_s:
-            try:
-                self._refresh_rtt()
-            except (httpx.TransportError, _Unavailable):
-                self._rtt_at = now  # the request itself will find out
+    def _calibrate(self) -> None:
+        """Timed requests of two sizes on connect, so that the first estimate already tells the fixed cost of a
+        request from its transfer time: the smallest route's frame and the largest that crosses in 50 ms at the
+        assumed uplink (or, when every route sends about the same, the smallest route's frame for 4 inputs). They
+        are ordinary requests for the plan's example input, answered as any other; each size is sent twice, after
+        one untimed request (a fresh connection's first costs more). Best effort: what fails is left to the
+        requests. A pinned client does not switch and sends none."""
+        if self.pinned or not self.deployment.routes:
+            return
+        prior = self.estimator.mbps or self.deployment.plan.link.uplink_mbps
+        budget_bytes = 0.05 * prior * 1e6 / 8
+        generator = torch.Generator().manual_seed(0)  # inputs like real ones (an example input may be all zeros)
+        one = tuple(torch.rand(x.shape, generator=generator).to(x.dtype) if x.is_floating_point() else x
+                    for x in self.deployment.traced.example_inputs)
+        sized = sorted(((len(self._frame(route, one)[1]), route) for route in self.deployment.routes),
+                       key=lambda item: item[0])
+        self._sizes.update({route.label: size for size, route in sized})
+        small, smallest = sized[0]
+        bigger = [route for size, route in sized if 2 * small <= size <= budget_bytes]
+        four = tuple(torch.cat([x] * 4) for x in one)
+        other = (bigger[-1], one) if bigger else (smallest, four) if 4 * small <= budget_bytes else None
+        plan = [(smallest, one, False)] + [(smallest, one, True), *([(*other, True)] if other else [])] * 2
+        for route, inputs, timed in plan:
+            request_id, frame = self._frame(route, inputs)
+            seconds = self._timed(frame, request_id)
+            self.stats.calibrations += 1
+            if seconds is None:
+                break
+            if timed:
+                self.estimator.add(len(frame) * 8, seconds)
+        self._warm = True
+
+    def _frame(self, route: Route, inputs: tuple[torch.Tensor, ...]) -> tuple[bytes, bytes]:
+        """(a fresh request id, the request frame) for ``inputs`` on ``route``."""
+        request_id = new_request_id()
+        with torch.no_grad():
+            payload = route.encode(route.device_side(*inputs))
+        return request_id, Request(request_id, self.deployment.model_id, route.route_id, payload, route.width,
+                                   self.top_k).to_bytes()
+
+    def _timed(self, frame: bytes, request_id: bytes) -> float | None:
+        """One attempt, no retries: the seconds it took beyond the server's own time, or None if it failed."""
+        began = time.perf_counter()
+        try:
+            if self.stream:
+                response = self._exchange(frame, request_id)
+            else:
+                reply = self._http.post("/v1/infer", content=frame, headers={"Content-Type": MEDIA_TYPE})
+                if reply.status_code != 200:
+                    return None
+                response = Response.from_bytes(reply.content)
+        except (httpx.TransportError, OSError, TimeoutError, ConnectionError, WireError) as error:
+            if self.stream:
+                self._drop_socket()
+            if isinstance(error, (httpx.WriteTimeout, httpx.ReadTimeout, TimeoutError)):  # at most this fast
+                self.estimator.add_upper_bound(len(frame) * 8, time.perf_counter() - began)
+            return None
+        elapsed = time.perf_counter() - began
+        if response.status != Status.OK or response.request_id != request_id:
+            return None
+        return max(elapsed - response.server_ms / 1e3, 0.0)
 
     def _maybe_recover(self, now: float) -> None:
         """Ask /readyz (at most every probe_every_s); on an answer, check the models and use the server again."""
@@ -610,10 +830,9 @@ class Client:
             reply = self._http.get("/readyz", timeout=min(self.timeout_s, 2.0))
             if reply.status_code != 200:
                 return
-            self._connected = False
+            self._connected, self._warm = False, False
             self._check_models()
-            self._rtts, self._warm = [], False
-            self._refresh_rtt(_HEALTH_SAMPLES)
+            self._calibrate()
         except (httpx.TransportError, _Unavailable):
             return
         log.info("server at %s answers again", self.url)
@@ -641,12 +860,230 @@ class Client:
         return [values, indices]
 
 
+class _KeepAlive(httpx.BaseTransport):
+    """HTTP/1.1 on one kept-alive socket: each request's head and body in one write, the answer parsed in a few lines.
+
+    httpx's default transport (httpcore + h11) costs about half a millisecond more per request on loopback and
+    writes a request's head and body separately (two wake-ups of the server). This one does what the client needs:
+    requests with their bodies in memory, answers with Content-Length or chunked bodies. A kept-alive socket the
+    server has closed meanwhile is reopened once (only when nothing of the answer has come). Errors are httpx's
+    (ConnectError, ConnectTimeout, ReadTimeout, WriteTimeout, ReadError, RemoteProtocolError), with their cause.
+    """
+
+    def __init__(self, ssl_context: ssl.SSLContext | None = None) -> None:
+        self.ssl_context = ssl_context
+        self._sock = self._reader = None
+        self._where: tuple[str, int] | None = None
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        timeouts = request.extensions.get("timeout", {})
+        url = request.url
+        where = (url.host, url.port or (443 if url.scheme == "https" else 80))
+        body = request.read()
+        lines = [f"{request.method} {url.raw_path.decode('ascii')} HTTP/1.1"]
+        lines += [f"{name}: {value}" for name, value in request.headers.items() if name != "accept-encoding"]
+        message = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+        for attempt in (0, 1):
+            reused = self._sock is not None and self._where == where
+            if not reused:
+                self.close()
+                self._connect(where, url.scheme == "https", timeouts.get("connect"))
+            try:
+                self._sock.settimeout(timeouts.get("write"))
+                self._sock.sendall(message)
+            except TimeoutError as error:
+                self.close()
+                raise httpx.WriteTimeout(f"sending timed out ({error})", request=request) from error
+            except OSError as error:
+                self.close()
+                if reused and not attempt:
+                    continue  # the server had closed the idle socket
+                raise httpx.WriteError(str(error), request=request) from error
+            try:
+                self._sock.settimeout(timeouts.get("read"))
+                status_line = self._reader.readline(65537)
+                if not status_line and reused and not attempt:
+                    self.close()
+                    continue  # closed while idle: nothing was answered, send again on a new socket
+                return self._response(status_line, request)
+            except TimeoutError as error:
+                self.close()
+                raise httpx.ReadTimeout(f"no answer within the timeout ({error})", request=request) from error
+            except OSError as error:
+                self.close()
+                raise httpx.ReadError(str(error), request=request) from error
+        raise httpx.RemoteProtocolError("the server closed the connection twice", request=request)
+
+    def _connect(self, where: tuple[str, int], secure: bool, timeout: float | None) -> None:
+        import socket
+
+        try:
+            sock = socket.create_connection(where, timeout=timeout)
+        except TimeoutError as error:
+            raise httpx.ConnectTimeout(f"connect timed out ({error})") from error
+        except OSError as error:
+            raise httpx.ConnectError(str(error)) from error
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if secure:
+            try:
+                sock = (self.ssl_context or ssl.create_default_context()).wrap_socket(sock, server_hostname=where[0])
+            except (OSError, ssl.SSLError) as error:
+                sock.close()
+                raise httpx.ConnectError(str(error)) from error
+        self._sock, self._reader, self._where = sock, sock.makefile("rb"), where
+
+    def _response(self, status_line: bytes, request: httpx.Request) -> httpx.Response:
+        parts = status_line.split(None, 2)
+        if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
+            self.close()
+            raise httpx.RemoteProtocolError(f"not an HTTP/1.1 answer: {status_line[:80]!r}", request=request)
+        headers: list[tuple[bytes, bytes]] = []
+        while True:
+            line = self._reader.readline(65537)
+            if line in (b"\r\n", b"\n"):
+                break
+            if not line or len(headers) > 100:
+                self.close()
+                raise httpx.RemoteProtocolError("the answer's headers did not end", request=request)
+            name, _, value = line.partition(b":")
+            headers.append((name.strip().lower(), value.strip()))
+        fields = dict(headers)
+        if fields.get(b"transfer-encoding", b"").lower() == b"chunked":
+            chunks = []
+            while size := int(self._reader.readline(1024).split(b";")[0] or b"0", 16):
+                chunks.append(self._reader.read(size))
+                self._reader.readline(1024)
+            while self._reader.readline(65537) not in (b"\r\n", b"\n", b""):
+                pass  # trailers
+            content = b"".join(chunks)
+        elif b"content-length" in fields:
+            length = int(fields[b"content-length"])
+            content = self._reader.read(length)
+            if len(content) != length:
+                self.close()
+                raise httpx.RemoteProtocolError("the server closed the connection mid-answer", request=request)
+        else:  # the body runs until the server closes
+            content = self._reader.read()
+            fields[b"connection"] = b"close"
+        if fields.get(b"connection", b"").lower() == b"close" or parts[0] == b"HTTP/1.0":
+            self.close()
+        return httpx.Response(int(parts[1]), headers=headers, content=content, request=request,
+                              extensions={"http_version": parts[0]})
+
+    def close(self) -> None:
+        if self._sock is not None:
+            with contextlib.suppress(OSError):
+                self._reader.close()
+                self._sock.close()
+        self._sock = self._reader = None
+
+
+class _Stream:
+    """A WebSocket on a plain blocking socket, spoken with websockets' sans-I/O protocol in the caller's thread.
+
+    websockets' own sync client reads on a background thread, so every answer crossed a thread hand-off before
+    ``recv`` returned; here the caller reads the socket itself. TCP_NODELAY, no compression, no size cap (the
+    response frame says its size and ``Response.from_bytes`` checks it). Raises OSError/TimeoutError when the
+    socket fails or stays silent, ``websockets`` exceptions for a refused handshake or a protocol error.
+    """
+
+    def __init__(self, url: str, headers: dict[str, str], timeout_s: float, ssl_context=None) -> None:
+        import socket
+
+        from websockets.client import ClientProtocol
+        from websockets.uri import parse_uri
+
+        uri = parse_uri(url)
+        deadline = time.monotonic() + timeout_s
+        sock = socket.create_connection((uri.host, uri.port), timeout=timeout_s)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if uri.secure:
+                import ssl
+
+                context = ssl_context or ssl.create_default_context()
+                sock = context.wrap_socket(sock, server_hostname=uri.host)
+            self.sock, self.protocol, self._frames = sock, ClientProtocol(uri, max_size=None), deque()
+            self._parts: list[bytes] = []
+            request = self.protocol.connect()
+            for name, value in headers.items():
+                request.headers[name] = value
+            self.protocol.send_request(request)
+            self._flush()
+            while self.protocol.handshake_exc is None and self.protocol.state.name == "CONNECTING":
+                self._read(deadline)
+            if self.protocol.handshake_exc is not None:
+                raise self.protocol.handshake_exc
+        except BaseException:
+            sock.close()
+            raise
+
+    def send(self, data: bytes) -> None:
+        self.protocol.send_binary(data)
+        self._flush()
+
+    def recv(self, timeout: float) -> bytes | str:
+        """The next whole message (bytes, or str for a text message)."""
+        from websockets.frames import Opcode
+
+        deadline = time.monotonic() + timeout
+        while True:
+            while self._frames:
+                frame = self._frames.popleft()
+                if frame.opcode in (Opcode.TEXT, Opcode.BINARY):
+                    self._text = frame.opcode is Opcode.TEXT
+                    self._parts = [frame.data]
+                elif frame.opcode is Opcode.CONT:
+                    self._parts.append(frame.data)
+                else:  # ping (the protocol has queued the pong), pong, close
+                    if frame.opcode is Opcode.CLOSE:
+                        raise ConnectionError("the server closed the stream")
+                    continue
+                if frame.fin:
+                    data = b"".join(self._parts)
+                    self._parts = []
+                    return data.decode() if self._text else data
+            self._read(deadline)
+
+    def _read(self, deadline: float) -> None:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("no answer on the stream within the timeout")
+        self.sock.settimeout(left)
+        data = self.sock.recv(1 << 20)
+        if not data:
+            self.protocol.receive_eof()
+            raise ConnectionError("the server closed the connection")
+        from websockets.frames import Frame
+
+        self.protocol.receive_data(data)
+        self._frames.extend(e for e in self.protocol.events_received() if isinstance(e, Frame))
+        self._flush()  # pongs and close replies
+        if self.protocol.state.name == "CLOSED":
+            raise ConnectionError("the stream is closed")
+
+    def _flush(self) -> None:
+        for chunk in self.protocol.data_to_send():
+            if chunk:
+                self.sock.sendall(chunk)
+
+    def close(self) -> None:
+        from websockets.exceptions import WebSocketException
+
+        with contextlib.suppress(OSError, WebSocketException):  # the socket may be gone already
+            self.protocol.send_close()
+            self._flush()
+        self.sock.close()
+
+
 class _Unavailable(Exception):
     """The server answered, but is not ready (5xx on a status call)."""
 
 
 def _deployment(plan: PlanReport | Deployment | str | Path, weights: str | Path | None,
-                plan_dir: str | Path | None, model_id: str | None) -> Deployment:
+                plan_dir: str | Path | None, model_id: str | None, model: str | None = None) -> Deployment:
+    """The deployment ``plan`` names; a plan naming a ``module:factory`` needs ``model`` to name it (the caller's
+    choice: a plan never chooses code to run)."""
     if isinstance(plan, Deployment):
         return plan
     if isinstance(plan, (str, Path)):
@@ -654,7 +1091,23 @@ def _deployment(plan: PlanReport | Deployment | str | Path, weights: str | Path 
         plan = load_plan(plan)
     if model_id is not None:
         check_model_id(model_id)
-    return load_deployment(plan, weights=weights, model_id=model_id, plan_dir=Path(plan_dir) if plan_dir else None)
+    return load_deployment(plan, weights=weights, model_id=model_id, plan_dir=Path(plan_dir) if plan_dir else None,
+                           model=model)
+
+
+def _ssl_context(ca_file: str | Path | None) -> ssl.SSLContext:
+    """A verifying TLS client context: the CA file's certificates, else the system's trusted roots."""
+    if ca_file is None:
+        return ssl.create_default_context()
+    path = Path(ca_file)
+    try:
+        return ssl.create_default_context(cafile=str(path))
+    except FileNotFoundError:
+        raise ClientError(f"--ca-file {path} does not exist; give the PEM file of the CA that signed the "
+                          "server's certificate") from None
+    except (ssl.SSLError, OSError) as error:
+        raise ClientError(f"--ca-file {path} is not a PEM certificate file ({error}); give the CA's certificate "
+                          "in PEM") from None
 
 
 def _describe(error: httpx.TransportError) -> str:
@@ -684,13 +1137,12 @@ def read_token(path: Path | None) -> str | None:
     """The bearer token from a file (its first line), else $EDGESPLIT_TOKEN, else None."""
     if path is None:
         return os.environ.get(TOKEN_ENV) or None
+    from .auth import TokenError, read_token_file
+
     try:
-        lines = path.read_text().strip().splitlines()
-    except OSError as error:
-        raise ClientError(f"cannot read the token file {path} ({error.strerror}); check the path") from None
-    if not lines or not lines[0].strip():
-        raise ClientError(f"the token file {path} is empty; put the server's token on its first line")
-    return lines[0].strip()
+        return read_token_file(Path(path))  # refused when others may read it, as the server refuses it
+    except TokenError as error:
+        raise ClientError(str(error)) from None
 
 
 # ---- `edgesplit infer`: inputs, a run, its summary ----------------------------------------------------------------
@@ -843,7 +1295,8 @@ def run_inference(client: Client, inputs: Inputs, *, batch: int = 1, check: bool
         "retries": stats.retries, "probes": stats.probes,
         "final_route": client.label, "final_mbps": _rounded(client.mbps, 4),
         "final_mbps_is_lower_bound": client.estimator.censored,
-        "rtt_floor_ms": _rounded(client.rtt_floor_s * 1e3 if client.rtt_floor_s is not None else None),
+        "fixed_cost_ms": _rounded(client.fixed_cost_s * 1e3 if client.fixed_cost_s is not None else None),
+        "rtt_floor_ms": _rounded(client.fixed_cost_s * 1e3 if client.fixed_cost_s is not None else None),  # old name
         "accuracy": None, "agreement": None, "max_abs_diff": None,
     }
     if predictions and inputs.labels is not None:
@@ -899,8 +1352,9 @@ def summary_table(summary: dict):  # noqa: ANN201 - rich is imported here only
                                f"{summary['recoveries']} recovery(ies), {summary['retries']} retry(ies)")
     mbps = summary["final_mbps"]
     at_least = "≥ " if summary.get("final_mbps_is_lower_bound") else ""  # transfers too short to time
-    table.add_row("uplink estimate", "n/a" if mbps is None else f"{at_least}{mbps:.3g} Mbit/s (RTT floor "
-                  f"{summary['rtt_floor_ms'] if summary['rtt_floor_ms'] is not None else 'n/a'} ms)")
+    fixed = summary.get("fixed_cost_ms", summary.get("rtt_floor_ms"))
+    table.add_row("uplink estimate", "n/a" if mbps is None else f"{at_least}{mbps:.3g} Mbit/s (fixed cost "
+                  f"{'n/a' if fixed is None else f'{fixed:.3g}'} ms per request)")
     if summary["accuracy"] is not None:
         table.add_row("accuracy", f"{summary['accuracy']:.2%}")
     if summary["agreement"] is not None:

@@ -16,20 +16,22 @@ import torch
 from torch import nn
 
 from ..bottleneck import BottleneckConfig, SlimmableBottleneck, feature_shape, load_checkpoint
-from ..codecs import Codec, CodecError, DecodeLimits, codec_from_json, pack, parse_codec, unpack
-from ..codecs.frame import unpack_bytes
+from ..codecs import (Codec, CodecError, DecodeLimits, codec_from_json, pack, parse_codec, unpack,
+                      unpack_cost)
+from ..codecs.frame import pack_count, unpack_bytes
 from ..codecs.spec import Quantize
 from ..compress import CompressReport, code_codec, load_compress
 from ..errors import EdgesplitError
 from ..graph import Split, TracedModel, trace
 from ..intake import ModelRef, build_model, load_weights, read_weights
-from ..pictures import decode_picture, encode_picture
+from ..pictures import PICTURE_BYTES_PER_PIXEL, decode_picture, encode_picture
 from ..plan.schema import PlanEntry, PlanReport, SwitchRange
 from .wire import Status, WireError, model_id_for
 
 # How the all-server plan's input formats travel: 8-bit images as exact 8-bit levels over [0, 1].
 # The all-server plans' input formats: raw 8-bit levels as a codec frame; PNG and JPEG as pictures.
 _UINT8 = Codec("uint8", Quantize(8, low=(0.0,), high=(1.0,)))
+_UNBOUNDED = DecodeLimits(max_decoded_bytes=1 << 62)  # decode_cost reports a cost over any limit; decode refuses it
 
 
 @dataclass(frozen=True)
@@ -42,15 +44,34 @@ class PictureCodec:
     def encode(self, images: torch.Tensor) -> bytes:
         return pack([encode_picture(image, dict(self.options)) for image in images])
 
-    def decode(self, payload: bytes, shape: tuple[int, ...], max_rows: int) -> torch.Tensor:
+    def decode(self, payload: bytes, shape: tuple[int, ...], max_rows: int,
+               limits: DecodeLimits = DecodeLimits()) -> torch.Tensor:
+        """The N×C×H×W images of a payload. What the decode holds at once (the pictures' bytes, the tensor, and
+        Pillow's working memory for one picture) is checked against ``limits`` before any picture is opened."""
         try:
             pictures = unpack_bytes(payload, max_rows)
         except CodecError as error:
             raise WireError(f"input pictures: {error}") from None
+        held = self.held_bytes(pictures, shape)
+        if held > limits.max_decoded_bytes:
+            raise WireError(f"input pictures: {len(pictures)} pictures of {'×'.join(map(str, shape[1:]))} hold "
+                            f"{held:,} bytes while they decode, over the decode limit of "
+                            f"{limits.max_decoded_bytes:,}; send fewer rows per request")
+        images = torch.empty((len(pictures), *shape[1:]), dtype=torch.float32)
         try:
-            return torch.stack([decode_picture(p, tuple(shape[1:])) for p in pictures])
+            for picture, image in zip(pictures, images):
+                decode_picture(picture, tuple(shape[1:]), out=image)
         except ValueError as error:
             raise WireError(f"input picture: {error}; send the image at the model's input size") from None
+        return images
+
+    @staticmethod
+    def held_bytes(pictures: list[bytes], shape: tuple[int, ...]) -> int:
+        """The most decoding ``pictures`` (rows of ``shape``) holds at once: their bytes, the float32 tensor, and
+        Pillow's working memory for the largest picture it may open (one at a time, each exactly the model's size)."""
+        pixels = math.prod(shape[2:])
+        return sum(map(len, pictures)) + len(pictures) * math.prod(shape[1:]) * 4 + \
+            (PICTURE_BYTES_PER_PIXEL * pixels if pictures else 0)
 
 
 _PICTURES = {"png": PictureCodec("png", (("format", "PNG"),)),
@@ -81,7 +102,7 @@ class Route:
         """The shape of each tensor the device sends for one input (batch dimension 1)."""
         shapes = [tuple(t.shape) for t in self.split.cut.crossing]
         if self.bottleneck is not None:
-            (c, h, w), stride = feature_shape(self.split), self.bottleneck.config.stride
+            (_, h, w), stride = feature_shape(self.split), self.bottleneck.config.stride
             channels = self.bottleneck.config.width_channels(self.width or 1.0)
             shapes = [(1, channels, math.ceil(h / stride), math.ceil(w / stride))]
         return shapes
@@ -101,14 +122,18 @@ class Route:
         return pack([codec.encode(t) for codec, t in zip(self.codecs, tensors)])
 
     def decode(self, payload: bytes, limits: DecodeLimits, max_batch: int) -> list[torch.Tensor]:
-        """The tensors of a payload, checked against this route's shapes; raises WireError (400) if they differ."""
+        """The tensors of a payload, checked against this route's shapes; raises WireError (400) if they differ.
+
+        ``limits`` bounds the most the whole decode holds at once, checked from the headers before anything is
+        allocated: floating-point tensors are decoded straight into the float32 the tail takes (no second copy).
+        """
         if self.picture is not None:
-            images = self.picture.decode(payload, self.sent_shapes[0], max_batch)
+            images = self.picture.decode(payload, self.sent_shapes[0], max_batch, limits)
             if not 1 <= len(images) <= max_batch:
                 raise WireError(f"batch of {len(images)} is outside 1..{max_batch} for this server")
             return [images]
         try:
-            tensors = unpack(payload, limits, max_frames=len(self.codecs))
+            tensors = unpack(payload, limits, max_frames=len(self.codecs), float_dtype=torch.float32)
         except CodecError as error:
             raise WireError(f"payload for route {self.route_id} ({self.label}): {error}") from None
         expected = self.sent_shapes
@@ -131,7 +156,21 @@ class Route:
             if tensor.is_floating_point() != floating or (not floating and tensor.dtype != dtype):
                 raise WireError(f"route {self.route_id} ({self.label}) takes {name} tensors, got "
                                 f"{str(tensor.dtype).removeprefix('torch.')}; encode what this route's head computes")
-        return [t.float() if t.is_floating_point() else t for t in tensors]
+        return tensors  # floating-point ones already float32
+
+    def decode_cost(self, payload: bytes) -> int:
+        """Roughly how much work ``decode(payload, ...)`` is, read from the payload's headers alone (microseconds:
+        nothing is decoded), in bytes: what the decode holds at once, plus 16 for each value it computes (dequantizes
+        or casts), 32 more for each value an ANS stage decodes, and 64 for each pixel of a picture: their measured
+        cost against copying a byte. A payload whose headers do not parse costs 0: decode refuses it at once."""
+        try:
+            if self.picture is not None:
+                shape = self.sent_shapes[0]
+                return pack_count(payload) * (math.prod(shape[1:]) * 4 + 64 * math.prod(shape[2:]))
+            cost = unpack_cost(payload, len(self.codecs), torch.float32, _UNBOUNDED)
+        except CodecError:
+            return 0
+        return cost.peak_bytes + 16 * cost.converted_values + 32 * cost.ans_symbols
 
     @torch.no_grad()
     def server_side(self, tensors: list[torch.Tensor]) -> object:
@@ -184,9 +223,13 @@ class Deployment:
 
 
 def load_deployment(plan: PlanReport, *, weights: str | Path | None = None, model_id: str | None = None,
-                    plan_dir: Path | None = None) -> Deployment:
-    """Rebuild ``plan``'s model (weights from ``weights`` or the plan) and one route per split in its switch table."""
-    model, example = _rebuild(plan, weights, plan_dir)
+                    plan_dir: Path | None = None, model: str | None = None) -> Deployment:
+    """Rebuild ``plan``'s model (weights from ``weights`` or the plan) and one route per split in its switch table.
+
+    The plan may name a zoo model; a ``module:factory`` is built only if ``model`` names that same factory (the
+    caller's choice, `--model` on the command line: a plan never chooses code to run). Its arguments and input
+    shape are checked before anything is allocated (``intake.build_model``)."""
+    model, example = _rebuild(plan, weights, plan_dir, model)
     traced = trace(model, example)
     if traced.fingerprint != plan.fingerprint:
         raise DeploymentError(f"the model rebuilt from the plan (graph {traced.fingerprint}) is not the one that was "
@@ -213,12 +256,16 @@ def _entries(plan: PlanReport) -> list[tuple[SwitchRange | PlanEntry, list[tuple
     return list(found.values())
 
 
-def _rebuild(plan: PlanReport, weights: str | Path | None, plan_dir: Path | None) -> tuple[nn.Module, torch.Tensor]:
+def _rebuild(plan: PlanReport, weights: str | Path | None, plan_dir: Path | None,
+             trusted_factory: str | None = None) -> tuple[nn.Module, torch.Tensor]:
     ref = plan.model_ref or {}
-    if "name" not in ref:
+    if not isinstance(ref.get("name"), str):
         raise DeploymentError("this plan does not say how to rebuild its model (no model_ref); plan again with "
                               "`edgesplit plan MODEL --weights W ...`")
-    model = build_model(ModelRef(ref["name"], dict(ref.get("kwargs") or {})))
+    if not isinstance(ref.get("weights") or "", str):
+        raise DeploymentError("this plan's model_ref names its weights with something other than a path; plan again")
+    model = build_model(ModelRef(ref["name"], ref.get("kwargs") or {}), trusted_factory=trusted_factory,
+                        input_shapes=[tuple(plan.input_shape)], source="the plan")
     source = weights or ref.get("weights")
     if source:
         path = _resolve(source, plan_dir)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import math
 import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
@@ -19,7 +20,6 @@ import torch
 from torch.utils import _pytree as pytree
 
 from ..codecs import DecodeLimits, pack, parse_codec
-from ..codecs.spec import Ans
 from .deployment import Deployment, Route
 from .wire import REQUEST_MAGIC, Request, Response, Status, WireError
 
@@ -28,10 +28,11 @@ _RESULT_CODEC = parse_codec("fp32")
 
 
 
-def _decodes_fast(route: Route, nbytes: int) -> bool:
-    """Whether decoding takes microseconds: small, or raw/cast/quantized/zstd (only ANS and pictures are slow)."""
-    slow = route.picture is not None or any(isinstance(c.lossless, Ans) for c in route.codecs)
-    return nbytes <= (16 << 10) or (not slow and nbytes <= (4 << 20))  # results go back exactly as the tail computed them
+def _decodes_fast(route: Route, payload: bytes) -> bool:
+    """Whether decoding ``payload`` is cheap enough for the event loop (~0.1 ms here, about a thread hop), judged
+    from what its headers declare (``Route.decode_cost``: the bytes it decodes to and how), never from its
+    compressed size: a 100-byte frame may declare 64 MiB of ANS symbols. Anything dearer goes to a thread."""
+    return route.decode_cost(payload) <= (128 << 10)
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,14 @@ class _Job:
 
 
 class Engine:
-    """Holds the deployments and answers request frames; one forward pass at a time, batched per route."""
+    """Holds the deployments and answers request frames; one forward pass at a time, batched per route.
+
+    A request alone in the engine (nothing else in flight, no pass running) skips the batch queue; if its tail
+    took at most ``inline_pass_ms`` in ``warm_up``, it even runs on the event loop, saving two thread hand-offs.
+    """
+
+    inline_pass_ms = 5.0  # a lone request's pass runs on the event loop when the tail's warm pass took ≤ this
+    crowd_window_s = 0.5  # after two requests overlapped, every request goes through the batch queue this long
 
     def __init__(self, deployments: list[Deployment], limits: ServerLimits = ServerLimits(),
                  observer: Observer | None = None) -> None:
@@ -100,7 +108,10 @@ class Engine:
         self._recent: OrderedDict[tuple[str | None, str, bytes], tuple[bytes, Response]] = OrderedDict()
         self._pending: dict[tuple[str | None, str, bytes], tuple[bytes, asyncio.Future]] = {}
         self._in_flight = 0
-        self._coming: dict[tuple[str, int], int] = {}  # requests per route between parsing and their answer
+        self._coming: dict[tuple[str, int], int] = {}  # requests per route being decoded (not yet queued)
+        self._passes = 0  # forward passes running (on the compute thread or the event loop)
+        self._crowd_until = -math.inf  # until when requests are batched even when one is alone
+        self._inline: set[int] = set()  # id() of the routes whose tail a lone request runs on the event loop
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -181,15 +192,51 @@ class Engine:
         return response
 
     async def _answer(self, request: Request, route: Route, started: float) -> Response:
-        loop = asyncio.get_running_loop()
         key = (request.model_id, route.route_id)
         self._coming[key] = self._coming.get(key, 0) + 1
         try:
-            job = _Job(request, route, await self.decoded(request, route), started, loop.create_future())
-            await self._queue(request.model_id, route).put(job)
-            return await job.done
+            tensors = await self.decoded(request, route)
         finally:
             self._coming[key] -= 1
+        if await self._lone():
+            return await self._pass_alone(request, route, tensors)
+        job = _Job(request, route, tensors, started, asyncio.get_running_loop().create_future())
+        self._queue(request.model_id, route).put_nowait(job)
+        return await job.done
+
+    async def _lone(self) -> bool:
+        """Whether this request runs alone, without the batch queue (see ``_alone``); first yields once, so that
+        requests read in the same loop iteration reach the engine before it decides."""
+        if not self._alone():
+            return False
+        await asyncio.sleep(0)
+        return self._alone()
+
+    def _alone(self) -> bool:
+        """Whether this request has nothing to be batched with: it is the only one in the engine, no pass runs,
+        and none of that happened within ``crowd_window_s`` (a lone pass on the event loop hides the requests
+        that arrive meanwhile, so under load the engine must not fall back to it between two batches)."""
+        now = time.monotonic()
+        if self._in_flight > 1 or self._passes:
+            self._crowd_until = now + self.crowd_window_s
+            return False
+        return now >= self._crowd_until
+
+    async def _pass_alone(self, request: Request, route: Route, tensors: list[torch.Tensor]) -> Response:
+        """A lone request's forward pass, without the batch queue: on the event loop itself when the route's tail
+        is tiny (a pass costs less than the two thread hand-offs would add), else on the compute thread."""
+        started = time.perf_counter()
+        self._passes += 1
+        try:
+            if id(route) in self._inline:
+                payloads = run_batch(route, [tensors], [request.top_k])
+            else:
+                payloads = await asyncio.get_running_loop().run_in_executor(
+                    self._compute, run_batch, route, [tensors], [request.top_k])
+        finally:
+            self._passes -= 1
+        self.observer.batch(route, 1, tensors[0].shape[0], time.perf_counter() - started)
+        return Response(request.request_id, Status.OK, payloads[0], 0.0, 1)
 
     async def decoded(self, request: Request, route: Route) -> list[torch.Tensor]:
         """The request's tensors for ``route``, its width checked; decoded inline when that beats a thread hop."""
@@ -198,7 +245,7 @@ class Engine:
             raise WireError(f"route {route.route_id} ({route.label}) runs at width "
                             f"{route.width if route.width is not None else 'none'}, the request says "
                             f"{request.width if request.width is not None else 'none'}")
-        if _decodes_fast(route, len(request.payload)):
+        if _decodes_fast(route, request.payload):
             return route.decode(request.payload, self.limits.decode, self.limits.max_rows)
         return await asyncio.get_running_loop().run_in_executor(None, route.decode, request.payload,
                                                                 self.limits.decode, self.limits.max_rows)
@@ -218,15 +265,18 @@ class Engine:
             jobs = [await queue.get()]
             rows = jobs[0].rows
             deadline = loop.time() + self.limits.max_wait_ms / 1e3
-            # Wait for more only while other requests for this route are on their way: a lone request runs at once.
-            while rows < self.limits.max_batch and (not queue.empty() or self._coming.get(key, 0) > len(jobs)):
-                try:
-                    if queue.empty():
-                        job = await asyncio.wait_for(queue.get(), max(deadline - loop.time(), 0))
-                    else:
-                        job = queue.get_nowait()
-                except asyncio.TimeoutError:
+            # Take every job queued; wait (up to max_wait_ms) only while requests for this route are still being
+            # decoded: a lone request runs at once, and a pass never waits for answers already on their way out.
+            while rows < self.limits.max_batch:
+                if not queue.empty():
+                    job = queue.get_nowait()
+                elif not self._coming.get(key, 0):
                     break
+                else:
+                    try:
+                        job = await asyncio.wait_for(queue.get(), max(deadline - loop.time(), 0))
+                    except asyncio.TimeoutError:
+                        break
                 if rows + job.rows > self.limits.max_batch:
                     await self._run(loop, jobs)
                     jobs, rows = [job], job.rows
@@ -238,6 +288,7 @@ class Engine:
 
     async def _run(self, loop: asyncio.AbstractEventLoop, jobs: list[_Job]) -> None:
         started = time.perf_counter()
+        self._passes += 1
         try:
             payloads = await loop.run_in_executor(self._compute, run_batch, jobs[0].route,
                                                   [j.tensors for j in jobs], [j.request.top_k for j in jobs])
@@ -247,6 +298,8 @@ class Engine:
                 if not job.done.done():
                     job.done.set_exception(error)
             return
+        finally:
+            self._passes -= 1
         self.observer.batch(jobs[0].route, len(jobs), sum(j.rows for j in jobs), time.perf_counter() - started)
         for job, payload in zip(jobs, payloads):
             if not job.done.done():
@@ -255,14 +308,22 @@ class Engine:
     # ---- lifecycle --------------------------------------------------------------------------------------------
 
     async def warm_up(self, passes: int = 3) -> None:
-        """Run every tail a few times on the compute thread before the server reports ready, so the first
-        requests do not pay for lazy initialisation (the first forward pass of a module is several × slower)."""
+        """Run every tail a few times before the server reports ready, so the first requests do not pay for lazy
+        initialisation (the first forward pass of a module is several × slower); note which tails are tiny enough
+        (a pass ≤ ``inline_pass_ms``) for a lone request to run on the event loop instead of the compute thread."""
         loop = asyncio.get_running_loop()
         for deployment in self.models.values():
             for route in deployment.routes:
                 zeros = [torch.zeros(shape) for shape in route.sent_shapes]
                 for _ in range(passes):
                     await loop.run_in_executor(self._compute, run_batch, route, [zeros], [0])
+                times = []
+                for _ in range(passes):  # on this thread too: it has lazy state of its own
+                    started = time.perf_counter()
+                    run_batch(route, [zeros], [0])
+                    times.append(time.perf_counter() - started)
+                if min(times) * 1e3 <= self.inline_pass_ms:
+                    self._inline.add(id(route))
 
     async def drain(self, timeout_s: float = 30.0) -> bool:
         """Wait until no request is in flight (graceful shutdown); False if ``timeout_s`` passed first."""

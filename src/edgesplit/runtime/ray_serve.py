@@ -29,8 +29,8 @@ from ..plan.schema import PlanReport, load_plan
 from .deployment import Deployment, Route, load_deployment
 from .engine import Engine, Observer, ServerLimits, run_batch
 from .server import (DEFAULT_CLIENT_CONCURRENCY, LOG_LEVELS, ServerError, check_exposure, configure_logging,
-                     create_app, decode_limits)
-from .wire import Request, Response, Status, WireError, check_model_id
+                     create_app, decode_limits, request_limit)
+from .wire import Request, Response, Status, check_model_id
 
 INSTALL_HINT = "install the extra: pip install 'edgesplit[ray]'"
 APP_NAME = "edgesplit"
@@ -60,7 +60,9 @@ class ServeEngine(Engine):
     request with more rows than that counts as a full batch and runs alone. ``limits.max_wait_ms`` is how long
     the first request of a batch waits for others. Unlike Engine, Serve closes the next batch after that wait
     even while a forward pass still runs (the batch then waits for the pass), so under load batches stay small
-    unless the wait is near the time of a forward pass. Must be built inside a Serve replica.
+    unless the wait is near the time of a forward pass. A request alone in the replica takes Engine's fast path
+    instead (no Serve batch; a tiny tail runs on the event loop), as in `edgesplit serve`. Must be built inside a
+    Serve replica.
     """
 
     def __init__(self, deployments: list[Deployment], limits: ServerLimits = ServerLimits(),
@@ -76,6 +78,8 @@ class ServeEngine(Engine):
         # Engine.handle has parsed the frame and found the route; _answer_once wraps this in dedup and turns
         # exceptions into error responses. The engine's checks and decoding, then Serve's batch.
         tensors = await self.decoded(request, route)
+        if await self._lone():  # Engine's fast path: a lone request skips Serve's batch queue
+            return await self._pass_alone(request, route, tensors)
         outcome = await self._tail(_TailJob(route, tensors, request.top_k))
         if isinstance(outcome, BaseException):
             raise outcome
@@ -92,6 +96,7 @@ class ServeEngine(Engine):
         for indices in groups.values():
             group = [jobs[i] for i in indices]
             started = time.perf_counter()
+            self._passes += 1
             try:  # one pass at a time on the engine's compute thread, off the replica's event loop
                 payloads = await loop.run_in_executor(self._compute, run_batch, group[0].route,
                                                       [j.tensors for j in group], [j.top_k for j in group])
@@ -99,6 +104,8 @@ class ServeEngine(Engine):
                 for i in indices:
                     outcomes[i] = error
                 continue
+            finally:
+                self._passes -= 1
             self.observer.batch(group[0].route, len(group), sum(j.rows for j in group),
                                 time.perf_counter() - started)
             for i, payload in zip(indices, payloads):
@@ -107,9 +114,11 @@ class ServeEngine(Engine):
 
 
 def _load(spec: dict) -> Deployment:
-    """A deployment from plain data: the plan's JSON text, a weights path or None, the plan's folder, a model id."""
+    """A deployment from plain data: the plan's JSON text, a weights path or None, the plan's folder, a model id,
+    and the model factory the user named (`--model`) or None."""
     plan = PlanReport.model_validate_json(spec["plan"])
-    return load_deployment(plan, weights=spec["weights"], model_id=spec["model_id"], plan_dir=Path(spec["plan_dir"]))
+    return load_deployment(plan, weights=spec["weights"], model_id=spec["model_id"], plan_dir=Path(spec["plan_dir"]),
+                           model=spec.get("model"))
 
 
 class TailReplica:
@@ -126,7 +135,8 @@ class TailReplica:
         if settings.get("log_level"):
             configure_logging(settings["log_level"])  # edgesplit's JSON request lines, as `edgesplit serve` writes
         deployments = [_load(spec) for spec in plans]
-        limits = ServerLimits(max_request_bytes=settings["max_request_bytes"],
+        limits = ServerLimits(max_request_bytes=settings["max_request_bytes"]
+                              or request_limit(deployments, ServerLimits.max_rows),
                               decode=decode_limits(deployments, ServerLimits.max_rows),
                               max_batch=settings["max_batch"], max_wait_ms=settings["max_wait_ms"])
         self.engine = ServeEngine(deployments, limits)
@@ -174,7 +184,7 @@ def _import_ray() -> tuple[Any, Any]:
 
 
 def _plan_specs(plan_paths: str | Path | Sequence[str | Path], weights: str | Path | None,
-                model_id: str | None) -> tuple[list[dict], list[str]]:
+                model_id: str | None, model: str | None = None) -> tuple[list[dict], list[str]]:
     """The replicas' init data for each plan, each loaded here first: a plan that cannot load fails in seconds,
     with its own message, instead of in every replica after Serve has started."""
     paths = [Path(plan_paths)] if isinstance(plan_paths, (str, Path)) else [Path(p) for p in plan_paths]
@@ -185,7 +195,7 @@ def _plan_specs(plan_paths: str | Path | Sequence[str | Path], weights: str | Pa
     specs, model_ids = [], []
     for path in paths:
         spec = {"plan": load_plan(path).model_dump_json(), "weights": None if weights is None else str(weights),
-                "model_id": model_id, "plan_dir": str(path.resolve().parent)}
+                "model_id": model_id, "plan_dir": str(path.resolve().parent), "model": model}
         model_ids.append(_load(spec).model_id)
         specs.append(spec)
     if len(set(model_ids)) != len(model_ids):
@@ -194,7 +204,7 @@ def _plan_specs(plan_paths: str | Path | Sequence[str | Path], weights: str | Pa
 
 
 def application(plans: list[dict], *, token: str | None = None, replicas: int = 1, max_replicas: int | None = None,
-                max_batch: int = 32, max_wait_ms: float = 2.0, max_request_mb: float = 64.0,
+                max_batch: int = 32, max_wait_ms: float = 2.0, max_request_mb: float | None = None,
                 client_concurrency: int = DEFAULT_CLIENT_CONCURRENCY, log_level: str | None = "info",
                 num_cpus: float = 1.0) -> Any:
     """The bound Serve application (``serve.run`` it): ``replicas`` fixed, or autoscaled up to ``max_replicas``.
@@ -217,7 +227,7 @@ def application(plans: list[dict], *, token: str | None = None, replicas: int = 
                                          "target_ongoing_requests": max(2, max_batch // 2)}
     else:
         options["num_replicas"] = replicas
-    settings = {"max_request_bytes": int(max_request_mb * 2**20), "max_batch": max_batch, "max_wait_ms": max_wait_ms,
+    settings = {"max_request_bytes": int(max_request_mb * 2**20) if max_request_mb else None, "max_batch": max_batch, "max_wait_ms": max_wait_ms,
                 "client_concurrency": client_concurrency, "log_level": log_level}
     deployment = serve.deployment(**options)(serve.ingress()(TailReplica))
     return deployment.bind(plans, token, settings, os.getcwd())
@@ -226,9 +236,9 @@ def application(plans: list[dict], *, token: str | None = None, replicas: int = 
 def run(plan_path: str | Path | Sequence[str | Path], *, host: str = "127.0.0.1", port: int = 8000,
         token: str | None = None, weights: str | Path | None = None, model_id: str | None = None,
         replicas: int = 1, max_replicas: int | None = None, max_batch: int = 32, max_wait_ms: float = 2.0,
-        max_request_mb: float = 64.0, client_concurrency: int = DEFAULT_CLIENT_CONCURRENCY,
+        max_request_mb: float | None = None, client_concurrency: int = DEFAULT_CLIENT_CONCURRENCY,
         log_level: str | None = "info", num_cpus: float = 1.0, name: str = APP_NAME,
-        blocking: bool = True) -> RayServeApp:
+        blocking: bool = True, model: str | None = None) -> RayServeApp:
     """Serve the plan(s) with Ray Serve on ``host:port`` (0: a free port); what `edgesplit serve --ray` runs.
 
     The options not about Ray are `edgesplit serve`'s (``server.serve``), with ``token`` already read (see
@@ -243,7 +253,8 @@ def run(plan_path: str | Path | Sequence[str | Path], *, host: str = "127.0.0.1"
     if replicas < 1 or (max_replicas is not None and max_replicas < replicas) or num_cpus <= 0:
         raise ServerError(f"{replicas} replicas (max {max_replicas}) of {num_cpus} CPUs: use at least 1 replica, a "
                           "maximum no smaller, and a positive CPU share")
-    if max_batch < 1 or max_wait_ms < 0 or max_request_mb <= 0 or client_concurrency < 1:
+    if max_batch < 1 or max_wait_ms < 0 or (max_request_mb is not None and max_request_mb <= 0) \
+            or client_concurrency < 1:
         raise ServerError("--max-batch and --client-concurrency must be at least 1, --max-wait-ms at least 0, "
                           "--max-request-mb above 0")
     if log_level is not None and log_level.lower() not in LOG_LEVELS:
@@ -251,7 +262,7 @@ def run(plan_path: str | Path | Sequence[str | Path], *, host: str = "127.0.0.1"
     if model_id is not None:
         check_model_id(model_id)
     ray, serve = _import_ray()
-    specs, model_ids = _plan_specs(plan_path, weights, model_id)
+    specs, model_ids = _plan_specs(plan_path, weights, model_id, model)
     port = port or _free_port(host)
     ray_started = None
     if not ray.is_initialized():

@@ -694,7 +694,7 @@ def startup_summary(deployment: Deployment, url: str, token_source: str | None, 
         lines.append(Text("note: this is plain HTTP; the token and the features cross the network in clear — pass "
                           "--tls-cert and --tls-key (clients then use https:// and --ca-file)", style="yellow"))
     lines.append(Text.assemble(("limits ", "bold"), f"batch ≤ {limits.max_batch} inputs, wait ≤ {limits.max_wait_ms:g} "
-                               f"ms, request ≤ {limits.max_request_bytes / 2**20:g} MiB, decode ≤ "
+                               f"ms, request ≤ {limits.max_request_bytes / 2**20:.3g} MiB, decode ≤ "
                                f"{limits.decode.max_decoded_bytes / 2**20:.3g} MiB, {client_concurrency} in flight "
                                f"per client, {guards.max_connections} connections, headers within "
                                f"{guards.header_timeout_s:g} s, bodies within {guards.body_timeout_s:g} s; "
