@@ -29,6 +29,7 @@ import json
 import os
 import socket
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
@@ -164,8 +165,79 @@ def timed(action, repeats: int) -> list[float]:  # noqa: ANN001
 # ---- 1. framework overhead -----------------------------------------------------------------------------------
 
 
-def overhead(deployment, url: str, repeats: int) -> list[dict]:  # noqa: ANN001
-    """Per route: the client's end-to-end time against head + tail + a raw TCP transfer of the same bytes."""
+_BARE_HEAD = struct.Struct("<III")  # route id, reply bytes, frame bytes
+
+
+def bare_split_server(plan_path: Path, port_file: Path) -> None:
+    """The least split inference can do, with no framework: read a length-prefixed frame from a raw TCP socket,
+    run the route's tail (on tensors decoded once, before any request), write back as many bytes as edgesplit's
+    answer has. Runs in its own process, like `edgesplit serve` (one torch thread)."""
+    from edgesplit.plan.schema import load_plan
+
+    torch.set_num_threads(1)
+    deployment = load_deployment(load_plan(plan_path))
+    x = torch.rand(1, *deployment.plan.input_shape[1:])
+    tensors = {r.route_id: r.decode(r.encode(r.device_side(x)), _limits(), 64) for r in deployment.routes}
+    listener = socket.create_server(("127.0.0.1", 0))
+    port_file.write_text(str(listener.getsockname()[1]))
+    with torch.no_grad():
+        while True:
+            conn, _ = listener.accept()
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            with conn:
+                while True:
+                    head = _read_exactly(conn, _BARE_HEAD.size)
+                    if head is None:
+                        break
+                    route_id, reply, size = _BARE_HEAD.unpack(head)
+                    _read_exactly(conn, size)
+                    deployment.route(route_id).server_side(tensors[route_id])
+                    conn.sendall(bytes(reply))
+
+
+def _read_exactly(conn: socket.socket, size: int) -> bytes | None:
+    data = bytearray()
+    while len(data) < size:
+        chunk = conn.recv(size - len(data))
+        if not chunk:
+            return None
+        data += chunk
+    return bytes(data)
+
+
+class BareSplit:
+    """A client of ``bare_split_server``: the head here, the frame's bytes there, the tail there, the answer's
+    bytes back — head + transfer + tail as one request, in the same rhythm as a real request."""
+
+    def __init__(self, plan_path: Path, folder: Path, threads: int) -> None:
+        port_file = folder / "bare-port"
+        port_file.unlink(missing_ok=True)
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+        self.proc = subprocess.Popen([sys.executable, __file__, "--bare-server", str(plan_path), str(port_file)],
+                                     env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 120
+        while not port_file.exists() or not port_file.read_text():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the bare split server did not start: {self.proc.stderr.read().decode()[-2000:]}")
+            time.sleep(0.05)
+        self.sock = socket.create_connection(("127.0.0.1", int(port_file.read_text())))
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def request(self, route, x: torch.Tensor, frame: bytes, reply: int) -> None:  # noqa: ANN001
+        with torch.no_grad():
+            route.device_side(x)
+        self.sock.sendall(_BARE_HEAD.pack(route.route_id, reply, len(frame)) + frame)
+        _read_exactly(self.sock, reply)
+
+    def close(self) -> None:
+        self.sock.close()
+        self.proc.terminate()
+        self.proc.wait(30)
+
+
+def overhead(deployment, url: str, repeats: int, bare: BareSplit | None = None) -> list[dict]:  # noqa: ANN001
+    """Per route: the client's end-to-end time against head + tail + a raw TCP transfer of the same bytes, each
+    timed alone (tight loops), and against ``bare`` — the same three done as one request over a raw socket."""
     from edgesplit.runtime.client import Client
 
     x = torch.rand(1, *deployment.plan.input_shape[1:], generator=torch.Generator().manual_seed(1))
@@ -191,10 +263,18 @@ def overhead(deployment, url: str, repeats: int) -> list[dict]:  # noqa: ANN001
                 total = median_ms(end_to_end)
                 extra = total - unavoidable
                 target = max(1.0, 0.05 * unavoidable)
-                rows.append({"route": route.label, "transport": "websocket" if stream else "http", "request_bytes": len(frame), "response_bytes": response_bytes,
-                             "end_to_end_ms": total, "head_ms": median_ms(head), "tail_ms": median_ms(tail),
-                             "raw_transfer_ms": median_ms(transfer), "overhead_ms": extra,
-                             "overhead_fraction": extra / unavoidable, "target_ms": target, "met": extra <= target})
+                row = {"route": route.label, "transport": "websocket" if stream else "http",
+                       "request_bytes": len(frame), "response_bytes": response_bytes,
+                       "end_to_end_ms": total, "head_ms": median_ms(head), "tail_ms": median_ms(tail),
+                       "raw_transfer_ms": median_ms(transfer), "overhead_ms": extra,
+                       "overhead_fraction": extra / unavoidable, "target_ms": target, "met": extra <= target}
+                if bare is not None:
+                    bare_ms = median_ms(timed(lambda: bare.request(route, x, frame, response_bytes), repeats))
+                    # the same target, against head + transfer + tail done as one request with no framework
+                    row |= {"bare_split_ms": bare_ms, "overhead_vs_bare_ms": total - bare_ms,
+                            "target_vs_bare_ms": max(1.0, 0.05 * bare_ms),
+                            "met_vs_bare": total - bare_ms <= max(1.0, 0.05 * bare_ms)}
+                rows.append(row)
     finally:
         echo.shutdown()
         echo.server_close()
@@ -346,7 +426,7 @@ def _load(url: str, model_id: str, route, payload: bytes, clients: int, seconds:
     latencies = [s for part in parts for s in part["latencies"]]
     batch_sizes = [s for part in parts for s in part["batch_sizes"]]
     failures = [part["failure"] for part in parts if "failure" in part]
-    return {"clients": clients, "processes": count, "requests": len(latencies),
+    return {"clients": clients, "processes": count, "requests": len(latencies), "latencies": latencies,
             "errors": sum(part["errors"] for part in parts), "rps": len(latencies) / seconds,
             "p50_ms": percentile_ms(latencies, 0.5) if latencies else None,
             "p99_ms": percentile_ms(latencies, 0.99) if latencies else None,
@@ -354,10 +434,25 @@ def _load(url: str, model_id: str, route, payload: bytes, clients: int, seconds:
             **({"failures": failures} if failures else {})}
 
 
+def _merged(parts: list[dict], seconds: float) -> dict:
+    """Blocks of one (server, transport, clients) cell as one: requests/s over all of them, latency percentiles
+    over every request (each block keeps its latencies for this)."""
+    latencies = [s for part in parts for s in part.pop("latencies")]
+    batches = [part["mean_batch"] * part["requests"] for part in parts]
+    requests = sum(part["requests"] for part in parts)
+    return {"clients": parts[0]["clients"], "processes": parts[0]["processes"], "blocks": len(parts),
+            "requests": requests, "errors": sum(part["errors"] for part in parts), "rps": requests / seconds,
+            "p50_ms": percentile_ms(latencies, 0.5) if latencies else None,
+            "p99_ms": percentile_ms(latencies, 0.99) if latencies else None,
+            "mean_batch": sum(batches) / requests if requests else 0.0,
+            **({"failures": [f for part in parts for f in part.get("failures", [])]}
+               if any("failures" in part for part in parts) else {})}
+
+
 def throughput(plan_path: Path, folder: Path, deployment, route, concurrency: list[int], seconds: float,  # noqa: ANN001
-               threads: int, processes: int = 4) -> list[dict]:
+               threads: int, processes: int = 4, rounds: int = 3) -> list[dict]:
     """Requests/s with dynamic batching (max 32, 2 ms) and without (max 1), side by side: both servers run at
-    once and every (transport, clients) cell is measured on one, then at once on the other."""
+    once and every (transport, clients) cell is measured in ``rounds`` alternating blocks on each."""
     x = torch.rand(1, *deployment.plan.input_shape[1:], generator=torch.Generator().manual_seed(2))
     payload = route.encode(route.device_side(x))
     rows = []
@@ -366,12 +461,18 @@ def throughput(plan_path: Path, folder: Path, deployment, route, concurrency: li
                       extra=["--client-concurrency", most]) as batching, \
             ServeProcess(plan_path, folder, max_batch=1, threads=threads,
                          extra=["--client-concurrency", most]) as single:
+        servers = [("batching", batching), ("no batching", single)]
         for transport in ("websocket", "http"):
             for clients in concurrency:
-                for name, server in (("batching", batching), ("no batching", single)):
-                    result = _load(server.url, deployment.model_id, route, payload, clients, seconds, transport,
-                                   processes)
-                    rows.append({"server": name, "transport": transport, "route": route.label, **result})
+                # Alternating blocks (AB, BA, AB): a drift of the shared machine during the cell hits both alike.
+                blocks = {name: [] for name, _ in servers}
+                for round_ in range(rounds):
+                    for name, server in servers if round_ % 2 == 0 else servers[::-1]:
+                        blocks[name].append(_load(server.url, deployment.model_id, route, payload, clients,
+                                                  seconds / rounds, transport, processes))
+                for name, _ in servers:
+                    rows.append({"server": name, "transport": transport, "route": route.label,
+                                 **_merged(blocks[name], seconds)})
     for row in rows:
         if row["server"] == "batching":
             without = next(r for r in rows if r["server"] == "no batching" and r["clients"] == row["clients"]
@@ -478,6 +579,9 @@ class ThrottledTransport(httpx.HTTPTransport):
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["--bare-server"]:  # the baseline server of part 1, started by BareSplit
+        bare_split_server(Path(sys.argv[2]), Path(sys.argv[3]))
+        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats, shorter loads, two bandwidths")
     parser.add_argument("--parts", default="1,2,3")
@@ -500,14 +604,18 @@ def main() -> None:
         fixed_path.write_text(fixed.model_dump_json())
         deployment = load_deployment(fixed)
         if 1 in parts:
-            with ServeProcess(fixed_path, folder, max_batch=1, threads=args.threads) as server:
-                rows = overhead(deployment, server.url, 50 if args.quick else 300)
-                ray_row = ray_serve_cost(deployment, fixed_path, server.url, 100 if args.quick else 500)
+            bare = BareSplit(fixed_path, folder, args.threads)
+            try:
+                with ServeProcess(fixed_path, folder, max_batch=1, threads=args.threads) as server:
+                    rows = overhead(deployment, server.url, 50 if args.quick else 300, bare)
+                    ray_row = ray_serve_cost(deployment, fixed_path, server.url, 100 if args.quick else 500)
+            finally:
+                bare.close()
             results["overhead"] = rows
             results["ray_serve"] = ray_row
             show("1. framework overhead (medians, ms)", rows,
-                 ["route", "transport", "request_bytes", "end_to_end_ms", "head_ms", "tail_ms", "raw_transfer_ms", "overhead_ms",
-                  "overhead_fraction", "target_ms", "met"])
+                 ["route", "transport", "request_bytes", "end_to_end_ms", "head_ms", "tail_ms", "raw_transfer_ms",
+                  "overhead_ms", "met", "bare_split_ms", "overhead_vs_bare_ms", "met_vs_bare"])
             if ray_row is not None:
                 show("1b. the Ray Serve path's extra cost per request (medians, ms)", [ray_row],
                      ["route", "transport", "requests", "serve_ms", "ray_serve_ms", "extra_ms", "ray_start_s"])
