@@ -3,12 +3,14 @@
 1. Framework overhead: the client's end-to-end time for one image (head, encode, HTTP, server, decode, tail, the
    answer back) minus what split inference cannot avoid — the head, the tail, and a raw TCP transfer of the same
    request and response bytes over the same loopback (linkemu's echo server). Target: at most 1 ms or 5%,
-   whichever is larger.
+   whichever is larger. Also against a *bare split*: the head, a raw TCP socket to a process that runs the tail,
+   and the answer's bytes back, as one request (the same work in the rhythm of a real request, no framework).
    Also (1b) the Ray Serve path's extra time per request over `edgesplit serve` (when Ray is installed).
 2. Server throughput with dynamic batching (max batch 32, max wait 2 ms) against without (max batch 1), at 1, 8
-   and 32 concurrent clients, both servers up at once, each cell measured on one and then on the other. The load
+   and 32 concurrent clients, both servers up at once, each cell in alternating blocks on each. The load
    generator is up to 4 processes, each holding several connections with one request in flight each, sending
    pre-encoded frames with fresh request ids (no torch per request). Target: at least 3× at 32 clients.
+   (2b) A lone client's latency on each server, alternating blocks, raw keep-alive HTTP: never a loss.
 3. End-to-end latency across uplink bandwidths: the adaptive client (follows the plan's switch table from its own
    bandwidth estimate) against every fixed route, all-device and all-server, through the real server. The link
    is a network namespace with a tbf rate limit when this machine allows it (root, ip, tc), else a throttled
@@ -481,6 +483,50 @@ def throughput(plan_path: Path, folder: Path, deployment, route, concurrency: li
     return rows
 
 
+def lone_client(plan_path: Path, folder: Path, deployment, route, threads: int, rounds: int = 10,  # noqa: ANN001
+                requests: int = 200) -> list[dict]:
+    """One client, one request at a time, against the batching server and the one without, in alternating blocks
+    (AB, BA, ...): does batching cost a lone client anything? HTTP over a raw keep-alive socket (one write per
+    request, no client library) and a pre-encoded frame, so that only the servers differ."""
+    x = torch.rand(1, *deployment.plan.input_shape[1:], generator=torch.Generator().manual_seed(3))
+    payload = route.encode(route.device_side(x))
+
+    def connect(url: str) -> tuple[socket.socket, bytes]:
+        host, port = url.removeprefix("http://").rsplit(":", 1)
+        sock = socket.create_connection((host, int(port)))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock, f"POST /v1/infer HTTP/1.1\r\nHost: {host}:{port}\r\nAuthorization: Bearer {TOKEN}\r\n".encode()
+
+    def one(sock: socket.socket, head: bytes) -> None:
+        frame = Request(new_request_id(), deployment.model_id, route.route_id, payload, route.width).to_bytes()
+        sock.sendall(head + f"Content-Length: {len(frame)}\r\n\r\n".encode() + frame)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += sock.recv(65536)
+        top, _, body = data.partition(b"\r\n\r\n")
+        length = int(next(line.split(b":")[1] for line in top.split(b"\r\n") if line.lower().startswith(b"content-length")))
+        while len(body) < length:
+            body += sock.recv(65536)
+        if not top.startswith(b"HTTP/1.1 200"):
+            raise RuntimeError(f"the server answered {top.splitlines()[0]!r}")
+
+    samples: dict[str, list[float]] = {"batching": [], "no batching": []}
+    with ServeProcess(plan_path, folder, max_batch=32, threads=threads) as batching, \
+            ServeProcess(plan_path, folder, max_batch=1, threads=threads) as single:
+        sockets = {"batching": connect(batching.url), "no batching": connect(single.url)}
+        for round_ in range(rounds):
+            for name in ("batching", "no batching") if round_ % 2 == 0 else ("no batching", "batching"):
+                for _ in range(20):  # warm: the other server ran last
+                    one(*sockets[name])
+                samples[name] += timed(lambda: one(*sockets[name]), requests)
+        for sock, _ in sockets.values():
+            sock.close()
+    rows = [{"server": name, "transport": "http", "route": route.label, "requests": len(values),
+             "median_ms": median_ms(values), "mean_ms": statistics.fmean(values) * 1e3} for name, values in samples.items()]
+    rows[0]["ratio_vs_no_batching"] = rows[0]["median_ms"] / rows[1]["median_ms"]
+    return rows
+
+
 # ---- 3. adaptive client against fixed plans across bandwidths ------------------------------------------------
 
 
@@ -628,6 +674,11 @@ def main() -> None:
             show(f"2. server throughput ({whole_model.label}), dynamic batching vs none", rows,
                  ["server", "transport", "clients", "requests", "errors", "rps", "p50_ms", "p99_ms", "mean_batch",
                   "speedup"])
+            lone = lone_client(fixed_path, folder, deployment, whole_model, args.threads,
+                               rounds=4 if args.quick else 10)
+            results["lone_client"] = lone
+            show("2b. one client, one request at a time: batching server vs none (alternating blocks, ms)", lone,
+                 ["server", "transport", "requests", "median_ms", "mean_ms", "ratio_vs_no_batching"])
         if 3 in parts:
             slow = f"host/{args.device_slowdown:g}"
             planned = make_plan(weights, "resnet8", slow, None)
