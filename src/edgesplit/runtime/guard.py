@@ -16,7 +16,7 @@ import ipaddress
 import json
 from collections.abc import Iterable
 
-__all__ = ["BrowserGuard", "allowed_hosts", "guarded_protocol", "split_host"]
+__all__ = ["BrowserGuard", "allowed_hosts", "guarded_protocol", "is_loopback", "split_host"]
 
 
 def split_host(value: str) -> tuple[str, str]:
@@ -31,11 +31,12 @@ def split_host(value: str) -> tuple[str, str]:
     return value, ""
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an address or ``localhost``) is this machine's loopback."""
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
-        return host == "localhost" or host.endswith(".localhost")
+        return host == "localhost"
 
 
 def _is_wildcard(host: str) -> bool:
@@ -86,7 +87,8 @@ class BrowserGuard:
                 origin = value.decode("latin-1")
         if self.hosts is not None:
             name = split_host(host or "")[0]
-            if name not in self.hosts and not _is_loopback(name):  # a rebound DNS name is never a loopback one
+            if name not in self.hosts and not is_loopback(name) and not name.endswith(".localhost"):
+                # a rebound DNS name is never a loopback one
                 return (f"Host '{(host or '')[:80]}' is not this server's; connect by its address, or start it with "
                         "--allow-host NAME")
         if origin is not None and origin.rstrip("/").lower() not in self.origins:

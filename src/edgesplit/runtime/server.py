@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import json
 import logging
 import math
@@ -46,7 +45,7 @@ from ..errors import EdgesplitError
 from .auth import TOKEN_ENV, bearer_matches, checked_token, read_token_file, token_from  # noqa: F401 - TOKEN_ENV re-exported
 from .deployment import Deployment, Route
 from .engine import Engine, Observer, RequestRecord, ServerLimits, peek_request_id
-from .guard import BrowserGuard, allowed_hosts, guarded_protocol
+from .guard import BrowserGuard, allowed_hosts, guarded_protocol, is_loopback
 from .wire import MEDIA_TYPE, Response, Status, check_model_id
 
 DEFAULT_CLIENT_CONCURRENCY = 16
@@ -545,16 +544,10 @@ async def _within(seconds: float, awaitable):  # noqa: ANN001, ANN202
 
 def check_exposure(host: str, token: str | None) -> None:
     """Refuse to serve without a token anywhere but loopback."""
-    if token is None and not _is_loopback(host):
+    if token is None and not is_loopback(host):
         raise ServerError(f"refusing to serve on {host} without a token: anyone who reaches it could use the server; "
                           "pass --token-file FILE (or set EDGESPLIT_TOKEN), or bind to 127.0.0.1")
 
-
-def _is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
 
 
 def read_token(path: Path | None) -> str | None:
@@ -771,7 +764,7 @@ def startup_summary(deployment: Deployment, url: str, token_source: str | None, 
                           "loopback only — anyone on this machine can use the server", style="bold yellow"))
     else:
         lines.append(Text.assemble(("auth ", "bold"), f"on: bearer token from {token_source}"))
-    if url.startswith("http://") and not _is_loopback(urlsplit(url).hostname or ""):
+    if url.startswith("http://") and not is_loopback(urlsplit(url).hostname or ""):
         lines.append(Text("note: this is plain HTTP; the token and the features cross the network in clear — pass "
                           "--tls-cert and --tls-key (clients then use https:// and --ca-file)", style="yellow"))
     lines.append(Text.assemble(("limits ", "bold"), f"batch ≤ {limits.max_batch} inputs, wait ≤ {limits.max_wait_ms:g} "
