@@ -37,9 +37,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edgesplit import zoo
-from edgesplit.data import sample_images
-from edgesplit.graph import TracedModel, trace
+from edgesplit.model import zoo
+from edgesplit.model.data import sample_images
+from edgesplit.model.graph import TracedModel, trace
 from edgesplit.linkemu import PacedSocketLink, link_emulation_unavailable, open_link
 from edgesplit.plan import plan_model
 from edgesplit.codecs import parse_codec

@@ -45,18 +45,18 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from edgesplit.data import Dataset, load_dataset
-from edgesplit.graph import trace
-from edgesplit.intake import ModelRef, load_model, read_weights, save_weights
+from edgesplit.model.data import Dataset, load_dataset
+from edgesplit.model.graph import trace
+from edgesplit.model.intake import ModelRef, load_model, read_weights, save_weights
 from edgesplit.privacy.audit import AuditSettings, resolve_cuts, run_audit
 from edgesplit.privacy.defenses import parse_defenses
 from edgesplit.privacy.inversion import optimization_inversion
 from edgesplit.privacy.metrics import psnr, ssim
-from edgesplit.privacy.report import AttackScore, AuditReport, AuditRow, load_audit
+from edgesplit.privacy.schema import AttackScore, AuditReport, AuditRow, load_audit
 from edgesplit.profile import machine_info
-from edgesplit.train import train_classifier
+from edgesplit.model.train import train_classifier
 from edgesplit.views import audit_table, crossing_text
-from edgesplit.zoo import resnet8, small_cnn
+from edgesplit.model.zoo import resnet8, small_cnn
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results"
@@ -125,8 +125,9 @@ def digest(*parts: object) -> str:
 
 def code_digest() -> str:
     """The audit's source (privacy package, data, graph, bottleneck, train): cached reports expire when it changes."""
-    files = sorted((SRC / "privacy").glob("*.py")) + [SRC / n for n in ("data.py", "graph.py", "bottleneck.py",
-                                                                        "train.py", "cli.py")]
+    files = sorted((SRC / "privacy").glob("*.py")) + [SRC / n for n in ("model/data.py", "model/graph.py",
+                                                                        "compress/bottleneck.py", "model/train.py",
+                                                                        "cli.py")]
     return hashlib.sha256(b"".join(f.read_bytes() for f in files if f.exists())).hexdigest()[:12]
 
 

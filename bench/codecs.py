@@ -37,10 +37,10 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from edgesplit import zoo
+from edgesplit.model import zoo
 from edgesplit.codecs import decode, parse_codec
-from edgesplit.data import sample_images
-from edgesplit.graph import trace
+from edgesplit.model.data import sample_images
+from edgesplit.model.graph import trace
 from edgesplit.profile import machine_info
 
 RESULTS = Path(__file__).parent / "results"

@@ -28,8 +28,8 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from edgesplit import zoo
-from edgesplit.graph import Cut, TracedModel
+from edgesplit.model import zoo
+from edgesplit.model.graph import Cut, TracedModel
 from edgesplit.profile import machine_info
 from edgesplit.progress import progress_bar
 from edgesplit.views import human_bytes

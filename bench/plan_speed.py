@@ -25,12 +25,12 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from edgesplit.hardware import LINKS, PRESETS
+from edgesplit.plan.hardware import LINKS, PRESETS
 from edgesplit.plan.costs import CostModel, TransferCosts, parse_objective
 from edgesplit.plan.machines import preset_machine
 from edgesplit.plan.mincut import FlowGraph
 from edgesplit.codecs import parse_codec
-from edgesplit.plan.payload import PlanCodec
+from edgesplit.compress.payload import PlanCodec
 from edgesplit.plan.planner import make_plan
 from edgesplit.plan.costs import Candidate
 from edgesplit.plan.schema import Constraints

@@ -21,8 +21,8 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from edgesplit import zoo
-from edgesplit.graph import trace
+from edgesplit.model import zoo
+from edgesplit.model.graph import trace
 from edgesplit.profile import machine_info, profile_model
 
 RESULTS = Path(__file__).parent / "results"

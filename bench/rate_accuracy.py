@@ -34,15 +34,15 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from edgesplit.bottleneck import BottleneckConfig, TrainingPlan, train_bottleneck
-from edgesplit.compress import (DEFAULT_CODECS, SLIMMABLE_WIDTHS, Configuration, evaluate_bottleneck,
+from edgesplit.compress.bottleneck import BottleneckConfig, TrainingPlan, train_bottleneck
+from edgesplit.compress.rate import (DEFAULT_CODECS, SLIMMABLE_WIDTHS, Configuration, evaluate_bottleneck,
                                 evaluate_codecs)
-from edgesplit.data import Dataset, load_dataset
-from edgesplit.graph import trace
-from edgesplit.pictures import round_trip_pictures
+from edgesplit.model.data import Dataset, load_dataset
+from edgesplit.model.graph import trace
+from edgesplit.compress.pictures import round_trip_pictures
 from edgesplit.profile import machine_info
-from edgesplit.train import evaluate, train_classifier
-from edgesplit.zoo import resnet8
+from edgesplit.model.train import evaluate, train_classifier
+from edgesplit.model.zoo import resnet8
 
 RESULTS = Path(__file__).parent / "results"
 REPO = Path(__file__).resolve().parents[1]

@@ -43,9 +43,9 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from edgesplit.graph import trace
-from edgesplit.intake import ModelRef, build_model, load_model, save_weights
-from edgesplit.linkemu import EchoClient, EchoServer
+from edgesplit.model.graph import trace
+from edgesplit.model.intake import ModelRef, build_model, load_model, save_weights
+from linkemu import EchoClient, EchoServer
 from edgesplit.plan import plan_model
 from edgesplit.plan.schema import PlanReport, SwitchRange
 from edgesplit.profile import machine_info
@@ -61,7 +61,7 @@ TOKEN = "bench-token-" + "x" * 20
 
 
 def seeded_model(folder: Path, name: str = "resnet8") -> Path:
-    from edgesplit.zoo import ZOO
+    from edgesplit.model.zoo import ZOO
 
     torch.manual_seed(0)
     shape = tuple(ZOO[name].input_shape)
@@ -76,7 +76,7 @@ def make_plan(weights: Path, name: str, device: str, routes: list[tuple[float, f
 
     The link is what the emulated one is: symmetric, no added delay; PNG/JPEG are costed on the bundled photos.
     """
-    from edgesplit.data import sample_images
+    from edgesplit.model.data import sample_images
 
     loaded = load_model(name, weights=weights)
     traced = trace(loaded.module, loaded.example_input)
@@ -557,7 +557,7 @@ def slowed_deployment(plan: PlanReport, factor: float):  # noqa: ANN201
 def adaptive(plan_path: Path, folder: Path, plan: PlanReport, bandwidths: list[float], factor: float,
              requests: int, threads: int) -> tuple[list[dict], str]:
     """Median latency per plan at each uplink rate: every fixed plan, all-device, and the adaptive client."""
-    from edgesplit.linkemu import RateLimitedLink, link_emulation_unavailable
+    from linkemu import RateLimitedLink, link_emulation_unavailable
     from edgesplit.runtime.client import Client
 
     images = torch.rand(requests, 1, *plan.input_shape[1:], generator=torch.Generator().manual_seed(3))

@@ -17,6 +17,8 @@ def _shared_data() -> Path:
 
 SHARED_DATA = _shared_data()
 sys.path.insert(0, str(TESTS))  # so `modelfactories:Name` resolves, as a user's package would
+BENCH = TESTS.parent / "bench"
+sys.path.insert(0, str(BENCH))  # bench/linkemu.py, the link emulator the benchmarks and a few tests use
 
 
 @pytest.fixture(autouse=True)
@@ -35,6 +37,6 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def digits():
-    from edgesplit.data import load_dataset
+    from edgesplit.model.data import load_dataset
 
     return load_dataset("digits")

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import torch
 
-from edgesplit.graph import trace
-from edgesplit.intake import ModelRef, build_model, save_weights
+from edgesplit.model.graph import trace
+from edgesplit.model.intake import ModelRef, build_model, save_weights
 from edgesplit.plan import plan_model
 from edgesplit.plan.schema import PlanReport, SwitchRange
 
@@ -22,7 +22,7 @@ def write_model(folder: Path, name: str = "resnet8", seed: int = 0,
 
     ``shape`` overrides the zoo's input shape (small_cnn on the bundled digits is 1×1×8×8).
     """
-    from edgesplit.zoo import ZOO
+    from edgesplit.model.zoo import ZOO
 
     torch.manual_seed(seed)
     shape = tuple(shape or ZOO[name].input_shape)
@@ -43,7 +43,7 @@ def make_plan(folder: Path, name: str = "resnet8", routes: list[tuple[float, flo
     """
     if weights is None:
         weights, shape = write_model(folder, name, shape=shape)
-    from edgesplit.intake import load_model
+    from edgesplit.model.intake import load_model
 
     loaded = load_model(name, weights=weights)
     traced = trace(loaded.module, loaded.example_input)

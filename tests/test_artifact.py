@@ -3,10 +3,10 @@ import json
 import pytest
 import torch
 
-from edgesplit.artifact import load_split, save_split, verify_split
+from edgesplit.model.artifact import load_split, save_split, verify_split
 from edgesplit.errors import SplitArtifactError
-from edgesplit.graph import max_abs_diff, trace
-from edgesplit.intake import load_model
+from edgesplit.model.graph import max_abs_diff, trace
+from edgesplit.model.intake import load_model
 
 
 @pytest.fixture

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from conftest import SHARED_DATA, TESTS
-from edgesplit.artifact import load_split
-from edgesplit.data import write_idx
+from edgesplit.model.artifact import load_split
+from edgesplit.model.data import write_idx
 
 
 def edgesplit(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:

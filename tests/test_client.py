@@ -654,7 +654,7 @@ def test_a_killed_server_process_loses_no_request(tmp_path, plans, devices):
 
 @pytest.mark.slow
 def test_adapts_over_a_rate_limited_netns_link(tmp_path, plans, devices):
-    from edgesplit import linkemu
+    import linkemu
 
     if reason := linkemu.link_emulation_unavailable():
         pytest.skip(f"netns link emulation unavailable: {reason}")

@@ -5,16 +5,16 @@ import json
 import pytest
 import torch
 
-from edgesplit.bottleneck import (BottleneckConfig, BottleneckError, SlimmableBottleneck, TrainingPlan,
+from edgesplit.compress.bottleneck import (BottleneckConfig, BottleneckError, SlimmableBottleneck, TrainingPlan,
                                   train_bottleneck)
-from edgesplit.compress import code_codec, compress, load_compress
+from edgesplit.compress.rate import code_codec, compress, load_compress
 from edgesplit.codecs import decode
-from edgesplit.data import load_dataset
-from edgesplit.graph import trace
-from edgesplit.intake import ModelRef, save_weights
+from edgesplit.model.data import load_dataset
+from edgesplit.model.graph import trace
+from edgesplit.model.intake import ModelRef, save_weights
 from edgesplit.plan import load_plan
-from edgesplit.train import train_classifier
-from edgesplit.zoo import small_cnn
+from edgesplit.model.train import train_classifier
+from edgesplit.model.zoo import small_cnn
 from test_cli import assert_user_error, edgesplit
 
 CUT = 7  # small_cnn on digits: after pool1, 32×4×4
@@ -97,7 +97,7 @@ def test_training_fine_tunes_a_copy_of_the_tail_and_leaves_the_model_as_it_was(d
 
 
 def test_training_resumes_after_an_interrupted_run(digits_model, tmp_path, monkeypatch):
-    import edgesplit.bottleneck as bottleneck_module
+    import edgesplit.compress.bottleneck as bottleneck_module
 
     model, dataset, _ = digits_model
     traced = trace(model, torch.zeros(1, 1, 8, 8))

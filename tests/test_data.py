@@ -1,4 +1,4 @@
-"""Tests for edgesplit.data: digits, IDX reading/writing and corruption, MNIST, image folders, photo patches."""
+"""Tests for edgesplit.model.data: digits, IDX reading/writing and corruption, MNIST, image folders, photo patches."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from edgesplit.data import (DIGIT_CLASSES, FASHION_CLASSES, IDX_FILES, PATCH_CLASSES, Dataset, load_dataset,
+from edgesplit.model.data import (DIGIT_CLASSES, FASHION_CLASSES, IDX_FILES, PATCH_CLASSES, Dataset, load_dataset,
                             load_patches, read_idx, write_idx)
 from edgesplit.errors import DataError
 

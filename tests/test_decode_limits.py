@@ -29,7 +29,7 @@ from PIL import Image
 
 from edgesplit.codecs import DecodeLimits, PayloadError, decode, decode_cost, pack, parse_codec, unpack, unpack_cost
 from edgesplit.codecs.frame import unpack_bytes
-from edgesplit.pictures import decode_picture, encode_picture
+from edgesplit.compress.pictures import decode_picture, encode_picture
 from edgesplit.runtime.deployment import PictureCodec, load_deployment
 from edgesplit.runtime.engine import Engine, ServerLimits, _decodes_fast
 from edgesplit.runtime.server import ServerThread, decode_limits

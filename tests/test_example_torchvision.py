@@ -1,6 +1,6 @@
 """examples/split_torchvision.py as a user runs it, and the zoo's resnet18 as torchvision's twin.
 
-torchvision is not installed here (nor a dependency), so the example runs with edgesplit.zoo.resnet18; the
+torchvision is not installed here (nor a dependency), so the example runs with edgesplit.model.zoo.resnet18; the
 state-dict test pins the layout torchvision's resnet18 has, from the architecture (He et al. 2016).
 """
 
@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from edgesplit import zoo
-from edgesplit.artifact import load_split
-from edgesplit.graph import max_abs_diff
+from edgesplit.model import zoo
+from edgesplit.model.artifact import load_split
+from edgesplit.model.graph import max_abs_diff
 
 EXAMPLE = Path(__file__).parents[1] / "examples" / "split_torchvision.py"
 HAS_TORCHVISION = importlib.util.find_spec("torchvision") is not None
@@ -29,7 +29,7 @@ def test_the_example_plans_splits_and_saves_a_split_that_reloads(tmp_path):
     if HAS_TORCHVISION:
         assert "model: torchvision.models.resnet18(weights=None)" in result.stdout
     else:
-        assert "torchvision is not installed; using edgesplit.zoo.resnet18" in result.stdout
+        assert "torchvision is not installed; using edgesplit.model.zoo.resnet18" in result.stdout
     for line in ("traced with fx: 69 compute nodes, 70 cuts", "plan for rpi4 -> edge-gpu over lte:",
                  "switch table", "best real split: cut ", "reloaded max abs diff"):
         assert line in result.stdout, result.stdout

@@ -20,10 +20,10 @@ import torch
 from torch import nn
 
 from conftest import TESTS
-from edgesplit.artifact import load_split, save_split
+from edgesplit.model.artifact import load_split, save_split
 from edgesplit.errors import EdgesplitError, InputShapeError
-from edgesplit.graph import trace
-from edgesplit.intake import ModelRef, ModelRefError, ModelSizeError, build_model, load_model, save_weights
+from edgesplit.model.graph import trace
+from edgesplit.model.intake import ModelRef, ModelRefError, ModelSizeError, build_model, load_model, save_weights
 from edgesplit.plan import plan_model
 from edgesplit.plan.schema import PlanReport, load_plan
 from edgesplit.runtime.deployment import load_deployment
@@ -182,7 +182,7 @@ def test_infer_refuses_plans_that_would_allocate_gigabytes(tmp_path, tiny_plan, 
 @pytest.mark.slow
 def test_the_factory_the_user_names_is_served(tiny_plan, tmp_path, monkeypatch):
     """The legitimate case: `edgesplit serve --model modelfactories:Tiny` serves a plan of that factory."""
-    from edgesplit.pipeline import served, write_secret
+    from edgesplit.pipeline.run import served, write_secret
     from edgesplit.runtime.client import Client
 
     path, _ = tiny_plan

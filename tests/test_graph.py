@@ -4,9 +4,9 @@ import pytest
 import torch
 
 import modelfactories as mf
-from edgesplit import zoo
+from edgesplit.model import zoo
 from edgesplit.errors import CutError, InputShapeError, UntraceableModelError
-from edgesplit.graph import max_abs_diff, trace
+from edgesplit.model.graph import max_abs_diff, trace
 
 
 @pytest.mark.parametrize("name", sorted(zoo.ZOO))

@@ -6,9 +6,9 @@ import torch
 from safetensors.torch import save_file
 
 import modelfactories as mf
-from edgesplit import zoo
+from edgesplit.model import zoo
 from edgesplit.errors import InputShapeError, ModelNotFoundError, WeightsError
-from edgesplit.intake import ModelRef, load_model, parse_input_shape, read_weights, resolve_factory, save_weights
+from edgesplit.model.intake import ModelRef, load_model, parse_input_shape, read_weights, resolve_factory, save_weights
 
 
 def test_parse_input_shape():

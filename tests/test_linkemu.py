@@ -19,8 +19,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from edgesplit import linkemu
-from edgesplit.linkemu import (
+import linkemu
+from conftest import BENCH
+from linkemu import (
     HEADER,
     MAX_FRAME,
     EchoClient,
@@ -466,8 +467,8 @@ def read_ready_port(proc: subprocess.Popen, timeout: float) -> int:
 
 @pytest.mark.slow
 def test_module_cli_serve_prints_ready_and_serves():
-    """`python -m edgesplit.linkemu serve --port 0` (imports the package, hence torch: a few seconds)."""
-    proc = subprocess.Popen([sys.executable, "-m", "edgesplit.linkemu", "serve", "--port", "0", "--max-frame", "4096"],
+    """`python bench/linkemu.py serve --port 0`: the command line a benchmark host runs."""
+    proc = subprocess.Popen([sys.executable, str(BENCH / "linkemu.py"), "serve", "--port", "0", "--max-frame", "4096"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         port = read_ready_port(proc, timeout=120)

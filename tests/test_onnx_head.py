@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from edgesplit.errors import EdgesplitError, InputShapeError
-from edgesplit.graph import trace
+from edgesplit.model.graph import trace
 from edgesplit.runtime.onnx_head import (OnnxExportError, OnnxHead, OnnxHeadError, OnnxInputError, export_head,
                                          verify_head)
-from edgesplit.zoo import ZOO
+from edgesplit.model.zoo import ZOO
 
 TOLERANCE = 1e-4
 

@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from edgesplit.artifact import load_split
-from edgesplit.pipeline import DEMO_CONFIG, ConfigError, RunConfig, check_config, load_config
+from edgesplit.model.artifact import load_split
+from edgesplit.pipeline.run import DEMO_CONFIG, ConfigError, RunConfig, check_config, load_config
 from test_cli import assert_user_error, edgesplit
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "run.yaml"
@@ -143,7 +143,7 @@ def test_a_run_whose_plans_never_send_skips_compress_and_serve_and_says_so(tmp_p
 
     from rich.console import Console
 
-    from edgesplit.pipeline import run_pipeline
+    from edgesplit.pipeline.run import run_pipeline
 
     config = RunConfig.model_validate({"model": "small_cnn", "train": {"epochs": 1}, "profile_runs": 2,
                                        "targets": [{"name": "pi", "device": "rpi4", "link": "lte"}], "audit": None})
@@ -180,7 +180,7 @@ def test_run_refuses_a_traversing_target_name_and_writes_nothing(tmp_path):
 def test_the_run_writer_refuses_paths_outside_its_folder(tmp_path):
     from rich.console import Console
 
-    from edgesplit.pipeline import Run
+    from edgesplit.pipeline.run import Run
 
     run = Run(DEMO_CONFIG, tmp_path / "out", Console(), progress=False)
     assert run.write("plan_ok.json", {"a": 1}) == (tmp_path / "out" / "plan_ok.json").resolve()
@@ -194,7 +194,7 @@ def test_the_token_file_is_0600_from_its_creation(tmp_path):
     import os
     import stat
 
-    from edgesplit.pipeline import write_secret
+    from edgesplit.pipeline.run import write_secret
 
     old = tmp_path / "token"
     old.write_text("old token\n")

@@ -54,9 +54,9 @@ def test_plan_refuses_bad_profiles_and_leakage_tables(tmp_path):
     # in-process (the CLI prints these same EdgesplitError messages, as test_plan_user_errors shows)
     import torch
 
-    from edgesplit import zoo
+    from edgesplit.model import zoo
     from edgesplit.errors import EdgesplitError
-    from edgesplit.graph import trace
+    from edgesplit.model.graph import trace
     from edgesplit.plan import plan_model
     from edgesplit.privacy.leakage import load_leakage
 

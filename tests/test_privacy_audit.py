@@ -5,16 +5,16 @@ import json
 import pytest
 import torch
 
-from edgesplit.data import Dataset
+from edgesplit.model.data import Dataset
 from edgesplit.errors import CutError, EdgesplitError, InputShapeError
-from edgesplit.graph import trace
-from edgesplit.intake import ModelRef, save_weights
+from edgesplit.model.graph import trace
+from edgesplit.model.intake import ModelRef, save_weights
 from edgesplit.privacy.audit import AuditSettings, count_overlap, parse_attacks, resolve_cuts, run_audit
 from edgesplit.privacy.defenses import parse_defenses
 from edgesplit.privacy.leakage import load_leakage
-from edgesplit.privacy.report import load_audit
-from edgesplit.train import train_classifier
-from edgesplit.zoo import small_cnn
+from edgesplit.privacy.schema import load_audit
+from edgesplit.model.train import train_classifier
+from edgesplit.model.zoo import small_cnn
 from test_cli import assert_user_error, edgesplit
 
 FAST = AuditSettings(victims=64, aux_limit=400, inversion_epochs=4, optimize_steps=60, defense_epochs=1,
@@ -198,7 +198,7 @@ def test_attacks_see_what_the_codec_delivers(trained):
 
 
 def test_a_cut_inside_a_residual_block_sends_two_tensors_and_is_attacked(one_thread):
-    from edgesplit.zoo import resnet8
+    from edgesplit.model.zoo import resnet8
 
     torch.manual_seed(0)
     photos = Dataset("noise", torch.rand(64, 3, 16, 16), torch.arange(64) % 4, torch.rand(16, 3, 16, 16),

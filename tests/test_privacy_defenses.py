@@ -5,15 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from edgesplit.bottleneck import BottleneckError
-from edgesplit.data import load_dataset
+from edgesplit.compress.bottleneck import BottleneckError
+from edgesplit.model.data import load_dataset
 from edgesplit.errors import EdgesplitError, InputShapeError
-from edgesplit.graph import trace
+from edgesplit.model.graph import trace
 from edgesplit.privacy.defenses import (DEFENSE_KINDS, DefendedCut, DefenseSpec, GaussianNoise, build_defense,
                                         distance_correlation_torch, parse_defense, parse_defenses)
 from edgesplit.privacy.metrics import distance_correlation
-from edgesplit.train import evaluate, train_classifier
-from edgesplit.zoo import ZOO, small_cnn
+from edgesplit.model.train import evaluate, train_classifier
+from edgesplit.model.zoo import ZOO, small_cnn
 
 CUT = "pool1"  # small_cnn after conv2 and the first pooling: one 32×4×4 tensor crosses
 FLAT_CUT = "flatten"  # one flat 256-vector crosses

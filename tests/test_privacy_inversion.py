@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from edgesplit.errors import EdgesplitError, InputShapeError
-from edgesplit.graph import trace
+from edgesplit.model.graph import trace
 from edgesplit.privacy.inversion import (ConvDecoder, FCDecoder, InversionResult, build_decoder, codec_transform,
                                          learned_inversion, mean_image_baseline, optimization_inversion,
                                          total_variation)
-from edgesplit.train import train_classifier
-from edgesplit.zoo import ZOO
+from edgesplit.model.train import train_classifier
+from edgesplit.model.zoo import ZOO
 
 EARLY = "conv1_2"  # the first cut after conv1 (conv, BN, ReLU): 16×8×8 crosses
 LOGITS = "fc2"  # the last cut: the 10 logits cross

@@ -12,14 +12,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.ndimage import gaussian_filter
 
-from edgesplit.data import load_dataset
+from edgesplit.model.data import load_dataset
 from edgesplit.errors import EdgesplitError
-from edgesplit.graph import trace
+from edgesplit.model.graph import trace
 from edgesplit.privacy.metrics import (PSNR_CAP_DB, SSIM_CHUNK, bootstrap_ci, distance_correlation, gaussian_window,
                                        mean_ci, psnr, ssim, ssim_window_size)
 from edgesplit.privacy.probes import ProbeResult, probe_accuracy
-from edgesplit.train import train_classifier
-from edgesplit.zoo import ZOO
+from edgesplit.model.train import train_classifier
+from edgesplit.model.zoo import ZOO
 
 EARLY_CUT = 3  # after conv1's ReLU: 16×8×8 values per digit
 LOGITS_CUT = 16  # after fc2: the 10 logits

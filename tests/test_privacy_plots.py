@@ -12,7 +12,7 @@ from PIL import Image
 from edgesplit.errors import EdgesplitError
 from edgesplit.plots import plot_leakage_by_cut, plot_privacy_utility, plot_reconstructions
 from edgesplit.privacy.leakage import CutLeakage, LeakageTable
-from edgesplit.privacy.report import AttackScore, AuditReport, AuditRow, ProbeScore, Score
+from edgesplit.privacy.schema import AttackScore, AuditReport, AuditRow, ProbeScore, Score
 
 DEFENSES = {"noise": ["0.1", "0.5", "1.0"], "dropout": ["0.2", "0.5"], "quant": ["8", "4", "2"],
             "nopeek": ["0.5"], "bottleneck": ["16", "4"]}

@@ -5,9 +5,9 @@ import torch
 from torch import nn
 
 import modelfactories as mf
-from edgesplit import zoo
+from edgesplit.model import zoo
 from edgesplit.errors import EdgesplitError
-from edgesplit.graph import trace
+from edgesplit.model.graph import trace
 from edgesplit.profile import (count_macs, device_profile, in_context_node_ms, load_device_profile, median_ms,
                                peak_memory_bytes, profile_model)
 

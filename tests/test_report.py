@@ -20,13 +20,13 @@ from typer.testing import CliRunner
 
 from edgesplit.cli import app
 from edgesplit.errors import EdgesplitError
-from edgesplit.graph import trace
-from edgesplit.intake import load_model
+from edgesplit.model.graph import trace
+from edgesplit.model.intake import load_model
 from edgesplit.plan.schema import load_plan
 from edgesplit.privacy.audit import AuditSettings, resolve_cuts, run_audit
 from edgesplit.privacy.defenses import parse_defenses
-from edgesplit.pipeline import RunConfig, run_pipeline
-from edgesplit.report import build_report, find_png, write_report
+from edgesplit.pipeline.run import RunConfig, run_pipeline
+from edgesplit.report.page import build_report, find_png, write_report
 from test_cli import assert_user_error, edgesplit
 
 pytestmark = pytest.mark.usefixtures("one_thread")

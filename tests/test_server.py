@@ -24,8 +24,8 @@ from websockets.sync.client import connect
 
 from conftest import TESTS
 from edgesplit.codecs import pack, parse_codec, unpack
-from edgesplit.graph import trace
-from edgesplit.intake import load_model
+from edgesplit.model.graph import trace
+from edgesplit.model.intake import load_model
 from edgesplit.runtime.deployment import Deployment, Route, load_deployment
 from edgesplit.runtime.engine import Engine, Observer, ServerLimits, run_batch
 from edgesplit.runtime.server import ServerThread, decode_limits

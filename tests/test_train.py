@@ -1,4 +1,4 @@
-"""Tests for edgesplit.train: a small model learns digits, reproducibly, and mismatches fail clearly."""
+"""Tests for edgesplit.model.train: a small model learns digits, reproducibly, and mismatches fail clearly."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from edgesplit.data import load_dataset
+from edgesplit.model.data import load_dataset
 from edgesplit.errors import DataError, EdgesplitError, InputShapeError
-from edgesplit.train import TrainResult, evaluate, train_classifier
+from edgesplit.model.train import TrainResult, evaluate, train_classifier
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from edgesplit.codecs import DecodeLimits
-from edgesplit.data import sample_images
+from edgesplit.model.data import sample_images
 from edgesplit.runtime.deployment import load_deployment
 from edgesplit.runtime.wire import (Request, Response, Status, WireError, check_model_id, model_id_for,
                                     new_request_id)

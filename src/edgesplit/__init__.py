@@ -12,10 +12,10 @@ Python API::
         result = client.infer(x)                          # head here, tail there; result.logits, .label, .where
 """
 
-from .artifact import load_split, save_split
-from .errors import EdgesplitError
-from .graph import Cut, Split, TracedModel, max_abs_diff, trace
-from .profile import DeviceProfile, ProfileReport, load_device_profile, profile_model
+from edgesplit.model.artifact import load_split, save_split
+from edgesplit.errors import EdgesplitError
+from edgesplit.model.graph import Cut, Split, TracedModel, max_abs_diff, trace
+from edgesplit.profile import DeviceProfile, ProfileReport, load_device_profile, profile_model
 
 __all__ = ["Client", "Cut", "DeviceProfile", "EdgesplitError", "ProfileReport", "Split", "TracedModel",
            "load_device_profile", "load_split", "max_abs_diff", "profile_model", "save_split", "trace"]
@@ -25,7 +25,7 @@ __version__ = "0.1.0"
 def __getattr__(name: str) -> object:
     """``Client`` is imported on first use: the HTTP client it needs is not worth importing with the package."""
     if name == "Client":
-        from .runtime.client import Client
+        from edgesplit.runtime.client import Client
 
         return Client
     raise AttributeError(f"module 'edgesplit' has no attribute {name!r}")

@@ -1,5 +1,5 @@
 """``python -m edgesplit`` runs the CLI."""
 
-from .cli import main
+from edgesplit.cli import main
 
 main()

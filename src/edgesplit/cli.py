@@ -12,15 +12,15 @@ import typer
 from pydantic import BaseModel
 from rich.console import Console
 
-from . import zoo
-from .artifact import load_split, save_split, verify_split
-from .data import load_dataset
-from .errors import EdgesplitError
-from .graph import max_abs_diff, trace
-from .intake import ModelRef, build_model, load_model, save_weights
-from .profile import device_profile, profile_model
-from .train import train_classifier
-from .views import profile_table, split_table, zoo_table
+from edgesplit.model import zoo
+from edgesplit.model.artifact import load_split, save_split, verify_split
+from edgesplit.model.data import load_dataset
+from edgesplit.errors import EdgesplitError
+from edgesplit.model.graph import max_abs_diff, trace
+from edgesplit.model.intake import ModelRef, build_model, load_model, save_weights
+from edgesplit.profile import device_profile, profile_model
+from edgesplit.model.train import train_classifier
+from edgesplit.views import profile_table, split_table, zoo_table
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Split DNN inference for edge devices: where to cut, what crosses, how long it takes.")
@@ -68,7 +68,7 @@ def profile(model: ModelArg, input_shape: InputShape = None, weights: Weights = 
         out.print(f"[yellow]MACs not counted for ops without a formula: {report.uncounted_ops}")
     write_json(json_out, report)
     if plot:
-        from .plots import plot_profile
+        from edgesplit.plots import plot_profile
         out.print(f"plot written to {plot_profile(report, plot)}")
     if save_device:
         write_json(save_device, device_profile(report, name=save_device.stem))
@@ -125,12 +125,12 @@ def plan(model: ModelArg, input_shape: InputShape = None, weights: Weights = Non
          plot: Annotated[Optional[Path], typer.Option(help="write latency vs bandwidth (PNG)")] = None,
          quiet: Quiet = False) -> None:
     """Choose where to cut MODEL for a device, a server and a link: ranked plans, speed-ups, switch table."""
-    from .data import sample_images
-    from .hardware import parse_link, parse_machine, parse_size
-    from .compress import load_compress
-    from .plan import Constraints, parse_codecs, parse_objective, plan_model
-    from .privacy.leakage import load_leakage
-    from .views import pareto_view, plan_table, switch_table_view
+    from edgesplit.model.data import sample_images
+    from edgesplit.plan.hardware import parse_link, parse_machine, parse_size
+    from edgesplit.compress.rate import load_compress
+    from edgesplit.plan import Constraints, parse_codecs, parse_objective, plan_model
+    from edgesplit.privacy.leakage import load_leakage
+    from edgesplit.views import pareto_view, plan_table, switch_table_view
 
     codecs = list(codec or ["fp32"])
     for check, spec in ((parse_machine, device), (parse_machine, server), (parse_link, link), (parse_codecs, codecs),
@@ -167,7 +167,7 @@ def plan(model: ModelArg, input_shape: InputShape = None, weights: Weights = Non
         out.print(pareto_view(report))
     write_json(json_out, report)
     if plot:
-        from .plots import plot_plan
+        from edgesplit.plots import plot_plan
         out.print(f"plot written to {plot_plan(report, plot)}")
 
 
@@ -193,10 +193,10 @@ def compress(model: ModelArg,
              plot: Annotated[Optional[Path], typer.Option(help="write the rate–accuracy curve (PNG)")] = None,
              quiet: Quiet = False) -> None:
     """Measure bytes against accuracy at CUT: feature codecs, a learned bottleneck, and sending the input instead."""
-    from .bottleneck import BottleneckConfig, TrainingPlan
-    from .codecs import parse_codec
-    from .compress import DEFAULT_CODECS, SLIMMABLE_WIDTHS, compress as run_compress
-    from .views import compress_table
+    from edgesplit.compress.bottleneck import BottleneckConfig, TrainingPlan
+    from edgesplit.codecs import parse_codec
+    from edgesplit.compress.rate import DEFAULT_CODECS, SLIMMABLE_WIDTHS, compress as run_compress
+    from edgesplit.views import compress_table
 
     specs = list(codec) if codec else list(DEFAULT_CODECS)
     for spec in specs:
@@ -224,7 +224,7 @@ def compress(model: ModelArg,
                   f"{features[0].bytes_per_inference:,.0f} B, {features[0].compression:.1f}× smaller than float32")
     write_json(json_out, report)
     if plot:
-        from .plots import plot_rate_accuracy
+        from edgesplit.plots import plot_rate_accuracy
         out.print(f"plot written to {plot_rate_accuracy(report, plot)}")
 
 
@@ -252,10 +252,10 @@ def audit(model: ModelArg, weights: Weights = None, input_shape: InputShape = No
                                                           "(PNG)")] = None,
           quiet: Quiet = False) -> None:
     """Attack what crosses each cut (inversion, label probes) and measure what defenses cost in accuracy."""
-    from .codecs import parse_codec
-    from .privacy.audit import AuditSettings, parse_attacks, resolve_cuts, run_audit, summary_line
-    from .privacy.defenses import parse_defenses
-    from .views import audit_table
+    from edgesplit.codecs import parse_codec
+    from edgesplit.privacy.audit import AuditSettings, parse_attacks, resolve_cuts, run_audit, summary_line
+    from edgesplit.privacy.defenses import parse_defenses
+    from edgesplit.views import audit_table
 
     attacks, defenses = parse_attacks(attack), parse_defenses(defense or [])
     if codec:
@@ -318,7 +318,7 @@ def train(model: ModelArg,
 def demo(out_dir: Annotated[Path, typer.Option("--out", help="folder for every result")] = Path("demo-results"),
          json_out: JsonOut = None, quiet: Quiet = False) -> None:
     """The main job on bundled data: train, profile, plan, compress, serve and run, audit, report."""
-    from .demo import run_demo
+    from edgesplit.pipeline.demo import run_demo
     write_json(json_out, run_demo(out_dir, out, progress=not quiet))
 
 
@@ -328,7 +328,7 @@ def run_config(config_path: Annotated[Path, typer.Argument(metavar="CONFIG.yaml"
                out_dir: Annotated[Path, typer.Option("--out", help="folder for every result")] = Path("run-results"),
                json_out: JsonOut = None, quiet: Quiet = False) -> None:
     """The demo's pipeline on your model, data, device, server, link, codecs and attacks, from a config file."""
-    from .pipeline import load_config, run_pipeline
+    from edgesplit.pipeline.run import load_config, run_pipeline
     write_json(json_out, run_pipeline(load_config(config_path), out_dir, out, progress=not quiet))
 
 
@@ -339,7 +339,7 @@ def report(run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="fold
            title: Annotated[Optional[str], typer.Option(help="page title (default: the run's title, else from RUN_DIR's name)")] = None,
            json_out: JsonOut = None) -> None:
     """One self-contained HTML page (plots embedded) from every stage's JSON in RUN_DIR."""
-    from .report import report_index, scan, write_report
+    from edgesplit.report.page import report_index, scan, write_report
 
     files = scan(run_dir)
     path = write_report(run_dir, out_path, title, files=files)
@@ -381,9 +381,9 @@ def serve(plan_path: Annotated[Path, typer.Argument(metavar="PLAN.json", help="a
           num_cpus: Annotated[float, typer.Option(min=0.1, help="with --ray: CPUs per replica")] = 1.0,
           ) -> None:
     """Serve the tails of every route in PLAN's switch table: binary frames over HTTP and WebSocket."""
-    from .runtime.server import Guards, serve as run_server, token_from
+    from edgesplit.runtime.server import Guards, serve as run_server, token_from
     if ray:
-        from .runtime.ray_serve import run as run_ray
+        from edgesplit.runtime.ray_serve import run as run_ray
         run_ray(plan_path, host=host, port=port, token=token_from(token_file)[0], weights=weights, model_id=model_id,
                 replicas=replicas, max_replicas=max_replicas, max_batch=max_batch, max_wait_ms=max_wait_ms,
                 max_request_mb=max_request_mb, client_concurrency=client_concurrency, log_level=log_level,
@@ -435,8 +435,8 @@ def infer(plan_path: Annotated[Path, typer.Argument(metavar="PLAN.json", help="a
                                                           "system's trusted roots)")] = None,
           json_out: JsonOut = None, quiet: Quiet = False) -> None:
     """Run PLAN's head here and its tail on a server: adapts the cut to the uplink, falls back when it is down."""
-    from .plan.schema import load_plan
-    from .runtime.client import Client, load_inputs, read_token, run_inference, summary_table
+    from edgesplit.plan.schema import load_plan
+    from edgesplit.runtime.client import Client, load_inputs, read_token, run_inference, summary_table
 
     token = read_token(token_file)
     report = load_plan(plan_path)

@@ -13,14 +13,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from .errors import EdgesplitError  # noqa: E402
-from .profile import ProfileReport  # noqa: E402
+from edgesplit.errors import EdgesplitError  # noqa: E402
+from edgesplit.profile import ProfileReport  # noqa: E402
 
 if TYPE_CHECKING:
     import numpy as np
     import torch
 
-    from .privacy.report import AuditReport, AuditRow
+    from edgesplit.privacy.schema import AuditReport, AuditRow
 
 _SPLIT_LINES = 40  # thin lines for at most this many split plans, best-ranked first
 
@@ -69,7 +69,7 @@ def plot_plan(report, path: str | Path) -> Path:  # noqa: ANN001 - PlanReport (i
     """End-to-end latency against uplink bandwidth (log-log): all-device, all-server, each cut, the chosen envelope."""
     import numpy as np
 
-    from .plan.costs import LinkSweep, parse_objective
+    from edgesplit.plan.costs import LinkSweep, parse_objective
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -44,9 +44,9 @@ from torch.utils import benchmark
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode, flop_registry, sdpa_flop_count
 
-from .graph import COMPUTE_OPS, Split, TracedModel, node_kind
-from .progress import progress_bar
-from .versioned import read_versioned
+from edgesplit.model.graph import COMPUTE_OPS, Split, TracedModel, node_kind
+from edgesplit.progress import progress_bar
+from edgesplit.versioned import read_versioned
 
 aten = torch.ops.aten
 PROFILE_VERSION = 1

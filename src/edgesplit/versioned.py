@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from .errors import EdgesplitError
+from edgesplit.errors import EdgesplitError
 
 Model = TypeVar("Model", bound=BaseModel)
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from rich.table import Table
 
-from .artifact import SplitRecord
-from .plan.schema import PlanEntry, PlanReport
-from .profile import ProfileReport
-from .zoo import ZooEntry
+from edgesplit.model.artifact import SplitRecord
+from edgesplit.plan.schema import PlanEntry, PlanReport
+from edgesplit.profile import ProfileReport
+from edgesplit.model.zoo import ZooEntry
 
 
 def human_bytes(count: float) -> str:

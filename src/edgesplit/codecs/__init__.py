@@ -4,8 +4,8 @@
 but the bytes. See docs/codecs.md for the stages and the frame layout.
 """
 
-from .frame import CodecError, DecodeCost, DecodeLimits, PayloadError, decode, decode_cost, pack, unpack, unpack_cost
-from .spec import SPEC_HELP, Codec, codec_from_json, parse_codec
+from edgesplit.codecs.frame import CodecError, DecodeCost, DecodeLimits, PayloadError, decode, decode_cost, pack, unpack, unpack_cost
+from edgesplit.codecs.spec import SPEC_HELP, Codec, codec_from_json, parse_codec
 
 __all__ = ["Codec", "CodecError", "DecodeCost", "DecodeLimits", "PayloadError", "SPEC_HELP", "codec_from_json",
            "decode", "decode_cost", "pack", "parse_codec", "unpack", "unpack_cost"]

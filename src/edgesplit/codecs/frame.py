@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..errors import EdgesplitError
-from . import entropy, quantize
+from edgesplit.errors import EdgesplitError
+from edgesplit.codecs import entropy, quantize
 
 MAGIC = b"ESC"
 VERSION = 1

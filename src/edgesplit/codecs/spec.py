@@ -14,8 +14,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from . import entropy, quantize
-from .frame import (MAX_NDIM, AnsRecord, CastRecord, CodecError, Frame, QuantRecord, StageRecord, ZstdRecord,
+from edgesplit.codecs import entropy, quantize
+from edgesplit.codecs.frame import (MAX_NDIM, AnsRecord, CastRecord, CodecError, Frame, QuantRecord, StageRecord, ZstdRecord,
                     header, write)
 
 CASTS = {"fp16": torch.float16, "bf16": torch.bfloat16}

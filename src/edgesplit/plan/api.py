@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import torch
 
-from ..codecs import codec_from_json
-from ..errors import EdgesplitError
+from edgesplit.codecs import codec_from_json
+from edgesplit.errors import EdgesplitError
 
-from ..compress import CompressReport
-from ..graph import TracedModel
-from ..hardware import parse_link
-from ..privacy.leakage import LeakageTable
-from .costs import CostModel, parse_objective
-from .machines import HostProfiler, resolve_machine
-from .payload import PlanCodec, ReportedCodec, measure_codec, measure_input_formats, parse_codecs
-from .planner import make_plan
-from .schema import Constraints, PlanReport
-from .workload import workload_of
+from edgesplit.compress.rate import CompressReport
+from edgesplit.model.graph import TracedModel
+from edgesplit.plan.hardware import parse_link
+from edgesplit.privacy.leakage import LeakageTable
+from edgesplit.plan.costs import CostModel, parse_objective
+from edgesplit.plan.machines import HostProfiler, resolve_machine
+from edgesplit.compress.payload import PlanCodec, ReportedCodec, measure_codec, measure_input_formats, parse_codecs
+from edgesplit.plan.planner import make_plan
+from edgesplit.plan.schema import Constraints, PlanReport
+from edgesplit.plan.workload import workload_of
 
 
 def plan_model(traced: TracedModel, *, device: str, server: str, link: str, codec: str | list[str] = "fp32",
@@ -24,7 +24,7 @@ def plan_model(traced: TracedModel, *, device: str, server: str, link: str, code
                constraints: Constraints | None = None, leakage: LeakageTable | None = None, name: str = "model",
                model_ref: dict | None = None, host_runs: int = 10, progress: bool = True,
                compressed: list[CompressReport] = ()) -> PlanReport:
-    """Plan ``traced`` for a device, a server and a link given as spec strings (see `edgesplit.hardware`).
+    """Plan ``traced`` for a device, a server and a link given as spec strings (see `edgesplit.plan.hardware`).
 
     ``codec`` is one codec spec or several: every prefix cut is costed with each, so cut and codec are chosen
     together (the first is the min-cut's). Codecs are measured on this host on ``samples`` (N×C×H×W images

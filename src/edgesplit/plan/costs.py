@@ -13,14 +13,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import EdgesplitError
-from ..graph import TensorSpec
-from ..hardware import Link
-from .machines import Machine
-from .mincut import FlowGraph, PlacementProblem
-from .payload import InputFormat, PlanCodec
-from .schema import Costs, CrossingTensor
-from .workload import OUTPUT, Workload
+from edgesplit.errors import EdgesplitError
+from edgesplit.model.graph import TensorSpec
+from edgesplit.plan.hardware import Link
+from edgesplit.plan.machines import Machine
+from edgesplit.plan.mincut import FlowGraph, PlacementProblem
+from edgesplit.compress.payload import InputFormat, PlanCodec
+from edgesplit.plan.schema import Costs, CrossingTensor
+from edgesplit.plan.workload import OUTPUT, Workload
 
 OBJECTIVES = ("latency", "energy", "throughput", "weighted:L,E")
 

@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..hardware import ComputePreset, HardwareError, MachineSpec, parse_machine
-from ..profile import DeviceProfile, device_profile, load_device_profile, memory_bandwidth_gb_s
-from .workload import Workload
+from edgesplit.plan.hardware import ComputePreset, HardwareError, MachineSpec, parse_machine
+from edgesplit.profile import DeviceProfile, device_profile, load_device_profile, memory_bandwidth_gb_s
+from edgesplit.plan.workload import Workload
 
 
 @dataclass
@@ -125,7 +125,7 @@ class HostProfiler:
 
     def profile(self) -> DeviceProfile:
         if self._profile is None:
-            from ..profile import profile_model
+            from edgesplit.profile import profile_model
 
             report = profile_model(self.traced, name=self.name, runs=self.runs, progress=self.progress)
             self._profile = device_profile(report, name="host")

@@ -15,13 +15,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import EdgesplitError
-from ..hardware import Link
-from ..privacy.leakage import LeakageTable
-from .costs import Candidate, CostModel, LinkSweep, Objective, TransferCosts
-from .mincut import FlowGraph
-from .payload import InputFormat, PlanCodec, ReportedCodec
-from .schema import Constraints, Costs, LinkSummary, MachineSummary, PlanEntry, PlanReport, SwitchRange
+from edgesplit.errors import EdgesplitError
+from edgesplit.plan.hardware import Link
+from edgesplit.privacy.leakage import LeakageTable
+from edgesplit.plan.costs import Candidate, CostModel, LinkSweep, Objective, TransferCosts
+from edgesplit.plan.mincut import FlowGraph
+from edgesplit.compress.payload import InputFormat, PlanCodec, ReportedCodec
+from edgesplit.plan.schema import Constraints, Costs, LinkSummary, MachineSummary, PlanEntry, PlanReport, SwitchRange
 
 SWEEP_MBPS = (0.1, 1000.0)
 _SWEEP_POINTS = 161  # 40 per decade: then each boundary is refined by bisection

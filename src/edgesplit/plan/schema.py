@@ -7,8 +7,8 @@ from typing import Literal
 
 from pydantic import BaseModel, field_validator
 
-from ..limits import check_input_shape
-from ..versioned import read_versioned
+from edgesplit.model.limits import check_input_shape
+from edgesplit.versioned import read_versioned
 
 PLAN_VERSION = 1
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..graph import TensorSpec
-from .workload import OUTPUT, NodeWork, Workload, prefix_cuts
+from edgesplit.model.graph import TensorSpec
+from edgesplit.plan.workload import OUTPUT, NodeWork, Workload, prefix_cuts
 
 
 def synthetic_workload(num_nodes: int, *, block_size: int = 3, seed: int = 0) -> Workload:

@@ -11,8 +11,8 @@ import numpy as np
 import torch
 from torch import fx
 
-from ..graph import COMPUTE_OPS, Cut, TensorSpec, TracedModel, _tensor_spec
-from ..profile import count_macs
+from edgesplit.model.graph import COMPUTE_OPS, Cut, TensorSpec, TracedModel, _tensor_spec
+from edgesplit.profile import count_macs
 
 OUTPUT = "output"  # the graph's output node: its values go back to the device from the server
 

@@ -6,6 +6,6 @@ NoPeek, bottlenecks), ``audit`` (all of them per cut and defense), ``report`` (i
 per-cut table the planner bounds).
 """
 
-from .leakage import CutLeakage, LeakageTable, load_leakage
+from edgesplit.privacy.leakage import CutLeakage, LeakageTable, load_leakage
 
 __all__ = ["CutLeakage", "LeakageTable", "load_leakage"]

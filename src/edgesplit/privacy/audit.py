@@ -19,16 +19,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..data import Dataset
-from ..errors import CutError, EdgesplitError, InputShapeError
-from ..graph import Cut, TracedModel
-from ..progress import progress_bar
-from .defenses import DefendedCut, DefenseSpec, build_defense
-from .inversion import learned_inversion, mean_image_baseline, optimization_inversion
-from .leakage import CutLeakage, LeakageTable
-from .metrics import distance_correlation_ci, mean_ci, psnr, ssim
-from .probes import probe_accuracy
-from .report import ATTACKS, AttackScore, AuditReport, AuditRow, ProbeScore, Score
+from edgesplit.model.data import Dataset
+from edgesplit.errors import CutError, EdgesplitError, InputShapeError
+from edgesplit.model.graph import Cut, TracedModel
+from edgesplit.progress import progress_bar
+from edgesplit.privacy.defenses import DefendedCut, DefenseSpec, build_defense
+from edgesplit.privacy.inversion import learned_inversion, mean_image_baseline, optimization_inversion
+from edgesplit.privacy.leakage import CutLeakage, LeakageTable
+from edgesplit.privacy.metrics import distance_correlation_ci, mean_ci, psnr, ssim
+from edgesplit.privacy.probes import probe_accuracy
+from edgesplit.privacy.schema import ATTACKS, AttackScore, AuditReport, AuditRow, ProbeScore, Score
 
 PROBE_KINDS = ("linear", "mlp")
 
@@ -265,7 +265,7 @@ def run_audit(traced: TracedModel, model: nn.Module, data: Dataset, aux: Dataset
 
 def _write_figures(report: AuditReport, originals: torch.Tensor, kept: _Reconstructions, out_dir: Path) -> None:
     """Reconstruction grids (one per cut, and the best attack at every cut), the leakage and trade-off plots."""
-    from ..plots import plot_leakage_by_cut, plot_privacy_utility, plot_reconstructions
+    from edgesplit.plots import plot_leakage_by_cut, plot_privacy_utility, plot_reconstructions
 
     out_dir.mkdir(parents=True, exist_ok=True)
     best_rows = []

@@ -30,12 +30,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..bottleneck import BottleneckConfig, SlimmableBottleneck, TrainingPlan, feature_shape, train_bottleneck
-from ..data import Dataset
-from ..errors import EdgesplitError, InputShapeError
-from ..graph import Split
-from ..progress import progress_bar
-from .inversion import QUERY_BATCH, Transform, _as_list, _eval_mode, _head_input_shape, _query, codec_transform
+from edgesplit.compress.bottleneck import BottleneckConfig, SlimmableBottleneck, TrainingPlan, feature_shape, train_bottleneck
+from edgesplit.model.data import Dataset
+from edgesplit.errors import EdgesplitError, InputShapeError
+from edgesplit.model.graph import Split
+from edgesplit.progress import progress_bar
+from edgesplit.privacy.inversion import QUERY_BATCH, Transform, _as_list, _eval_mode, _head_input_shape, _query, codec_transform
 
 DEFENSE_KINDS = ("none", "noise", "dropout", "quant", "nopeek", "bottleneck")
 ACCEPTED_FORMS = ("none, noise:SIGMA (SIGMA > 0), dropout:P (0 < P < 1), quant:BITS (integer 1 to 8), "

@@ -27,9 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from ..errors import EdgesplitError, InputShapeError
-from ..graph import Split
-from ..progress import progress_bar
+from edgesplit.errors import EdgesplitError, InputShapeError
+from edgesplit.model.graph import Split
+from edgesplit.progress import progress_bar
 
 Transform = Callable[[list[torch.Tensor]], list[torch.Tensor]]
 
@@ -143,7 +143,7 @@ def codec_transform(codec: Any, *, per_example: bool = True) -> Transform:
     ``per_example`` encodes each example as its own frame, as one request per image would; an uncalibrated
     quantizer then takes its range from that example alone, as it does in deployment.
     """
-    from ..codecs import decode, parse_codec
+    from edgesplit.codecs import decode, parse_codec
 
     if isinstance(codec, str):
         codec = parse_codec(codec)

@@ -12,8 +12,8 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-from ..errors import EdgesplitError
-from ..versioned import read_versioned
+from edgesplit.errors import EdgesplitError
+from edgesplit.versioned import read_versioned
 
 LEAKAGE_VERSION = 1
 

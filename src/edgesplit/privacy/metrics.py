@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import EdgesplitError
+from edgesplit.errors import EdgesplitError
 
 PSNR_CAP_DB = 100.0  # reported for identical images, whose PSNR is infinite
 DCOR_MAX_SAMPLES = 2048  # distance matrices are N×N float64: 2048 samples take 32 MiB each

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import EdgesplitError
-from .metrics import bootstrap_ci
+from edgesplit.errors import EdgesplitError
+from edgesplit.privacy.metrics import bootstrap_ci
 
 ProbeKind = Literal["linear", "mlp"]
 PROBE_KINDS: tuple[str, ...] = ("linear", "mlp")

@@ -12,7 +12,7 @@ import os
 import stat
 from pathlib import Path
 
-from ..errors import EdgesplitError
+from edgesplit.errors import EdgesplitError
 
 __all__ = ["TOKEN_ENV", "TokenError", "bearer_matches", "checked_token", "read_token_file", "token_from"]
 

@@ -41,11 +41,11 @@ import httpx
 import torch
 from torch.utils import _pytree as pytree
 
-from ..codecs import CodecError, unpack
-from ..errors import EdgesplitError
-from ..plan.schema import PlanReport, load_plan
-from .deployment import Deployment, Route, load_deployment
-from .wire import MEDIA_TYPE, Request, Response, Status, WireError, check_model_id, new_request_id
+from edgesplit.codecs import CodecError, unpack
+from edgesplit.errors import EdgesplitError
+from edgesplit.plan.schema import PlanReport, load_plan
+from edgesplit.runtime.deployment import Deployment, Route, load_deployment
+from edgesplit.runtime.wire import MEDIA_TYPE, Request, Response, Status, WireError, check_model_id, new_request_id
 
 log = logging.getLogger("edgesplit.client")
 
@@ -349,7 +349,7 @@ class Client:
         self.stream, self._socket = stream, None
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
         if onnx_dir is not None:  # the device runs its heads with onnxruntime, as a Raspberry Pi would
-            from .onnx_head import use_onnx_heads
+            from edgesplit.runtime.onnx_head import use_onnx_heads
             use_onnx_heads(self.deployment, onnx_dir)
         self.url = url.rstrip("/")
         if not self.url.startswith(("http://", "https://")):
@@ -1137,7 +1137,7 @@ def read_token(path: Path | None) -> str | None:
     """The bearer token from a file (its first line), else $EDGESPLIT_TOKEN, else None."""
     if path is None:
         return os.environ.get(TOKEN_ENV) or None
-    from .auth import TokenError, read_token_file
+    from edgesplit.runtime.auth import TokenError, read_token_file
 
     try:
         return read_token_file(Path(path))  # refused when others may read it, as the server refuses it
@@ -1164,7 +1164,7 @@ def load_inputs(input_shape: Sequence[int], *, images: Path | None = None, data:
     Without either, the bundled digits for a 1×8×8 model. Images are resized to the model's H×W and converted
     to its channels (gray or RGB).
     """
-    from ..errors import DataError
+    from edgesplit.errors import DataError
 
     shape = [int(s) for s in input_shape]
     if len(shape) != 4:
@@ -1182,7 +1182,7 @@ def load_inputs(input_shape: Sequence[int], *, images: Path | None = None, data:
                           "send its inputs through the Python API (edgesplit.Client) instead")
     if images is not None:
         return _folder_inputs(Path(images), channels, height, width, limit)
-    from ..data import load_dataset
+    from edgesplit.model.data import load_dataset
 
     try:
         dataset = load_dataset(data, image_size=height if height == width else None, limit=limit)
@@ -1200,7 +1200,7 @@ def load_inputs(input_shape: Sequence[int], *, images: Path | None = None, data:
 def _folder_inputs(folder: Path, channels: int, height: int, width: int, limit: int | None) -> Inputs:
     from PIL import Image, ImageOps, UnidentifiedImageError
 
-    from ..data import IMAGE_EXTENSIONS
+    from edgesplit.model.data import IMAGE_EXTENSIONS
 
     if not folder.is_dir():
         raise ClientError(f"--images {folder} is not a folder; give a folder of PNG/JPEG images")
@@ -1245,7 +1245,7 @@ def _match_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
 def run_inference(client: Client, inputs: Inputs, *, batch: int = 1, check: bool = True,
                   progress: bool = True) -> dict:
     """Send every input (``batch`` per request) through ``client``; the summary and per-request records."""
-    from ..progress import progress_bar
+    from edgesplit.progress import progress_bar
 
     count = len(inputs.images)
     records: list[dict] = []

@@ -15,18 +15,18 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..bottleneck import BottleneckConfig, SlimmableBottleneck, feature_shape, load_checkpoint
-from ..codecs import (Codec, CodecError, DecodeLimits, codec_from_json, pack, parse_codec, unpack,
+from edgesplit.compress.bottleneck import BottleneckConfig, SlimmableBottleneck, feature_shape, load_checkpoint
+from edgesplit.codecs import (Codec, CodecError, DecodeLimits, codec_from_json, pack, parse_codec, unpack,
                       unpack_cost)
-from ..codecs.frame import pack_count, unpack_bytes
-from ..codecs.spec import Quantize
-from ..compress import CompressReport, code_codec, load_compress
-from ..errors import EdgesplitError
-from ..graph import Split, TracedModel, trace
-from ..intake import ModelRef, build_model, load_weights, read_weights
-from ..pictures import PICTURE_BYTES_PER_PIXEL, decode_picture, encode_picture
-from ..plan.schema import PlanEntry, PlanReport, SwitchRange
-from .wire import Status, WireError, model_id_for
+from edgesplit.codecs.frame import pack_count, unpack_bytes
+from edgesplit.codecs.spec import Quantize
+from edgesplit.compress.rate import CompressReport, code_codec, load_compress
+from edgesplit.errors import EdgesplitError
+from edgesplit.model.graph import Split, TracedModel, trace
+from edgesplit.model.intake import ModelRef, build_model, load_weights, read_weights
+from edgesplit.compress.pictures import PICTURE_BYTES_PER_PIXEL, decode_picture, encode_picture
+from edgesplit.plan.schema import PlanEntry, PlanReport, SwitchRange
+from edgesplit.runtime.wire import Status, WireError, model_id_for
 
 # How the all-server plan's input formats travel: 8-bit images as exact 8-bit levels over [0, 1].
 # The all-server plans' input formats: raw 8-bit levels as a codec frame; PNG and JPEG as pictures.

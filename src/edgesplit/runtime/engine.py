@@ -19,9 +19,9 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch.utils import _pytree as pytree
 
-from ..codecs import DecodeLimits, pack, parse_codec
-from .deployment import Deployment, Route
-from .wire import REQUEST_MAGIC, Request, Response, Status, WireError
+from edgesplit.codecs import DecodeLimits, pack, parse_codec
+from edgesplit.runtime.deployment import Deployment, Route
+from edgesplit.runtime.wire import REQUEST_MAGIC, Request, Response, Status, WireError
 
 log = logging.getLogger("edgesplit.server")
 _RESULT_CODEC = parse_codec("fp32")

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.utils._pytree as pytree
 
-from ..errors import EdgesplitError, InputShapeError
+from edgesplit.errors import EdgesplitError, InputShapeError
 
 INSTALL_HINT = "install the extra: pip install 'edgesplit[onnx]'"
 INPUT_PREFIX = "input_"

@@ -25,12 +25,12 @@ from typing import Any
 
 import torch
 
-from ..plan.schema import PlanReport, load_plan
-from .deployment import Deployment, Route, load_deployment
-from .engine import Engine, Observer, ServerLimits, run_batch
-from .server import (DEFAULT_CLIENT_CONCURRENCY, LOG_LEVELS, ServerError, check_exposure, configure_logging,
+from edgesplit.plan.schema import PlanReport, load_plan
+from edgesplit.runtime.deployment import Deployment, Route, load_deployment
+from edgesplit.runtime.engine import Engine, Observer, ServerLimits, run_batch
+from edgesplit.runtime.server import (DEFAULT_CLIENT_CONCURRENCY, LOG_LEVELS, ServerError, check_exposure, configure_logging,
                      create_app, decode_limits, request_limit)
-from .wire import Request, Response, Status, check_model_id
+from edgesplit.runtime.wire import Request, Response, Status, check_model_id
 
 INSTALL_HINT = "install the extra: pip install 'edgesplit[ray]'"
 APP_NAME = "edgesplit"

@@ -40,13 +40,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from starlette.requests import ClientDisconnect
 from starlette.websockets import WebSocketDisconnect
 
-from ..codecs import DecodeLimits
-from ..errors import EdgesplitError
-from .auth import TOKEN_ENV, bearer_matches, checked_token, read_token_file, token_from  # noqa: F401 - TOKEN_ENV re-exported
-from .deployment import Deployment, Route
-from .engine import Engine, Observer, RequestRecord, ServerLimits, peek_request_id
-from .guard import BrowserGuard, allowed_hosts, guarded_protocol, is_loopback
-from .wire import MEDIA_TYPE, Response, Status, check_model_id
+from edgesplit.codecs import DecodeLimits
+from edgesplit.errors import EdgesplitError
+from edgesplit.runtime.auth import TOKEN_ENV, bearer_matches, checked_token, read_token_file, token_from  # noqa: F401 - TOKEN_ENV re-exported
+from edgesplit.runtime.deployment import Deployment, Route
+from edgesplit.runtime.engine import Engine, Observer, RequestRecord, ServerLimits, peek_request_id
+from edgesplit.runtime.guard import BrowserGuard, allowed_hosts, guarded_protocol, is_loopback
+from edgesplit.runtime.wire import MEDIA_TYPE, Response, Status, check_model_id
 
 DEFAULT_CLIENT_CONCURRENCY = 16
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -691,8 +691,8 @@ def serve(plan_path: Path, *, host: str = "127.0.0.1", port: int = 8000, token_f
     ``model`` is the ``module:factory`` the plan's model_ref must name when it names one (`--model`)."""
     from rich.console import Console
 
-    from ..plan.schema import load_plan
-    from .deployment import load_deployment
+    from edgesplit.plan.schema import load_plan
+    from edgesplit.runtime.deployment import load_deployment
 
     console = console or Console()
     if log_level.lower() not in LOG_LEVELS:

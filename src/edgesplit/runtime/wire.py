@@ -13,7 +13,7 @@ import uuid
 from dataclasses import dataclass
 from enum import IntEnum
 
-from ..errors import EdgesplitError
+from edgesplit.errors import EdgesplitError
 
 REQUEST_MAGIC = b"ESRQ"
 RESPONSE_MAGIC = b"ESRS"

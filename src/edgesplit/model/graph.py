@@ -25,7 +25,7 @@ import torch.utils._pytree as pytree
 from torch import fx
 from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 
-from .errors import CutError, InputShapeError, UntraceableModelError
+from edgesplit.errors import CutError, InputShapeError, UntraceableModelError
 
 COMPUTE_OPS = ("call_module", "call_function", "call_method")
 EXACT_TOLERANCE = 1e-5

@@ -535,7 +535,7 @@ def link_emulation_unavailable() -> str | None:
 
 def serve_command(host: str, port: int, *, pace_mbit: float | None = None) -> list[str]:
     """The command line that runs :func:`serve_echo` in a fresh interpreter, without importing the package."""
-    # By path rather than `-m edgesplit.linkemu`: the package's __init__ imports torch, which takes seconds.
+    # By path in a fresh, isolated interpreter: nothing of edgesplit (or torch) is imported.
     # -I keeps the working folder off sys.path; run_path, unlike running the file, leaves sys.path alone.
     bootstrap = "import runpy, sys; sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')"
     command = [sys.executable, "-I", "-c", bootstrap, os.path.abspath(__file__), "serve", "--host", host,
@@ -560,8 +560,8 @@ def measure_transfer(link: Link, payload_bytes: int, response_bytes: int, repeat
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m edgesplit.linkemu serve --host H --port P [--pace-mbit R]``."""
-    parser = argparse.ArgumentParser(prog="python -m edgesplit.linkemu", description=__doc__.splitlines()[0])
+    """``python bench/linkemu.py serve --host H --port P [--pace-mbit R]``."""
+    parser = argparse.ArgumentParser(prog="python bench/linkemu.py", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run an echo server; prints 'ready PORT' once listening")
     serve.add_argument("--host", default="127.0.0.1")

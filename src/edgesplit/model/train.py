@@ -9,9 +9,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .data import Dataset
-from .errors import DataError, EdgesplitError, InputShapeError
-from .progress import progress_bar
+from edgesplit.model.data import Dataset
+from edgesplit.errors import DataError, EdgesplitError, InputShapeError
+from edgesplit.progress import progress_bar
 
 
 @dataclass

@@ -11,8 +11,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from ..versioned import read_versioned
-from .leakage import LeakageTable
+from edgesplit.versioned import read_versioned
+from edgesplit.privacy.leakage import LeakageTable
 
 AUDIT_KIND, AUDIT_VERSION = "edgesplit.audit", 1
 ATTACKS = ("inversion", "optimize", "probe")  # what `--attack` accepts

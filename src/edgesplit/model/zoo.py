@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import ModelNotFoundError
+from edgesplit.errors import ModelNotFoundError
 
 
 @dataclass(frozen=True)

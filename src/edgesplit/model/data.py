@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import DataError
+from edgesplit.errors import DataError
 
 KINDS = ("digits", "mnist", "fashion-mnist", "idx", "folder", "patches")
 

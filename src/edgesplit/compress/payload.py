@@ -8,9 +8,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..codecs import Codec, CodecError, decode, parse_codec
-from ..graph import TensorSpec
-from ..pictures import round_trip_pictures
+from edgesplit.codecs import Codec, CodecError, decode, parse_codec
+from edgesplit.model.graph import TensorSpec
+from edgesplit.compress.pictures import round_trip_pictures
 
 
 class PlanCodec:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from .pipeline import DEMO_CONFIG, run_pipeline
+from edgesplit.pipeline.run import DEMO_CONFIG, run_pipeline
 
 
 def run_demo(out_dir: Path, console: Console, progress: bool = True) -> dict:

@@ -26,7 +26,7 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-from .errors import EdgesplitError
+from edgesplit.errors import EdgesplitError
 
 MB = 1e6  # bytes per megabyte (network and bandwidth figures are decimal)
 GiB = 2**30

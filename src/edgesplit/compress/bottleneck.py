@@ -21,10 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import Dataset
-from .errors import EdgesplitError
-from .graph import Split
-from .progress import progress_bar
+from edgesplit.model.data import Dataset
+from edgesplit.errors import EdgesplitError
+from edgesplit.model.graph import Split
+from edgesplit.progress import progress_bar
 
 CHECKPOINT_VERSION = 1
 

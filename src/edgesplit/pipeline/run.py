@@ -27,9 +27,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from .errors import EdgesplitError
-from .graph import TracedModel, trace
-from .intake import LoadedModel, ModelRef, build_model, load_model, save_weights
+from edgesplit.errors import EdgesplitError
+from edgesplit.model.graph import TracedModel, trace
+from edgesplit.model.intake import LoadedModel, ModelRef, build_model, load_model, save_weights
 
 RUN_KIND, RUN_VERSION = "edgesplit.run", 1
 MAX_NAME_CHARS = 64  # a target's name, which names its files
@@ -189,11 +189,11 @@ def load_config(path: Path) -> RunConfig:
 
 def check_config(config: RunConfig) -> None:
     """Parse every spec in the config before any slow work starts."""
-    from .codecs import parse_codec
-    from .hardware import parse_link, parse_machine
-    from .plan import parse_codecs, parse_objective
-    from .privacy.audit import parse_attacks
-    from .privacy.defenses import parse_defenses
+    from edgesplit.codecs import parse_codec
+    from edgesplit.plan.hardware import parse_link, parse_machine
+    from edgesplit.plan import parse_codecs, parse_objective
+    from edgesplit.privacy.audit import parse_attacks
+    from edgesplit.privacy.defenses import parse_defenses
 
     for target in config.targets:
         parse_machine(target.device), parse_machine(target.server), parse_link(target.link)
@@ -226,7 +226,7 @@ class Run:
     @cached_property
     def dataset(self) -> Any:
         """The config's data set, loaded once for every stage that needs it."""
-        from .data import load_dataset
+        from edgesplit.model.data import load_dataset
 
         return load_dataset(self.config.data)
 
@@ -236,7 +236,7 @@ class Run:
         if not (len(shape) == 4 and shape[1] in (1, 3)):
             return None
         if self._samples is None:
-            from .data import sample_images
+            from edgesplit.model.data import sample_images
 
             self._samples = sample_images(self.config.data, shape[1:])
         return self._samples
@@ -286,7 +286,7 @@ def run_pipeline(config: RunConfig, out_dir: Path, console: Console, progress: b
         _audit(run, loaded, traced)
 
     run.stage("report")
-    from .report import write_report
+    from edgesplit.report.page import write_report
 
     run.summary["seconds"] = round(time.perf_counter() - started, 1)
     run.write("run.json", run.summary)
@@ -298,7 +298,7 @@ def run_pipeline(config: RunConfig, out_dir: Path, console: Console, progress: b
 
 
 def _train_or_load(run: Run) -> LoadedModel:
-    from .train import train_classifier
+    from edgesplit.model.train import train_classifier
 
     config = run.config
     if config.weights is not None:
@@ -330,7 +330,7 @@ def _data_kwargs(model: str, dataset: Any) -> dict[str, int]:
     ``**kwargs`` catch-all is not given them, as ``intake.check_model_args`` would refuse them)."""
     import inspect
 
-    from .intake import resolve_factory
+    from edgesplit.model.intake import resolve_factory
 
     wanted = {"in_channels": dataset.input_shape[0], "num_classes": dataset.num_classes}
     try:
@@ -343,9 +343,9 @@ def _data_kwargs(model: str, dataset: Any) -> dict[str, int]:
 
 
 def _profile(run: Run, loaded: LoadedModel, traced: TracedModel) -> None:
-    from .plots import plot_profile
-    from .profile import device_profile, profile_model
-    from .views import profile_table
+    from edgesplit.plots import plot_profile
+    from edgesplit.profile import device_profile, profile_model
+    from edgesplit.views import profile_table
 
     for name in [run.config.model, *run.config.compare]:
         run.stage(f"profile {name} on this machine")
@@ -367,7 +367,7 @@ def _profile(run: Run, loaded: LoadedModel, traced: TracedModel) -> None:
 
 
 def _plan(run: Run, loaded: LoadedModel, traced: TracedModel) -> dict[str, Any]:
-    from .plan import Constraints
+    from edgesplit.plan import Constraints
 
     plans = {}
     for target in run.config.targets:
@@ -380,9 +380,9 @@ def _plan(run: Run, loaded: LoadedModel, traced: TracedModel) -> dict[str, Any]:
 def _plan_target(run: Run, loaded: LoadedModel, traced: TracedModel, target: Target, stage: str,
                  constraints: Any, compressed: list[Any] = ()) -> Any:
     """Plan one target, write plan_SLUG.json and its plot, show it, and record the stage."""
-    from .plan import plan_model
-    from .plots import plot_plan
-    from .views import switch_table_view
+    from edgesplit.plan import plan_model
+    from edgesplit.plots import plot_plan
+    from edgesplit.views import switch_table_view
 
     started = time.perf_counter()
     report = plan_model(traced, device=target.device, server=target.server, link=target.link,
@@ -429,9 +429,9 @@ def _chosen_cut(report: Any) -> Any | None:
 
 
 def _split(run: Run, loaded: LoadedModel, traced: TracedModel, entry: Any) -> None:
-    from .artifact import load_split, save_split, verify_split
-    from .graph import max_abs_diff
-    from .views import human_bytes, split_table
+    from edgesplit.model.artifact import load_split, save_split, verify_split
+    from edgesplit.model.graph import max_abs_diff
+    from edgesplit.views import human_bytes, split_table
 
     run.stage(f"split at cut {entry.cut_index} (after {entry.after}), save, reload, check on held-out images")
     started = time.perf_counter()
@@ -456,11 +456,11 @@ def _split(run: Run, loaded: LoadedModel, traced: TracedModel, entry: Any) -> No
 
 
 def _compress_and_replan(run: Run, loaded: LoadedModel, traced: TracedModel, slug: str, entry: Any) -> Any:
-    from .bottleneck import BottleneckConfig, TrainingPlan
-    from .compress import compress
-    from .plan import Constraints
-    from .plots import plot_rate_accuracy
-    from .views import compress_table
+    from edgesplit.compress.bottleneck import BottleneckConfig, TrainingPlan
+    from edgesplit.compress.rate import compress
+    from edgesplit.plan import Constraints
+    from edgesplit.plots import plot_rate_accuracy
+    from edgesplit.views import compress_table
 
     settings = run.config.compress
     run.stage(f"compress at cut {entry.cut_index} (after {entry.after}): codecs and a learned bottleneck")
@@ -534,7 +534,7 @@ def served(plan_path: Path, token_file: Path, log_path: Path, ready_s: float = 1
 
 def _serve_and_infer(run: Run, report: Any, plan_path: Path) -> None:
     """Serve the plan and send held-out images twice: on the plan's chosen route, then with the adaptive client."""
-    from .runtime.client import load_inputs, summary_table
+    from edgesplit.runtime.client import load_inputs, summary_table
 
     settings = run.config.serve
     run.stage(f"serve the {report.device.spec} → {report.link.spec} plan on 127.0.0.1 and run held-out images")
@@ -585,7 +585,7 @@ def _pinned_route(report: Any) -> str:
 
 def _infer_through_server(run: Run, report: Any, plan_path: Path, token: str, token_file: Path, inputs: Any,
                           pinned: str) -> dict[tuple[str, str], dict]:
-    from .runtime.client import Client, run_inference
+    from edgesplit.runtime.client import Client, run_inference
 
     results = {}
     with served(plan_path, token_file, run.out_dir / "server.log", model=run.config.model) as url:
@@ -603,9 +603,9 @@ def _infer_through_server(run: Run, report: Any, plan_path: Path, token: str, to
 
 
 def _audit(run: Run, loaded: LoadedModel, traced: TracedModel) -> None:
-    from .privacy.audit import AuditSettings, parse_attacks, resolve_cuts, run_audit, summary_line
-    from .privacy.defenses import parse_defenses
-    from .views import audit_table
+    from edgesplit.privacy.audit import AuditSettings, parse_attacks, resolve_cuts, run_audit, summary_line
+    from edgesplit.privacy.defenses import parse_defenses
+    from edgesplit.views import audit_table
 
     settings = run.config.audit
     run.stage(f"audit what crosses {'every cut' if settings.cuts == 'all' else 'cuts ' + settings.cuts}")

@@ -15,15 +15,15 @@ import numpy as np
 import torch
 from pydantic import BaseModel
 
-from .bottleneck import BottleneckConfig, SlimmableBottleneck, TrainingPlan, feature_shape, train_bottleneck
-from .codecs import Codec, codec_from_json, decode, pack, parse_codec, unpack
-from .codecs.spec import Ans, Quantize
-from .data import Dataset
-from .errors import EdgesplitError
-from .graph import Split, TracedModel
-from .pictures import round_trip_pictures
-from .progress import progress_bar
-from .versioned import read_versioned
+from edgesplit.compress.bottleneck import BottleneckConfig, SlimmableBottleneck, TrainingPlan, feature_shape, train_bottleneck
+from edgesplit.codecs import Codec, codec_from_json, decode, pack, parse_codec, unpack
+from edgesplit.codecs.spec import Ans, Quantize
+from edgesplit.model.data import Dataset
+from edgesplit.errors import EdgesplitError
+from edgesplit.model.graph import Split, TracedModel
+from edgesplit.compress.pictures import round_trip_pictures
+from edgesplit.progress import progress_bar
+from edgesplit.versioned import read_versioned
 
 COMPRESS_KIND, COMPRESS_VERSION = "edgesplit.compress", 1
 DEFAULT_CODECS = ("fp32", "fp16", "int8", "int4+zstd", "int2+ans")

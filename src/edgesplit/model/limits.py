@@ -20,7 +20,7 @@ import math
 import os
 from collections.abc import Sequence
 
-from .errors import InputShapeError
+from edgesplit.errors import InputShapeError
 
 __all__ = ["MAX_RANK", "check_input_shape", "limit", "max_activation_bytes", "max_input_elements",
            "max_model_bytes"]

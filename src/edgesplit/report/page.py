@@ -20,12 +20,12 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from . import __version__
-from .errors import EdgesplitError
-from .views import crossing_text, human_bytes, human_count
+from edgesplit import __version__
+from edgesplit.errors import EdgesplitError
+from edgesplit.views import crossing_text, human_bytes, human_count
 
 REPORT_KIND, REPORT_VERSION = "edgesplit.report", 1
-RUN = "edgesplit.run"  # `edgesplit run`/`demo`: the config and what each stage left (pipeline.py writes it)
+RUN = "edgesplit.run"  # `edgesplit run`/`demo`: the config and what each stage left (the pipeline writes it)
 RUN_VERSION = 1
 TRAIN = "train"  # `edgesplit train --json` writes no kind: recognised by its keys
 TRAIN_KEYS = frozenset({"model", "dataset", "epochs", "test_accuracy"})
@@ -206,7 +206,7 @@ class RunTarget(BaseModel):
     @property
     def slug(self) -> str:
         """What names the target's files (plan_SLUG.json), as the pipeline derives it."""
-        from .pipeline import target_slug
+        from edgesplit.pipeline.run import target_slug
 
         return target_slug(self.name, self.device, self.link)
 
@@ -260,7 +260,7 @@ class RunSummary(BaseModel):
 
 
 def _load_run(path: Path) -> RunSummary:
-    from .versioned import read_versioned
+    from edgesplit.versioned import read_versioned
 
     return read_versioned(path, RunSummary, kind=RUN, version=RUN_VERSION, what="run summary",
                           make="`edgesplit run CONFIG.yaml --out DIR` or `edgesplit demo --out DIR`",
@@ -268,41 +268,41 @@ def _load_run(path: Path) -> RunSummary:
 
 
 def _load_profile(path: Path) -> Any:
-    from .profile import PROFILE_VERSION, ProfileReport
-    from .versioned import read_versioned
+    from edgesplit.profile import PROFILE_VERSION, ProfileReport
+    from edgesplit.versioned import read_versioned
 
     return read_versioned(path, ProfileReport, kind="edgesplit.profile", version=PROFILE_VERSION, what="profile",
                           make="`edgesplit profile MODEL --json FILE`", again="profile again")
 
 
 def _load_plan(path: Path) -> Any:
-    from .plan.schema import load_plan
+    from edgesplit.plan.schema import load_plan
 
     return load_plan(path)
 
 
 def _load_compress(path: Path) -> Any:
-    from .compress import load_compress
+    from edgesplit.compress.rate import load_compress
 
     return load_compress(path)
 
 
 def _load_audit(path: Path) -> Any:
-    from .privacy.report import load_audit
+    from edgesplit.privacy.schema import load_audit
 
     return load_audit(path)
 
 
 def _load_split(path: Path) -> Any:
-    from .artifact import SPLIT_VERSION, SplitRecord
-    from .versioned import read_versioned
+    from edgesplit.model.artifact import SPLIT_VERSION, SplitRecord
+    from edgesplit.versioned import read_versioned
 
     return read_versioned(path, SplitRecord, kind="edgesplit.split", version=SPLIT_VERSION, what="split record",
                           make="`edgesplit split MODEL --cut CUT --out DIR`", again="split again")
 
 
 def _load_infer(path: Path) -> InferSummary:
-    from .versioned import read_versioned
+    from edgesplit.versioned import read_versioned
 
     return read_versioned(path, InferSummary, kind="edgesplit.infer", version=1, what="inference run",
                           make="`edgesplit infer PLAN --server URL --json FILE`", again="run it again",
@@ -667,7 +667,7 @@ def train_section(result: TrainResult, found: Found) -> str:
 
 def profile_section(report: Any, found: Found) -> str:
     """Model summary, one row per candidate cut, and the bytes/latency plot."""
-    from .plots import plot_profile
+    from edgesplit.plots import plot_profile
 
     model, machine = report.model, report.machine
     parts = [facts([
@@ -711,7 +711,7 @@ def _machine_row(machine: Any) -> list[Cell]:
 
 def plan_section(report: Any, found: Found) -> str:
     """Device, server and link; the chosen plan with its speed-ups; ranked plans; switch table; latency plot."""
-    from .plots import plot_plan
+    from edgesplit.plots import plot_plan
 
     link, chosen, costs = report.link, report.chosen, report.chosen.costs
     parts = ["<h3>Machines and link</h3>",
@@ -799,7 +799,7 @@ def _constraint_text(name: str, value: Any) -> str:
 
 def compress_section(report: Any, found: Found) -> str:
     """Every configuration's bytes, compression, accuracy and codec time, and the rate–accuracy curve."""
-    from .plots import plot_rate_accuracy
+    from edgesplit.plots import plot_rate_accuracy
 
     crossing = " + ".join(_shape(t.get("shape", [])) for t in report.crossing)
     pairs: list[tuple[str, Cell]] = [
@@ -857,7 +857,7 @@ def _grid_order(key: str) -> tuple[int, int, str]:
 
 def audit_section(report: Any, found: Found, run_dir: Path) -> str:
     """Per cut and defense: task accuracy, attack PSNR/SSIM, probes, dCor; the audit's plots and grids."""
-    from .plots import plot_leakage_by_cut, plot_privacy_utility
+    from edgesplit.plots import plot_leakage_by_cut, plot_privacy_utility
 
     baseline = report.mean_image
     settings = report.settings

@@ -18,10 +18,10 @@ from pydantic import BaseModel, ValidationError
 from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 
-from .errors import EdgesplitError, SplitArtifactError
-from .graph import EXACT_TOLERANCE, Split, TracedModel, max_abs_diff, trace
-from .intake import ModelRef, build_model
-from .profile import TensorInfo
+from edgesplit.errors import EdgesplitError, SplitArtifactError
+from edgesplit.model.graph import EXACT_TOLERANCE, Split, TracedModel, max_abs_diff, trace
+from edgesplit.model.intake import ModelRef, build_model
+from edgesplit.profile import TensorInfo
 
 SPLIT_VERSION = 1
 Part = Literal["head", "tail"]

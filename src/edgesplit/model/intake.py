@@ -29,9 +29,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_model
 
-from .errors import EdgesplitError, InputShapeError, ModelNotFoundError, WeightsError
-from .limits import check_input_shape, max_activation_bytes, max_model_bytes
-from .zoo import ZOO, get_entry
+from edgesplit.errors import EdgesplitError, InputShapeError, ModelNotFoundError, WeightsError
+from edgesplit.model.limits import check_input_shape, max_activation_bytes, max_model_bytes
+from edgesplit.model.zoo import ZOO, get_entry
 
 __all__ = ["METADATA_KEY", "LoadedModel", "ModelRef", "ModelRefError", "ModelSizeError", "build_model",
            "check_model_args", "check_trusted", "is_factory", "load_model", "load_weights", "parse_input_shape",

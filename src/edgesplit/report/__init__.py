@@ -1,0 +1,1 @@
+"""`edgesplit report`: one self-contained HTML page from the files the stages wrote."""
