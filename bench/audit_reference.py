@@ -38,7 +38,7 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -198,9 +198,9 @@ def audit_settings(args: argparse.Namespace, **changes: object) -> AuditSettings
     """The CLI's defaults (or --quick's small ones), seeded with --seed."""
     settings = AuditSettings(seed=args.seed)
     if args.quick:
-        settings = replace(settings, victims=32, aux_limit=300, inversion_epochs=2, optimize_steps=20,
-                           defense_epochs=1, defense_train_limit=1000)
-    return replace(settings, **changes)
+        settings = settings.model_copy(update=dict(victims=32, aux_limit=300, inversion_epochs=2, optimize_steps=20,
+                                                   defense_epochs=1, defense_train_limit=1000))
+    return settings.model_copy(update=changes)
 
 
 def expand_defenses(texts: tuple[str, ...] | list[str]) -> list[str]:
@@ -213,7 +213,7 @@ def expand_defenses(texts: tuple[str, ...] | list[str]) -> list[str]:
 
 
 def settings_dict(settings: AuditSettings) -> dict:
-    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(settings).items()}
+    return settings.recorded()
 
 
 # ---- part 4 (and 1): the full audit through the CLI --------------------------------------------------------------

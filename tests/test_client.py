@@ -24,22 +24,14 @@ from torch.utils import _pytree as pytree
 
 from edgesplit.codecs import DecodeLimits
 from edgesplit.plan.schema import load_plan
-from edgesplit.runtime.client import (
-    BandwidthEstimator,
-    Client,
-    ClientError,
-    ServerMismatchError,
-    ServerRejectedError,
-    ServerUnreachableError,
-    SwitchPolicy,
-    load_inputs,
-    percentile,
-    read_token,
-    theil_sen,
-)
+from edgesplit.runtime.adapt import BandwidthEstimator, SwitchPolicy, theil_sen
+from edgesplit.runtime.client import Client
 from edgesplit.runtime.deployment import Deployment, Route, load_deployment
 from edgesplit.runtime.engine import Engine, Observer
+from edgesplit.runtime.errors import ClientError, ServerMismatchError, ServerRejectedError, ServerUnreachableError
+from edgesplit.runtime.infer import load_inputs, read_token
 from edgesplit.runtime.server import ServerThread
+from edgesplit.runtime.summary import percentile
 from edgesplit.runtime.wire import Request
 
 TOKEN = "client-test-token-0123456789"

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from edgesplit.runtime.client import Client, ServerRejectedError
+from edgesplit.runtime.client import Client
 from edgesplit.runtime.deployment import load_deployment
 from edgesplit.runtime.engine import Engine
+from edgesplit.runtime.errors import ServerRejectedError
 from edgesplit.runtime.server import ServerThread
 from runtime_plans import make_plan
 

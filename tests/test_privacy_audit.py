@@ -11,7 +11,7 @@ from edgesplit.model.graph import trace
 from edgesplit.model.intake import ModelRef, save_weights
 from edgesplit.privacy.audit import AuditSettings, count_overlap, parse_attacks, resolve_cuts, run_audit
 from edgesplit.privacy.defenses import parse_defenses
-from edgesplit.privacy.leakage import load_leakage
+from edgesplit.plan.leakage import load_leakage
 from edgesplit.privacy.schema import load_audit
 from edgesplit.model.train import train_classifier
 from edgesplit.model.zoo import small_cnn

@@ -10,8 +10,8 @@ import torch
 from PIL import Image
 
 from edgesplit.errors import EdgesplitError
-from edgesplit.plots import plot_leakage_by_cut, plot_privacy_utility, plot_reconstructions
-from edgesplit.privacy.leakage import CutLeakage, LeakageTable
+from edgesplit.privacy.figures import plot_leakage_by_cut, plot_privacy_utility, plot_reconstructions
+from edgesplit.plan.leakage import CutLeakage, LeakageTable
 from edgesplit.privacy.schema import AttackScore, AuditReport, AuditRow, ProbeScore, Score
 
 DEFENSES = {"noise": ["0.1", "0.5", "1.0"], "dropout": ["0.2", "0.5"], "quant": ["8", "4", "2"],

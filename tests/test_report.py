@@ -25,8 +25,8 @@ from edgesplit.model.intake import load_model
 from edgesplit.plan.schema import load_plan
 from edgesplit.privacy.audit import AuditSettings, resolve_cuts, run_audit
 from edgesplit.privacy.defenses import parse_defenses
-from edgesplit.pipeline.run import RunConfig, run_pipeline
-from edgesplit.report.page import build_report, find_png, write_report
+from edgesplit.pipeline import RunConfig, run_pipeline
+from edgesplit.report import build_report, find_png, write_report
 from test_cli import assert_user_error, edgesplit
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -54,7 +54,8 @@ def cli(*args: object) -> None:
 
 def infer_json(plan_path: Path, out: Path) -> None:
     """A real split inference run against a server on a thread, written as `edgesplit infer --json` writes it."""
-    from edgesplit.runtime.client import Client, load_inputs, run_inference
+    from edgesplit.runtime.client import Client
+    from edgesplit.runtime.infer import load_inputs, run_inference
     from edgesplit.runtime.deployment import load_deployment
     from edgesplit.runtime.engine import Engine
     from edgesplit.runtime.server import ServerThread

@@ -12,9 +12,10 @@ from runtime_plans import make_plan, save_plan
 from test_cli import assert_user_error, edgesplit
 
 from edgesplit.plan.schema import load_plan
-from edgesplit.runtime.client import Client, ClientError, ServerUntrustedError
+from edgesplit.runtime.client import Client
 from edgesplit.runtime.deployment import load_deployment
 from edgesplit.runtime.engine import Engine
+from edgesplit.runtime.errors import ClientError, ServerUntrustedError
 from edgesplit.runtime.server import ServerThread
 
 TOKEN = "tls-test-token-0123456789"

@@ -151,15 +151,18 @@ def compress_table(report) -> Table:  # noqa: ANN001 - CompressReport (imported 
 
 def audit_table(report) -> Table:  # noqa: ANN001 - AuditReport (imported lazily)
     """One row per cut and defense: what crosses, task accuracy, each attack's PSNR/SSIM, probes, dCor."""
+    # Imported here, like the report type: the privacy package loads matplotlib, which the other views never need.
+    from edgesplit.privacy.attacks import IMAGE_ATTACKS, attack_label
+
     accuracy = f"{report.model_accuracy:.1%}" if report.model_accuracy is not None else "n/a"
     baseline = report.mean_image
     table = Table(title=f"{report.model}: privacy audit on {report.victims} victims ({report.data}), attacker holds "
                         f"{report.aux_images} aux images ({report.aux}); codec {report.codec or 'fp32'}; whole model "
                         f"{accuracy}, chance {report.chance:.1%}; mean-image baseline "
                         f"{baseline.psnr.mean:.1f} dB / SSIM {baseline.ssim.mean:.2f}")
-    attacks = [a for a in ("inversion", "optimize") if a in report.attacks]
+    attacks = [a for a in IMAGE_ATTACKS if a in report.attacks]
     headers = ["cut", "after", "defense", "crossing", "task acc"]
-    headers += [f"{'learned' if a == 'inversion' else 'white-box'} PSNR / SSIM" for a in attacks]
+    headers += [f"{attack_label(a)} PSNR / SSIM" for a in attacks]
     headers += ["probe acc (linear / mlp)"] if "probe" in report.attacks else []
     headers += ["dCor"]
     for header in headers:

@@ -305,10 +305,12 @@ def _image_files(directory: Path) -> list[Path]:
                   if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
 
 
-def _read_image(path: Path, size: int | None, *, rgb: bool = False) -> tuple[np.ndarray, bool]:
+def _read_image(path: Path, size: int | tuple[int, int] | None, *, rgb: bool = False,
+                mode: str | None = None) -> tuple[np.ndarray, bool]:
     """An image as uint8 H×W×3 (or H×W when grayscale) resized to size×size, and whether it was gray.
 
-    ``size=None`` keeps the image's own size; ``rgb=True`` converts grayscale images to three channels.
+    ``size=None`` keeps the image's own size, a pair is (height, width); ``rgb=True`` converts grayscale images to
+    three channels; ``mode`` ("L" or "RGB") converts every image to it, whatever it was.
     """
     from PIL import Image, ImageOps
 
@@ -317,13 +319,44 @@ def _read_image(path: Path, size: int | None, *, rgb: bool = False) -> tuple[np.
             img.load()
             img = ImageOps.exif_transpose(img)
             gray = img.mode in _GRAY_MODES
-            img = img.convert("L" if gray and not rgb else "RGB")
+            img = img.convert(mode or ("L" if gray and not rgb else "RGB"))
             if size is not None:
-                img = img.resize((size, size), Image.Resampling.BILINEAR)
+                height, width = (size, size) if isinstance(size, int) else size
+                img = img.resize((width, height), Image.Resampling.BILINEAR)
             return np.asarray(img, dtype=np.uint8), gray
     except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise DataError(f"cannot read image {path} ({reason}); replace or delete the file") from None
+
+
+def load_image_folder(directory: str | Path, channels: int, height: int, width: int, limit: int | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor | None, list[str]]:
+    """The images of a folder shaped for a model: (N×C×H×W float32 in [0, 1], labels or None, names).
+
+    The folder's own image files (no labels), else those of its class subfolders (``DIR/CLASS/IMAGE``; the labels
+    are the class folders' sorted order); the first ``limit``, nothing held out (a data set spec's folder is split
+    by ``load_dataset``). Each is resized to H×W (bilinear) and converted to gray (C = 1) or RGB (C = 3); the names
+    are the files' paths inside ``directory``.
+    """
+    directory = Path(directory)
+    if channels not in (1, 3):
+        raise DataError(f"images are gray or RGB, not {channels}-channel")
+    if not directory.is_dir():
+        raise DataError(f"{directory} is not a folder; give a folder of PNG/JPEG images")
+    found: list[tuple[Path, int | None]] = [(f, None) for f in _image_files(directory)]
+    if not found:  # DIR/CLASS/IMAGE: labels are the class folders' sorted order
+        found = [(f, i) for i, c in enumerate(_class_dirs(directory)) for f in _image_files(c)]
+    if not found:
+        raise DataError(f"folder {directory} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))}); "
+                        "put PNG or JPEG files in it")
+    found = found[:limit]
+    mode = "L" if channels == 1 else "RGB"
+    arrays = [torch.from_numpy(_read_image(path, (height, width), mode=mode)[0].copy())
+              .reshape(height, width, channels).permute(2, 0, 1).float() / 255 for path, _ in found]
+    labels = [label for _, label in found]
+    return (torch.stack(arrays).contiguous(),
+            torch.tensor(labels) if all(label is not None for label in labels) else None,
+            [str(path.relative_to(directory)) for path, _ in found])
 
 
 def _load_folder(directory: Path, image_size: int, limit: int | None) -> Dataset:
@@ -558,6 +591,20 @@ def load_dataset(spec: str, *, image_size: int | None = None, limit: int | None 
     else:
         ds = _load_idx(directory, "mnist" if kind == "mnist" else directory.resolve().name, DIGIT_CLASSES, limit)
     return _resize(ds, image_size) if image_size else ds
+
+
+def is_image_shape(shape: Sequence[int]) -> bool:
+    """Whether an input of ``shape`` is a batch of images (N×C×H×W with 1 or 3 channels), which can be sent as PNG
+    or JPEG and costed on sample images."""
+    return len(shape) == 4 and shape[1] in (1, 3)
+
+
+def input_samples(shape: Sequence[int], spec: str | None = None, limit: int = 16) -> torch.Tensor | None:
+    """Images to cost sending an input of ``shape`` (N×C×H×W) as PNG/JPEG, from ``spec`` (default: the bundled
+    ``photos`` for colour inputs, ``digits`` for gray); None when the input is not an image."""
+    if not is_image_shape(shape):
+        return None
+    return sample_images(spec or ("photos" if shape[1] == 3 else "digits"), shape[1:], limit)
 
 
 def sample_images(spec: str, shape: Sequence[int], limit: int = 16) -> torch.Tensor:

@@ -10,7 +10,7 @@ from edgesplit.errors import EdgesplitError
 from edgesplit.compress.rate import CompressReport
 from edgesplit.model.graph import TracedModel
 from edgesplit.plan.hardware import parse_link
-from edgesplit.privacy.leakage import LeakageTable
+from edgesplit.plan.leakage import LeakageTable
 from edgesplit.plan.costs import CostModel, parse_objective
 from edgesplit.plan.machines import HostProfiler, resolve_machine
 from edgesplit.compress.payload import PlanCodec, ReportedCodec, measure_codec, measure_input_formats, parse_codecs

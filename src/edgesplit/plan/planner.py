@@ -17,7 +17,7 @@ import numpy as np
 
 from edgesplit.errors import EdgesplitError
 from edgesplit.plan.hardware import Link
-from edgesplit.privacy.leakage import LeakageTable
+from edgesplit.plan.leakage import LeakageTable
 from edgesplit.plan.costs import Candidate, CostModel, LinkSweep, Objective, TransferCosts
 from edgesplit.plan.mincut import FlowGraph
 from edgesplit.compress.payload import InputFormat, PlanCodec, ReportedCodec

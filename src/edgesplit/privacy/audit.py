@@ -15,39 +15,83 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 
-from edgesplit.model.data import Dataset
+from edgesplit.codecs import parse_codec
 from edgesplit.errors import CutError, EdgesplitError, InputShapeError
+from edgesplit.model.data import Dataset
 from edgesplit.model.graph import Cut, TracedModel
-from edgesplit.progress import progress_bar
-from edgesplit.privacy.defenses import DefendedCut, DefenseSpec, build_defense
-from edgesplit.privacy.inversion import learned_inversion, mean_image_baseline, optimization_inversion
-from edgesplit.privacy.leakage import CutLeakage, LeakageTable
+from edgesplit.privacy.attacks import ATTACK_NAMES, ATTACKS, AttackTarget, attacks_help, parse_attacks
+from edgesplit.privacy.defenses import ACCEPTED_FORMS, DefendedCut, DefenseSpec, build_defense, parse_defenses
+from edgesplit.privacy.figures import plot_leakage_by_cut, plot_privacy_utility, plot_reconstructions
+from edgesplit.privacy.inversion import mean_image_baseline
+from edgesplit.privacy.leakage import leakage_table
 from edgesplit.privacy.metrics import distance_correlation_ci, mean_ci, psnr, ssim
-from edgesplit.privacy.probes import probe_accuracy
-from edgesplit.privacy.schema import ATTACKS, AttackScore, AuditReport, AuditRow, ProbeScore, Score
+from edgesplit.privacy.probes import PROBE_KINDS, ProbeKind
+from edgesplit.privacy.schema import AttackScore, AuditReport, AuditRow, ProbeScore, Score
+from edgesplit.progress import progress_bar
 
-PROBE_KINDS = ("linear", "mlp")
+_NOT_RECORDED = {"cuts", "defenses", "aux"}  # what to audit, not how: the report records it elsewhere
 
 
-@dataclass(frozen=True)
-class AuditSettings:
-    """How hard the attacks try and on how much data; part of the report, so a result can be reproduced."""
+class AuditSettings(BaseModel):
+    """Everything `edgesplit audit` can be told: what to attack, how hard the attacks try, on how much data.
 
-    attacks: tuple[str, ...] = ATTACKS
-    codec: str | None = None  # the deployment codec: attacks see what it delivers
-    victims: int = 256  # test images attacked
-    aux_limit: int = 2000  # auxiliary images the attacker holds
-    inversion_epochs: int = 10  # decoder training epochs (learned inversion)
-    optimize_steps: int = 200  # optimization-inversion steps per victim batch
-    probe_kinds: tuple[str, ...] = PROBE_KINDS
-    defense_epochs: int = 2  # NoPeek / bottleneck training epochs
-    defense_train_limit: int | None = 5000  # defenses train on at most this many images
-    grid_images: int = 8  # victims shown in the reconstruction grids
-    seed: int = 0
+    How the attacks ran is part of the report (``AuditReport.settings``), so a result can be reproduced; what
+    was audited (cuts, defenses, the attacker's data) is recorded in the report's own fields. ``epochs`` and
+    ``steps`` are accepted for ``inversion_epochs`` and ``optimize_steps`` (a run config's names).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    cuts: str = Field("all", description="all, or cut indices / node names, comma-separated")
+    attacks: tuple[str, ...] = Field(ATTACK_NAMES, description=f"{attacks_help()}; comma-separated")
+    defenses: tuple[str, ...] = Field((), description=f"{ACCEPTED_FORMS}; repeatable or comma-separated "
+                                                      "(none, the undefended cut, is always audited)")
+    aux: str | None = Field(None, description="the attacker's images: the train split of this data spec "
+                                              "(default: the victims' data set's train split)")
+    codec: str | None = Field(None, description="the deployment codec (e.g. int8): attacks see what it delivers "
+                                                "(default: fp32)")
+    victims: int = Field(256, ge=2, description="test images to attack")
+    aux_limit: int = Field(2000, ge=2, description="auxiliary images the attacker holds")
+    inversion_epochs: int = Field(10, ge=1, validation_alias=AliasChoices("inversion_epochs", "epochs"),
+                                  description="decoder training epochs (learned inversion)")
+    optimize_steps: int = Field(200, ge=1, validation_alias=AliasChoices("optimize_steps", "steps"),
+                                description="optimization steps per victim batch (white-box inversion)")
+    probe_kinds: tuple[ProbeKind, ...] = Field(PROBE_KINDS, min_length=1,
+                                               description="the label probes trained: linear, mlp")
+    defense_epochs: int = Field(2, ge=1, description="NoPeek / bottleneck training epochs")
+    defense_train_limit: int | None = Field(5000, ge=2, description="defenses train on at most this many images")
+    grid_images: int = Field(8, ge=1, description="victims shown in the reconstruction grids")
+    seed: int = Field(0, description="seed of every attack, probe and defense")
+
+    @field_validator("attacks", mode="before")
+    @classmethod
+    def _known_attacks(cls, value: Any) -> tuple[str, ...]:
+        return parse_attacks(value)
+
+    @field_validator("defenses", mode="before")
+    @classmethod
+    def _parsable_defenses(cls, value: Any) -> Any:
+        texts = [value] if isinstance(value, str) else [] if value is None else value
+        parse_defenses(texts)  # every spec is checked before the slow work starts
+        return texts
+
+    @field_validator("codec")
+    @classmethod
+    def _parsable_codec(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_codec(value)
+        return value
+
+    def recorded(self) -> dict[str, Any]:
+        """How the attacks ran, as the report's ``settings`` records it (lists, not tuples)."""
+        return {key: list(value) if isinstance(value, tuple) else value
+                for key, value in self.model_dump(exclude=_NOT_RECORDED).items()}
 
 
 @dataclass
@@ -55,17 +99,6 @@ class _Reconstructions:
     """The first few victims' reconstructions per (cut, defense, attack), for the grids."""
 
     rows: dict[tuple[int, str], list[tuple[str, torch.Tensor, AttackScore]]] = field(default_factory=dict)
-
-
-def parse_attacks(text: str | Sequence[str]) -> tuple[str, ...]:
-    """``inversion,optimize,probe`` (or a list of such items) as a tuple in canonical order."""
-    items = [part.strip().lower() for chunk in ([text] if isinstance(text, str) else text)
-             for part in chunk.split(",") if part.strip()]
-    unknown = [item for item in items if item not in ATTACKS]
-    if unknown or not items:
-        raise EdgesplitError(f"unknown attack {', '.join(repr(u) for u in unknown) or '(none given)'}; "
-                             f"choose from {', '.join(ATTACKS)} (comma-separated)")
-    return tuple(a for a in ATTACKS if a in items)
 
 
 def resolve_cuts(traced: TracedModel, text: str) -> list[Cut]:
@@ -152,27 +185,20 @@ def _attack_row(defended: DefendedCut, cut: Cut, victims: torch.Tensor, victim_l
                    task_accuracy=defended.accuracy(victims, victim_labels),
                    defense_seconds=defended.train_seconds)
     shown = kept.rows.setdefault((cut.position, spec.text), [])
-    inversions = {
-        "inversion": ("learned", lambda: learned_inversion(defended.head, aux, victims, transform=defended.transform,
-                                                           epochs=settings.inversion_epochs, seed=settings.seed)),
-        "optimize": ("white-box", lambda: optimization_inversion(defended.head, victim_features=sent,
-                                                                 input_shape=defended.input_shape,
-                                                                 steps=settings.optimize_steps, seed=settings.seed)),
-    }
-    for attack, (label, invert) in inversions.items():
-        if attack in settings.attacks:
-            step(f"{label} inversion")
-            result = invert()
-            score = _image_scores(attack, result.reconstructions, victims, result.seconds)
+    target = AttackTarget(defended, sent, victims, victim_labels, aux, aux_labels)
+    for attack in ATTACKS.values():  # the table's order, whatever order the settings list them in
+        if attack.name not in settings.attacks:
+            continue
+        step(attack.title)
+        outcome = attack.run(target, getattr(settings, attack.setting) if attack.setting else None, settings.seed)
+        if attack.reconstructs:
+            score = _image_scores(attack.name, outcome.reconstructions, victims, outcome.seconds)
             row.attacks.append(score)
-            shown.append((label, result.reconstructions[:settings.grid_images], score))
-    if "probe" in settings.attacks:
-        step("label probes")
-        aux_sent = defended.send(aux)
-        for kind in settings.probe_kinds:
-            probe = probe_accuracy(aux_sent, aux_labels, sent, victim_labels, kind=kind, seed=settings.seed)
-            row.probes.append(ProbeScore(kind=kind, chance=probe.chance,
-                                         accuracy=Score(mean=probe.accuracy, low=probe.ci_low, high=probe.ci_high)))
+            shown.append((attack.label, outcome.reconstructions[:settings.grid_images], score))
+        else:
+            row.probes += [ProbeScore(kind=probe.kind, chance=probe.chance,
+                                      accuracy=Score(mean=probe.accuracy, low=probe.ci_low, high=probe.ci_high))
+                           for probe in outcome]
     step("distance correlation")
     flat = torch.cat([t.flatten(1) for t in sent], dim=1)
     value, low, high = distance_correlation_ci(victims, flat, seed=settings.seed)
@@ -180,29 +206,19 @@ def _attack_row(defended: DefendedCut, cut: Cut, victims: torch.Tensor, victim_l
     return row
 
 
-def leakage_table(rows: Sequence[AuditRow], model: str, fingerprint: str, codec: str | None) -> LeakageTable:
-    """The planner's per-cut bounds from the undefended rows: best attack's SSIM/PSNR, best probe's accuracy."""
-    cuts = []
-    for row in rows:
-        if row.defense != "none":
-            continue
-        best, probe = row.best_attack(), row.best_probe()
-        cuts.append(CutLeakage(position=row.position, after=row.after,
-                               ssim=best.ssim.mean if best else None, psnr=best.psnr.mean if best else None,
-                               probe_accuracy=probe.accuracy.mean if probe else None,
-                               distance_correlation=row.distance_correlation.mean if row.distance_correlation else None))
-    return LeakageTable(model=model, fingerprint=fingerprint, codec=codec, cuts=cuts)
-
-
-def run_audit(traced: TracedModel, model: nn.Module, data: Dataset, aux: Dataset, *, cuts: Sequence[Cut],
-              defenses: Sequence[DefenseSpec], settings: AuditSettings, name: str, model_ref: dict,
-              data_spec: str, aux_spec: str, out_dir: Path | None = None, progress: bool = True,
+def run_audit(traced: TracedModel, model: nn.Module, data: Dataset, aux: Dataset, *,
+              cuts: Sequence[Cut] | None = None, defenses: Sequence[DefenseSpec] | None = None,
+              settings: AuditSettings, name: str, model_ref: dict, data_spec: str, aux_spec: str,
+              out_dir: Path | None = None, progress: bool = True,
               on_warning: Callable[[str], None] | None = None) -> AuditReport:
     """Attack every cut under every defense; write grids and plots into ``out_dir`` when given.
 
+    ``cuts`` and ``defenses`` default to those ``settings`` names (``settings.cuts``, ``settings.defenses``).
     ``on_warning`` hears each warning (overlapping data sets) as soon as it is found, before the long work.
     """
     started = time.perf_counter()
+    cuts = resolve_cuts(traced, settings.cuts) if cuts is None else cuts
+    defenses = parse_defenses(settings.defenses) if defenses is None else defenses
     input_shape = tuple(traced.example_inputs[0].shape[1:])
     victims, victim_labels = data.test_images[:settings.victims], data.test_labels[:settings.victims]
     aux_images, aux_labels = aux.train_images[:settings.aux_limit], aux.train_labels[:settings.aux_limit]
@@ -231,7 +247,7 @@ def run_audit(traced: TracedModel, model: nn.Module, data: Dataset, aux: Dataset
     pairs = _applicable(cuts, defenses, warn)
     rows: list[AuditRow] = []
     kept = _Reconstructions()
-    steps_per_row = len([a for a in settings.attacks if a != "probe"]) + ("probe" in settings.attacks) + 1
+    steps_per_row = len(settings.attacks) + 1  # each attack, then the distance correlation
     with torch.random.fork_rng(devices=[]), progress_bar(progress) as bar:
         task = bar.add_task("audit", total=len(pairs) * (steps_per_row + 1), status="")
         for cut in cuts:
@@ -254,8 +270,7 @@ def run_audit(traced: TracedModel, model: nn.Module, data: Dataset, aux: Dataset
         attacks=list(settings.attacks), defenses=[d.text for d in defenses], model_accuracy=model_accuracy,
         chance=chance, mean_image=mean_image, rows=rows,
         leakage=leakage_table(rows, name, traced.fingerprint, settings.codec),
-        settings={**settings.__dict__, "attacks": list(settings.attacks), "probe_kinds": list(settings.probe_kinds),
-                  "threads": torch.get_num_threads(), "cpus": os.cpu_count()},
+        settings={**settings.recorded(), "threads": torch.get_num_threads(), "cpus": os.cpu_count()},
         warnings=warnings, seconds=0.0)
     if out_dir is not None:
         _write_figures(report, victims[:settings.grid_images], kept, out_dir)
@@ -265,8 +280,6 @@ def run_audit(traced: TracedModel, model: nn.Module, data: Dataset, aux: Dataset
 
 def _write_figures(report: AuditReport, originals: torch.Tensor, kept: _Reconstructions, out_dir: Path) -> None:
     """Reconstruction grids (one per cut, and the best attack at every cut), the leakage and trade-off plots."""
-    from edgesplit.plots import plot_leakage_by_cut, plot_privacy_utility, plot_reconstructions
-
     out_dir.mkdir(parents=True, exist_ok=True)
     best_rows = []
     for position in sorted({r.position for r in report.rows}):
@@ -306,5 +319,6 @@ def summary_line(report: AuditReport) -> str:
             f"{report.seconds / 60:.1f} min")
 
 
-__all__ = ["AuditSettings", "count_overlap", "leakage_table", "parse_attacks", "resolve_cuts", "run_audit",
+# parse_attacks is defined with the table of attacks (privacy.attacks) and re-exported for the audit's callers.
+__all__ = ["AuditSettings", "count_overlap", "defense_misfit", "parse_attacks", "resolve_cuts", "run_audit",
            "summary_line"]

@@ -30,12 +30,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgesplit.compress.bottleneck import BottleneckConfig, SlimmableBottleneck, TrainingPlan, feature_shape, train_bottleneck
-from edgesplit.model.data import Dataset
+from edgesplit.compress.bottleneck import (BottleneckConfig, SlimmableBottleneck, TrainingPlan, feature_shape,
+                                           train_bottleneck)
 from edgesplit.errors import EdgesplitError, InputShapeError
+from edgesplit.model.data import Dataset
 from edgesplit.model.graph import Split
+from edgesplit.privacy.query import (QUERY_BATCH, Transform, as_tensors, codec_transform, eval_mode, head_input_shape,
+                                     query_head)
 from edgesplit.progress import progress_bar
-from edgesplit.privacy.inversion import QUERY_BATCH, Transform, _as_list, _eval_mode, _head_input_shape, _query, codec_transform
 
 DEFENSE_KINDS = ("none", "noise", "dropout", "quant", "nopeek", "bottleneck")
 ACCEPTED_FORMS = ("none, noise:SIGMA (SIGMA > 0), dropout:P (0 < P < 1), quant:BITS (integer 1 to 8), "
@@ -141,7 +143,7 @@ class DefendedCut:
 
     def send(self, images: torch.Tensor) -> list[torch.Tensor]:
         """The crossing tensors the server receives for ``images`` (float32, batch first)."""
-        return _query(self.head, images, self.transform, "images")
+        return query_head(self.head, images, self.transform, "images")
 
     def accuracy(self, images: torch.Tensor, labels: torch.Tensor) -> float:
         """Top-1 accuracy of the tail on what the server receives for ``images``, in [0, 1]."""
@@ -150,7 +152,7 @@ class DefendedCut:
                                  f"and {len(labels)} labels; pass matching tensors")
         received = self.send(images)
         correct = 0
-        with torch.no_grad(), _eval_mode(self.tail):
+        with torch.no_grad(), eval_mode(self.tail):
             for start in range(0, len(labels), QUERY_BATCH):
                 logits = self.tail(*[f[start:start + QUERY_BATCH] for f in received])
                 batch_labels = labels[start:start + QUERY_BATCH].to(logits.device)
@@ -217,7 +219,7 @@ def _chain(first: Transform, then: Transform | None) -> Transform:
 
 def feature_stds(head: Callable[..., object], images: torch.Tensor) -> list[float]:
     """The std of all values of each crossing tensor over ``images`` (clean features, eval mode)."""
-    return [float(f.std()) for f in _query(head, images, None, "training images")]
+    return [float(f.std()) for f in query_head(head, images, None, "training images")]
 
 
 # ------------------------------------------------------------------------------------------- distance correlation
@@ -304,7 +306,7 @@ def train_nopeek(split: Split, dataset: Dataset, alpha: float, *, epochs: int, b
             for start in starts:
                 index = order[start:start + batch_size]
                 x, y = images[index], labels[index]
-                features = _as_list(head(x))
+                features = as_tensors(head(x))
                 task_loss = F.cross_entropy(tail(*features), y)
                 flat = torch.cat([_floating(f).reshape(len(x), -1) for f in features], dim=1)
                 dcor = distance_correlation_torch(x, flat)
@@ -336,7 +338,7 @@ class BottleneckHead(nn.Module):
         self.bottleneck = bottleneck
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor]:
-        return (self.bottleneck.encode(_as_list(self.head(images))[0]),)
+        return (self.bottleneck.encode(as_tensors(self.head(images))[0]),)
 
 
 class BottleneckTail(nn.Module):
@@ -368,7 +370,7 @@ def _check_settings(epochs: int, batch_size: int, lr: float, train_limit: int | 
 
 
 def _input_shape(split: Split, dataset: Dataset) -> tuple[int, int, int]:
-    traced = _head_input_shape(split.head)
+    traced = head_input_shape(split.head)
     if traced is not None and tuple(traced) != dataset.input_shape:
         raise InputShapeError(f"data set {dataset.name} has images of shape {dataset.input_shape} but the model was "
                               f"traced on {tuple(traced)}; trace the model on an image of the data set")
@@ -422,3 +424,8 @@ def build_defense(spec: DefenseSpec | str, split: Split, model: nn.Module, datas
         defended.transform = None
         defended.train_log = {"feature_loss": list(log.feature_loss), "task_loss": list(log.task_loss)}
     return defended
+
+
+__all__ = ["ACCEPTED_FORMS", "DEFENSE_KINDS", "BottleneckHead", "BottleneckTail", "DefendedCut", "DefenseSpec",
+           "GaussianNoise", "RandomDropout", "build_defense", "distance_correlation_torch", "feature_stds",
+           "parse_defense", "parse_defenses", "train_nopeek"]

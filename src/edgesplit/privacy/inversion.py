@@ -11,29 +11,28 @@ tries to reconstruct the private input image the device never sent.
   searches for the image whose head features match the received ones (regularised maximum likelihood, rMLE).
 
 Both attacks see the features after ``transform``, which stands for what the wire does to them: pass
-``codec_transform("int4+zstd")`` to attack what that codec actually delivers.
+``codec_transform("int4+zstd")`` (from `edgesplit.privacy.query`, also importable here) to attack what that
+codec actually delivers.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import fx, nn
+from torch import nn
 
 from edgesplit.errors import EdgesplitError, InputShapeError
 from edgesplit.model.graph import Split
+from edgesplit.privacy.query import (QUERY_BATCH, Transform, as_tensors, codec_transform, eval_mode, head_input_shape,
+                                     query_head, run_head)
 from edgesplit.progress import progress_bar
 
-Transform = Callable[[list[torch.Tensor]], list[torch.Tensor]]
-
-QUERY_BATCH = 256  # images per head query; only memory depends on it, results do not
 MIN_WIDTH = 16
 BASE_WIDTH = 32
 MAX_WIDTH = 128
@@ -137,25 +136,6 @@ def _image_shape(shape: Sequence[int]) -> tuple[int, int, int]:
 # ------------------------------------------------------------------------------------------- helpers
 
 
-def codec_transform(codec: Any, *, per_example: bool = True) -> Transform:
-    """A transform that sends features through a codec (a ``Codec`` or a spec string) and back, as the wire does.
-
-    ``per_example`` encodes each example as its own frame, as one request per image would; an uncalibrated
-    quantizer then takes its range from that example alone, as it does in deployment.
-    """
-    from edgesplit.codecs import decode, parse_codec
-
-    if isinstance(codec, str):
-        codec = parse_codec(codec)
-
-    def through_codec(features: list[torch.Tensor]) -> list[torch.Tensor]:
-        if not per_example:
-            return [decode(codec.encode(f)) for f in features]
-        return [torch.cat([decode(codec.encode(f[i:i + 1])) for i in range(f.shape[0])]) for f in features]
-
-    return through_codec
-
-
 def mean_image_baseline(aux_images: torch.Tensor, count: int) -> torch.Tensor:
     """The no-information baseline: the mean auxiliary image, repeated ``count`` times."""
     return aux_images.float().mean(dim=0, keepdim=True).expand(count, *aux_images.shape[1:]).clone()
@@ -177,16 +157,6 @@ def _head_module(head: Any) -> Callable[..., Any]:
     return module
 
 
-def _head_input_shape(head: Callable[..., Any]) -> tuple[int, ...] | None:
-    """One input's (C, H, W) as traced, when the head is a traced GraphModule with shape metadata."""
-    if not isinstance(head, fx.GraphModule):
-        return None
-    placeholders = [n for n in head.graph.nodes if n.op == "placeholder"]
-    meta = placeholders[0].meta.get("tensor_meta") if len(placeholders) == 1 else None
-    shape = getattr(meta, "shape", None)
-    return tuple(int(d) for d in shape[1:]) if shape is not None else None
-
-
 def _check_images(images: torch.Tensor, what: str, expected: tuple[int, ...] | None,
                   reference: str = "the model's input is") -> torch.Tensor:
     if not isinstance(images, torch.Tensor) or images.ndim != 4:
@@ -200,50 +170,6 @@ def _check_images(images: torch.Tensor, what: str, expected: tuple[int, ...] | N
     if not torch.isfinite(images).all():
         raise InputShapeError(f"{what} hold NaN or infinite pixels; clean the images first")
     return images.float()
-
-
-@contextlib.contextmanager
-def _eval_mode(module: Any) -> Iterator[None]:
-    """Eval mode for the duration (BatchNorm running statistics, no dropout), the caller's modes restored after."""
-    if not isinstance(module, nn.Module):
-        yield
-        return
-    modes = {m: m.training for m in module.modules()}
-    module.eval()
-    try:
-        yield
-    finally:
-        for m, training in modes.items():
-            m.training = training
-
-
-def _as_list(output: Any) -> list[torch.Tensor]:
-    tensors = list(output) if isinstance(output, (tuple, list)) else [output]
-    if not tensors or not all(isinstance(t, torch.Tensor) for t in tensors):
-        raise EdgesplitError("the head must return a tensor or a tuple of tensors; pass traced.split(cut).head")
-    return tensors
-
-
-def _run_head(head: Callable[..., Any], images: torch.Tensor, what: str) -> list[torch.Tensor]:
-    try:
-        return _as_list(head(images))
-    except RuntimeError as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise InputShapeError(f"the head cannot run on {what} of shape {tuple(images.shape[1:])} ({reason}); "
-                              "pass images of the model's input shape") from None
-
-
-def _query(head: Callable[..., Any], images: torch.Tensor, transform: Transform | None,
-           what: str) -> list[torch.Tensor]:
-    """The crossing tensors the server receives for ``images``: head output, then ``transform``, as float32."""
-    chunks: list[list[torch.Tensor]] = []
-    with torch.no_grad(), _eval_mode(head):
-        for start in range(0, len(images), QUERY_BATCH):
-            features = _run_head(head, images[start:start + QUERY_BATCH], what)
-            if transform is not None:
-                features = _as_list(transform([f.detach() for f in features]))
-            chunks.append([f.detach().float() for f in features])
-    return [torch.cat(parts) for parts in zip(*chunks)]
 
 
 def _check_counts(**values: int) -> None:
@@ -272,7 +198,7 @@ def learned_inversion(head: Any, aux_images: torch.Tensor, victim_images: torch.
     them. Loss is pixel MSE plus ``tv_weight`` times total variation.
     """
     module = _head_module(head)
-    expected = _head_input_shape(module)
+    expected = head_input_shape(module)
     aux = _check_images(aux_images, "auxiliary images", expected)
     victims = _check_images(victim_images, "victim images", expected or tuple(aux.shape[1:]),
                             "the model's input is" if expected else "the auxiliary images are")
@@ -283,8 +209,8 @@ def learned_inversion(head: Any, aux_images: torch.Tensor, victim_images: torch.
                              f"images, batch_size={batch_size}); pass more images and batch_size >= 2")
 
     start = time.perf_counter()
-    aux_features = _query(module, aux, transform, "auxiliary images")
-    victim_features = _query(module, victims, transform, "victim images")
+    aux_features = query_head(module, aux, transform, "auxiliary images")
+    victim_features = query_head(module, victims, transform, "victim images")
     losses: list[float] = []
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -340,7 +266,7 @@ def optimization_inversion(head: Any, *, victim_images: torch.Tensor | None = No
     features' mean square, so ``tv_weight`` means the same at every cut.
     """
     module = _head_module(head)
-    traced_shape = _head_input_shape(module)
+    traced_shape = head_input_shape(module)
     if (victim_images is None) == (victim_features is None):
         raise EdgesplitError("give exactly one of victim_images and victim_features")
     _check_counts(steps=steps, batch_size=batch_size)
@@ -349,7 +275,7 @@ def optimization_inversion(head: Any, *, victim_images: torch.Tensor | None = No
         given = traced_shape or (_image_shape(input_shape) if input_shape is not None else None)
         images = _check_images(victim_images, "victim images", given)
         shape = tuple(images.shape[1:])
-        targets = _query(module, images, transform, "victim images")
+        targets = query_head(module, images, transform, "victim images")
     else:
         given = traced_shape or input_shape
         if given is None:
@@ -359,12 +285,12 @@ def optimization_inversion(head: Any, *, victim_images: torch.Tensor | None = No
         if traced_shape is not None and input_shape is not None and _image_shape(input_shape) != shape:
             raise InputShapeError(f"input_shape {tuple(input_shape)} differs from the head's traced input {shape}; "
                                   "drop input_shape or trace the model on that shape")
-        targets = [f.detach().float() for f in _as_list(victim_features)]
+        targets = [f.detach().float() for f in as_tensors(victim_features)]
         if len({len(f) for f in targets}) != 1:
             raise EdgesplitError(f"victim features disagree on the batch size ({[len(f) for f in targets]}); pass "
                                  "the crossing tensors of the same victims, batch first")
-    with torch.no_grad(), _eval_mode(module):
-        expected = _run_head(module, torch.full((1, *shape), 0.5), "an image")
+    with torch.no_grad(), eval_mode(module):
+        expected = run_head(module, torch.full((1, *shape), 0.5), "an image")
     if [tuple(e.shape[1:]) for e in expected] != [tuple(t.shape[1:]) for t in targets]:
         raise EdgesplitError(f"victim features have shapes {[tuple(t.shape[1:]) for t in targets]} but the head "
                              f"sends {[tuple(e.shape[1:]) for e in expected]}; pass features from this cut")
@@ -374,7 +300,7 @@ def optimization_inversion(head: Any, *, victim_images: torch.Tensor | None = No
     chunks = range(0, count, batch_size)
     losses = [0.0] * steps
     results: list[torch.Tensor] = []
-    with torch.random.fork_rng(devices=[]), _eval_mode(module), progress_bar(progress) as bar:
+    with torch.random.fork_rng(devices=[]), eval_mode(module), progress_bar(progress) as bar:
         torch.manual_seed(seed)
         task = bar.add_task("optimization inversion", total=steps * len(chunks), status="")
         for first in chunks:
@@ -383,7 +309,7 @@ def optimization_inversion(head: Any, *, victim_images: torch.Tensor | None = No
             x = torch.full((len(target[0]), *shape), 0.5, requires_grad=True)
             optimizer = torch.optim.Adam([x], lr=lr)
             for step in range(steps):
-                features = _as_list(module(x))
+                features = as_tensors(module(x))
                 per_victim = sum((f.float() - t).flatten(1).pow(2).mean(1) / s
                                  for f, t, s in zip(features, target, scale))
                 per_victim = per_victim + tv_weight * total_variation(x)
@@ -400,3 +326,8 @@ def optimization_inversion(head: Any, *, victim_images: torch.Tensor | None = No
                     bar.update(task, status=f"step {step + 1}/{steps} loss {losses[step]:.4f}")
             results.append(x.detach().clone())
     return InversionResult(torch.cat(results), time.perf_counter() - start, steps, losses)
+
+
+# codec_transform is defined in edgesplit.privacy.query and re-exported: attackers build their transform here.
+__all__ = ["ConvDecoder", "FCDecoder", "InversionResult", "build_decoder", "codec_transform",
+           "learned_inversion", "mean_image_baseline", "optimization_inversion", "total_variation"]

@@ -1,61 +1,31 @@
-"""The per-cut leakage table: what an attacker recovers from each cut's features, for the planner to bound.
+"""The audit's side of the per-cut leakage table: the planner's bounds, built from what the attacks recovered.
 
-`edgesplit audit` writes it; `edgesplit plan --leakage FILE --max-ssim S --max-probe-acc A` reads it and keeps
-only cuts measured to leak less. A cut missing from the table counts as unmeasured and is never chosen under a
-leakage bound; running everything on the device leaks nothing.
+The table's schema and reader belong to its reader, the planner (`edgesplit.plan.leakage`); the audit writes it
+(inside its report) with :func:`leakage_table`. The schema's names are importable from here too, as they were
+before the schema moved to the planner.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Literal
+from collections.abc import Sequence
 
-from pydantic import BaseModel
-
-from edgesplit.errors import EdgesplitError
-from edgesplit.versioned import read_versioned
-
-LEAKAGE_VERSION = 1
+from edgesplit.plan.leakage import CutLeakage, LeakageTable, load_leakage
+from edgesplit.privacy.schema import AuditRow
 
 
-class CutLeakage(BaseModel):
-    """Attack results at one topological-prefix cut (position 0 = the input tensor itself)."""
-
-    position: int
-    after: str
-    ssim: float | None = None  # reconstruction SSIM of the best inversion attack (1 = perfect copy)
-    psnr: float | None = None
-    probe_accuracy: float | None = None  # label accuracy of a probe trained on auxiliary features
-    distance_correlation: float | None = None
-
-
-class LeakageTable(BaseModel):
-    """Leakage measured on one model (by graph fingerprint) with one codec."""
-
-    version: int = LEAKAGE_VERSION
-    kind: Literal["edgesplit.leakage"] = "edgesplit.leakage"
-    model: str
-    fingerprint: str
-    codec: str | None = None
-    cuts: list[CutLeakage]
-
-    def at(self, position: int) -> CutLeakage | None:
-        return next((c for c in self.cuts if c.position == position), None)
+def leakage_table(rows: Sequence[AuditRow], model: str, fingerprint: str, codec: str | None) -> LeakageTable:
+    """The planner's per-cut bounds from the undefended rows: best attack's SSIM/PSNR, best probe's accuracy."""
+    cuts = []
+    for row in rows:
+        if row.defense != "none":
+            continue
+        best, probe = row.best_attack(), row.best_probe()
+        cuts.append(CutLeakage(position=row.position, after=row.after,
+                               ssim=best.ssim.mean if best else None, psnr=best.psnr.mean if best else None,
+                               probe_accuracy=probe.accuracy.mean if probe else None,
+                               distance_correlation=row.distance_correlation.mean if row.distance_correlation else None))
+    return LeakageTable(model=model, fingerprint=fingerprint, codec=codec, cuts=cuts)
 
 
-def load_leakage(path: str | Path, fingerprint: str | None = None) -> LeakageTable:
-    """Read a leakage table, checking its kind, version and (when given) that it was measured on this model."""
-    table = read_versioned(path, LeakageTable, kind="edgesplit.leakage", version=LEAKAGE_VERSION,
-                           what="leakage table", make="`edgesplit audit ... --json FILE`", again="audit again",
-                           unwrap=_embedded_table)
-    if fingerprint is not None and table.fingerprint != fingerprint:
-        raise EdgesplitError(f"leakage table {path} was measured on another model (graph {table.fingerprint}, this "
-                             f"one is {fingerprint}); audit this model")
-    return table
-
-
-def _embedded_table(data: object) -> object:
-    """An audit report embeds its leakage table under "leakage"; a table file is the table itself."""
-    if isinstance(data, dict) and data.get("kind") != "edgesplit.leakage" and isinstance(data.get("leakage"), dict):
-        return data["leakage"]
-    return data
+# CutLeakage, LeakageTable and load_leakage are re-exported from edgesplit.plan.leakage for existing imports.
+__all__ = ["CutLeakage", "LeakageTable", "leakage_table", "load_leakage"]

@@ -195,7 +195,7 @@ def distance_correlation_ci(x: torch.Tensor | np.ndarray, y: torch.Tensor | np.n
         keep = torch.cat([torch.arange(i), torch.arange(i + 1, n)])
         leave_one_out[i] = _dcor_from_distances(dx[keep][:, keep], dy[keep][:, keep])
     spread = math.sqrt((n - 1) / n * float(((leave_one_out - leave_one_out.mean()) ** 2).sum()))
-    from scipy.stats import norm
+    from scipy.stats import norm  # imported here as scipy takes a while to load (as in mean_ci)
 
     half = float(norm.ppf((1 + confidence) / 2)) * spread
     return value, max(0.0, value - half), min(1.0, value + half)
@@ -256,3 +256,7 @@ def bootstrap_ci(values: Sequence[float] | np.ndarray | torch.Tensor,
     tail = (1 - confidence) / 2
     low, high = np.quantile(estimates, [tail, 1 - tail])
     return float(statistic(array)), float(low), float(high)
+
+
+__all__ = ["PSNR_CAP_DB", "SSIM_CHUNK", "bootstrap_ci", "distance_correlation", "distance_correlation_ci",
+           "gaussian_window", "mean_ci", "psnr", "ssim", "ssim_window_size"]

@@ -192,3 +192,6 @@ def probe_accuracy(aux_features: Features, aux_labels: torch.Tensor | np.ndarray
     accuracy, low, high = bootstrap_ci(correct, seed=seed)
     chance = float(torch.bincount(victim_y).max()) / len(victim_y)
     return ProbeResult(accuracy=accuracy, ci_low=low, ci_high=high, chance=chance, kind=kind, samples=len(victim_y))
+
+
+__all__ = ["PROBE_KINDS", "ProbeKind", "ProbeResult", "probe_accuracy"]

@@ -11,11 +11,11 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from edgesplit.plan.leakage import LeakageTable
+from edgesplit.privacy.attacks import IMAGE_ATTACKS
 from edgesplit.versioned import read_versioned
-from edgesplit.privacy.leakage import LeakageTable
 
 AUDIT_KIND, AUDIT_VERSION = "edgesplit.audit", 1
-ATTACKS = ("inversion", "optimize", "probe")  # what `--attack` accepts
 
 
 class Score(BaseModel):
@@ -29,7 +29,7 @@ class Score(BaseModel):
 class AttackScore(BaseModel):
     """How well one inversion attack reconstructed the victims' images at one cut."""
 
-    attack: Literal["inversion", "optimize"]
+    attack: Literal[IMAGE_ATTACKS]  # the names of the attacks that reconstruct images (privacy.attacks)
     psnr: Score  # dB, per image, identical images capped at 100
     ssim: Score
     seconds: float
@@ -78,7 +78,7 @@ class AuditReport(BaseModel):
     aux_images: int
     overlap: int  # images found in both sets (0 unless the user's sets overlap; it inflates the attacks)
     codec: str | None = None
-    attacks: list[str]
+    attacks: list[str]  # names from privacy.attacks, in its order
     defenses: list[str]
     model_accuracy: float | None  # the whole model on the victims, None without labels
     chance: float | None
@@ -99,3 +99,6 @@ def load_audit(path: str | Path) -> AuditReport:
     """Read an audit report written by `edgesplit audit --json`."""
     return read_versioned(path, AuditReport, kind=AUDIT_KIND, version=AUDIT_VERSION, what="audit report",
                           make="`edgesplit audit ... --json FILE`", again="audit again")
+
+
+__all__ = ["AUDIT_KIND", "AUDIT_VERSION", "AttackScore", "AuditReport", "AuditRow", "ProbeScore", "Score", "load_audit"]

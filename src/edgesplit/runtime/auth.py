@@ -29,9 +29,9 @@ def read_token_file(path: Path) -> str:
         mode = path.stat().st_mode
         text = path.read_text()
     except OSError as error:
-        raise TokenError(f"cannot read the token file {path} ({error.strerror}); check the path") from None
-    except UnicodeDecodeError:
-        raise TokenError(f"the token file {path} is not text; put the token on its first line") from None
+        raise TokenError(f"cannot read the token file {path} ({error.strerror}); check the path") from error
+    except UnicodeDecodeError as error:
+        raise TokenError(f"the token file {path} is not text; put the token on its first line") from error
     if os.name == "posix" and mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise TokenError(f"the token file {path} is accessible by other users (mode {stat.S_IMODE(mode):04o}); "
                          f"run `chmod 600 {path}` — a token others can read is no secret")
@@ -51,7 +51,12 @@ def checked_token(token: str, what: str) -> str:
 
 
 def token_from(token_file: Path | None) -> tuple[str | None, str]:
-    """The token from ``token_file``, else $EDGESPLIT_TOKEN, else none; and where it came from."""
+    """The token from ``token_file``, else $EDGESPLIT_TOKEN, else none; and where it came from.
+
+    The one way a token is read: `edgesplit serve` and `edgesplit infer` (``infer.read_token``) both come here, so
+    a token one end accepts the other does too. Either source is checked (``checked_token``); a file also must not
+    be readable by others (``read_token_file``).
+    """
     if token_file is not None:
         return checked_token(read_token_file(Path(token_file)), f"the token in {token_file}"), str(token_file)
     if os.environ.get(TOKEN_ENV, "").strip():

@@ -42,7 +42,7 @@ from starlette.websockets import WebSocketDisconnect
 
 from edgesplit.codecs import DecodeLimits
 from edgesplit.errors import EdgesplitError
-from edgesplit.runtime.auth import TOKEN_ENV, bearer_matches, checked_token, read_token_file, token_from  # noqa: F401 - TOKEN_ENV re-exported
+from edgesplit.runtime.auth import TOKEN_ENV, bearer_matches, token_from  # noqa: F401 - TOKEN_ENV re-exported
 from edgesplit.runtime.deployment import Deployment, Route
 from edgesplit.runtime.engine import Engine, Observer, RequestRecord, ServerLimits, peek_request_id
 from edgesplit.runtime.guard import BrowserGuard, allowed_hosts, guarded_protocol, is_loopback
@@ -547,12 +547,6 @@ def check_exposure(host: str, token: str | None) -> None:
     if token is None and not is_loopback(host):
         raise ServerError(f"refusing to serve on {host} without a token: anyone who reaches it could use the server; "
                           "pass --token-file FILE (or set EDGESPLIT_TOKEN), or bind to 127.0.0.1")
-
-
-
-def read_token(path: Path | None) -> str | None:
-    """The bearer token from a file (first line, stripped; the file private to its owner); None without a file."""
-    return None if path is None else checked_token(read_token_file(Path(path)), f"the token in {path}")
 
 
 # ---- running it -------------------------------------------------------------------------------------------------------

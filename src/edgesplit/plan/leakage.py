@@ -1,0 +1,67 @@
+"""The per-cut leakage table the planner bounds: its schema and its reader.
+
+`edgesplit audit` measures what an attacker recovers at each cut and writes this table (inside its audit report,
+see `edgesplit.privacy.leakage`); `edgesplit plan --leakage FILE --max-ssim S --max-probe-acc A` reads it and
+keeps only cuts measured to leak less. A cut missing from the table counts as unmeasured and is never chosen
+under a leakage bound; running everything on the device leaks nothing.
+
+The schema lives with its reader, the planner, so that `plan` needs nothing from the higher `privacy` stage.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel
+
+from edgesplit.errors import EdgesplitError
+from edgesplit.versioned import read_versioned
+
+LEAKAGE_KIND, LEAKAGE_VERSION = "edgesplit.leakage", 1
+
+
+class CutLeakage(BaseModel):
+    """Attack results at one topological-prefix cut (position 0 = the input tensor itself)."""
+
+    position: int
+    after: str
+    ssim: float | None = None  # reconstruction SSIM of the best inversion attack (1 = perfect copy)
+    psnr: float | None = None
+    probe_accuracy: float | None = None  # label accuracy of a probe trained on auxiliary features
+    distance_correlation: float | None = None
+
+
+class LeakageTable(BaseModel):
+    """Leakage measured on one model (by graph fingerprint) with one codec."""
+
+    version: int = LEAKAGE_VERSION
+    kind: Literal["edgesplit.leakage"] = LEAKAGE_KIND
+    model: str
+    fingerprint: str
+    codec: str | None = None
+    cuts: list[CutLeakage]
+
+    def at(self, position: int) -> CutLeakage | None:
+        return next((c for c in self.cuts if c.position == position), None)
+
+
+def load_leakage(path: str | Path, fingerprint: str | None = None) -> LeakageTable:
+    """Read a leakage table, checking its kind, version and (when given) that it was measured on this model."""
+    table = read_versioned(path, LeakageTable, kind=LEAKAGE_KIND, version=LEAKAGE_VERSION,
+                           what="leakage table", make="`edgesplit audit ... --json FILE`", again="audit again",
+                           unwrap=_embedded_table)
+    if fingerprint is not None and table.fingerprint != fingerprint:
+        raise EdgesplitError(f"leakage table {path} was measured on another model (graph {table.fingerprint}, this "
+                             f"one is {fingerprint}); audit this model")
+    return table
+
+
+def _embedded_table(data: object) -> object:
+    """An audit report embeds its leakage table under "leakage"; a table file is the table itself."""
+    if isinstance(data, dict) and data.get("kind") != LEAKAGE_KIND and isinstance(data.get("leakage"), dict):
+        return data["leakage"]
+    return data
+
+
+__all__ = ["LEAKAGE_KIND", "LEAKAGE_VERSION", "CutLeakage", "LeakageTable", "load_leakage"]

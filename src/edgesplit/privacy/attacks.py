@@ -1,0 +1,114 @@
+"""The attacks the audit can run, as one table: a new attack is one function and one row here.
+
+Each :class:`Attack` row says what `--attack` calls it (``name``, also what the audit JSON records), how tables
+and figures show it (``label``), what the attacker has or recovers (``kind``: black-box query access, white-box
+knowledge of the head's weights, or the private label), what the progress bar says while it runs (``title``),
+the function that runs it, and the :class:`~edgesplit.privacy.audit.AuditSettings` field that tunes it (its
+value is handed to the function). The audit JSON's schema, the audit's dispatch, the console table and the
+HTML report all read this table.
+
+An attack that reconstructs images (black- or white-box) returns an :class:`InversionResult`; the audit scores
+it by PSNR and SSIM and shows it in the reconstruction grids. A label attack returns one :class:`ProbeResult`
+per probe it trained; the audit scores it by label accuracy against chance.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+
+from edgesplit.errors import EdgesplitError
+from edgesplit.privacy.defenses import DefendedCut
+from edgesplit.privacy.inversion import InversionResult, learned_inversion, optimization_inversion
+from edgesplit.privacy.probes import ProbeResult, probe_accuracy
+
+AttackKind = Literal["black-box", "white-box", "label"]
+
+
+@dataclass(frozen=True)
+class AttackTarget:
+    """What the attacks at one cut, under one defense, work with."""
+
+    defended: DefendedCut  # the device's head, the wire's transform (defense, codec), the server's tail
+    sent: list[torch.Tensor]  # the victims' crossing tensors as the server received them
+    victims: torch.Tensor  # the victims' images: attacks only push them through the head, never look at them
+    victim_labels: torch.Tensor  # for scoring a label attack
+    aux: torch.Tensor  # the attacker's own auxiliary images (disjoint from the victims)
+    aux_labels: torch.Tensor  # labels the attacker gave its auxiliary images
+
+
+Outcome = InversionResult | list[ProbeResult]
+Runner = Callable[[AttackTarget, Any, int], Outcome]  # (target, the value of its settings field or None, seed)
+
+
+@dataclass(frozen=True)
+class Attack:
+    """One row of the table: an attack the audit can run."""
+
+    name: str  # what `--attack` accepts and the audit JSON records
+    label: str  # how tables, grids and figures name it ("learned PSNR / SSIM")
+    kind: AttackKind
+    title: str  # what the progress bar says while it runs
+    run: Runner
+    setting: str | None = None  # the AuditSettings field whose value ``run`` receives
+
+    @property
+    def reconstructs(self) -> bool:
+        """Whether it rebuilds the input images (scored by PSNR/SSIM) rather than guessing labels."""
+        return self.kind != "label"
+
+
+def _learned(target: AttackTarget, epochs: int, seed: int) -> InversionResult:
+    defended = target.defended
+    return learned_inversion(defended.head, target.aux, target.victims, transform=defended.transform, epochs=epochs,
+                             seed=seed)
+
+
+def _white_box(target: AttackTarget, steps: int, seed: int) -> InversionResult:
+    defended = target.defended
+    return optimization_inversion(defended.head, victim_features=target.sent, input_shape=defended.input_shape,
+                                  steps=steps, seed=seed)
+
+
+def _probes(target: AttackTarget, kinds: Sequence[str], seed: int) -> list[ProbeResult]:
+    aux_sent = target.defended.send(target.aux)
+    return [probe_accuracy(aux_sent, target.aux_labels, target.sent, target.victim_labels, kind=kind, seed=seed)
+            for kind in kinds]
+
+
+ATTACKS: dict[str, Attack] = {attack.name: attack for attack in (
+    Attack("inversion", "learned", "black-box", "learned inversion", _learned, "inversion_epochs"),
+    Attack("optimize", "white-box", "white-box", "white-box inversion", _white_box, "optimize_steps"),
+    Attack("probe", "probe", "label", "label probes", _probes, "probe_kinds"),
+)}  # in the order the audit runs them and the tables show them
+ATTACK_NAMES: tuple[str, ...] = tuple(ATTACKS)
+IMAGE_ATTACKS: tuple[str, ...] = tuple(name for name, attack in ATTACKS.items() if attack.reconstructs)
+
+
+def attack_label(name: str) -> str:
+    """How tables and figures name the attack ``name`` (the name itself when the table does not know it)."""
+    attack = ATTACKS.get(name)
+    return attack.label if attack is not None else name
+
+
+def attacks_help() -> str:
+    """The attacks as one line for help texts: ``inversion (black-box), optimize (white-box), probe (label)``."""
+    return ", ".join(f"{a.name} ({a.kind})" for a in ATTACKS.values())
+
+
+def parse_attacks(text: str | Sequence[str]) -> tuple[str, ...]:
+    """``inversion,optimize,probe`` (or a list of such items) as a tuple in canonical order."""
+    items = [part.strip().lower() for chunk in ([text] if isinstance(text, str) else text)
+             for part in chunk.split(",") if part.strip()]
+    unknown = [item for item in items if item not in ATTACKS]
+    if unknown or not items:
+        raise EdgesplitError(f"unknown attack {', '.join(repr(u) for u in unknown) or '(none given)'}; "
+                             f"choose from {', '.join(ATTACK_NAMES)} (comma-separated)")
+    return tuple(a for a in ATTACK_NAMES if a in items)
+
+
+__all__ = ["ATTACKS", "ATTACK_NAMES", "IMAGE_ATTACKS", "Attack", "AttackKind", "AttackTarget", "Outcome",
+           "attack_label", "attacks_help", "parse_attacks"]
