@@ -44,7 +44,7 @@ from torch.utils import benchmark
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode, flop_registry, sdpa_flop_count
 
-from edgesplit.model.graph import COMPUTE_OPS, Split, TracedModel, node_kind
+from edgesplit.model.graph import COMPUTE_OPS, Split, TensorSpec, TracedModel, node_kind
 from edgesplit.progress import progress_bar
 from edgesplit.versioned import read_versioned
 
@@ -314,13 +314,6 @@ class MachineInfo(BaseModel):
     memory_gb_s: float | None = None  # streaming copy bandwidth; the planner scales codec costs by it
 
 
-class TensorInfo(BaseModel):
-    name: str
-    shape: list[int]
-    dtype: str
-    nbytes: int
-
-
 class ModelInfo(BaseModel):
     """What was profiled: enough to check that a profile and a split describe the same graph."""
 
@@ -353,7 +346,7 @@ class CutProfile(BaseModel):
     index: int
     position: int
     after: str
-    crossing: list[TensorInfo]
+    crossing: list[TensorSpec]
     crossing_bytes: int
     head_macs: int
     tail_macs: int
@@ -589,8 +582,7 @@ def _cut_profile(split: Split, nodes: list[NodeProfile], head_ms: float, tail_ms
     tail_params, tail_bytes = _params_and_bytes(split.tail)
     return CutProfile(
         index=cut.index, position=cut.position, after=cut.after,
-        crossing=[TensorInfo(name=t.name, shape=list(t.shape), dtype=t.dtype, nbytes=t.nbytes) for t in cut.crossing],
-        crossing_bytes=cut.crossing_bytes,
+        crossing=list(cut.crossing), crossing_bytes=cut.crossing_bytes,
         head_macs=sum(n.macs for n in head_nodes), tail_macs=sum(n.macs for n in tail_nodes),
         head_params=head_params, head_weight_bytes=head_bytes, tail_params=tail_params, tail_weight_bytes=tail_bytes,
         head_ms=head_ms, head_ms_summed=sum(n.latency_ms for n in head_nodes),

@@ -13,14 +13,14 @@ from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel
+from pydantic import BaseModel, field_serializer
 
 from edgesplit.compress.bottleneck import BottleneckConfig, SlimmableBottleneck, TrainingPlan, feature_shape, train_bottleneck
 from edgesplit.codecs import Codec, codec_from_json, decode, pack, parse_codec, unpack
 from edgesplit.codecs.spec import Ans, Quantize
 from edgesplit.model.data import Dataset
 from edgesplit.errors import EdgesplitError
-from edgesplit.model.graph import Split, TracedModel
+from edgesplit.model.graph import Split, TensorSpec, TracedModel
 from edgesplit.compress.pictures import round_trip_pictures
 from edgesplit.progress import progress_bar
 from edgesplit.versioned import read_versioned
@@ -76,7 +76,7 @@ class CompressReport(BaseModel):
     cut_index: int
     cut_position: int
     after: str
-    crossing: list[dict]  # name, shape (batch 1), dtype
+    crossing: list[TensorSpec]  # shape and nbytes for one image (batch 1)
     float32_bytes: int  # the crossing tensors of one image as float32
     input_bytes: int  # the input of one image as float32
     eval_images: int
@@ -84,6 +84,11 @@ class CompressReport(BaseModel):
     configurations: list[Configuration]
     bottleneck: BottleneckSummary | None = None
     seconds: float
+
+    @field_serializer("crossing")
+    def _crossing_as_written(self, crossing: list[TensorSpec]) -> list[dict]:
+        # Compress files list name, shape and dtype only; TensorSpec works nbytes out from them on reading.
+        return [t.model_dump(mode="json", exclude={"nbytes"}) for t in crossing]
 
     def at_most(self, max_drop: float) -> list[Configuration]:
         """Configurations whose accuracy is within ``max_drop`` of the baseline, fewest bytes first."""
@@ -248,7 +253,7 @@ def compress(traced: TracedModel, model: torch.nn.Module, dataset: Dataset, cut:
     return CompressReport(
         model=name, model_ref=model_ref, fingerprint=traced.fingerprint, data=dataset.name,
         cut_index=split.cut.index, cut_position=split.cut.position, after=split.cut.after,
-        crossing=[{"name": t.name, "shape": [1, *t.shape[1:]], "dtype": t.dtype} for t in split.cut.crossing],
+        crossing=[t.at_batch(1) for t in split.cut.crossing],
         float32_bytes=float32_bytes, input_bytes=int(np.prod(images.shape[1:])) * 4, eval_images=len(labels),
         baseline_accuracy=baseline, configurations=configurations, bottleneck=summary,
         seconds=time.perf_counter() - started)

@@ -9,22 +9,24 @@ fingerprint, splits at the recorded cut and loads each half's weights strictly. 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 
 from edgesplit.errors import EdgesplitError, SplitArtifactError
-from edgesplit.model.graph import EXACT_TOLERANCE, Split, TracedModel, max_abs_diff, trace
+from edgesplit.model.graph import EXACT_TOLERANCE, Split, TensorSpec, TracedModel, max_abs_diff, trace
 from edgesplit.model.intake import ModelRef, build_model
-from edgesplit.profile import TensorInfo
+from edgesplit.versioned import read_versioned
 
 SPLIT_VERSION = 1
 Part = Literal["head", "tail"]
+
+__all__ = ["SPLIT_VERSION", "CutRecord", "Part", "SplitRecord", "load_split", "read_split_record", "save_split",
+           "verify_split"]
 
 
 class CutRecord(BaseModel):
@@ -43,7 +45,7 @@ class SplitRecord(BaseModel):
     tracer: Literal["fx", "export"]
     fingerprint: str
     cut: CutRecord
-    crossing: list[TensorInfo]
+    crossing: list[TensorSpec]
     crossing_bytes: int
     files: dict[str, str]
     max_abs_diff: float
@@ -61,8 +63,7 @@ def save_split(split: Split, traced: TracedModel, ref: ModelRef, out_dir: str | 
     record = SplitRecord(
         model=ref.to_json(), input_shapes=[list(t.shape) for t in traced.example_inputs], tracer=traced.tracer,
         fingerprint=traced.fingerprint, cut=CutRecord(index=cut.index, position=cut.position, after=cut.after),
-        crossing=[TensorInfo(name=t.name, shape=list(t.shape), dtype=t.dtype, nbytes=t.nbytes) for t in cut.crossing],
-        crossing_bytes=cut.crossing_bytes, files=files, max_abs_diff=max_abs_diff,
+        crossing=list(cut.crossing), crossing_bytes=cut.crossing_bytes, files=files, max_abs_diff=max_abs_diff,
     )
     (out_dir / "split.json").write_text(record.model_dump_json(indent=2))
     return record
@@ -73,19 +74,9 @@ def read_split_record(folder: str | Path) -> SplitRecord:
     path = Path(folder) / "split.json"
     if not path.is_file():
         raise SplitArtifactError(f"{path} not found; make a split folder with `edgesplit split MODEL --cut CUT --out DIR`")
-    try:
-        data = json.loads(path.read_text())
-    except ValueError as error:
-        raise SplitArtifactError(f"{path} is not valid JSON ({error}); write the split again") from None
-    if not isinstance(data, dict) or data.get("kind") != "edgesplit.split":
-        raise SplitArtifactError(f"{path} is not an edgesplit split description; write the split again")
-    if data.get("version") != SPLIT_VERSION:
-        raise SplitArtifactError(f"{path} has version {data.get('version')}, this edgesplit reads version "
-                                 f"{SPLIT_VERSION}; write the split again with this edgesplit")
-    try:
-        return SplitRecord.model_validate(data)
-    except ValidationError as error:
-        raise SplitArtifactError(f"{path} is malformed (at {error.errors()[0]['loc']}); write the split again") from None
+    return read_versioned(path, SplitRecord, kind="edgesplit.split", version=SPLIT_VERSION, what="split description",
+                          make="`edgesplit split MODEL --cut CUT --out DIR`", again="write the split again",
+                          error=SplitArtifactError)
 
 
 def load_split(folder: str | Path, parts: tuple[Part, ...] = ("head", "tail"), *,
@@ -108,7 +99,7 @@ def load_split(folder: str | Path, parts: tuple[Part, ...] = ("head", "tail"), *
     try:
         traced = trace(model_module, example)
     except EdgesplitError as error:
-        raise SplitArtifactError(f"cannot rebuild the model of split {folder}: {error}") from None
+        raise SplitArtifactError(f"cannot rebuild the model of split {folder}: {error}") from error
     if traced.fingerprint != record.fingerprint:
         raise SplitArtifactError(f"the model code of '{name}' changed since split {folder} was "
                                  "written (graph fingerprint differs); write the split again")
@@ -128,7 +119,7 @@ def load_split(folder: str | Path, parts: tuple[Part, ...] = ("head", "tail"), *
             missing, unexpected = load_model(getattr(split, part), str(path), strict=False)
         except (SafetensorError, OSError, RuntimeError, ValueError) as error:
             raise SplitArtifactError(f"{path} is corrupt or does not fit the {part} ({str(error).splitlines()[0][:200]}); "
-                                     "write the split again") from None
+                                     "write the split again") from error
         if missing or unexpected:
             raise SplitArtifactError(f"{path} does not fit the {part}: {len(missing)} missing and {len(unexpected)} "
                                      "unexpected tensors; write the split again")

@@ -1,4 +1,4 @@
-"""Trace a model into a graph, propagate shapes, enumerate candidate cuts, and split it into head and tail.
+"""Trace a model into a graph, propagate shapes, enumerate candidate cuts, and cut it into ordered stages.
 
 A *cut* at position ``p`` puts the first ``p`` compute nodes (in topological order) on the device. Its
 *crossing set* is every head value that a tail node (or the model output) reads, in topological order:
@@ -6,8 +6,14 @@ one tensor at a block boundary, two or more inside a residual block (the skip an
 position is a candidate cut only if every value crossing it is a tensor (not a tuple or a Python int
 from ``x.size(0)``), because only tensors go over the wire.
 
+A *partition* generalises the cut the way ``torch.fx.passes.split_module`` does: every compute node is
+assigned to one of K ordered stages, and each stage becomes a GraphModule that takes what the earlier
+stages send it. A value made in stage i and read in stage j > i + 1 is forwarded: it is an input and an
+output of every stage in between, so a chain of machines can pass it on. The two-way split (head, tail)
+is the K = 2 case.
+
 ``get_attr`` nodes (parameters read directly by ``forward``) are not cut positions: they are copied into
-whichever half reads them, so a parameter never crosses the network.
+whichever stage reads them, so a parameter never crosses the network.
 """
 
 from __future__ import annotations
@@ -16,12 +22,15 @@ import contextlib
 import hashlib
 import io
 import logging
-from collections.abc import Iterable, Sequence
+import math
+import numbers
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 import torch.utils._pytree as pytree
+from pydantic import BaseModel, ConfigDict, model_validator
 from torch import fx
 from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 
@@ -30,15 +39,45 @@ from edgesplit.errors import CutError, InputShapeError, UntraceableModelError
 COMPUTE_OPS = ("call_module", "call_function", "call_method")
 EXACT_TOLERANCE = 1e-5
 
+__all__ = ["COMPUTE_OPS", "EXACT_TOLERANCE", "Assignment", "Cut", "Partition", "Split", "Stage", "TensorSpec",
+           "TracedModel", "cut_for_head", "enumerate_cuts", "graph_fingerprint", "max_abs_diff", "node_kind",
+           "partition_graph", "resolve_cut", "split_at", "trace"]
 
-@dataclass(frozen=True)
-class TensorSpec:
-    """A tensor that crosses a cut: the graph value's name, its shape, dtype and size in bytes."""
+
+class TensorSpec(BaseModel):
+    """A tensor that crosses a cut: the graph value's name, its shape, dtype and size in bytes (in memory).
+
+    The one crossing-tensor type: cuts, partitions, profiles, plans, split records and compress results use it.
+    ``nbytes`` may be left out when reading a file that does not store it (compress results): it is then
+    worked out from the shape and dtype.
+    """
+
+    model_config = ConfigDict(frozen=True)
 
     name: str
     shape: tuple[int, ...]
-    dtype: str
+    dtype: str  # a torch dtype without its prefix: float32, int64, bool
     nbytes: int
+
+    @model_validator(mode="before")
+    @classmethod
+    def _nbytes_from_shape(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "nbytes" not in data and "shape" in data and "dtype" in data:
+            data = {**data, "nbytes": math.prod(int(s) for s in data["shape"]) * _itemsize(str(data["dtype"]))}
+        return data
+
+    def at_batch(self, batch: int) -> TensorSpec:
+        """The same tensor with ``batch`` as its first dimension (e.g. one image of a traced batch)."""
+        shape = (batch, *self.shape[1:])
+        return TensorSpec(name=self.name, shape=shape, dtype=self.dtype,
+                          nbytes=math.prod(shape) * _itemsize(self.dtype))
+
+
+def _itemsize(dtype: str) -> int:
+    found = getattr(torch, dtype, None)
+    if not isinstance(found, torch.dtype):
+        raise ValueError(f"unknown dtype {dtype!r}; expected a torch dtype such as float32")
+    return found.itemsize
 
 
 @dataclass(frozen=True)
@@ -59,10 +98,21 @@ class Cut:
     def crossing_bytes(self) -> int:
         return sum(t.nbytes for t in self.crossing)
 
+    def assignment(self, compute_nodes: Sequence[fx.Node]) -> dict[str, int]:
+        """This cut as a two-stage assignment: each compute node's name to 0 (head, device) or 1 (tail, server)."""
+        if self.head is None:
+            return {node.name: int(i >= self.position) for i, node in enumerate(compute_nodes)}
+        on_device = set(self.head)
+        return {node.name: int(node.name not in on_device) for node in compute_nodes}
+
 
 @dataclass
 class Split:
-    """The two halves of a model at one cut: ``tail(*head(*inputs))`` computes ``model(*inputs)``."""
+    """The two halves of a model at one cut: ``tail(*head(*inputs))`` computes ``model(*inputs)``.
+
+    The two-stage :class:`Partition` of :meth:`Cut.assignment`; the tail takes the crossing tensors in the
+    cut's order.
+    """
 
     cut: Cut
     head: fx.GraphModule
@@ -70,6 +120,62 @@ class Split:
 
     def __call__(self, *inputs: torch.Tensor) -> Any:
         return self.tail(*self.head(*inputs))
+
+
+Assignment = Mapping[str, int] | Callable[[fx.Node], int]
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One segment of a partition: ``module`` runs ``nodes`` on ``inputs`` and returns ``outputs`` as a tuple.
+
+    Stage 0 receives the model's inputs, a later stage what the stage before it sent. ``outputs`` are what it
+    sends on, in topological order, forwarded tensors included; the last stage sends nothing on (``outputs`` is
+    empty) and returns the model's result in the model's output structure.
+    """
+
+    index: int
+    module: fx.GraphModule
+    nodes: tuple[str, ...]  # the compute nodes it runs, in topological order
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+    @property
+    def forwarded(self) -> tuple[TensorSpec, ...]:
+        """The tensors it passes on unchanged: made by an earlier stage and read by a later one."""
+        received = {t.name for t in self.inputs}
+        return tuple(t for t in self.outputs if t.name in received)
+
+    def __call__(self, *values: torch.Tensor) -> Any:
+        return self.module(*values)
+
+
+@dataclass(frozen=True)
+class Partition:
+    """A model cut into K ordered stages: running them in order computes ``model(*inputs)``."""
+
+    stages: tuple[Stage, ...]
+    assignment: dict[str, int]  # every compute node's name to its stage
+
+    @property
+    def boundaries(self) -> tuple[tuple[TensorSpec, ...], ...]:
+        """What crosses from stage i to stage i + 1, for i < K − 1 (forwarded tensors included)."""
+        return tuple(stage.outputs for stage in self.stages[:-1])
+
+    def run(self, *inputs: torch.Tensor) -> list[Any]:
+        """Run every stage in order: the tuple each stage sent on, then the model's result last."""
+        returned: list[Any] = []
+        values: Any = inputs
+        for stage in self.stages:
+            values = stage.module(*values)
+            returned.append(values)
+        return returned
+
+    def __call__(self, *inputs: torch.Tensor) -> Any:
+        values: Any = inputs
+        for stage in self.stages[:-1]:
+            values = stage.module(*values)
+        return self.stages[-1].module(*values)
 
 
 @dataclass
@@ -97,6 +203,12 @@ class TracedModel:
         cut = key if isinstance(key, Cut) else self.cut(key)
         return split_at(self.graph_module, self.compute_nodes, cut)
 
+    def partition(self, assign: Assignment | Cut, stages: int | None = None) -> Partition:
+        """Cut into ordered stages; see :func:`partition_graph`. A :class:`Cut` is its two-stage assignment."""
+        if isinstance(assign, Cut):
+            assign, stages = assign.assignment(self.compute_nodes), 2
+        return partition_graph(self.graph_module, self.compute_nodes, assign, stages)
+
     def head_cut(self, head_nodes: Iterable[str]) -> Cut:
         """The cut that puts exactly ``head_nodes`` (predecessor-closed) on the device; see :func:`cut_for_head`."""
         return cut_for_head(self.graph_module, self.compute_nodes, self.cuts, head_nodes)
@@ -123,7 +235,7 @@ def _run_eager(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> Any:
         raise InputShapeError(
             f"{type(model).__name__} failed on an input of shape {shapes}: {_first_line(error)}; "
             "pass the shape the model expects (CLI: --input-shape N,C,H,W)"
-        ) from None
+        ) from error
 
 
 def _trace_graph(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...], expected: Any,
@@ -144,7 +256,7 @@ def _trace_graph(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...], expec
             f"cannot trace {type(model).__name__}: torch.fx failed ({fx_reason}) and torch.export failed "
             f"({_first_line(error)}); remove data-dependent Python control flow from forward "
             "(e.g. `if x.sum() > 0`), using torch.where or torch.cond instead"
-        ) from None
+        ) from error
     logging.getLogger("edgesplit").warning(
         "torch.fx could not trace %s (%s); traced with torch.export instead (ATen-level graph)",
         type(model).__name__, fx_reason)
@@ -212,10 +324,10 @@ def enumerate_cuts(graph_module: fx.GraphModule, compute_nodes: list[fx.Node]) -
         last_read = max(end if user is output_node else position_of.get(user, -1) for user in node.users)
         produced_and_last_read.append((node, produced, last_read))
 
+    spec_of = {node: _tensor_spec(node) for node, _, _ in produced_and_last_read}
     cuts: list[Cut] = []
     for position in range(end + 1):
-        crossing_nodes = [n for n, produced, last in produced_and_last_read if produced < position <= last]
-        specs = [_tensor_spec(n) for n in crossing_nodes]
+        specs = [spec_of[n] for n, produced, last in produced_and_last_read if produced < position <= last]
         if any(spec is None for spec in specs):
             continue
         after = "input" if position == 0 else compute_nodes[position - 1].name
@@ -231,8 +343,8 @@ def _tensor_spec(node: fx.Node) -> TensorSpec | None:
     numel = 1
     for size in meta.shape:
         numel *= int(size)
-    return TensorSpec(node.name, tuple(int(s) for s in meta.shape), str(meta.dtype).removeprefix("torch."),
-                      numel * itemsize)
+    return TensorSpec(name=node.name, shape=tuple(int(s) for s in meta.shape),
+                      dtype=str(meta.dtype).removeprefix("torch."), nbytes=numel * itemsize)
 
 
 def cut_for_head(graph_module: fx.GraphModule, compute_nodes: list[fx.Node], cuts: list[Cut],
@@ -256,13 +368,12 @@ def cut_for_head(graph_module: fx.GraphModule, compute_nodes: list[fx.Node], cut
         candidate = next((c for c in cuts if c.position == len(head)), None)
         if candidate is not None:
             return candidate
-    return _closed_cut(graph_module, head)
+    return _closed_cut(graph_module, compute_nodes, head)
 
 
-def _closed_cut(graph_module: fx.GraphModule, head: list[fx.Node]) -> Cut:
-    on_device = set(head) | {n for n in graph_module.graph.nodes if n.op == "placeholder"}
-    crossing = [n for n in graph_module.graph.nodes
-                if n in on_device and any(user not in on_device and user.op != "get_attr" for user in n.users)]
+def _closed_cut(graph_module: fx.GraphModule, compute_nodes: list[fx.Node], head: list[fx.Node]) -> Cut:
+    on_device = set(head)
+    (crossing,) = _boundaries(graph_module, {n: int(n not in on_device) for n in compute_nodes}, 2)
     specs = [_tensor_spec(n) for n in crossing]
     if any(spec is None for spec in specs):
         bad = next(n.name for n, spec in zip(crossing, specs) if spec is None)
@@ -288,25 +399,101 @@ def resolve_cut(cuts: list[Cut], key: int | str) -> Cut:
                    f"`edgesplit profile` lists (e.g. {names}, ...)")
 
 
-# --- split ------------------------------------------------------------------------------------
+# --- partition and split ------------------------------------------------------------------------
+
+
+def partition_graph(graph_module: fx.GraphModule, compute_nodes: list[fx.Node], assign: Assignment,
+                    stages: int | None = None) -> Partition:
+    """Cut the graph into ``stages`` ordered stages (default: the highest stage assigned, plus one).
+
+    ``assign`` gives every compute node its stage: a mapping from node names, or a callback on the node (as in
+    ``torch.fx.passes.split_module``). A stage may be empty: it passes on what it receives. Raises CutError
+    when a node is missing or unknown, a stage is out of range, the assignment is not monotone (a node would
+    read a value from a later stage), or a value that would cross between stages is not a tensor.
+    """
+    stage_of, count = _stage_numbers(compute_nodes, assign, stages)
+    for node in compute_nodes:
+        for producer in node.all_input_nodes:
+            if stage_of.get(producer, 0) > stage_of[node]:
+                raise CutError(f"the assignment is not monotone: {node.name} runs in stage {stage_of[node]} but reads "
+                               f"{producer.name} from the later stage {stage_of[producer]}; a node's stage must be at "
+                               "least the stages of its inputs")
+    placeholders = [n for n in graph_module.graph.nodes if n.op == "placeholder"]
+    boundaries = _boundaries(graph_module, stage_of, count)
+    received = [placeholders, *boundaries]  # stage i receives received[i]
+    found = {node: _tensor_spec(node) for nodes in received for node in nodes}
+    if bad := next((node for node in placeholders if found[node] is None), None):
+        raise CutError(f"model input {bad.name} is not a tensor; a partition takes tensor inputs only")
+    for index, nodes in enumerate(boundaries):
+        if bad := next((node for node in nodes if found[node] is None), None):
+            raise CutError(f"stage {index} would send {bad.name}, which is not a tensor; only tensors cross between "
+                           f"stages: put the nodes that read {bad.name} in the stage that makes it")
+    specs = {node: spec for node, spec in found.items() if spec is not None}
+    members: list[list[fx.Node]] = [[] for _ in range(count)]
+    for node in compute_nodes:
+        members[stage_of[node]].append(node)
+    output_node = next(n for n in graph_module.graph.nodes if n.op == "output")
+    result = _output_structure(graph_module, output_node)
+    built = []
+    for index in range(count):
+        sends = boundaries[index] if index < count - 1 else []
+        module = _subgraph_module(graph_module, received[index], members[index],
+                                  tuple(sends) if index < count - 1 else result)
+        built.append(Stage(index, module, tuple(n.name for n in members[index]),
+                           tuple(specs[n] for n in received[index]), tuple(specs[n] for n in sends)))
+    return Partition(tuple(built), {node.name: stage_of[node] for node in compute_nodes})
+
+
+def _stage_numbers(compute_nodes: list[fx.Node], assign: Assignment, stages: int | None,
+                   ) -> tuple[dict[fx.Node, int], int]:
+    if isinstance(assign, Mapping):
+        if unknown := sorted(map(str, set(assign) - {n.name for n in compute_nodes})):
+            raise CutError(f"no compute node named {', '.join(unknown[:3])}; an assignment maps the names of "
+                           "compute nodes to stages")
+        if missing := [n.name for n in compute_nodes if n.name not in assign]:
+            raise CutError(f"the assignment gives no stage to {len(missing)} compute nodes (e.g. "
+                           f"{', '.join(missing[:3])}); give every compute node a stage")
+        chosen = {node: assign[node.name] for node in compute_nodes}
+    else:
+        chosen = {node: assign(node) for node in compute_nodes}
+    for node, stage in chosen.items():
+        if isinstance(stage, bool) or not isinstance(stage, numbers.Integral):
+            raise CutError(f"{node.name} is assigned {stage!r}; a stage is an integer index")
+    stage_of = {node: int(stage) for node, stage in chosen.items()}
+    count = stages if stages is not None else max(stage_of.values(), default=0) + 1
+    if count < 1:
+        raise CutError(f"a partition has at least one stage, not {count}")
+    if bad := next((node for node, stage in stage_of.items() if not 0 <= stage < count), None):
+        raise CutError(f"{bad.name} is assigned stage {stage_of[bad]}; the stages are 0..{count - 1}")
+    return stage_of, count
+
+
+def _boundaries(graph_module: fx.GraphModule, stage_of: Mapping[fx.Node, int], count: int) -> list[list[fx.Node]]:
+    """What crosses from stage i to i + 1, for i < count − 1, in topological order.
+
+    A value (a model input, made in stage 0, or a compute node's result) crosses every boundary between the
+    stage that makes it and the last stage that reads it; the model's output is read by the last stage.
+    """
+    boundaries: list[list[fx.Node]] = [[] for _ in range(count - 1)]
+    for value in graph_module.graph.nodes:
+        if value.op != "placeholder" and value not in stage_of:
+            continue
+        made = stage_of.get(value, 0)
+        read = max((count - 1 if user.op == "output" else stage_of.get(user, made) for user in value.users),
+                   default=made)
+        for boundary in range(made, read):
+            boundaries[boundary].append(value)
+    return boundaries
 
 
 def split_at(graph_module: fx.GraphModule, compute_nodes: list[fx.Node], cut: Cut) -> Split:
-    """Build head and tail GraphModules for ``cut``; the head returns the crossing tensors as a tuple."""
-    nodes_by_name = {n.name: n for n in graph_module.graph.nodes}
-    placeholders = [n for n in graph_module.graph.nodes if n.op == "placeholder"]
-    crossing = [nodes_by_name[t.name] for t in cut.crossing]
-    output_node = next(n for n in graph_module.graph.nodes if n.op == "output")
-
-    if cut.head is None:
-        head_nodes, tail_nodes = compute_nodes[:cut.position], compute_nodes[cut.position:]
-    else:
-        on_device = set(cut.head)
-        head_nodes = [n for n in compute_nodes if n.name in on_device]
-        tail_nodes = [n for n in compute_nodes if n.name not in on_device]
-    head = _subgraph_module(graph_module, placeholders, head_nodes, tuple(crossing))
-    tail = _subgraph_module(graph_module, crossing, tail_nodes, _output_structure(graph_module, output_node))
-    return Split(cut, head, tail)
+    """Build head and tail GraphModules for ``cut`` (its two-stage partition); the head returns a tuple."""
+    head, tail = partition_graph(graph_module, compute_nodes, cut.assignment(compute_nodes), stages=2).stages
+    if [t.name for t in head.outputs] != [t.name for t in cut.crossing]:
+        sends, would = (", ".join(t.name for t in tensors[:3]) or "nothing" for tensors in (cut.crossing, head.outputs))
+        raise CutError(f"cut {cut.index} after {cut.after} does not fit this graph (it sends {sends}, the graph would "
+                       f"send {would}); take cuts from this model's trace")
+    return Split(cut, head.module, tail.module)
 
 
 def _output_structure(graph_module: fx.GraphModule, output_node: fx.Node) -> Any:

@@ -19,7 +19,7 @@ from edgesplit.plan.hardware import Link
 from edgesplit.plan.machines import Machine
 from edgesplit.plan.mincut import FlowGraph, PlacementProblem
 from edgesplit.compress.payload import InputFormat, PlanCodec
-from edgesplit.plan.schema import Costs, CrossingTensor
+from edgesplit.plan.schema import Costs, SentTensor
 from edgesplit.plan.workload import OUTPUT, Workload
 
 OBJECTIVES = ("latency", "energy", "throughput", "weighted:L,E")
@@ -111,12 +111,12 @@ class CostModel:
         host_ms = codec.encode_host_ms(tensor) if encode else codec.decode_host_ms(tensor)
         return host_ms * self.host_gb_s / machine.memory_gb_s
 
-    def crossing(self, candidate: Candidate) -> list[CrossingTensor]:
+    def crossing(self, candidate: Candidate) -> list[SentTensor]:
         if candidate.kind != "split":
             return []
         codec = candidate.codec or self.codec
-        return [CrossingTensor(name=t.name, shape=list(t.shape), dtype=t.dtype, nbytes=t.nbytes,
-                               payload_bytes=codec.payload_bytes(t))
+        return [SentTensor(name=t.name, shape=t.shape, dtype=t.dtype, nbytes=t.nbytes,
+                           payload_bytes=codec.payload_bytes(t))
                 for t in self.crossing_tensors(candidate)]
 
     def crossing_tensors(self, candidate: Candidate) -> list[TensorSpec]:

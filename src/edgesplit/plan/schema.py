@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, field_validator
 
+from edgesplit.model.graph import TensorSpec
 from edgesplit.model.limits import check_input_shape
 from edgesplit.versioned import read_versioned
 
@@ -35,11 +36,9 @@ class Costs(BaseModel):
     head_weight_bytes: int
 
 
-class CrossingTensor(BaseModel):
-    name: str
-    shape: list[int]
-    dtype: str
-    nbytes: int  # as float32/int tensor in memory
+class SentTensor(TensorSpec):
+    """A crossing tensor as a plan sends it: its spec (``nbytes`` in memory) and its payload after the codec."""
+
     payload_bytes: int  # after the codec, with its frame header
 
 
@@ -53,7 +52,7 @@ class PlanEntry(BaseModel):
     after: str | None  # the last head node in topological order
     head_nodes: list[str] | None  # the head, when it is not a topological prefix (found by the min-cut)
     input_format: str | None  # for all-server: how the input is sent (uint8, png, jpeg, or the tensor)
-    crossing: list[CrossingTensor]
+    crossing: list[SentTensor]
     costs: Costs
     objective: float
     feasible: bool

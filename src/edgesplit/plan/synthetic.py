@@ -20,7 +20,8 @@ def synthetic_workload(num_nodes: int, *, block_size: int = 3, seed: int = 0) ->
     rng = np.random.default_rng(seed)
     stages = max(1, min(4, num_nodes // 50))
     names = [f"n{i}" for i in range(num_nodes)]
-    tensors: dict[str, TensorSpec | None] = {"x": TensorSpec("x", (1, 3, 224, 224), "float32", 3 * 224 * 224 * 4)}
+    tensors: dict[str, TensorSpec | None] = {
+        "x": TensorSpec(name="x", shape=(1, 3, 224, 224), dtype="float32", nbytes=3 * 224 * 224 * 4)}
     consumers: dict[str, list[str]] = {"x": [names[0]]}
     nodes: list[NodeWork] = []
     previous, block_input = "x", "x"
@@ -29,7 +30,7 @@ def synthetic_workload(num_nodes: int, *, block_size: int = 3, seed: int = 0) ->
         channels, side = 64 * 2**stage, 56 // 2**stage
         shape = (1, channels, side, side) if i < num_nodes - 1 else (1, 1000)
         nbytes = int(np.prod(shape)) * 4
-        tensors[name] = TensorSpec(name, shape, "float32", nbytes)
+        tensors[name] = TensorSpec(name=name, shape=shape, dtype="float32", nbytes=nbytes)
         consumers[name] = []
         inputs = [previous]
         closes_block = i % block_size == block_size - 1 and block_input != previous and i < num_nodes - 1
