@@ -1,0 +1,29 @@
+"""Measure a traced model per node and per cut: MACs, parameters, crossing bytes, latency, peak memory.
+
+*Profile once per machine, decide anywhere*: ``profile_model`` returns a versioned ``ProfileReport``;
+``DeviceProfile`` is its machine-specific part (latencies and machine info), the file a user makes on
+their Raspberry Pi or Jetson for the planner to read on any machine.
+
+One concept per module:
+
+- ``schema``: the file formats, ``ProfileReport`` and ``DeviceProfile``, and ``load_device_profile``;
+- ``macs``: MAC counting (``count_macs`` and the formulas torch's flop counter lacks);
+- ``weights``: parameter counts and weight bytes of a module or a node;
+- ``timing``: samplers that time a call, or every node in context during whole-graph runs;
+- ``memory``: peak memory of one call;
+- ``machine``: host facts (``machine_info``, ``memory_bandwidth_gb_s``);
+- ``profiler``: ``profile_model``, which runs all of the above over every node and cut.
+"""
+
+from edgesplit.profile.machine import MachineInfo, machine_info, memory_bandwidth_gb_s
+from edgesplit.profile.macs import count_macs, is_counted
+from edgesplit.profile.memory import peak_memory_bytes
+from edgesplit.profile.profiler import profile_model
+from edgesplit.profile.schema import (PROFILE_VERSION, CutLatency, CutProfile, DeviceProfile, ModelInfo, NodeLatency,
+                                      NodeProfile, ProfileReport, device_profile, load_device_profile)
+from edgesplit.profile.timing import MIN_SAMPLE_SECONDS, in_context_node_ms, median_ms
+
+__all__ = ["MIN_SAMPLE_SECONDS", "PROFILE_VERSION", "CutLatency", "CutProfile", "DeviceProfile", "MachineInfo",
+           "ModelInfo", "NodeLatency", "NodeProfile", "ProfileReport", "count_macs", "device_profile",
+           "in_context_node_ms", "is_counted", "load_device_profile", "machine_info", "median_ms",
+           "memory_bandwidth_gb_s", "peak_memory_bytes", "profile_model"]

@@ -1,0 +1,134 @@
+"""The profile file formats: ``ProfileReport`` (``edgesplit profile --json``) and ``DeviceProfile`` (``--save-device``).
+
+*Profile once per machine, decide anywhere*: a ``ProfileReport`` is everything measured about one model on
+one machine; ``DeviceProfile`` is its machine-specific part (latencies and machine info), the file a user
+makes on their Raspberry Pi or Jetson for the planner to read on any machine. Both are versioned JSON with
+a ``kind``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, computed_field
+
+from edgesplit.model.graph import TensorSpec
+from edgesplit.profile.machine import MachineInfo
+from edgesplit.versioned import read_versioned
+
+__all__ = ["PROFILE_VERSION", "CutLatency", "CutProfile", "DeviceProfile", "ModelInfo", "NodeLatency", "NodeProfile",
+           "ProfileReport", "device_profile", "load_device_profile"]
+
+PROFILE_VERSION = 1
+
+
+class ModelInfo(BaseModel):
+    """What was profiled: enough to check that a profile and a split describe the same graph."""
+
+    name: str
+    input_shapes: list[list[int]]
+    tracer: Literal["fx", "export"]
+    fallback_reason: str | None = None
+    fingerprint: str
+    nodes: int
+    cuts: int
+    macs: int
+    params: int
+    weight_bytes: int
+
+
+class NodeProfile(BaseModel):
+    index: int
+    name: str
+    kind: str
+    target: str
+    output_shape: list[int] | None
+    output_bytes: int
+    macs: int
+    params: int
+    latency_ms: float
+    latency_isolated_ms: float
+
+
+class CutProfile(BaseModel):
+    index: int
+    position: int
+    after: str
+    crossing: list[TensorSpec]
+    crossing_bytes: int
+    head_macs: int
+    tail_macs: int
+    head_params: int
+    head_weight_bytes: int
+    tail_params: int
+    tail_weight_bytes: int
+    head_ms: float
+    head_ms_summed: float
+    tail_ms: float
+    tail_ms_summed: float
+    head_peak_bytes: int
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def head_ms_error(self) -> float:
+        """Relative error of the summed-node estimate against the measured head latency."""
+        return (self.head_ms_summed - self.head_ms) / self.head_ms if self.head_ms > 0 else 0.0
+
+
+class ProfileReport(BaseModel):
+    """Everything ``edgesplit profile`` measured; versioned JSON."""
+
+    version: int = PROFILE_VERSION
+    kind: Literal["edgesplit.profile"] = "edgesplit.profile"
+    model: ModelInfo
+    machine: MachineInfo
+    runs: int
+    model_ms: float
+    uncounted_ops: dict[str, list[str]]
+    nodes: list[NodeProfile]
+    cuts: list[CutProfile]
+
+
+class CutLatency(BaseModel):
+    index: int
+    position: int
+    after: str
+    head_ms: float
+    tail_ms: float
+    head_peak_bytes: int
+
+
+class NodeLatency(BaseModel):
+    name: str
+    latency_ms: float
+
+
+class DeviceProfile(BaseModel):
+    """Latencies of one model measured on one machine: what the planner needs to know about a device."""
+
+    version: int = PROFILE_VERSION
+    kind: Literal["edgesplit.device-profile"] = "edgesplit.device-profile"
+    name: str
+    machine: MachineInfo
+    model: ModelInfo
+    model_ms: float
+    nodes: list[NodeLatency]
+    cuts: list[CutLatency]
+
+
+def device_profile(report: ProfileReport, name: str) -> DeviceProfile:
+    """The machine-specific part of a profile, named after the device it was measured on."""
+    return DeviceProfile(
+        name=name, machine=report.machine, model=report.model, model_ms=report.model_ms,
+        nodes=[NodeLatency(name=n.name, latency_ms=n.latency_ms) for n in report.nodes],
+        cuts=[CutLatency(index=c.index, position=c.position, after=c.after, head_ms=c.head_ms, tail_ms=c.tail_ms,
+                         head_peak_bytes=c.head_peak_bytes) for c in report.cuts],
+    )
+
+
+def load_device_profile(path: str | Path) -> DeviceProfile:
+    """Read a device profile JSON, refusing other kinds and versions with a clear message."""
+    return read_versioned(path, DeviceProfile, kind="edgesplit.device-profile", version=PROFILE_VERSION,
+                          what="device profile", again="measure it again",
+                          make="`edgesplit profile MODEL --save-device NAME.json` on that device")
