@@ -182,7 +182,7 @@ def test_infer_refuses_plans_that_would_allocate_gigabytes(tmp_path, tiny_plan, 
 @pytest.mark.slow
 def test_the_factory_the_user_names_is_served(tiny_plan, tmp_path, monkeypatch):
     """The legitimate case: `edgesplit serve --model modelfactories:Tiny` serves a plan of that factory."""
-    from edgesplit.pipeline.run import served, write_secret
+    from edgesplit.pipeline import served, write_secret
     from edgesplit.runtime.client import Client
 
     path, _ = tiny_plan

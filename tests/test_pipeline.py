@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from edgesplit.model.artifact import load_split
-from edgesplit.pipeline.run import DEMO_CONFIG, ConfigError, RunConfig, check_config, load_config
+from edgesplit.pipeline import DEMO_CONFIG, ConfigError, RunConfig, check_config, load_config
 from test_cli import assert_user_error, edgesplit
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "run.yaml"
@@ -194,7 +194,7 @@ def test_the_token_file_is_0600_from_its_creation(tmp_path):
     import os
     import stat
 
-    from edgesplit.pipeline.run import write_secret
+    from edgesplit.pipeline import write_secret
 
     old = tmp_path / "token"
     old.write_text("old token\n")

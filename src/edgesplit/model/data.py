@@ -26,6 +26,10 @@ import torch.nn.functional as F
 
 from edgesplit.errors import DataError
 
+__all__ = ["DIGIT_CLASSES", "Dataset", "FASHION_CLASSES", "IDX_FILES", "KINDS", "PATCH_CLASSES", "input_samples",
+           "is_image_shape", "load_dataset", "load_image_folder", "load_patches", "read_idx", "sample_images",
+           "write_idx"]
+
 KINDS = ("digits", "mnist", "fashion-mnist", "idx", "folder", "patches")
 
 DIGIT_CLASSES = [str(i) for i in range(10)]
@@ -96,16 +100,16 @@ def _read_bytes(path: Path) -> bytes:
     """The file's bytes, decompressed when it is gzip."""
     try:
         raw = path.read_bytes()
-    except FileNotFoundError:
-        raise DataError(f"IDX file {path} does not exist; check the path") from None
+    except FileNotFoundError as exc:
+        raise DataError(f"IDX file {path} does not exist; check the path") from exc
     except OSError as exc:
-        raise DataError(f"cannot read IDX file {path}: {exc.strerror or exc}; check its permissions") from None
+        raise DataError(f"cannot read IDX file {path}: {exc.strerror or exc}; check its permissions") from exc
     if path.suffix == ".gz" or raw[:2] == b"\x1f\x8b":
         try:
             return gzip.decompress(raw)
         except (OSError, EOFError, zlib.error) as exc:
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise DataError(f"IDX file {path} does not decompress as gzip ({reason}); re-download it") from None
+            raise DataError(f"IDX file {path} does not decompress as gzip ({reason}); re-download it") from exc
     return raw
 
 
@@ -271,9 +275,9 @@ def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
                 return table[:, :64], table[:, 64].astype(np.int64)
     try:
         from sklearn.datasets import load_digits
-    except ImportError:
+    except ImportError as exc:
         raise DataError("the digits data set needs scikit-learn; install it with "
-                        "'pip install scikit-learn'") from None
+                        "'pip install scikit-learn'") from exc
     bunch = load_digits()
     return bunch.data, bunch.target.astype(np.int64)
 
@@ -326,7 +330,7 @@ def _read_image(path: Path, size: int | tuple[int, int] | None, *, rgb: bool = F
             return np.asarray(img, dtype=np.uint8), gray
     except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise DataError(f"cannot read image {path} ({reason}); replace or delete the file") from None
+        raise DataError(f"cannot read image {path} ({reason}); replace or delete the file") from exc
 
 
 def load_image_folder(directory: str | Path, channels: int, height: int, width: int, limit: int | None = None

@@ -33,9 +33,9 @@ from edgesplit.errors import EdgesplitError, InputShapeError, ModelNotFoundError
 from edgesplit.model.limits import check_input_shape, max_activation_bytes, max_model_bytes
 from edgesplit.model.zoo import ZOO, get_entry
 
-__all__ = ["METADATA_KEY", "LoadedModel", "ModelRef", "ModelRefError", "ModelSizeError", "build_model",
-           "check_model_args", "check_trusted", "is_factory", "load_model", "load_weights", "parse_input_shape",
-           "read_weights", "resolve_factory", "save_weights"]
+__all__ = ["LoadedModel", "METADATA_KEY", "ModelRef", "ModelRefError", "ModelSizeError", "build_model",
+           "check_model_args", "check_trusted", "data_arguments", "is_factory", "load_model", "load_weights",
+           "parse_input_shape", "read_weights", "resolve_factory", "save_weights"]
 
 METADATA_KEY = "edgesplit"
 MAX_MODEL_ARGS = 32  # keyword arguments a model reference may carry
@@ -105,7 +105,7 @@ def resolve_factory(name: str) -> Any:
         module = importlib.import_module(module_name)
     except ImportError as error:
         raise ModelNotFoundError(f"cannot import '{module_name}' for model '{name}' ({error}); "
-                                 "check the spelling and that the module is on PYTHONPATH") from None
+                                 "check the spelling and that the module is on PYTHONPATH") from error
     factory: Any = module
     for part in attribute.split("."):
         factory = getattr(factory, part, None)
@@ -115,6 +115,19 @@ def resolve_factory(name: str) -> Any:
     if not callable(factory):
         raise ModelNotFoundError(f"'{name}' is not callable; it must be a factory (a class or function) returning a model")
     return factory
+
+
+def data_arguments(name: str, in_channels: int, num_classes: int) -> dict[str, int]:
+    """The data's channels and classes for the factory ``name``, as far as its signature names those parameters
+    (every zoo factory does; a ``**kwargs`` catch-all is given neither, as ``check_model_args`` would refuse them)."""
+    wanted = {"in_channels": in_channels, "num_classes": num_classes}
+    try:
+        parameters = inspect.signature(resolve_factory(name)).parameters
+    except (TypeError, ValueError):
+        return {}
+    named = {key for key, p in parameters.items()
+             if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)}
+    return {key: value for key, value in wanted.items() if key in named}
 
 
 def check_model_args(factory: Any, kwargs: Any, name: str, source: str = "the file") -> dict[str, Any]:
@@ -182,7 +195,7 @@ def build_model(ref: ModelRef, *, trusted_factory: str | None = None,
     try:
         model = factory(**kwargs)
     except TypeError as error:
-        raise ModelNotFoundError(f"cannot build '{ref.name}' with arguments {kwargs}: {error}") from None
+        raise ModelNotFoundError(f"cannot build '{ref.name}' with arguments {kwargs}: {error}") from error
     if not isinstance(model, torch.nn.Module):
         raise ModelNotFoundError(f"'{ref.name}' returned a {type(model).__name__}, not a torch.nn.Module; "
                                  "the factory must return the model")
@@ -257,13 +270,13 @@ def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, s
             return load_file(str(path)), metadata
         except (SafetensorError, OSError, ValueError) as error:
             raise WeightsError(f"weights file {path} is not a valid safetensors file ({error}); "
-                               "re-create or re-download it") from None
+                               "re-create or re-download it") from error
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - torch.load raises many types for bad files
         raise WeightsError(f"weights file {path} cannot be read as a state dict with weights_only=True "
                            f"({str(error).splitlines()[0][:200]}); save it with torch.save(model.state_dict()) "
-                           "or as .safetensors") from None
+                           "or as .safetensors") from error
     if isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
         loaded = loaded["state_dict"]
     if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):

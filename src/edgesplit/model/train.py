@@ -1,17 +1,76 @@
-"""Training loops: fit a classifier on a Dataset and measure its test accuracy."""
+"""Training loops: fit a classifier on a Dataset and measure its test accuracy.
+
+``TrainSettings`` is how hard `edgesplit train` (and a run config's ``train`` section) trains; ``TrainRecord`` is
+the file it writes (``train.json``), read back by the report with :func:`load_train`.
+"""
 
 from __future__ import annotations
 
 import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
 
-from edgesplit.model.data import Dataset
 from edgesplit.errors import DataError, EdgesplitError, InputShapeError
+from edgesplit.model.data import Dataset
 from edgesplit.progress import progress_bar
+from edgesplit.versioned import read_versioned
+
+__all__ = ["TRAIN_KIND", "TRAIN_VERSION", "TrainRecord", "TrainResult", "TrainSettings", "evaluate", "is_train_record",
+           "load_train", "train_classifier"]
+
+TRAIN_KIND, TRAIN_VERSION = "edgesplit.train", 1
+# What a train.json from before it had a kind holds: recognised by these keys when read leniently.
+_KINDLESS_KEYS = frozenset({"model", "dataset", "epochs", "test_accuracy"})
+
+
+class TrainSettings(BaseModel):
+    """How a model is trained (AdamW with a one-cycle schedule): `edgesplit train` and a run config's ``train``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    epochs: int = Field(10, ge=1, description="passes over the train split")
+    batch_size: int = Field(64, ge=1, description="images per step")
+    lr: float = Field(1e-3, gt=0, description="peak learning rate")
+
+
+class TrainRecord(BaseModel):
+    """train.json, written by `edgesplit train --json` and by `edgesplit run` when it trains the model."""
+
+    kind: Literal["edgesplit.train"] = TRAIN_KIND
+    version: Literal[1] = TRAIN_VERSION
+    model: dict[str, Any] | str  # the model reference ({"name", "kwargs"}) the weights rebuild with
+    dataset: str
+    epochs: int
+    test_accuracy: float  # in [0, 1]
+    train_loss: list[float] = []  # mean per epoch
+    seconds: float | None = None
+    weights: str | None = None  # the .safetensors written
+
+
+def is_train_record(data: Any, *, lenient: bool = False) -> bool:
+    """Whether parsed JSON ``data`` is a train.json; ``lenient``: also one written before it had a kind."""
+    if not isinstance(data, dict):
+        return False
+    if data.get("kind") == TRAIN_KIND:
+        return True
+    return lenient and "kind" not in data and _KINDLESS_KEYS <= data.keys()
+
+
+def load_train(path: str | Path, *, lenient: bool = False) -> TrainRecord:
+    """Read a train.json; ``lenient`` also reads one written before it had a kind and version (as version 1)."""
+    def unwrap(data: Any) -> Any:
+        if lenient and is_train_record(data, lenient=True) and "kind" not in data:
+            return {"kind": TRAIN_KIND, "version": TRAIN_VERSION, **data}
+        return data
+
+    return read_versioned(path, TrainRecord, kind=TRAIN_KIND, version=TRAIN_VERSION, what="training result",
+                          make="`edgesplit train MODEL --out W --json FILE`", again="train again", unwrap=unwrap)
 
 
 @dataclass
@@ -51,8 +110,12 @@ def _check_output(model: torch.nn.Module, dataset: Dataset, device: torch.device
                         f"{dataset.num_classes}; build the model with num_classes={dataset.num_classes}")
 
 
-def train_classifier(model: torch.nn.Module, dataset: Dataset, *, epochs: int, batch_size: int = 64,
-                     lr: float = 1e-3, seed: int = 0, progress: bool = True) -> TrainResult:
+_DEFAULTS = TrainSettings()
+
+
+def train_classifier(model: torch.nn.Module, dataset: Dataset, *, epochs: int,
+                     batch_size: int = _DEFAULTS.batch_size, lr: float = _DEFAULTS.lr, seed: int = 0,
+                     progress: bool = True) -> TrainResult:
     """Train ``model`` on the data set's train split with AdamW + OneCycle; returns losses and test accuracy."""
     if epochs < 1 or batch_size < 1:
         raise EdgesplitError(f"epochs and batch size must be at least 1, got epochs={epochs}, "

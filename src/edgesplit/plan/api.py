@@ -5,18 +5,20 @@ from __future__ import annotations
 import torch
 
 from edgesplit.codecs import codec_from_json
-from edgesplit.errors import EdgesplitError
-
+from edgesplit.compress.payload import PlanCodec, ReportedCodec, measure_codec, measure_input_formats, parse_codecs
 from edgesplit.compress.rate import CompressReport
+from edgesplit.errors import EdgesplitError
+from edgesplit.model.data import is_image_shape
 from edgesplit.model.graph import TracedModel
+from edgesplit.plan.costs import CostModel, parse_objective
 from edgesplit.plan.hardware import parse_link
 from edgesplit.plan.leakage import LeakageTable
-from edgesplit.plan.costs import CostModel, parse_objective
 from edgesplit.plan.machines import HostProfiler, resolve_machine
-from edgesplit.compress.payload import PlanCodec, ReportedCodec, measure_codec, measure_input_formats, parse_codecs
 from edgesplit.plan.planner import make_plan
 from edgesplit.plan.schema import Constraints, PlanReport
 from edgesplit.plan.workload import workload_of
+
+__all__ = ["plan_model"]
 
 
 def plan_model(traced: TracedModel, *, device: str, server: str, link: str, codec: str | list[str] = "fp32",
@@ -85,5 +87,4 @@ def reported_codecs(report: CompressReport, traced: TracedModel, workload) -> li
 
 
 def _is_image(traced: TracedModel) -> bool:
-    shape = traced.example_inputs[0].shape
-    return len(traced.example_inputs) == 1 and len(shape) == 4 and shape[1] in (1, 3)
+    return len(traced.example_inputs) == 1 and is_image_shape(traced.example_inputs[0].shape)
