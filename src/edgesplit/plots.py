@@ -5,19 +5,33 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import matplotlib
+from types import ModuleType
+from typing import TYPE_CHECKING
+
 import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+from edgesplit.compress.rate import CompressReport
+from edgesplit.plan.costs import LinkSweep, parse_objective
+from edgesplit.plan.schema import PlanReport
+from edgesplit.profile import ProfileReport
 
-from edgesplit.compress.rate import CompressReport  # noqa: E402
-from edgesplit.plan.costs import LinkSweep, parse_objective  # noqa: E402
-from edgesplit.plan.schema import PlanReport  # noqa: E402
-from edgesplit.profile import ProfileReport  # noqa: E402
+if TYPE_CHECKING:
+    import matplotlib.pyplot as plt
 
 _SPLIT_LINES = 40  # thin lines for at most this many split plans, best-ranked first
+
+
+def pyplot() -> ModuleType:
+    """matplotlib.pyplot on the Agg backend (no display), imported when the first figure is drawn.
+
+    matplotlib takes about 0.6 s to import; every CLI start and every command that draws nothing would pay it.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot
+
+    return matplotlib.pyplot
 
 
 def plot_profile(report: ProfileReport, path: str | Path) -> Path:
@@ -26,6 +40,7 @@ def plot_profile(report: ProfileReport, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     cuts = report.cuts
     index = [c.index for c in cuts]
+    plt = pyplot()
     figure, bytes_axis = plt.subplots(figsize=(10, 5.4), dpi=120)
     bytes_axis.bar(index, [max(c.crossing_bytes, 1) for c in cuts], color="#4c72b0", alpha=0.75,
                    label="bytes crossing (float32)")
@@ -33,7 +48,7 @@ def plot_profile(report: ProfileReport, path: str | Path) -> Path:
                        label="raw input bytes")
     bytes_axis.set_yscale("log")
     bytes_axis.set_xlabel("cut index (head = nodes before the cut)")
-    bytes_axis.xaxis.set_major_locator(MaxNLocator(integer=True))  # cuts are whole: no tick at 2.5
+    bytes_axis.xaxis.set_major_locator(plt.MaxNLocator(integer=True))  # cuts are whole: no tick at 2.5
     bytes_axis.set_ylabel("bytes crossing the network", color="#4c72b0")
     multi = [c.index for c in cuts if len(c.crossing) > 1]
     if multi:
@@ -67,6 +82,7 @@ def plot_plan(report: PlanReport, path: str | Path) -> Path:
     bandwidth = np.geomspace(report.switch_table[0].low_mbps, report.switch_table[-1].high_mbps, 400)
     entries = report.ranked
     latency = LinkSweep([e.costs for e in entries], parse_objective("latency"), report.link).values(bandwidth)
+    plt = pyplot()
     figure, axis = plt.subplots(figsize=(10, 5.8), dpi=120)
     splits = [i for i, e in enumerate(entries) if e.kind == "split"][:_SPLIT_LINES]
     for n, i in enumerate(splits):
@@ -120,6 +136,7 @@ def plot_rate_accuracy(report: CompressReport, path: str | Path) -> Path:
     """Accuracy against bytes per inference (log): codecs as points, bottleneck widths as a line, input as squares."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    plt = pyplot()
     figure, axis = plt.subplots(figsize=(9, 5.4), dpi=120)
     styles = {"codec": ("o", "#4c72b0", "feature codecs"), "input": ("s", "#8c8c8c", "input offloading"),
               "bottleneck": ("D", "#55a868", "learned bottleneck")}
@@ -150,4 +167,4 @@ def plot_rate_accuracy(report: CompressReport, path: str | Path) -> Path:
     return path
 
 
-__all__ = ["plot_plan", "plot_profile", "plot_rate_accuracy"]
+__all__ = ["plot_plan", "plot_profile", "plot_rate_accuracy", "pyplot"]

@@ -10,16 +10,17 @@ import math
 import textwrap
 from pathlib import Path
 
-import matplotlib
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
-from matplotlib.lines import Line2D  # noqa: E402
+from edgesplit.errors import EdgesplitError
+from edgesplit.plots import pyplot
+from edgesplit.privacy.schema import AuditReport, AuditRow
 
-from edgesplit.errors import EdgesplitError  # noqa: E402
-from edgesplit.privacy.schema import AuditReport, AuditRow  # noqa: E402
+if TYPE_CHECKING:
+    import matplotlib.pyplot as plt
 
 _GRID_COLUMNS = 8  # images shown per row of a reconstruction grid
 _GRID_DPI = 100
@@ -86,6 +87,7 @@ def plot_reconstructions(originals: torch.Tensor, rows: list[tuple[str, torch.Te
     top = 0.25 + 0.2 * len(title_lines)
     width = label_width + columns * (cell + gap) + 0.15
     height = top + count * (cell + gap) + 0.1
+    plt = pyplot()
     figure = plt.figure(figsize=(width, height), dpi=_GRID_DPI)
     for r, ((_, batch), label) in enumerate(zip(batches, wrapped)):
         bottom = height - top - (r + 1) * (cell + gap) + gap
@@ -123,6 +125,7 @@ def plot_leakage_by_cut(report: AuditReport, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     rows = sorted((r for r in report.rows if r.defense == "none"), key=lambda r: r.position)
+    plt = pyplot()
     figure, axis = plt.subplots(figsize=(max(9.0, 4.0 + 0.45 * len(rows)), 6.0), dpi=120)
     x = [r.position for r in rows]
     attacks = [r.best_attack() for r in rows]
@@ -215,6 +218,9 @@ def plot_privacy_utility(report: AuditReport, path: str | Path) -> Path:
     defended = [p for p in positions if any(pos == p for _, pos in lines)]
     legend_rows = math.ceil((len(kinds) + len(defended) + 4) / _LEGEND_COLUMNS)
     legend_height = 0.35 + 0.19 * legend_rows  # inches
+    plt = pyplot()
+    from matplotlib.lines import Line2D  # with pyplot, on first use (see edgesplit.plots.pyplot)
+
     figure, (ssim_axis, probe_axis) = plt.subplots(1, 2, figsize=(13, 5.2 + legend_height), dpi=120, sharey=True)
 
     panels = [(ssim_axis, lambda r: _value(r.best_attack() and r.best_attack().ssim), "no inversion attack results"),
