@@ -357,6 +357,10 @@ def test_the_run_summary_tolerates_what_it_does_not_know(tmp_path):
     assert rows[0] == "1train1.00—" and rows[2].startswith("total2.0")
     assert rows[1] == '2quantise <all>0.50bits 4; layers ["a", "b"]; ratio 0.1235'
     assert "<h2>Run — small_cnn</h2>" in page and "rpi4-lte: device rpi4 → link lte" in text(page)
+    # Sections the config leaves out are the stages' own defaults (RunConfig), the attacks listed as a spec.
+    config = {text(label): text(value) for label, value in
+              re.findall(r"<tr><th>(.*?)</th><td>(.*?)</td></tr>", section(page, "run"))}
+    assert config["audit"].startswith(f"cuts all; attacks {','.join(AuditSettings().attacks)}; defenses none; ")
     # Another version: a red note, as for any other unreadable result.
     (tmp_path / "run.json").write_text(json.dumps({**summary, "version": 2}))
     assert "run summary " in section(build_report(tmp_path), "run") and "has version 2" in build_report(tmp_path)

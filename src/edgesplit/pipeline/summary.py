@@ -2,10 +2,11 @@
 
 A run summary holds the config the run was made with and, in the order the stages ran, each stage's record: its
 wall-clock seconds and what it found (``TrainStage``, ``PlanStage`` … one type per stage, chosen by the first word
-of the stage's label: "plan mcu-ethernet with compress" is a plan). ``stage_result_text`` is that record in
-words, for the console's results table and the HTML report alike. ``load_run(..., lenient=True)`` reads a summary
-a newer edgesplit wrote: config keys it does not know are dropped, and a stage it does not know (or one whose
-record lacks what this version expects) is kept as a plain ``StageRecord`` with its facts.
+of the stage's label: "plan mcu-ethernet with compress" is a plan, for the target ``stage_subject`` reads from
+the label). ``stage_result_text`` is that record in words, for the console's results table and the HTML report
+alike. ``load_run(..., lenient=True)`` reads a summary a newer edgesplit wrote: config keys it does not know are
+dropped, and a stage it does not know (or one whose record lacks what this version expects) is kept as a plain
+``StageRecord`` with its facts.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ if TYPE_CHECKING:  # the records are built from these; reading a summary needs n
 
 __all__ = ["RUN_KIND", "RUN_VERSION", "AuditStage", "CompressStage", "InferStage", "Measured", "PlanStage",
            "ProfileStage", "RunSummary", "SplitStage", "StageRecord", "TrainStage", "load_run", "stage_record",
-           "stage_result_text"]
+           "stage_result_text", "stage_subject"]
 
 RUN_KIND, RUN_VERSION = "edgesplit.run", 1
 
@@ -172,6 +173,17 @@ class AuditStage(StageRecord):
 STAGE_TYPES: dict[str, type[StageRecord]] = {
     "train": TrainStage, "profile": ProfileStage, "plan": PlanStage, "split": SplitStage,
     "compress": CompressStage, "serve": InferStage, "audit": AuditStage}
+
+
+def stage_subject(label: str) -> str | None:
+    """What a stage's label names after its verb: the model of "profile MODEL", the target of "plan TARGET" and of
+    "plan TARGET with compress" (planned again with the measured configurations); None for any other stage."""
+    verb, _, rest = label.partition(" ")
+    if verb == "profile":
+        return rest or None
+    if verb == "plan":
+        return rest.removesuffix(" with compress") or None
+    return None
 
 
 def stage_record(label: str, data: Any) -> StageRecord:

@@ -14,8 +14,9 @@ from pathlib import Path
 
 from edgesplit import __version__
 from edgesplit.errors import EdgesplitError
+from edgesplit.pipeline.summary import RunSummary
 from edgesplit.report.html import CSS, esc, note
-from edgesplit.report.scan import RUN, TRAIN, Found, RunFiles, RunSummary, run_summary, scan
+from edgesplit.report.scan import RUN, TRAIN, Found, RunFiles, run_summary, scan
 from edgesplit.report.sections import (audit_section, compress_section, infer_section, plan_section, profile_section,
                                        run_section, split_section, train_section)
 

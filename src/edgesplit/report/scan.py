@@ -14,23 +14,21 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
-
 from edgesplit.compress.rate import load_compress
 from edgesplit.errors import EdgesplitError
-from edgesplit.filenames import target_slug
 from edgesplit.model.artifact import SPLIT_VERSION, SplitRecord
 from edgesplit.model.train import TrainRecord, is_train_record, load_train
+from edgesplit.pipeline.summary import RUN_KIND, RunSummary, load_run
 from edgesplit.plan.schema import load_plan
 from edgesplit.privacy.schema import load_audit
 from edgesplit.profile import PROFILE_VERSION, ProfileReport
+from edgesplit.runtime.summary import load_infer_summary
 from edgesplit.versioned import read_versioned
 
-__all__ = ["ORDER", "PNG_MAGIC", "RUN", "RUN_VERSION", "TRAIN", "Found", "InferSummary", "RunConfigView", "RunFiles",
-           "RunStage", "RunSummary", "RunTarget", "detect_kind", "find_png", "run_summary", "scan"]
+__all__ = ["ORDER", "PNG_MAGIC", "RUN", "TRAIN", "Found", "RunFiles", "detect_kind", "find_png", "run_summary",
+           "scan"]
 
-RUN = "edgesplit.run"  # `edgesplit run`/`demo`: the config and what each stage left (the pipeline writes it)
-RUN_VERSION = 1
+RUN = RUN_KIND  # `edgesplit run`/`demo`: the config and what each stage left (pipeline.summary.RunSummary)
 TRAIN = "train"  # train.json (model.train.TrainRecord): also read from before it had a kind, by its keys
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -137,122 +135,7 @@ def _run_rank(found: Found, summary: RunSummary) -> int:
     return 0
 
 
-# ---------------------------------------------------------------------------------------------- reader schemas
-# The files below have no schema on their writing side yet, so the report declares what it reads of them. They go
-# when their writers own them (issue 17, item 1): InferSummary -> edgesplit.runtime.summary.InferSummary,
-# RunTarget/RunConfigView/RunStage/RunSummary -> the run and stage records of edgesplit.pipeline.summary.
-
-
-class InferSummary(BaseModel):
-    """What the report reads of `edgesplit infer --json`'s summary (the rest is kept, not shown)."""
-
-    model_config = ConfigDict(extra="allow")
-
-    kind: str
-    version: int
-    model: str
-    model_id: str | None = None
-    server: str
-    source: str
-    images: int
-    requests: int
-    batch: int
-    seconds: float
-    throughput_ips: float | None
-    latency_ms: dict[str, float | None]
-    bytes_sent: int
-    bytes_per_image: float
-    switch_count: int
-    switches: list[dict[str, Any]]
-    routes: dict[str, int]
-    server_results: int = 0
-    device_results: int = 0
-    fallbacks: int
-    outages: int
-    recoveries: int
-    retries: int
-    probes: int = 0
-    final_route: str | None = None
-    final_mbps: float | None = None
-    final_mbps_is_lower_bound: bool = False
-    rtt_floor_ms: float | None = None
-    accuracy: float | None = None
-    agreement: float | None = None
-    max_abs_diff: float | None = None
-
-
-class RunTarget(BaseModel):
-    """One deployment a run planned for (the run config's `targets`)."""
-
-    model_config = ConfigDict(extra="allow")
-
-    name: str | None = None
-    device: str
-    server: str = "edge-gpu"
-    link: str
-
-
-    @property
-    def slug(self) -> str:
-        """What names the target's files (plan_SLUG.json), as the pipeline derives it."""
-        return target_slug(self.name, self.device, self.link)
-
-
-class RunConfigView(BaseModel):
-    """What the report reads of the config a run was made with (sections it does not know are kept, not shown)."""
-
-    model_config = ConfigDict(extra="allow")
-
-    title: str | None = None
-    model: str
-    weights: str | None = None
-    data: str = "digits"
-    train: dict[str, Any] | None = None
-    compare: list[str] = []
-    targets: list[RunTarget] = []
-    codecs: list[str] = []
-    objective: str | None = None
-    keep_input: bool = False
-    compress: dict[str, Any] | None = None
-    serve: dict[str, Any] | None = None
-    audit: dict[str, Any] | None = None
-    seed: int | None = None
-
-
-class RunStage(BaseModel):
-    """One stage of a run: its wall-clock seconds and the facts it recorded (any keys)."""
-
-    model_config = ConfigDict(extra="allow")
-
-    seconds: float | None = None
-
-    @property
-    def facts(self) -> dict[str, Any]:
-        return dict(self.model_extra or {})
-
-
-class RunSummary(BaseModel):
-    """run.json, written by `edgesplit run CONFIG` and `edgesplit demo`: the config and each stage in order."""
-
-    model_config = ConfigDict(extra="allow")
-
-    kind: str
-    version: int
-    out_dir: str | None = None
-    config: RunConfigView
-    stages: dict[str, RunStage] = {}  # in the order the stages ran
-    seconds: float | None = None  # the whole run, wall clock
-    report: str | None = None
-    served_target: str | None = None  # the target whose plan was compressed and served (None: none sent anything)
-
-
 # ---------------------------------------------------------------------------------------------- loading
-
-
-def _load_run(path: Path) -> RunSummary:
-    return read_versioned(path, RunSummary, kind=RUN, version=RUN_VERSION, what="run summary",
-                          make="`edgesplit run CONFIG.yaml --out DIR` or `edgesplit demo --out DIR`",
-                          again="run it again")
 
 
 def _load_profile(path: Path) -> ProfileReport:
@@ -265,21 +148,22 @@ def _load_split(path: Path) -> SplitRecord:
                           make="`edgesplit split MODEL --cut CUT --out DIR`", again="split again")
 
 
-def _load_infer(path: Path) -> InferSummary:
-    return read_versioned(path, InferSummary, kind="edgesplit.infer", version=1, what="inference run",
-                          make="`edgesplit infer PLAN --server URL --json FILE`", again="run it again",
-                          unwrap=lambda d: d.get("summary", d) if isinstance(d, dict) else d)
+# Read leniently, as their writers allow: a run.json with config keys or stages this edgesplit does not know, a
+# train.json from before it had a kind and version (and `load_infer_summary`, lenient by default: a summary without
+# the fields added since).
+def _load_run(path: Path) -> RunSummary:
+    return load_run(path, lenient=True)
 
 
 def _load_train(path: Path) -> TrainRecord:
-    return load_train(path, lenient=True)  # lenient: a train.json written before it had a kind and version
+    return load_train(path, lenient=True)
 
 
 # How each kind is read: its writer's loader, where the writer has one.
 LOADERS: dict[str, Callable[[Path], Any]] = {
     RUN: _load_run, TRAIN: _load_train, "edgesplit.profile": _load_profile, "edgesplit.plan": load_plan,
     "edgesplit.compress": load_compress, "edgesplit.audit": load_audit, "edgesplit.split": _load_split,
-    "edgesplit.infer": _load_infer}
+    "edgesplit.infer": load_infer_summary}
 
 
 # ---------------------------------------------------------------------------------------------- the audit's PNGs

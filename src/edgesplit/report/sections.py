@@ -7,7 +7,6 @@ page (``report.page``) adds the heading and puts the sections in order.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -15,6 +14,8 @@ from typing import Any
 from edgesplit.compress.rate import CompressReport
 from edgesplit.model.artifact import SplitRecord
 from edgesplit.model.train import TrainRecord
+from edgesplit.pipeline.summary import (AuditStage, CompressStage, InferStage, PlanStage, ProfileStage, RunSummary,
+                                        SplitStage, StageRecord, TrainStage, stage_result_text, stage_subject)
 from edgesplit.plan.schema import PlanReport
 from edgesplit.plots import plot_plan, plot_profile, plot_rate_accuracy
 from edgesplit.privacy.attacks import IMAGE_ATTACKS, attack_label
@@ -23,7 +24,8 @@ from edgesplit.privacy.schema import AuditReport
 from edgesplit.profile import ProfileReport
 from edgesplit.report.html import (Cell, Raw, esc, facts, interval_cell, interval_text, label_cell, ms_text, note,
                                    pct_text, png_figure, rendered_plot, seconds_text, shape_text, table)
-from edgesplit.report.scan import TRAIN, Found, InferSummary, RunSummary, find_png
+from edgesplit.report.scan import TRAIN, Found, find_png
+from edgesplit.runtime.summary import InferSummary
 from edgesplit.views import crossing_text, human_bytes, human_count
 
 __all__ = ["STAGE_KINDS", "TOP_PLANS", "audit_section", "compress_section", "infer_section", "plan_section",
@@ -31,79 +33,32 @@ __all__ = ["STAGE_KINDS", "TOP_PLANS", "audit_section", "compress_section", "inf
 
 TOP_PLANS = 10  # ranked plans shown in a plan's table (the baselines are added when they rank lower)
 
-# The verb a run stage's name starts with -> the kind of file it wrote.
-STAGE_KINDS = {"train": TRAIN, "profile": "edgesplit.profile", "plan": "edgesplit.plan", "split": "edgesplit.split",
-               "compress": "edgesplit.compress", "serve": "edgesplit.infer", "infer": "edgesplit.infer",
-               "audit": "edgesplit.audit"}
+# The kind of file each stage's record type stands for (a stage this edgesplit does not know links nowhere).
+STAGE_KINDS: dict[type[StageRecord], str] = {
+    TrainStage: TRAIN, ProfileStage: "edgesplit.profile", PlanStage: "edgesplit.plan", SplitStage: "edgesplit.split",
+    CompressStage: "edgesplit.compress", InferStage: "edgesplit.infer", AuditStage: "edgesplit.audit"}
+# The file names `edgesplit run` gives a model's profile and a target's plan: profile_MODEL.json, plan_TARGET.json.
+_NAMED = {"edgesplit.profile": "profile_", "edgesplit.plan": "plan_"}
 
 
 # ---------------------------------------------------------------------------------------------- the run
 
 
-def stage_anchor(stage: str, anchors: dict[str, str], files: Sequence[Found]) -> str | None:
-    """The section a run stage ('plan mcu-ethernet with compress') wrote: by kind, then by the name it names."""
-    verb, _, rest = stage.partition(" ")
-    kind = STAGE_KINDS.get(verb)
+def stage_anchor(label: str, stage: StageRecord, anchors: dict[str, str], files: Sequence[Found]) -> str | None:
+    """The section of the file a run stage wrote: the one file of its record's kind, or among several (profiles,
+    plans) the one of the model or target the stage names."""
+    return _section_of(STAGE_KINDS.get(type(stage)), stage_subject(label), anchors, files)
+
+
+def _section_of(kind: str | None, subject: str | None, anchors: dict[str, str],
+                files: Sequence[Found]) -> str | None:
+    """The section of the one file of ``kind`` (of the model or target ``subject`` where there are several)."""
     candidates = [f for f in files if f.kind == kind and f.name in anchors]
     if len(candidates) > 1:
-        subject = rest.removesuffix(" with compress").strip()
-        by_subject = [f for f in candidates if subject and (
-            PurePosixPath(f.name).stem.removeprefix(f"{verb}_") == subject.replace(":", "_")
-            or (kind == "edgesplit.profile" and f.result is not None and f.result.model.name == subject))]
-        candidates = by_subject
+        candidates = [f for f in candidates if subject and (
+            PurePosixPath(f.name).stem.removeprefix(_NAMED.get(f.kind, "")) == subject.replace(":", "_")
+            or (f.kind == "edgesplit.profile" and f.result is not None and f.result.model.name == subject))]
     return anchors[candidates[0].name] if len(candidates) == 1 else None
-
-
-def _stage_result(stage: str, facts: dict[str, Any]) -> str:
-    """The key result a run stage recorded, in words; its raw facts where the stage is not one this report knows."""
-    try:
-        text = _known_stage_result(stage.partition(" ")[0], facts)
-    except (KeyError, TypeError, ValueError, AttributeError, IndexError):
-        text = None
-    return text or _plain_facts(facts)
-
-
-def _known_stage_result(verb: str, facts: dict[str, Any]) -> str | None:
-    if verb == "train":
-        return f"test accuracy {pct_text(facts['test_accuracy'])}"
-    if verb == "profile":
-        return (f"{human_count(facts['macs'])} MACs, {facts['cuts']} candidate cuts; whole model "
-                f"{ms_text(facts['model_ms'])} ms on this machine")
-    if verb == "plan":
-        routes = facts.get("switch_table") or []
-        by_bandwidth = f"; by bandwidth: {' → '.join(routes)}" if len(routes) > 1 else ""
-        return f"chosen: {facts['chosen']} ({ms_text(facts['latency_ms'])} ms per inference){by_bandwidth}"
-    if verb == "split":
-        checked = (f"; {facts['images']} held-out images agree {pct_text(facts['agreement'])}, max abs diff "
-                   f"{facts['max_abs_diff']:.1e}" if "images" in facts else "")
-        return (f"cut {facts['cut']} after {facts['after']}: {human_bytes(facts['crossing_bytes'])} of float32 "
-                f"cross per inference{checked}")
-    if verb == "compress":
-        configurations = facts["configurations"]
-        name, best = min(configurations.items(), key=lambda kv: kv[1]["bytes"])
-        fp32 = configurations.get("fp32")
-        reference = f" (fp32: {fp32['bytes']:,.0f} B)" if fp32 and name != "fp32" else ""
-        return (f"{len(configurations)} configurations at cut {facts['cut']}; fewest bytes: {name}, "
-                f"{best['bytes']:,.0f} B at {pct_text(best['accuracy'])} accuracy{reference}")
-    if verb == "serve":
-        routes = ", ".join(f"{label} ×{n}" for label, n in (facts.get("routes") or {}).items())
-        latency = facts.get("latency_ms") or {}
-        agreement = facts.get("agreement")
-        return (f"{facts['images']} images ({routes}); latency p50 {ms_text(latency.get('p50'))} ms; "
-                f"accuracy {pct_text(facts.get('accuracy'))}; agreement with the whole model {pct_text(agreement)}; "
-                f"{facts['bytes_per_image']:,.0f} B per image")
-    if verb == "audit":
-        return str(facts.get("summary") or f"{facts['rows']} rows")
-    return None
-
-
-def _plain_facts(facts: dict[str, Any]) -> str:
-    """Facts of a stage this report does not know: 'key value' pairs, nested values as JSON."""
-    def text(value: Any) -> str:
-        if isinstance(value, float):
-            return f"{value:.4g}"
-        return value if isinstance(value, str) else json.dumps(value, separators=(", ", ": "))
-    return "; ".join(f"{key.replace('_', ' ')} {text(value)}" for key, value in facts.items()) or "—"
 
 
 def _link(text: str, anchor: str | None) -> Cell:
@@ -114,15 +69,17 @@ def run_section(summary: RunSummary, found: Found, anchors: dict[str, str], file
     """The whole run on one screen: each stage in order with its time and result, the total, and the config."""
     stages = summary.stages
     longest = max((s.seconds or 0 for s in stages.values()), default=0) or 1
-    names = list(stages)
+    plans = [(n, stage_subject(name)) for n, (name, stage) in enumerate(stages.items()) if isinstance(stage, PlanStage)]
     rows, classes = [], []
     for n, (name, stage) in enumerate(stages.items()):
-        result = _stage_result(name, stage.facts)
-        replanned = name.startswith("plan ") and f"{name} with compress" in names[n + 1:]
+        result = stage_result_text(stage)
+        # A plan the run made again for the same target, with the measured configurations:
+        replanned = isinstance(stage, PlanStage) and any(later > n and target == stage_subject(name)
+                                                         for later, target in plans)
         if replanned:
             result += " — replanned below with the measured configurations"
         share = (stage.seconds or 0) / longest
-        anchor = stage_anchor(name, anchors, files)
+        anchor = stage_anchor(name, stage, anchors, files)
         label = Raw(f'<a class="nw" href="#{esc(anchor)}">{esc(name)}</a>' if anchor else
                     f'<span class="nw">{esc(name)}</span>')
         rows.append([n + 1, label, seconds_text(stage.seconds),
@@ -148,50 +105,43 @@ def run_section(summary: RunSummary, found: Found, anchors: dict[str, str], file
 
 def _config_facts(summary: RunSummary, anchors: dict[str, str], files: Sequence[Found]) -> list[tuple[str, Cell]]:
     config = summary.config
-    train = config.train or {}
+    train = config.train
     if config.weights:
         model = f"{config.model}, weights {config.weights}"
-    elif config.train is not None:
-        epochs = train.get("epochs", "?")
-        model = (f"{config.model}, trained here on {config.data} ({epochs} epoch{'' if epochs == 1 else 's'}, batch "
-                 f"{train.get('batch_size', '?')}, lr {train.get('lr', '?')})")
+    elif train is not None:
+        model = (f"{config.model}, trained here on {config.data} ({train.epochs} epoch"
+                 f"{'' if train.epochs == 1 else 's'}, batch {train.batch_size}, lr {train.lr})")
     else:
         model = config.model
     targets = []
     for target in config.targets:
-        anchor = stage_anchor(f"plan {target.slug}", anchors, files)
+        anchor = _section_of("edgesplit.plan", target.slug, anchors, files)
         targets.append(f"{esc(_link(target.slug, anchor))}: device <code>{esc(target.device)}</code> → link "
                        f"<code>{esc(target.link)}</code> → server <code>{esc(target.server)}</code>")
     compress, serve, audit = config.compress, config.serve, config.audit
-
-    def listed(value: Any) -> str:
-        return ", ".join(map(str, value)) if isinstance(value, list) else str(value)
-
-    compress_text = "not run" if compress is None else "; ".join(filter(None, [
-        f"codecs {listed(compress.get('codecs', []))}",
-        (f"learned bottleneck of {compress['bottleneck']} channels (stride {compress.get('stride', '?')}, "
-         f"{compress.get('bits', '?')} bits, {compress.get('epochs', '?')}+{compress.get('epochs', '?')} epochs)"
-         if compress.get("bottleneck") else "no learned bottleneck"),
-        f"evaluated on up to {compress['eval_limit']} images" if "eval_limit" in compress else None,
-        (f"plans may use them if accuracy drops at most {compress['max_accuracy_drop'] * 100:g} point(s)"
-         if isinstance(compress.get("max_accuracy_drop"), (int, float)) else None)]))
-    served = serve.get("target") if serve is not None else None
+    compress_text = "not run" if compress is None else "; ".join([
+        f"codecs {', '.join(compress.codecs)}",
+        (f"learned bottleneck of {compress.bottleneck} channels (stride {compress.stride}, {compress.bits} bits, "
+         f"{compress.epochs}+{compress.epochs} epochs)" if compress.bottleneck else "no learned bottleneck"),
+        f"evaluated on up to {compress.eval_limit} images",
+        f"plans may use them if accuracy drops at most {compress.max_accuracy_drop * 100:g} point(s)"])
+    served = serve.target if serve is not None else None
     if serve is not None and not served:
         first = summary.served_target  # the pipeline records which one it chose
         served = f"{first} (the first target whose plan sends anything)" if first else \
             "the first target whose plan sends anything (none did)"
     serve_text = "not run" if serve is None else (
-        f"{serve.get('images', '?')} held-out images, batch {serve.get('batch', 1)}, through a server subprocess on "
-        f"127.0.0.1, with the plan of {served}")
+        f"{serve.images} held-out images, batch {serve.batch}, through a server subprocess on 127.0.0.1, with the "
+        f"plan of {served}")
     audit_text = "not run" if audit is None else "; ".join([
-        f"cuts {audit.get('cuts', 'all')}", f"attacks {audit.get('attacks', '?')}",
-        f"defenses {listed(audit.get('defenses') or []) or 'none'}",
-        f"{audit.get('victims', '?')} victims, {audit.get('aux_limit', '?')} attacker's images"])
+        f"cuts {audit.cuts}", f"attacks {','.join(audit.attacks)}",
+        f"defenses {', '.join(audit.defenses) or 'none'}",
+        f"{audit.victims} victims, {audit.aux_limit} attacker's images"])
     return [
         ("title", config.title), ("model", model), ("data", config.data),
         ("compared with", f"{', '.join(config.compare)} (profiled untrained)" if config.compare else None),
         ("targets", Raw("<br>".join(targets)) if targets else "none"),
-        ("codecs the planner may use", listed(config.codecs) or None),
+        ("codecs the planner may use", ", ".join(config.codecs) or None),
         ("objective", config.objective),
         ("keep input on the device", "yes: the raw input never leaves the device, so no all-server plans"
                                      if config.keep_input else "no"),
@@ -518,9 +468,8 @@ def split_section(record: SplitRecord, found: Found) -> str:
 def infer_section(summary: InferSummary, found: Found) -> str:
     """A split inference run: throughput, latency percentiles, bytes, routes, switches, fallbacks, accuracy."""
     latency = summary.latency_ms
-    p = [latency.get(k) for k in ("p50", "p95", "p99")]
-    switches = "; ".join(f"#{s.get('request')} {s.get('from')} → {s.get('to')} at {s.get('mbps') or 0:.3g} Mbit/s"
-                         for s in summary.switches)
+    p = [latency.p50, latency.p95, latency.p99]
+    switches = "; ".join(f"#{s.request} {s.from_label} → {s.to_label} at {s.mbps:.3g} Mbit/s" for s in summary.switches)
     mbps = summary.final_mbps
     return facts([
         ("model", summary.model + (f" (served as {summary.model_id})" if summary.model_id not in (None, summary.model)
@@ -529,8 +478,8 @@ def infer_section(summary: InferSummary, found: Found) -> str:
         ("images / requests", f"{summary.images} / {summary.requests} (batch {summary.batch})"),
         ("throughput", f"{summary.throughput_ips or 0:.1f} images/s over {summary.seconds:.2f} s"),
         ("latency p50 / p95 / p99", "n/a" if None in p else " / ".join(f"{v:.1f}" for v in p) + " ms"),
-        ("latency mean / max", None if latency.get("mean") is None or latency.get("max") is None else
-         f"{latency['mean']:.1f} / {latency['max']:.1f} ms"),
+        ("latency mean / max", None if latency.mean is None or latency.max is None else
+         f"{latency.mean:.1f} / {latency.max:.1f} ms"),
         ("bytes sent", f"{summary.bytes_sent:,} ({summary.bytes_per_image:,.0f} per image)"),
         ("routes", ", ".join(f"{label} ×{n}" for label, n in summary.routes.items()) or "—"),
         ("switches", f"{summary.switch_count}" + (f": {switches}" if switches else "")),
@@ -538,7 +487,7 @@ def infer_section(summary: InferSummary, found: Found) -> str:
                       f"{summary.recoveries} recovery(ies), {summary.retries} retry(ies), {summary.probes} probe(s)"),
         ("uplink estimate", None if mbps is None else
          f"{'≥ ' if summary.final_mbps_is_lower_bound else ''}{mbps:.3g} Mbit/s at the end (route "
-         f"{summary.final_route}; RTT floor {summary.rtt_floor_ms if summary.rtt_floor_ms is not None else 'n/a'} ms)"),
+         f"{summary.final_route}; RTT floor {'n/a' if summary.fixed_cost_ms is None else summary.fixed_cost_ms} ms)"),
         ("accuracy", None if summary.accuracy is None else pct_text(summary.accuracy)),
         ("agreement with the model run here", None if summary.agreement is None else
          f"{pct_text(summary.agreement)} (max abs diff {summary.max_abs_diff:.2e})" if summary.max_abs_diff is not None
