@@ -1,6 +1,6 @@
 """Split a torchvision model for edge inference with edgesplit's Python API.
 
-Uses torchvision.models.NAME(weights=None) where torchvision is installed, else edgesplit.zoo's model of
+Uses torchvision.models.NAME(weights=None) where torchvision is installed, else edgesplit.model.zoo's model of
 the same architecture (same layers, same parameter names). Run:  python examples/split_torchvision.py --out OUT
 """
 
@@ -9,9 +9,9 @@ import argparse
 import torch
 
 import edgesplit
-from edgesplit import zoo
-from edgesplit.artifact import load_split, save_split, verify_split
-from edgesplit.intake import ModelRef
+from edgesplit.model import zoo
+from edgesplit.model.artifact import load_split, save_split, verify_split
+from edgesplit.model.intake import ModelRef
 from edgesplit.plan import plan_model
 
 parser = argparse.ArgumentParser(description="Trace, plan and split a torchvision model.")
@@ -34,7 +34,7 @@ try:
 except ImportError:
     entry = zoo.get_entry(args.model)
     model, ref, shape = entry.factory(), ModelRef(args.model, {}), entry.input_shape
-    print(f"model: torchvision is not installed; using edgesplit.zoo.{args.model} (same architecture and names)")
+    print(f"model: torchvision is not installed; using edgesplit.model.zoo.{args.model} (same architecture and names)")
 x = torch.rand(*shape)
 
 # 2. Trace: every position in the graph is a candidate cut; the crossing set is what the device sends.

@@ -11,10 +11,10 @@ from hypothesis import strategies as st
 from edgesplit.model import zoo
 from edgesplit.model.graph import max_abs_diff, trace
 from edgesplit.plan.hardware import LINKS, PRESETS, HardwareError, parse_link, parse_machine, parse_size
-from edgesplit.plan import Constraints, FlowGraph, PlacementProblem, PlanError, brute_force_head, plan_model
+from edgesplit.plan import Constraints, PlanError, plan_model
 from edgesplit.plan.costs import CostModel, LinkSweep, at_link, parse_objective
 from edgesplit.plan.machines import preset_machine
-from edgesplit.plan.mincut import closed_heads
+from edgesplit.plan.mincut import FlowGraph, PlacementProblem, brute_force_head, closed_heads
 from edgesplit.codecs import parse_codec
 from edgesplit.compress.payload import PlanCodec
 from edgesplit.plan.synthetic import synthetic_workload

@@ -1,5 +1,8 @@
 """Errors a user can cause. Each message says what went wrong and what to do about it."""
 
+__all__ = ["CutError", "DataError", "EdgesplitError", "InputShapeError", "ModelNotFoundError", "SplitArtifactError",
+           "UntraceableModelError", "WeightsError"]
+
 
 class EdgesplitError(Exception):
     """Base class: the CLI prints the message on one line and exits with code 2."""

@@ -10,6 +10,8 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColu
                            TimeElapsedColumn, TimeRemainingColumn)
 from rich.text import Text
 
+__all__ = ["progress_bar"]
+
 console = Console(stderr=True)
 
 

@@ -4,10 +4,16 @@ from __future__ import annotations
 
 from rich.table import Table
 
+from edgesplit.compress.rate import CompressReport
 from edgesplit.model.artifact import SplitRecord
-from edgesplit.plan.schema import PlanEntry, PlanReport
-from edgesplit.profile import ProfileReport
 from edgesplit.model.zoo import ZooEntry
+from edgesplit.plan.schema import PlanEntry, PlanReport
+from edgesplit.privacy.attacks import IMAGE_ATTACKS, attack_label
+from edgesplit.privacy.schema import AuditReport
+from edgesplit.profile import ProfileReport
+
+__all__ = ["audit_table", "compress_table", "crossing_text", "human_bytes", "human_count", "pareto_view",
+           "plan_table", "profile_table", "split_table", "switch_table_view", "zoo_table"]
 
 
 def human_bytes(count: float) -> str:
@@ -133,7 +139,7 @@ def pareto_view(report: PlanReport) -> Table:
     return table
 
 
-def compress_table(report) -> Table:  # noqa: ANN001 - CompressReport (imported lazily)
+def compress_table(report: CompressReport) -> Table:
     """One row per configuration: bytes per inference, compression, accuracy and its drop, codec time."""
     table = Table(title=f"{report.model} on {report.data}, cut {report.cut_index} after {report.after}: "
                         f"{human_bytes(report.float32_bytes)} of float32 features per image, baseline accuracy "
@@ -149,11 +155,8 @@ def compress_table(report) -> Table:  # noqa: ANN001 - CompressReport (imported 
     return table
 
 
-def audit_table(report) -> Table:  # noqa: ANN001 - AuditReport (imported lazily)
+def audit_table(report: AuditReport) -> Table:
     """One row per cut and defense: what crosses, task accuracy, each attack's PSNR/SSIM, probes, dCor."""
-    # Imported here, like the report type: the privacy package loads matplotlib, which the other views never need.
-    from edgesplit.privacy.attacks import IMAGE_ATTACKS, attack_label
-
     accuracy = f"{report.model_accuracy:.1%}" if report.model_accuracy is not None else "n/a"
     baseline = report.mean_image
     table = Table(title=f"{report.model}: privacy audit on {report.victims} victims ({report.data}), attacker holds "

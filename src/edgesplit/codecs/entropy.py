@@ -7,6 +7,9 @@ from collections.abc import Iterator
 
 import numpy as np
 
+__all__ = ["COUNT_MAX", "ans_encode", "ans_symbols", "compact_counts", "histogram", "zstd_compress",
+           "zstd_content_size", "zstd_decompress_into"]
+
 COUNT_MAX = 0xFFFF  # frequencies travel as 16-bit counts
 
 
@@ -88,7 +91,7 @@ def zstd_content_size(data: bytes | memoryview) -> int:
     try:
         return zstandard.frame_content_size(data)
     except zstandard.ZstdError as error:
-        raise ValueError(f"zstd: {error}") from None
+        raise ValueError(f"zstd: {error}") from error
 
 
 def zstd_decompress_into(data: bytes | memoryview, target: np.ndarray) -> None:
@@ -114,7 +117,7 @@ def zstd_decompress_into(data: bytes | memoryview, target: np.ndarray) -> None:
             if filled == len(view) and reader.read(1):  # a second frame, decoded with at most a 1 KiB window
                 raise ValueError(f"zstd data decompress to more than the {len(view):,} bytes the header declares")
     except zstandard.ZstdError as error:
-        raise ValueError(f"zstd: {error}") from None
+        raise ValueError(f"zstd: {error}") from error
     if filled != len(view):
         raise ValueError(f"zstd data decompress to {filled:,} bytes, the header declares {len(view):,}")
 

@@ -28,8 +28,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from edgesplit.errors import EdgesplitError
 from edgesplit.codecs import entropy, quantize
+from edgesplit.errors import EdgesplitError
+
+__all__ = ["MAX_NDIM", "AnsRecord", "CastRecord", "CodecError", "DecodeCost", "DecodeLimits", "Frame",
+           "PayloadError", "QuantRecord", "StageRecord", "ZstdRecord", "decode", "decode_cost", "header", "pack",
+           "pack_count", "read", "unpack", "unpack_bytes", "unpack_cost", "write"]
 
 MAGIC = b"ESC"
 VERSION = 1
@@ -300,7 +304,7 @@ def decode(data: bytes, limits: DecodeLimits = DecodeLimits(),
     try:
         return _decode(frame, plan)
     except ValueError as error:
-        raise PayloadError(f"payload corrupt: {error}") from None
+        raise PayloadError(f"payload corrupt: {error}") from error
 
 
 @dataclass
@@ -334,7 +338,7 @@ def _plan(frame: Frame, float_dtype: torch.dtype | None, limits: DecodeLimits) -
             try:
                 declared = entropy.zstd_content_size(frame.body)
             except ValueError as error:
-                raise PayloadError(f"payload corrupt: {error}") from None
+                raise PayloadError(f"payload corrupt: {error}") from error
             if declared == -1:
                 raise PayloadError(f"payload corrupt: zstd data do not declare the size they decompress to "
                                    f"(the frame says {lossless.raw_size:,} bytes); send what Codec.encode wrote")
@@ -473,7 +477,7 @@ def unpack(data: bytes, limits: DecodeLimits = DecodeLimits(), max_frames: int =
             tensors.append(decode(frame, DecodeLimits(left, limits.max_ndim), float_dtype))
         except PayloadError as error:
             raise PayloadError(f"tensor {len(tensors) + 1} of {len(frames)}: {error}"
-                               + (" (the limit left after the tensors before it)" if tensors else "")) from None
+                               + (" (the limit left after the tensors before it)" if tensors else "")) from error
     return tensors
 
 
@@ -486,7 +490,7 @@ def unpack_cost(data: bytes, max_frames: int = 64, float_dtype: torch.dtype | No
         try:
             cost = decode_cost(frame, float_dtype, DecodeLimits(limits.max_decoded_bytes - held, limits.max_ndim))
         except PayloadError as error:
-            raise PayloadError(f"tensor {number}: {error}") from None
+            raise PayloadError(f"tensor {number}: {error}") from error
         peak, held = max(peak, held + cost.peak_bytes), held + cost.tensor_bytes
         converted, symbols = converted + cost.converted_values, symbols + cost.ans_symbols
     return DecodeCost(peak, held, converted, symbols)

@@ -7,6 +7,8 @@ from collections.abc import Iterator
 
 import numpy as np
 
+__all__ = ["Dequantizer", "clip_ranges", "pack_bits", "packed_size", "quantize", "unpacked_symbols"]
+
 _PERCENTILE_SAMPLE = 1 << 20  # values drawn per range when a percentile is computed on a large tensor
 
 

@@ -15,8 +15,10 @@ import numpy as np
 import torch
 
 from edgesplit.codecs import entropy, quantize
-from edgesplit.codecs.frame import (MAX_NDIM, AnsRecord, CastRecord, CodecError, Frame, QuantRecord, StageRecord, ZstdRecord,
-                    header, write)
+from edgesplit.codecs.frame import (MAX_NDIM, AnsRecord, CastRecord, CodecError, Frame, QuantRecord, StageRecord,
+                                    ZstdRecord, header, write)
+
+__all__ = ["SPEC_HELP", "Ans", "Cast", "Codec", "Quantize", "Zstd", "codec_from_json", "parse_codec"]
 
 CASTS = {"fp16": torch.float16, "bf16": torch.bfloat16}
 FP16_MAX = 65504.0
@@ -73,8 +75,20 @@ class Codec:
         return self.lossless is None
 
     @property
+    def sends_as_is(self) -> bool:
+        """Whether frames carry the tensor's own bytes (``fp32``: no transform, no lossless stage)."""
+        return self.transform is None and self.lossless is None
+
+    @property
     def needs_calibration(self) -> bool:
         return isinstance(self.lossless, Ans) and self.lossless.model == "calibrated" and self.lossless.counts is None
+
+    def with_range(self, low: float, high: float) -> Codec:
+        """This quantizing codec with one clipping range, [low, high] for the whole tensor, given instead of
+        calibrated: e.g. ``parse_codec("uint8").with_range(0.0, 1.0)`` sends images in [0, 1] as exact 8-bit levels."""
+        if not isinstance(self.transform, Quantize) or self.transform.axis is not None:
+            raise CodecError(f"codec {self.spec} takes no range: give one to an intB codec with one range per tensor")
+        return replace(self, transform=replace(self.transform, low=(float(low),), high=(float(high),)))
 
     def encode(self, tensor: torch.Tensor) -> bytes:
         """One tensor as a frame: header (dtype, shape, stages with their scales and models) and body."""

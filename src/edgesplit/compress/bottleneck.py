@@ -21,10 +21,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgesplit.model.data import Dataset
 from edgesplit.errors import EdgesplitError
+from edgesplit.model.data import Dataset
 from edgesplit.model.graph import Split
 from edgesplit.progress import progress_bar
+
+__all__ = ["BottleneckConfig", "BottleneckError", "SlimmableBottleneck", "TrainingLog", "TrainingPlan",
+           "feature_shape", "load_checkpoint", "train_bottleneck"]
 
 CHECKPOINT_VERSION = 1
 
@@ -242,7 +245,7 @@ def _save(directory: Path, config: BottleneckConfig, plan: TrainingPlan, bottlen
         (directory / "bottleneck.json").write_text(json.dumps(record, indent=2))
     except OSError as error:
         raise BottleneckError(f"cannot write the checkpoint to {directory} ({error.strerror}); "
-                              "choose a writable --checkpoint folder") from None
+                              "choose a writable --checkpoint folder") from error
 
 
 def _resume(directory: Path, config: BottleneckConfig, plan: TrainingPlan, bottleneck: SlimmableBottleneck,
@@ -255,7 +258,7 @@ def _resume(directory: Path, config: BottleneckConfig, plan: TrainingPlan, bottl
         record = json.loads(record_path.read_text())
     except (OSError, ValueError) as error:
         raise BottleneckError(f"checkpoint {record_path} is unreadable ({error}); delete the folder to start over") \
-            from None
+            from error
     if record.get("kind") != "edgesplit.bottleneck-checkpoint" or record.get("version") != CHECKPOINT_VERSION:
         raise BottleneckError(f"{record_path} is not a version-{CHECKPOINT_VERSION} bottleneck checkpoint; "
                               "delete it or choose another --checkpoint folder")
@@ -278,11 +281,11 @@ def load_checkpoint(directory: Path, bottleneck: SlimmableBottleneck, tail: nn.M
         weights = load_file(str(directory / "bottleneck.safetensors"))
     except (OSError, SafetensorError) as error:
         raise BottleneckError(f"cannot read {directory / 'bottleneck.safetensors'} ({error}); "
-                              "delete the folder to start over") from None
+                              "delete the folder to start over") from error
     for prefix, module in (("bottleneck.", bottleneck), ("tail.", tail)):
         state = {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
         try:
             module.load_state_dict(state)
         except RuntimeError as error:
             raise BottleneckError(f"checkpoint in {directory} does not match this model and bottleneck "
-                                  f"({str(error).splitlines()[0]}); use another --checkpoint folder") from None
+                                  f"({str(error).splitlines()[0]}); use another --checkpoint folder") from error

@@ -9,8 +9,10 @@ import numpy as np
 import torch
 
 from edgesplit.codecs import Codec, CodecError, decode, parse_codec
-from edgesplit.model.graph import TensorSpec
 from edgesplit.compress.pictures import round_trip_pictures
+from edgesplit.model.graph import TensorSpec
+
+__all__ = ["InputFormat", "PlanCodec", "ReportedCodec", "measure_codec", "measure_input_formats", "parse_codecs"]
 
 
 class PlanCodec:
@@ -34,7 +36,7 @@ class PlanCodec:
 
     @property
     def sends_as_is(self) -> bool:
-        return self.codec.transform is None and self.codec.lossless is None
+        return self.codec.sends_as_is
 
     def payload_bytes(self, tensor: TensorSpec) -> int:
         if tensor.name in self.measured_bytes:
@@ -97,7 +99,7 @@ def parse_codecs(specs: str | list[str]) -> list[Codec]:
 def measure_codec(codec: Codec, traced, inputs: torch.Tensor, values: list[str]) -> PlanCodec:  # noqa: ANN001
     """Run the model on ``inputs`` (a batch of samples), encode each sample's ``values`` alone with ``codec``
     (calibrated on the batch), and fit this host's encode/decode time; entropy-coded sizes are kept per value."""
-    if codec.transform is None and codec.lossless is None:
+    if codec.sends_as_is:
         return PlanCodec(codec)
     outputs = _node_outputs(traced, inputs, set(values))
     sizes: dict[str, float] = {}

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+__all__ = ["PICTURE_BYTES_PER_PIXEL", "PictureRoundTrip", "decode_picture", "encode_picture", "round_trip_pictures"]
+
 
 @dataclass
 class PictureRoundTrip:
@@ -83,12 +85,12 @@ def decode_picture(data: bytes, shape: tuple[int, int, int], out: torch.Tensor |
             mode = "L" if channels == 1 else "RGB"
             opened.load()
             array = np.asarray(opened if opened.mode == mode else opened.convert(mode))
-    except UnidentifiedImageError:
-        raise ValueError("not a PNG or JPEG image") from None
-    except Image.DecompressionBombError:
-        raise ValueError(f"picture declares a huge image, the model takes {width}×{height}") from None
+    except UnidentifiedImageError as error:
+        raise ValueError("not a PNG or JPEG image") from error
+    except Image.DecompressionBombError as error:
+        raise ValueError(f"picture declares a huge image, the model takes {width}×{height}") from error
     except (OSError, SyntaxError) as error:
-        raise ValueError(f"not a readable PNG or JPEG ({error})") from None
+        raise ValueError(f"not a readable PNG or JPEG ({error})") from error
     if out is None:
         out = torch.empty(shape, dtype=torch.float32)
     # the same float32 division as array.astype(float32) / 255, written straight into the C×H×W tensor

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from edgesplit.errors import DataError
 
-__all__ = ["DIGIT_CLASSES", "Dataset", "FASHION_CLASSES", "IDX_FILES", "KINDS", "PATCH_CLASSES", "input_samples",
+__all__ = ["DIGIT_CLASSES", "FASHION_CLASSES", "IDX_FILES", "KINDS", "PATCH_CLASSES", "Dataset", "input_samples",
            "is_image_shape", "load_dataset", "load_image_folder", "load_patches", "read_idx", "sample_images",
            "write_idx"]
 

@@ -33,7 +33,7 @@ from edgesplit.errors import EdgesplitError, InputShapeError, ModelNotFoundError
 from edgesplit.model.limits import check_input_shape, max_activation_bytes, max_model_bytes
 from edgesplit.model.zoo import ZOO, get_entry
 
-__all__ = ["LoadedModel", "METADATA_KEY", "ModelRef", "ModelRefError", "ModelSizeError", "build_model",
+__all__ = ["METADATA_KEY", "LoadedModel", "ModelRef", "ModelRefError", "ModelSizeError", "build_model",
            "check_model_args", "check_trusted", "data_arguments", "is_factory", "load_model", "load_weights",
            "parse_input_shape", "read_weights", "resolve_factory", "save_weights"]
 

@@ -16,6 +16,9 @@ from torch import nn
 
 from edgesplit.errors import ModelNotFoundError
 
+__all__ = ["ZOO", "ZooEntry", "get_entry", "hybrid_vit", "mobilenetv2", "register", "resnet8", "resnet18",
+           "resnet20", "small_cnn"]
+
 
 @dataclass(frozen=True)
 class ZooEntry:

@@ -33,7 +33,7 @@ from edgesplit.model.intake import LoadedModel, ModelRef, build_model, data_argu
 from edgesplit.model.train import TrainRecord, TrainSettings, train_classifier
 from edgesplit.pipeline.serving import served, write_secret
 from edgesplit.plan import Constraints, PlanReport, parse_codecs, parse_objective, plan_model
-from edgesplit.plan.hardware import parse_link, parse_machine, parse_size
+from edgesplit.plan.hardware import LINKS, PRESETS, parse_link, parse_machine, parse_size
 from edgesplit.plan.leakage import load_leakage
 from edgesplit.privacy.audit import AuditSettings, run_audit
 from edgesplit.privacy.schema import AuditReport
@@ -97,13 +97,18 @@ def profile(settings: ProfileSettings, traced: TracedModel, name: str, *, progre
 # ---------------------------------------------------------------------------------------------- plan
 
 
+def _presets(role: str) -> str:
+    """The preset names of one role, for help texts: a new preset in plan/hardware.py appears here by itself."""
+    return ", ".join(name for name, preset in PRESETS.items() if preset.role == role)
+
+
 class PlanSettings(_Settings):
     """Where `edgesplit plan` may cut and what it may send: machines, link, codecs, objective and constraints."""
 
-    device: str = Field("rpi4", description="preset (rpi4, jetson-nano, phone-npu, mcu), host, or a device profile "
-                                            "PATH.json; /F or *F scales it, @PRESET adds power")
-    server: str = Field("edge-gpu", description="as --device (edge-gpu is the server preset)")
-    link: str = Field("wifi", description="3g, lte, 5g, wifi, ethernet, with overrides (lte:up=2,rtt=80), or "
+    device: str = Field("rpi4", description=f"preset ({_presets('device')}), host, or a device profile PATH.json; "
+                                            "/F or *F scales it, @PRESET adds power")
+    server: str = Field("edge-gpu", description=f"as --device (server presets: {_presets('server')})")
+    link: str = Field("wifi", description=f"{', '.join(LINKS)}, with overrides (lte:up=2,rtt=80), or "
                                           "custom:up=MBPS,down=MBPS,rtt=MS,tx=W,rx=W")
     codecs: list[str] = Field(["fp32"], min_length=1,
                               description="how features cross, repeatable to choose codec and cut together: fp32, "

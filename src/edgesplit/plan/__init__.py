@@ -1,14 +1,29 @@
-"""Where to cut: hardware and cost models, chain scan and DAG min-cut, constraints, Pareto front, switch table."""
+"""Where to cut: the plan for one model on a device, a server and a link (`edgesplit plan`).
 
+``plan_model(traced, device="rpi4", server="host", link="lte")`` costs every candidate (all on the device, all on
+the server, every prefix cut and the min-cut's heads, each with each codec) and returns a :class:`PlanReport`: the
+ranked plans, the Pareto front and the switch table (plan.json, read back with :func:`load_plan`).
+
+The modules, lower first (each imports only those above it):
+
+* ``hardware``: machine presets, links and the spec strings that name them (``host/8@rpi4``, ``lte:up=2``);
+  a new hardware preset is one ``ComputePreset`` in ``hardware.PRESETS``.
+* ``workload``: the model as the planner sees it; ``synthetic``: random workloads for benchmarks and tests.
+* ``machines``: each node's latency on a machine (a preset's roofline, a measured profile, or this host).
+* ``mincut``: the cheapest predecessor-closed head as an s–t minimum cut, and by brute force to check it.
+* ``schema``: plan.json's types; ``leakage``: the audit's per-cut leakage table, which the planner bounds.
+* ``costs``: the cost model and the objectives; ``planner``: candidates, constraints, Pareto front, switch table.
+* ``api``: :func:`plan_model`, from a traced model and spec strings to a plan.
+
+What each codec or input format sends, as the planner costs it, comes from ``edgesplit.compress.payload``.
+"""
+
+from edgesplit.compress.payload import parse_codecs
 from edgesplit.plan.api import plan_model
-from edgesplit.plan.costs import Candidate, CostModel, Objective, parse_objective
-from edgesplit.plan.machines import HostProfiler, Machine, resolve_machine
-from edgesplit.plan.mincut import FlowGraph, PlacementProblem, brute_force_head, min_cost_head
-from edgesplit.compress.payload import PlanCodec, measure_codec, measure_input_formats, parse_codecs
-from edgesplit.plan.planner import PlanError, make_plan
-from edgesplit.plan.schema import Constraints, PlanReport, load_plan
-from edgesplit.plan.workload import Workload, workload_of
+from edgesplit.plan.costs import parse_objective
+from edgesplit.plan.leakage import LeakageTable, load_leakage
+from edgesplit.plan.planner import PlanError
+from edgesplit.plan.schema import Constraints, PlanEntry, PlanReport, load_plan
 
-__all__ = ["Candidate", "Constraints", "CostModel", "FlowGraph", "plan_model", "HostProfiler", "Machine", "Objective", "PlacementProblem", "PlanError",
-           "PlanReport", "Workload", "brute_force_head", "load_plan", "make_plan", "measure_input_formats",
-           "min_cost_head", "parse_codecs", "PlanCodec", "measure_codec", "parse_objective", "resolve_machine", "workload_of"]
+__all__ = ["Constraints", "LeakageTable", "PlanEntry", "PlanError", "PlanReport", "load_leakage", "load_plan",
+           "parse_codecs", "parse_objective", "plan_model"]

@@ -13,14 +13,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edgesplit.compress.payload import InputFormat, PlanCodec
 from edgesplit.errors import EdgesplitError
 from edgesplit.model.graph import TensorSpec
 from edgesplit.plan.hardware import Link
 from edgesplit.plan.machines import Machine
 from edgesplit.plan.mincut import FlowGraph, PlacementProblem
-from edgesplit.compress.payload import InputFormat, PlanCodec
 from edgesplit.plan.schema import Costs, SentTensor
 from edgesplit.plan.workload import OUTPUT, Workload
+
+__all__ = ["OBJECTIVES", "Candidate", "CostModel", "LinkSweep", "Objective", "TransferCosts", "at_link",
+           "parse_objective"]
 
 OBJECTIVES = ("latency", "energy", "throughput", "weighted:L,E")
 

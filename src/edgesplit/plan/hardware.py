@@ -28,6 +28,9 @@ from pydantic import BaseModel
 
 from edgesplit.errors import EdgesplitError
 
+__all__ = ["LINKS", "PRESETS", "ComputePreset", "HardwareError", "Link", "MachineSpec", "parse_link",
+           "parse_machine", "parse_size"]
+
 MB = 1e6  # bytes per megabyte (network and bandwidth figures are decimal)
 GiB = 2**30
 MiB = 2**20
@@ -189,8 +192,8 @@ def parse_link(spec: str) -> Link:
             raise HardwareError(f"link spec '{spec}': unknown key '{key}'; use {', '.join(_LINK_KEYS)}")
         try:
             values[_LINK_KEYS[key]] = float(value)
-        except ValueError:
-            raise HardwareError(f"link spec '{spec}': '{item}' needs a number, e.g. {key}=10") from None
+        except ValueError as error:
+            raise HardwareError(f"link spec '{spec}': '{item}' needs a number, e.g. {key}=10") from error
     if name == "custom" and "uplink_mbps" in values and "downlink_mbps" not in values:
         values["downlink_mbps"] = values["uplink_mbps"]
     label = spec.strip() if values else base.name

@@ -18,6 +18,8 @@ from pydantic import BaseModel
 from edgesplit.errors import EdgesplitError
 from edgesplit.versioned import read_versioned
 
+__all__ = ["LEAKAGE_KIND", "LEAKAGE_VERSION", "CutLeakage", "LeakageTable", "load_leakage"]
+
 LEAKAGE_KIND, LEAKAGE_VERSION = "edgesplit.leakage", 1
 
 
@@ -63,5 +65,3 @@ def _embedded_table(data: object) -> object:
         return data["leakage"]
     return data
 
-
-__all__ = ["LEAKAGE_KIND", "LEAKAGE_VERSION", "CutLeakage", "LeakageTable", "load_leakage"]

@@ -8,8 +8,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edgesplit.plan.hardware import ComputePreset, HardwareError, MachineSpec, parse_machine
-from edgesplit.profile import DeviceProfile, device_profile, load_device_profile, memory_bandwidth_gb_s
 from edgesplit.plan.workload import Workload
+from edgesplit.profile import DeviceProfile, device_profile, load_device_profile, memory_bandwidth_gb_s, profile_model
+
+__all__ = ["HostProfiler", "Machine", "measured_machine", "preset_machine", "resolve_machine"]
 
 
 @dataclass
@@ -125,8 +127,6 @@ class HostProfiler:
 
     def profile(self) -> DeviceProfile:
         if self._profile is None:
-            from edgesplit.profile import profile_model
-
             report = profile_model(self.traced, name=self.name, runs=self.runs, progress=self.progress)
             self._profile = device_profile(report, name="host")
         return self._profile

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import networkx as nx
 import numpy as np
 
+__all__ = ["METHODS", "FlowGraph", "PlacementProblem", "brute_force_head", "closed_heads", "min_cost_head"]
 
 
 @dataclass

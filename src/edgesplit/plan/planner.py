@@ -15,13 +15,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edgesplit.compress.payload import InputFormat, PlanCodec, ReportedCodec
 from edgesplit.errors import EdgesplitError
+from edgesplit.plan.costs import Candidate, CostModel, LinkSweep, Objective, TransferCosts
 from edgesplit.plan.hardware import Link
 from edgesplit.plan.leakage import LeakageTable
-from edgesplit.plan.costs import Candidate, CostModel, LinkSweep, Objective, TransferCosts
 from edgesplit.plan.mincut import FlowGraph
-from edgesplit.compress.payload import InputFormat, PlanCodec, ReportedCodec
 from edgesplit.plan.schema import Constraints, Costs, LinkSummary, MachineSummary, PlanEntry, PlanReport, SwitchRange
+
+__all__ = ["PlanError", "make_plan"]
 
 SWEEP_MBPS = (0.1, 1000.0)
 _SWEEP_POINTS = 161  # 40 per decade: then each boundary is refined by bisection

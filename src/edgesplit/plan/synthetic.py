@@ -12,6 +12,8 @@ import numpy as np
 from edgesplit.model.graph import TensorSpec
 from edgesplit.plan.workload import OUTPUT, NodeWork, Workload, prefix_cuts
 
+__all__ = ["synthetic_workload"]
+
 
 def synthetic_workload(num_nodes: int, *, block_size: int = 3, seed: int = 0) -> Workload:
     """A residual chain of ``num_nodes`` compute nodes (the last is a small classifier head)."""

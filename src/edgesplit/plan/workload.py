@@ -14,6 +14,8 @@ from torch import fx
 from edgesplit.model.graph import COMPUTE_OPS, Cut, TensorSpec, TracedModel, _tensor_spec
 from edgesplit.profile import count_macs
 
+__all__ = ["OUTPUT", "NodeWork", "Workload", "prefix_cuts", "workload_of"]
+
 OUTPUT = "output"  # the graph's output node: its values go back to the device from the server
 
 

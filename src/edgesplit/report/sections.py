@@ -487,7 +487,8 @@ def infer_section(summary: InferSummary, found: Found) -> str:
                       f"{summary.recoveries} recovery(ies), {summary.retries} retry(ies), {summary.probes} probe(s)"),
         ("uplink estimate", None if mbps is None else
          f"{'≥ ' if summary.final_mbps_is_lower_bound else ''}{mbps:.3g} Mbit/s at the end (route "
-         f"{summary.final_route}; RTT floor {'n/a' if summary.fixed_cost_ms is None else summary.fixed_cost_ms} ms)"),
+         f"{summary.final_route}; fixed cost {'n/a' if summary.fixed_cost_ms is None else summary.fixed_cost_ms} ms "
+         "per request)"),
         ("accuracy", None if summary.accuracy is None else pct_text(summary.accuracy)),
         ("agreement with the model run here", None if summary.agreement is None else
          f"{pct_text(summary.agreement)} (max abs diff {summary.max_abs_diff:.2e})" if summary.max_abs_diff is not None

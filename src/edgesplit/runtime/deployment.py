@@ -15,22 +15,22 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from edgesplit.codecs import (Codec, CodecError, DecodeLimits, codec_from_json, pack, pack_count, parse_codec, unpack,
+                              unpack_bytes, unpack_cost)
 from edgesplit.compress.bottleneck import BottleneckConfig, SlimmableBottleneck, feature_shape, load_checkpoint
-from edgesplit.codecs import (Codec, CodecError, DecodeLimits, codec_from_json, pack, parse_codec, unpack,
-                      unpack_cost)
-from edgesplit.codecs.frame import pack_count, unpack_bytes
-from edgesplit.codecs.spec import Quantize
+from edgesplit.compress.pictures import PICTURE_BYTES_PER_PIXEL, decode_picture, encode_picture
 from edgesplit.compress.rate import CompressReport, code_codec, load_compress
 from edgesplit.errors import EdgesplitError
 from edgesplit.model.graph import Split, TracedModel, trace
 from edgesplit.model.intake import ModelRef, build_model, load_weights, read_weights
-from edgesplit.compress.pictures import PICTURE_BYTES_PER_PIXEL, decode_picture, encode_picture
 from edgesplit.plan.schema import PlanEntry, PlanReport, SwitchRange
 from edgesplit.runtime.wire import Status, WireError, model_id_for
 
-# How the all-server plan's input formats travel: 8-bit images as exact 8-bit levels over [0, 1].
-# The all-server plans' input formats: raw 8-bit levels as a codec frame; PNG and JPEG as pictures.
-_UINT8 = Codec("uint8", Quantize(8, low=(0.0,), high=(1.0,)))
+__all__ = ["Deployment", "DeploymentError", "PictureCodec", "Route", "load_deployment"]
+
+# The all-server plans' input formats: raw 8-bit levels as a codec frame (exact levels over [0, 1]); PNG and JPEG
+# as pictures.
+_UINT8 = parse_codec("uint8").with_range(0.0, 1.0)
 _UNBOUNDED = DecodeLimits(max_decoded_bytes=1 << 62)  # decode_cost reports a cost over any limit; decode refuses it
 
 
@@ -51,7 +51,7 @@ class PictureCodec:
         try:
             pictures = unpack_bytes(payload, max_rows)
         except CodecError as error:
-            raise WireError(f"input pictures: {error}") from None
+            raise WireError(f"input pictures: {error}") from error
         held = self.held_bytes(pictures, shape)
         if held > limits.max_decoded_bytes:
             raise WireError(f"input pictures: {len(pictures)} pictures of {'×'.join(map(str, shape[1:]))} hold "
@@ -62,7 +62,7 @@ class PictureCodec:
             for picture, image in zip(pictures, images):
                 decode_picture(picture, tuple(shape[1:]), out=image)
         except ValueError as error:
-            raise WireError(f"input picture: {error}; send the image at the model's input size") from None
+            raise WireError(f"input picture: {error}; send the image at the model's input size") from error
         return images
 
     @staticmethod
@@ -135,7 +135,7 @@ class Route:
         try:
             tensors = unpack(payload, limits, max_frames=len(self.codecs), float_dtype=torch.float32)
         except CodecError as error:
-            raise WireError(f"payload for route {self.route_id} ({self.label}): {error}") from None
+            raise WireError(f"payload for route {self.route_id} ({self.label}): {error}") from error
         expected = self.sent_shapes
         if len(tensors) != len(expected):
             raise WireError(f"route {self.route_id} ({self.label}) takes {len(expected)} tensor(s), got "
@@ -303,7 +303,7 @@ def _route(route_id: int, entry: SwitchRange | PlanEntry, ranges: list[tuple[flo
             codecs = [parse_codec(name)] * len(cut.crossing)
         except CodecError as error:
             raise DeploymentError(f"plan entry '{entry.label}' uses codec '{name}', which is neither a codec spec "
-                                  f"nor a configuration in the plan's compress files ({error})") from None
+                                  f"nor a configuration in the plan's compress files ({error})") from error
         codecs = [_calibrated(c, split, traced) for c in codecs]
         return Route(route_id, entry.label, entry.kind, split, codecs, split.tail, ranges=ranges)
     codecs = [codec_from_json(c) for c in configuration.codecs]

@@ -23,6 +23,8 @@ from edgesplit.codecs import DecodeLimits, pack, parse_codec
 from edgesplit.runtime.deployment import Deployment, Route
 from edgesplit.runtime.wire import REQUEST_MAGIC, Request, Response, Status, WireError
 
+__all__ = ["Engine", "Observer", "RequestRecord", "ServerLimits", "peek_request_id", "run_batch"]
+
 log = logging.getLogger("edgesplit.server")
 _RESULT_CODEC = parse_codec("fp32")
 

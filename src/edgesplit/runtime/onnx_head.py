@@ -28,6 +28,9 @@ import torch.utils._pytree as pytree
 
 from edgesplit.errors import EdgesplitError, InputShapeError
 
+__all__ = ["INPUT_PREFIX", "OUTPUT_PREFIX", "OnnxExportError", "OnnxHead", "OnnxHeadError", "OnnxInputError",
+           "export_head", "use_onnx_heads", "verify_head"]
+
 INSTALL_HINT = "install the extra: pip install 'edgesplit[onnx]'"
 INPUT_PREFIX = "input_"
 OUTPUT_PREFIX = "crossing_"
@@ -98,7 +101,7 @@ def export_head(head: torch.nn.Module, example_inputs: torch.Tensor | Sequence[t
                 outputs = pytree.tree_leaves(head(*inputs))
             except Exception as error:  # noqa: BLE001 - any failure means the example does not fit the head
                 raise OnnxExportError(f"the head fails on the example inputs ({_summary(error)}); pass the "
-                                      "inputs the head is called with (the model's input)") from None
+                                      "inputs the head is called with (the model's input)") from error
             if not outputs or not all(isinstance(t, torch.Tensor) for t in outputs):
                 raise OnnxExportError("the head must return one or more tensors (the crossing tensors) "
                                       "to be exported; split the model with traced.split(cut)")
@@ -112,7 +115,7 @@ def export_head(head: torch.nn.Module, example_inputs: torch.Tensor | Sequence[t
         program.save(path)  # weights inside the file unless they pass ONNX's 2 GB limit
     except OSError as error:
         raise OnnxExportError(f"cannot write the ONNX head to {path} ({error.strerror or error}); "
-                              "choose a writable file path") from None
+                              "choose a writable file path") from error
     return path
 
 
@@ -132,7 +135,7 @@ def _export(head: torch.nn.Module, inputs: tuple[torch.Tensor, ...], n_outputs: 
         raise OnnxExportError(
             f"cannot export {type(head).__name__} to ONNX: {_summary(error)}; make the head exportable with "
             "torch.export (no data-dependent Python control flow, no unsupported ops) or run the PyTorch head"
-        ) from None
+        ) from error
 
 
 def _name_batch_axes(program: Any) -> None:
@@ -154,13 +157,13 @@ def _prepare_destination(path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise OnnxExportError(f"cannot create the folder {path.parent} for the ONNX head "
-                              f"({error.strerror or error}); choose a writable file path") from None
+                              f"({error.strerror or error}); choose a writable file path") from error
     try:  # fail before the export (seconds), not after it
         with tempfile.TemporaryFile(dir=path.parent):
             pass
     except OSError as error:
         raise OnnxExportError(f"cannot write the ONNX head to {path} ({error.strerror or error}); "
-                              "choose a writable file path") from None
+                              "choose a writable file path") from error
 
 
 @contextlib.contextmanager
@@ -217,7 +220,7 @@ class OnnxHead:
             self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
         except Exception as error:  # noqa: BLE001 - onnxruntime raises its own exception types
             raise OnnxHeadError(f"cannot load the ONNX head {self.path} ({_summary(error)}); "
-                                "re-export it with export_head") from None
+                                "re-export it with export_head") from error
         self.threads = threads
         inputs = self.session.get_inputs()
         self.input_names: tuple[str, ...] = tuple(i.name for i in inputs)
@@ -307,8 +310,9 @@ def _require(*modules: str, error: type[EdgesplitError]) -> list[Any]:
     for name in modules:
         try:
             loaded.append(importlib.import_module(name))
-        except ImportError:
-            raise error(f"the ONNX runtime needs the package {name}, which is not installed; {INSTALL_HINT}") from None
+        except ImportError as missing:
+            raise error(f"the ONNX runtime needs the package {name}, which is not installed; "
+                        f"{INSTALL_HINT}") from missing
     return loaded
 
 

@@ -32,6 +32,8 @@ from edgesplit.runtime.server import (DEFAULT_CLIENT_CONCURRENCY, LOG_LEVELS, Se
                      create_app, decode_limits, request_limit)
 from edgesplit.runtime.wire import Request, Response, Status, check_model_id
 
+__all__ = ["RayServeApp", "ServeEngine", "application", "run"]
+
 INSTALL_HINT = "install the extra: pip install 'edgesplit[ray]'"
 APP_NAME = "edgesplit"
 DEPLOYMENT_NAME = "EdgesplitTail"
@@ -179,7 +181,7 @@ def _import_ray() -> tuple[Any, Any]:
         from ray import serve
     except ImportError as error:
         raise ServerError(f"serving with Ray needs Ray Serve, which is not installed or incomplete ({error}); "
-                          f"{INSTALL_HINT}") from None
+                          f"{INSTALL_HINT}") from error
     return ray, serve
 
 
@@ -332,4 +334,4 @@ def _check_port(host: str, port: int) -> None:
             probe.bind((host, port))
         except OSError as error:
             raise ServerError(f"cannot serve on {host}:{port} ({error.strerror}); is the port in use? pick another "
-                              "with --port") from None
+                              "with --port") from error

@@ -42,11 +42,16 @@ from starlette.websockets import WebSocketDisconnect
 
 from edgesplit.codecs import DecodeLimits
 from edgesplit.errors import EdgesplitError
-from edgesplit.runtime.auth import TOKEN_ENV, bearer_matches, token_from  # noqa: F401 - TOKEN_ENV re-exported
-from edgesplit.runtime.deployment import Deployment, Route
+from edgesplit.plan.schema import load_plan
+from edgesplit.runtime.auth import bearer_matches, token_from
+from edgesplit.runtime.deployment import Deployment, Route, load_deployment
 from edgesplit.runtime.engine import Engine, Observer, RequestRecord, ServerLimits, peek_request_id
 from edgesplit.runtime.guard import BrowserGuard, allowed_hosts, guarded_protocol, is_loopback
 from edgesplit.runtime.wire import MEDIA_TYPE, Response, Status, check_model_id
+
+__all__ = ["DEFAULT_CLIENT_CONCURRENCY", "LOG_LEVELS", "Guards", "JsonFormatter", "ServerError", "ServerThread",
+           "check_exposure", "check_tls", "configure_logging", "create_app", "decode_limits", "request_limit",
+           "serve"]
 
 DEFAULT_CLIENT_CONCURRENCY = 16
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -578,10 +583,10 @@ def check_tls(cert: Path | None, key: Path | None) -> tuple[Path, Path] | None:
     try:
         ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(str(cert), str(key))
     except FileNotFoundError as error:
-        raise ServerError(f"cannot read {error.filename}; check --tls-cert and --tls-key") from None
+        raise ServerError(f"cannot read {error.filename}; check --tls-cert and --tls-key") from error
     except (ssl.SSLError, OSError) as error:
         raise ServerError(f"--tls-cert {cert} and --tls-key {key} do not load as a PEM certificate and its key "
-                          f"({getattr(error, 'reason', None) or error}); check the files") from None
+                          f"({getattr(error, 'reason', None) or error}); check the files") from error
     return Path(cert), Path(key)
 
 
@@ -663,7 +668,7 @@ def _listen(host: str, port: int) -> socket.socket:
         family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
     except socket.gaierror as error:
         raise ServerError(f"cannot resolve --host {host} ({error.strerror}); pass an address such as 127.0.0.1") \
-            from None
+            from error
     sock = socket.socket(family, kind, proto)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
@@ -671,7 +676,7 @@ def _listen(host: str, port: int) -> socket.socket:
     except OSError as error:
         sock.close()
         raise ServerError(f"cannot listen on {host}:{port} ({error.strerror}); is another server using the port? "
-                          "pass another --port (0 picks a free one)") from None
+                          "pass another --port (0 picks a free one)") from error
     return sock
 
 
@@ -684,9 +689,6 @@ def serve(plan_path: Path, *, host: str = "127.0.0.1", port: int = 8000, token_f
 
     ``model`` is the ``module:factory`` the plan's model_ref must name when it names one (`--model`)."""
     from rich.console import Console
-
-    from edgesplit.plan.schema import load_plan
-    from edgesplit.runtime.deployment import load_deployment
 
     console = console or Console()
     if log_level.lower() not in LOG_LEVELS:

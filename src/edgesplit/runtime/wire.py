@@ -15,6 +15,10 @@ from enum import IntEnum
 
 from edgesplit.errors import EdgesplitError
 
+__all__ = ["MAX_MODEL_ID", "MAX_TOP_K", "MEDIA_TYPE", "REQUEST_MAGIC", "RESPONSE_MAGIC", "WIDTH_SCALE",
+           "WIRE_VERSION", "Request", "Response", "Status", "WireError", "check_model_id", "model_id_for",
+           "new_request_id"]
+
 REQUEST_MAGIC = b"ESRQ"
 RESPONSE_MAGIC = b"ESRS"
 WIRE_VERSION = 1
@@ -127,8 +131,8 @@ class Request:
         pos += id_length
         try:
             model_text = check_model_id(model_id.decode("ascii"))
-        except UnicodeDecodeError:
-            raise WireError("model id is not ASCII; use letters, digits, '.', '_' or '-'") from None
+        except UnicodeDecodeError as error:
+            raise WireError("model id is not ASCII; use letters, digits, '.', '_' or '-'") from error
         width = None
         if flags & _FLAG_WIDTH:
             (thousandths,) = _U16.unpack(_take(data, pos, 2, "width"))
