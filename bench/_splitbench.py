@@ -40,7 +40,7 @@ import torch
 from edgesplit.model import zoo
 from edgesplit.model.data import sample_images
 from edgesplit.model.graph import TracedModel, trace
-from edgesplit.linkemu import PacedSocketLink, link_emulation_unavailable, open_link
+from linkemu import PacedSocketLink, link_emulation_unavailable, open_link
 from edgesplit.plan import plan_model
 from edgesplit.codecs import parse_codec
 from edgesplit.plan.schema import PlanEntry, PlanReport
@@ -141,7 +141,7 @@ def bucket_bytes(link) -> int:  # noqa: ANN001
     if link.kind != "netns-tbf":
         return 0
     try:
-        from edgesplit.linkemu import _tbf_args  # private: the same figures the link was made with
+        from linkemu import _tbf_args  # private: the same figures the link was made with
 
         options = _tbf_args(link.rate_mbit)
         return int(options[options.index("burst") + 1])

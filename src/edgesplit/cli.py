@@ -32,6 +32,7 @@ from edgesplit.plots import plot_plan, plot_profile, plot_rate_accuracy
 from edgesplit.privacy.audit import AuditSettings
 from edgesplit.profile import device_profile
 from edgesplit.report import report_index, scan, write_report
+from edgesplit.runtime.auth import token_from
 from edgesplit.runtime.client import Client
 from edgesplit.runtime.infer import load_inputs, read_token, run_inference
 from edgesplit.runtime.summary import summary_table
@@ -327,9 +328,9 @@ def serve(plan_path: Annotated[Path, typer.Argument(metavar="PLAN.json", help="a
           ) -> None:
     """Serve the tails of every route in PLAN's switch table: binary frames over HTTP and WebSocket."""
     # Imported here: the server's FastAPI and uvicorn (0.3 s) are needed by this verb only, and Ray is an extra.
-    from edgesplit.runtime.server import Guards, serve as run_server, token_from
+    from edgesplit.runtime.server import Guards, serve as run_server
     if ray:
-        from edgesplit.runtime.ray_serve import run as run_ray
+        from edgesplit.runtime.ray_serve import run as run_ray  # Ray is an optional extra
         run_ray(plan_path, host=host, port=port, token=token_from(token_file)[0], weights=weights, model_id=model_id,
                 replicas=replicas, max_replicas=max_replicas, max_batch=max_batch, max_wait_ms=max_wait_ms,
                 max_request_mb=max_request_mb, client_concurrency=client_concurrency, log_level=log_level,

@@ -17,7 +17,6 @@ from pydantic import BaseModel, field_serializer
 
 from edgesplit.compress.bottleneck import BottleneckConfig, SlimmableBottleneck, TrainingPlan, feature_shape, train_bottleneck
 from edgesplit.codecs import Codec, codec_from_json, decode, pack, parse_codec, unpack
-from edgesplit.codecs.spec import Ans, Quantize
 from edgesplit.model.data import Dataset
 from edgesplit.errors import EdgesplitError
 from edgesplit.model.graph import Split, TensorSpec, TracedModel
@@ -165,7 +164,7 @@ def evaluate_codecs(split: Split, specs: list[str], calibration: torch.Tensor, i
 def code_codec(config: BottleneckConfig) -> Codec:
     """The codec a bottleneck's integer code travels in: ``intB+ans`` over exactly [0, 2**B − 1], so lossless."""
     levels = float((1 << config.bits) - 1)
-    return Codec(f"int{config.bits}+ans", Quantize(config.bits, low=(0.0,), high=(levels,)), Ans("adaptive"))
+    return parse_codec(f"int{config.bits}+ans").with_range(0.0, levels)
 
 
 @torch.no_grad()

@@ -98,7 +98,7 @@ def _check_output(model: torch.nn.Module, dataset: Dataset, device: torch.device
     except RuntimeError as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise InputShapeError(f"model cannot run on data set {dataset.name}'s input shape "
-                              f"{dataset.input_shape} ({reason}); build the model for that input shape") from None
+                              f"{dataset.input_shape} ({reason}); build the model for that input shape") from exc
     finally:
         model.train(was_training)
     if not isinstance(out, torch.Tensor) or out.ndim != 2:
