@@ -41,7 +41,7 @@ EXACT_TOLERANCE = 1e-5
 
 __all__ = ["COMPUTE_OPS", "EXACT_TOLERANCE", "Assignment", "Cut", "Partition", "Split", "Stage", "TensorSpec",
            "TracedModel", "cut_for_head", "enumerate_cuts", "graph_fingerprint", "max_abs_diff", "node_kind",
-           "partition_graph", "resolve_cut", "split_at", "trace"]
+           "partition_graph", "resolve_cut", "split_at", "tensor_spec", "trace"]
 
 
 class TensorSpec(BaseModel):
@@ -324,7 +324,7 @@ def enumerate_cuts(graph_module: fx.GraphModule, compute_nodes: list[fx.Node]) -
         last_read = max(end if user is output_node else position_of.get(user, -1) for user in node.users)
         produced_and_last_read.append((node, produced, last_read))
 
-    spec_of = {node: _tensor_spec(node) for node, _, _ in produced_and_last_read}
+    spec_of = {node: tensor_spec(node) for node, _, _ in produced_and_last_read}
     cuts: list[Cut] = []
     for position in range(end + 1):
         specs = [spec_of[n] for n, produced, last in produced_and_last_read if produced < position <= last]
@@ -335,7 +335,8 @@ def enumerate_cuts(graph_module: fx.GraphModule, compute_nodes: list[fx.Node]) -
     return cuts
 
 
-def _tensor_spec(node: fx.Node) -> TensorSpec | None:
+def tensor_spec(node: fx.Node) -> TensorSpec | None:
+    """The TensorSpec of a traced node's value (shape propagation's metadata), or None where it is not a tensor."""
     meta = node.meta.get("tensor_meta")
     if not isinstance(meta, TensorMetadata):
         return None
@@ -374,7 +375,7 @@ def cut_for_head(graph_module: fx.GraphModule, compute_nodes: list[fx.Node], cut
 def _closed_cut(graph_module: fx.GraphModule, compute_nodes: list[fx.Node], head: list[fx.Node]) -> Cut:
     on_device = set(head)
     (crossing,) = _boundaries(graph_module, {n: int(n not in on_device) for n in compute_nodes}, 2)
-    specs = [_tensor_spec(n) for n in crossing]
+    specs = [tensor_spec(n) for n in crossing]
     if any(spec is None for spec in specs):
         bad = next(n.name for n, spec in zip(crossing, specs) if spec is None)
         raise CutError(f"this head would send {bad}, which is not a tensor; choose a head that sends tensors only")
@@ -421,7 +422,7 @@ def partition_graph(graph_module: fx.GraphModule, compute_nodes: list[fx.Node], 
     placeholders = [n for n in graph_module.graph.nodes if n.op == "placeholder"]
     boundaries = _boundaries(graph_module, stage_of, count)
     received = [placeholders, *boundaries]  # stage i receives received[i]
-    found = {node: _tensor_spec(node) for nodes in received for node in nodes}
+    found = {node: tensor_spec(node) for nodes in received for node in nodes}
     if bad := next((node for node in placeholders if found[node] is None), None):
         raise CutError(f"model input {bad.name} is not a tensor; a partition takes tensor inputs only")
     for index, nodes in enumerate(boundaries):

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import fx
 
-from edgesplit.model.graph import COMPUTE_OPS, Cut, TensorSpec, TracedModel, _tensor_spec
+from edgesplit.model.graph import COMPUTE_OPS, Cut, TensorSpec, TracedModel, tensor_spec
 from edgesplit.profile import count_macs
 
 __all__ = ["OUTPUT", "NodeWork", "Workload", "prefix_cuts", "workload_of"]
@@ -195,7 +195,7 @@ def workload_of(traced: TracedModel, name: str = "model") -> Workload:
             inputs.append(node.name)
         if node.op not in ("placeholder", *COMPUTE_OPS):
             continue
-        tensors[node.name] = _tensor_spec(node)
+        tensors[node.name] = tensor_spec(node)
         consumers[node.name] = [OUTPUT if user.op == "output" else user.name for user in node.users]
         if node.op in COMPUTE_OPS:
             data_inputs = [n for n in node.all_input_nodes if n.op != "get_attr"]
@@ -208,7 +208,7 @@ def workload_of(traced: TracedModel, name: str = "model") -> Workload:
 
 
 def _nbytes(node: fx.Node) -> int:
-    spec = _tensor_spec(node)
+    spec = tensor_spec(node)
     return spec.nbytes if spec is not None else 0
 
 
