@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -87,11 +88,15 @@ class ProfileSettings(_Settings):
 
     runs: int = Field(20, ge=1, description="timed samples per measurement (median)")
     warmup: int = Field(3, ge=0, description="untimed calls before timing")
+    measure: Literal["calibrate", "all"] = Field(
+        "calibrate", description="calibrate: sum node latencies for heads and tails and run a few cuts whole to "
+                                 "check them; all: run every cut's head and tail (slow, for studies)")
 
 
 def profile(settings: ProfileSettings, traced: TracedModel, name: str, *, progress: bool = True) -> ProfileReport:
     """MACs, bytes crossing, head/tail latency and peak memory at every candidate cut, measured here."""
-    return profile_model(traced, name=name, runs=settings.runs, warmup=settings.warmup, progress=progress)
+    return profile_model(traced, name=name, runs=settings.runs, warmup=settings.warmup, progress=progress,
+                         measure=settings.measure)
 
 
 # ---------------------------------------------------------------------------------------------- plan

@@ -17,8 +17,8 @@ from edgesplit.model.graph import TensorSpec
 from edgesplit.profile.machine import MachineInfo
 from edgesplit.versioned import read_versioned
 
-__all__ = ["PROFILE_VERSION", "CutLatency", "CutProfile", "DeviceProfile", "ModelInfo", "NodeLatency", "NodeProfile",
-           "ProfileReport", "device_profile", "load_device_profile"]
+__all__ = ["PROFILE_VERSION", "Calibration", "CutLatency", "CutProfile", "DeviceProfile", "ModelInfo", "NodeLatency",
+           "NodeProfile", "ProfileReport", "device_profile", "load_device_profile"]
 
 PROFILE_VERSION = 1
 
@@ -68,12 +68,26 @@ class CutProfile(BaseModel):
     tail_ms: float
     tail_ms_summed: float
     head_peak_bytes: int
+    measured: bool = True
+    """Head and tail were run as a whole (``head_ms``/``tail_ms`` measured); else they are the summed-node values."""
 
     @computed_field  # type: ignore[prop-decorator]
     @property
     def head_ms_error(self) -> float:
         """Relative error of the summed-node estimate against the measured head latency."""
         return (self.head_ms_summed - self.head_ms) / self.head_ms if self.head_ms > 0 else 0.0
+
+
+class Calibration(BaseModel):
+    """How well summed node latencies predict heads and tails, on the cuts measured as a whole.
+
+    Errors are relative, |summed - measured| / measured, over measured cuts with a non-empty head (tail)."""
+
+    cuts: list[int]
+    head_median_abs_error: float
+    head_max_abs_error: float
+    tail_median_abs_error: float
+    tail_max_abs_error: float
 
 
 class ProfileReport(BaseModel):
@@ -88,6 +102,9 @@ class ProfileReport(BaseModel):
     uncounted_ops: dict[str, list[str]]
     nodes: list[NodeProfile]
     cuts: list[CutProfile]
+    measure: Literal["calibrate", "all"] = "all"
+    """``all``: every cut's head and tail measured; ``calibrate``: a few, the rest summed from node latencies."""
+    calibration: Calibration | None = None
 
 
 class CutLatency(BaseModel):
