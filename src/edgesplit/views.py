@@ -40,8 +40,13 @@ def crossing_text(shapes: list[list[int]]) -> str:
 def profile_table(report: ProfileReport) -> Table:
     """One row per candidate cut: MACs on each side, what crosses, and measured latencies."""
     model = report.model
+    calibration = report.calibration
+    checked = ("" if calibration is None else
+               f"; heads summed from node times, {len(calibration.cuts)} cuts measured whole: median error "
+               f"{calibration.head_median_abs_error:.0%}, worst {calibration.head_max_abs_error:.0%}")
     table = Table(title=f"{model.name}: {human_count(model.macs)} MACs, {human_count(model.params)} parameters, "
-                        f"{model.cuts} cuts (traced with torch.{model.tracer}); whole model {report.model_ms:.3f} ms")
+                        f"{model.cuts} cuts (traced with torch.{model.tracer}); whole model {report.model_ms:.3f} ms"
+                        f"{checked}")
     for column in ("cut", "after node", "head MACs", "tail MACs", "crossing tensors", "crossing bytes",
                    "head ms", "Σ nodes ms", "Σ vs head", "tail ms", "head peak mem"):
         table.add_column(column, justify="left" if column in ("after node", "crossing tensors") else "right",
@@ -52,7 +57,7 @@ def profile_table(report: ProfileReport) -> Table:
         table.add_row(str(cut.index), cut.after, human_count(cut.head_macs), human_count(cut.tail_macs),
                       crossing_text([t.shape for t in cut.crossing]), human_bytes(cut.crossing_bytes),
                       f"{cut.head_ms:.3f}", f"{cut.head_ms_summed:.3f}",
-                      f"{cut.head_ms_error:+.0%}" if cut.position else "", f"{cut.tail_ms:.3f}",
+                      f"{cut.head_ms_error:+.0%}" if cut.position and cut.measured else "", f"{cut.tail_ms:.3f}",
                       human_bytes(cut.head_peak_bytes), style=style)
     return table
 
