@@ -19,7 +19,7 @@ import torch
 from conftest import TESTS
 from PIL import Image
 from runtime_plans import make_plan, save_plan, with_routes
-from test_cli import assert_user_error, edgesplit
+from test_cli import assert_user_error, edgesplit, edgesplit_in_process
 from torch.utils import _pytree as pytree
 
 from edgesplit.codecs import DecodeLimits
@@ -230,12 +230,12 @@ def test_one_example_without_a_batch_dimension_and_top_k(server, devices):
     assert torch.equal(indices, local[1]) and (values - local[0]).abs().max() <= 1e-6
 
 
-@pytest.mark.slow
 def test_a_slimmable_bottleneck_route(tmp_path, plans, devices):
     weights = plans["folder"] / "small_cnn.safetensors"  # what the small plan runs
-    result = edgesplit("compress", "small_cnn", "--weights", str(weights), "--cut", "7", "--bottleneck", "4",
-                       "--slimmable", "--epochs", "1", "--train-limit", "300", "--eval-limit", "100", "--codec",
-                       "fp32", "--checkpoint", str(tmp_path / "ck"), "--json", str(tmp_path / "c.json"), "-q")
+    result = edgesplit_in_process("compress", "small_cnn", "--weights", str(weights), "--cut", "7", "--bottleneck",
+                                  "4", "--slimmable", "--epochs", "1", "--train-limit", "300", "--eval-limit", "100",
+                                  "--codec", "fp32", "--checkpoint", str(tmp_path / "ck"), "--json",
+                                  str(tmp_path / "c.json"), "-q")
     assert result.returncode == 0, result.stderr
     report = json.loads((tmp_path / "c.json").read_text())
     name = next(c["name"] for c in report["configurations"] if c["kind"] == "bottleneck" and c["width"] == 0.5)
@@ -739,9 +739,9 @@ def test_infer_cli_user_errors(tmp_path, server, plans, devices):
     result = edgesplit("infer", str(plans["small"]), "--server", server.url, "--token-file", str(tmp_path / "wrong"),
                        "--limit", "2", "-q")
     assert_user_error(result, "HTTP 401", "wrong bearer token")
-    result = edgesplit("infer", str(plans["small"]), "--server", f"http://127.0.0.1:{_free_port()}", "--limit", "2",
-                       "--no-fallback", "-q")
+    result = edgesplit_in_process("infer", str(plans["small"]), "--server", f"http://127.0.0.1:{_free_port()}",
+                                  "--limit", "2", "--no-fallback", "-q")
     assert_user_error(result, "unreachable", "connection refused")
     with ServerThread(Engine([_deploy(plans["every"])])) as other:  # serves resnet8 only
-        result = edgesplit("infer", str(plans["small"]), "--server", other.url, "--limit", "2", "-q")
+        result = edgesplit_in_process("infer", str(plans["small"]), "--server", other.url, "--limit", "2", "-q")
     assert_user_error(result, "does not serve model 'small_cnn'", "it serves: resnet8")

@@ -15,7 +15,7 @@ from edgesplit.model.intake import ModelRef, save_weights
 from edgesplit.plan import load_plan
 from edgesplit.model.train import train_classifier
 from edgesplit.model.zoo import small_cnn
-from test_cli import assert_user_error, edgesplit
+from test_cli import assert_user_error, edgesplit, edgesplit_in_process
 
 CUT = 7  # small_cnn on digits: after pool1, 32×4×4
 
@@ -160,15 +160,16 @@ def test_compress_cli_then_plan_reads_it(digits_model, tmp_path):
         assert fragment in result.stdout
     report = load_compress(tmp_path / "c.json")
     assert report.bottleneck.widths == [0.25, 0.5, 0.75, 1.0] and len(report.configurations) == 3 + 2 + 4
-    bare = edgesplit("compress", "small_cnn", "--weights", str(weights), "--cut", str(CUT), "--eval-limit", "50",
-                     "--json", "d.json", "-q", cwd=tmp_path)
+    # Checked by the files they write, these two run in this process (the first showed the entry point works).
+    bare = edgesplit_in_process("compress", "small_cnn", "--weights", str(weights), "--cut", str(CUT), "--eval-limit",
+                                "50", "--json", "d.json", "-q", cwd=tmp_path)
     assert bare.returncode == 0, bare.stderr
     defaults = [c.name for c in load_compress(tmp_path / "d.json").configurations if c.kind == "codec"]
     assert defaults == ["fp32", "fp16", "int8", "int4+zstd", "int2+ans"]
     assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
-    planned = edgesplit("plan", "small_cnn", "--weights", str(weights), "--compress", "c.json", "--link", "3g",
-                        "--max-accuracy-drop", "0", "--json", "plan.json", "-q", cwd=tmp_path)
+    planned = edgesplit_in_process("plan", "small_cnn", "--weights", str(weights), "--compress", "c.json", "--link",
+                                   "3g", "--max-accuracy-drop", "0", "--json", "plan.json", "-q", cwd=tmp_path)
     assert planned.returncode == 0, planned.stderr
     plan = load_plan(tmp_path / "plan.json")
     measured = [e for e in plan.ranked if e.label.endswith("measured]")]
@@ -198,4 +199,4 @@ def test_compress_user_errors(digits_model, tmp_path, args, fragments):
     command = ["compress", "small_cnn", "--weights", str(weights), "--data", "digits", "--cut", str(CUT), "-q"]
     if "--cut" in args:
         del command[command.index("--cut"):command.index("--cut") + 2]
-    assert_user_error(edgesplit(*command, *args, cwd=tmp_path), *fragments)
+    assert_user_error(edgesplit_in_process(*command, *args, cwd=tmp_path), *fragments)

@@ -28,7 +28,7 @@ from edgesplit.plan import plan_model
 from edgesplit.plan.schema import PlanReport, load_plan
 from edgesplit.runtime.deployment import load_deployment
 from runtime_plans import save_plan, with_routes
-from test_cli import assert_user_error, edgesplit
+from test_cli import assert_user_error, edgesplit, edgesplit_in_process
 
 TINY = "modelfactories:Tiny"
 
@@ -86,7 +86,8 @@ def test_serve_refuses_a_plan_that_names_os_system(tmp_path, tiny_plan):
 def test_infer_refuses_a_plan_that_names_os_system(tmp_path, tiny_plan):
     ref, marker = pwned(tmp_path)
     path = hostile(tmp_path / "p", tiny_plan[1], model_ref=ref)
-    result = edgesplit("infer", str(path), "--server", "http://127.0.0.1:9", "--data", "digits", "--limit", "1")
+    result = edgesplit_in_process("infer", str(path), "--server", "http://127.0.0.1:9", "--data", "digits", "--limit",
+                                  "1")
     assert_user_error(result, "os:system", "--model os:system")
     assert not marker.exists()
 
@@ -125,7 +126,7 @@ def test_a_factory_other_than_the_one_given_is_refused(tmp_path, tiny_plan, caps
 
 def test_serve_refuses_zoo_arguments_the_factory_does_not_take(tmp_path, tiny_plan):
     path = hostile(tmp_path / "p", tiny_plan[1], model_ref={"name": "small_cnn", "kwargs": {"command": "touch PWNED"}})
-    result = edgesplit("serve", str(path), "--port", "0", cwd=tmp_path)
+    result = edgesplit_in_process("serve", str(path), "--port", "0", cwd=tmp_path)
     assert_user_error(result, "small_cnn", "which it does not take (it takes: in_channels, num_classes)")
     assert not (tmp_path / "PWNED").exists()
 

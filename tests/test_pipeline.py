@@ -8,7 +8,7 @@ import yaml
 
 from edgesplit.model.artifact import load_split
 from edgesplit.pipeline import DEMO_CONFIG, ConfigError, RunConfig, check_config, load_config
-from test_cli import assert_user_error, edgesplit
+from test_cli import assert_user_error, edgesplit, edgesplit_in_process
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "run.yaml"
 
@@ -134,7 +134,7 @@ def test_run_cli_errors_exit_2_in_one_line(tmp_path):
     assert_user_error(edgesplit("run", str(tmp_path / "missing.yaml")), "not found", "examples/run.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("model: small_cnn\ntargets: [{device: rpi4, link: lte}]\ncodecs: [int9]\n")
-    assert_user_error(edgesplit("run", str(bad), "--out", str(tmp_path / "out")), "int9")
+    assert_user_error(edgesplit_in_process("run", str(bad), "--out", str(tmp_path / "out")), "int9")
     assert not (tmp_path / "out").exists()  # refused before anything was written
 
 
@@ -173,7 +173,7 @@ def test_run_refuses_a_traversing_target_name_and_writes_nothing(tmp_path):
     config.write_text(yaml.safe_dump({"model": "small_cnn", "train": {"epochs": 1},
                                       "targets": [{"name": "x/../../ESCAPED", "device": "rpi4", "link": "lte"}]}))
     out = tmp_path / "a" / "b" / "out"
-    assert_user_error(edgesplit("run", str(config), "--out", str(out)), "targets.0.name", "x/../../ESCAPED")
+    assert_user_error(edgesplit_in_process("run", str(config), "--out", str(out)), "targets.0.name", "x/../../ESCAPED")
     assert not out.exists() and not list(tmp_path.rglob("*ESCAPED*"))
 
 

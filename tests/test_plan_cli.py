@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from edgesplit.plan import load_plan
-from test_cli import assert_user_error, edgesplit
+from test_cli import assert_user_error, edgesplit, edgesplit_both_ways, edgesplit_in_process
 
 
 def test_plan_prints_ranked_plans_switch_table_and_writes_json_and_plot(tmp_path):
@@ -24,10 +24,12 @@ def test_plan_prints_ranked_plans_switch_table_and_writes_json_and_plot(tmp_path
 
 
 def test_plan_with_a_measured_host_profile(tmp_path):
-    profiled = edgesplit("profile", "small_cnn", "--runs", "3", "--save-device", "host.json", "-q", cwd=tmp_path)
+    # Checked by the files they write: in this process (the test above runs `edgesplit plan` in a new interpreter).
+    profiled = edgesplit_in_process("profile", "small_cnn", "--runs", "3", "--save-device", "host.json", "-q",
+                                    cwd=tmp_path)
     assert profiled.returncode == 0, profiled.stderr
-    result = edgesplit("plan", "small_cnn", "--device", "host.json/10@rpi4", "--link", "3g", "--objective", "energy",
-                       "--json", "plan.json", "-q", cwd=tmp_path)
+    result = edgesplit_in_process("plan", "small_cnn", "--device", "host.json/10@rpi4", "--link", "3g", "--objective",
+                                  "energy", "--json", "plan.json", "-q", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     report = load_plan(tmp_path / "plan.json")
     assert report.device.kind == "profile" and "scaled ×0.1" in report.device.source
@@ -47,7 +49,12 @@ def test_plan_with_a_measured_host_profile(tmp_path):
     (["--device", "missing.json"], ["device profile missing.json not found"]),
 ])
 def test_plan_user_errors(tmp_path, args, fragments):
-    assert_user_error(edgesplit("plan", "small_cnn", "-q", *args, cwd=tmp_path), *fragments)
+    assert_user_error(edgesplit_in_process("plan", "small_cnn", "-q", *args, cwd=tmp_path), *fragments)
+
+
+def test_a_plan_user_error_from_the_installed_entry_point(tmp_path):
+    assert_user_error(edgesplit_both_ways("plan", "small_cnn", "-q", "--device", "rpi9", cwd=tmp_path),
+                      "unknown machine 'rpi9'")
 
 
 def test_plan_refuses_bad_profiles_and_leakage_tables(tmp_path):

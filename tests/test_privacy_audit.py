@@ -15,7 +15,7 @@ from edgesplit.plan.leakage import load_leakage
 from edgesplit.privacy.schema import load_audit
 from edgesplit.model.train import train_classifier
 from edgesplit.model.zoo import small_cnn
-from test_cli import assert_user_error, edgesplit
+from test_cli import assert_user_error, edgesplit, edgesplit_both_ways, edgesplit_in_process
 
 FAST = AuditSettings(victims=64, aux_limit=400, inversion_epochs=4, optimize_steps=60, defense_epochs=1,
                      defense_train_limit=400)
@@ -161,9 +161,10 @@ def test_cli_audit_then_plan_under_a_leakage_bound(trained, tmp_path):
     leak = {c["position"]: c["ssim"] for c in report["leakage"]["cuts"]}
     assert leak[13] < min(leak[0], leak[6])  # the flat features after pooling leak least
     bound = (leak[13] + min(leak[0], leak[6])) / 2
-    plan = edgesplit("plan", "small_cnn", "--weights", str(weights), "--input-shape", "1,1,8,8", "--leakage",
-                     str(tmp_path / "audit.json"), "--max-ssim", f"{bound:.4f}", "--runs", "2", "-q",
-                     "--json", str(tmp_path / "plan.json"))
+    # Checked by the file it writes: in this process (the audit above ran in a new interpreter).
+    plan = edgesplit_in_process("plan", "small_cnn", "--weights", str(weights), "--input-shape", "1,1,8,8",
+                                "--leakage", str(tmp_path / "audit.json"), "--max-ssim", f"{bound:.4f}", "--runs", "2",
+                                "-q", "--json", str(tmp_path / "plan.json"))
     assert plan.returncode == 0, plan.stderr
     plans = json.loads((tmp_path / "plan.json").read_text())
     chosen = plans["chosen"]
@@ -180,7 +181,12 @@ def test_cli_audit_then_plan_under_a_leakage_bound(trained, tmp_path):
     (["--cut", "flatten", "--defense", "bottleneck:2"], ["fits none of the cuts"]),
 ])
 def test_cli_audit_user_errors_exit_2_in_one_line(args, fragments):
-    assert_user_error(edgesplit("audit", "small_cnn", "--data", "digits", "-q", *args), *fragments)
+    assert_user_error(edgesplit_in_process("audit", "small_cnn", "--data", "digits", "-q", *args), *fragments)
+
+
+def test_an_audit_user_error_from_the_installed_entry_point():
+    assert_user_error(edgesplit_both_ways("audit", "small_cnn", "--data", "digits", "-q", "--attack", "inversion,gan"),
+                      "unknown attack 'gan'")
 
 
 def test_attacks_see_what_the_codec_delivers(trained):

@@ -31,7 +31,7 @@ from edgesplit.runtime.engine import Engine, Observer, ServerLimits, run_batch
 from edgesplit.runtime.server import ServerThread, decode_limits
 from edgesplit.runtime.wire import MEDIA_TYPE, Request, Response, Status, new_request_id
 from runtime_plans import make_plan, save_plan
-from test_cli import assert_user_error, edgesplit
+from test_cli import assert_user_error, edgesplit, edgesplit_in_process
 
 TOKEN = "test-token-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -556,32 +556,31 @@ def test_a_stream_message_over_the_limit_closes_the_stream(server, http, deploym
 def test_serve_user_errors(plans, tmp_path):
     assert_user_error(edgesplit("serve", str(tmp_path / "nowhere.json")), "not found")
     (tmp_path / "other.json").write_text('{"kind": "edgesplit.profile", "version": 1}')
-    assert_user_error(edgesplit("serve", str(tmp_path / "other.json")), "is not an edgesplit plan")
+    assert_user_error(edgesplit_in_process("serve", str(tmp_path / "other.json")), "is not an edgesplit plan")
     env_token = os.environ.pop("EDGESPLIT_TOKEN", None)
     try:
-        assert_user_error(edgesplit("serve", str(plans["small_cnn"]), "--host", "0.0.0.0"),
+        assert_user_error(edgesplit_in_process("serve", str(plans["small_cnn"]), "--host", "0.0.0.0"),
                           "refusing to serve on 0.0.0.0 without a token")
     finally:
         if env_token is not None:
             os.environ["EDGESPLIT_TOKEN"] = env_token
-    assert_user_error(edgesplit("serve", str(plans["small_cnn"]), "--token-file", str(tmp_path)),
+    assert_user_error(edgesplit_in_process("serve", str(plans["small_cnn"]), "--token-file", str(tmp_path)),
                       "cannot read the token file")
     (tmp_path / "short").write_text("abc\n")
     (tmp_path / "short").chmod(0o600)
-    assert_user_error(edgesplit("serve", str(plans["small_cnn"]), "--token-file", str(tmp_path / "short")),
+    assert_user_error(edgesplit_in_process("serve", str(plans["small_cnn"]), "--token-file", str(tmp_path / "short")),
                       "at least 16")
 
 
-@pytest.mark.slow
 def test_serve_refuses_mismatched_weights_and_a_port_in_use(plans, tmp_path):
     r8_weights = plans["resnet8"].parent / "resnet8.safetensors"
-    assert_user_error(edgesplit("serve", str(plans["small_cnn"]), "--weights", str(r8_weights)),
+    assert_user_error(edgesplit_in_process("serve", str(plans["small_cnn"]), "--weights", str(r8_weights)),
                       "do not match SmallCNN")
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen(1)
         port = taken.getsockname()[1]
-        assert_user_error(edgesplit("serve", str(plans["small_cnn"]), "--port", str(port)),
+        assert_user_error(edgesplit_in_process("serve", str(plans["small_cnn"]), "--port", str(port)),
                           f"cannot listen on 127.0.0.1:{port}")
 
 

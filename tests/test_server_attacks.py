@@ -18,7 +18,7 @@ from edgesplit.codecs import unpack
 from edgesplit.runtime.auth import bearer_matches
 from edgesplit.runtime.server import Guards, ServerError, ServerThread, check_tls, request_limit
 from edgesplit.runtime.wire import Response, Status, new_request_id
-from test_cli import assert_user_error, edgesplit
+from test_cli import assert_user_error, edgesplit, edgesplit_in_process
 from test_server import AUTH, TOKEN, _engine, _frame, _input, deployments, plans  # noqa: F401 - fixtures
 
 FAST = Guards(header_timeout_s=0.5, body_timeout_s=0.5, stream_idle_s=0.5, max_connections=8)
@@ -209,7 +209,7 @@ def test_a_token_file_others_can_read_is_refused(plans, tmp_path):
     for command in (("serve", str(plans["small_cnn"]), "--token-file", str(token_file), "--port", "0"),
                     ("infer", str(plans["small_cnn"]), "--server", "http://127.0.0.1:9", "--token-file",
                      str(token_file))):
-        assert_user_error(edgesplit(*command), f"chmod 600 {token_file}")
+        assert_user_error(edgesplit_in_process(*command), f"chmod 600 {token_file}")
 
 
 def test_the_bearer_scheme_is_case_insensitive_and_the_token_is_not(deployments):

@@ -9,7 +9,7 @@ import ipaddress
 import pytest
 import torch
 from runtime_plans import make_plan, save_plan
-from test_cli import assert_user_error, edgesplit
+from test_cli import assert_user_error, edgesplit, edgesplit_in_process
 
 from edgesplit.plan.schema import load_plan
 from edgesplit.runtime.client import Client
@@ -105,4 +105,4 @@ def test_infer_cli_over_https(tls, tmp_path):
     result = edgesplit(*common, "--ca-file", str(tls["cert"]), "--no-fallback")
     assert result.returncode == 0, result.stderr
     assert "5 / 5" in result.stdout and "0 result(s) on the device" in result.stdout
-    assert_user_error(edgesplit(*common), "certificate is not trusted", "--ca-file")
+    assert_user_error(edgesplit_in_process(*common), "certificate is not trusted", "--ca-file")
