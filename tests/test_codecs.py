@@ -22,6 +22,7 @@ from hypothesis.extra import numpy as hnp
 from edgesplit.codecs import (SPEC_HELP, Codec, CodecError, DecodeLimits, PayloadError, codec_from_json, decode,
                               decode_cost, pack, parse_codec, unpack)
 from edgesplit.codecs.frame import read
+from edgesplit.codecs.spec import channel_axis
 
 # conftest's autouse seeding fixture is function-scoped; hypothesis only warns that it runs once per test
 SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
@@ -241,6 +242,7 @@ def quantizable(option: str) -> st.SearchStrategy:
 def test_uncalibrated_quantization_is_within_half_a_step(data, bits, option):
     x = data.draw(quantizable(option))
     axis, percentile = QUANT_OPTIONS[option]
+    axis = channel_axis(x.ndim) if "channel" in option else axis  # the last axis of [B, N, D] tokens
     codec = parse_codec(f"int{bits}{option}")
     assert not codec.is_lossless and codec.fixed_rate
     y = decode(codec.encode(x))
@@ -254,12 +256,13 @@ def test_uncalibrated_quantization_is_within_half_a_step(data, bits, option):
 def test_calibrated_quantization_clips_to_the_calibrated_range(data, bits, option, ans):
     axis, percentile = QUANT_OPTIONS[option]
     channels = data.draw(st.integers(1, 4))
-    features = data.draw(tensors([torch.float32], shape=st.tuples(st.integers(1, 4), st.just(channels),
-                                                                   st.integers(1, 4)), bound=10.0))
-    x = data.draw(tensors(FLOATS, shape=st.tuples(st.integers(0, 3), st.just(channels), st.integers(0, 4)),
+    features = data.draw(tensors([torch.float32], shape=st.tuples(st.integers(1, 4), st.integers(1, 4),
+                                                                   st.just(channels)), bound=10.0))
+    x = data.draw(tensors(FLOATS, shape=st.tuples(st.integers(0, 3), st.integers(0, 4), st.just(channels)),
                           bound=50.0))  # wider than the calibration: values outside are clipped
     codec = parse_codec(f"int{bits}{option}{ans}").calibrate(features)
     y = decode(codec.encode(x))
+    axis = None if axis is None else channel_axis(3)  # [B, N, D] tokens: channels are the last axis
     low, high = reference_ranges(f64(features), axis, percentile)
     assert_within_half_step(x, y, low, high, bits)
 
@@ -278,7 +281,7 @@ def test_entropy_stages_decode_to_exactly_what_plain_quantization_does(data, bit
 @given(data=st.data(), bits=st.integers(1, 8), option=st.sampled_from(["", ":channel"]),
        lossless=st.sampled_from(["+ans:calibrated", "+ans", "+zstd"]))
 def test_calibrated_entropy_stages_match_calibrated_plain_quantization(data, bits, option, lossless):
-    features = data.draw(tensors([torch.float32], shape=(4, 3, 5), bound=3.0))
+    features = data.draw(tensors([torch.float32], shape=(4, 3, 5, 2), bound=3.0))  # calibrated along axis 1
     x = data.draw(tensors(FLOATS, shape=st.tuples(st.integers(0, 2), st.just(3), st.integers(0, 6)), bound=5.0))
     plain = parse_codec(f"int{bits}{option}").calibrate(features)
     coded = parse_codec(f"int{bits}{option}{lossless}").calibrate(features)
@@ -289,7 +292,7 @@ def test_calibrated_entropy_stages_match_calibrated_plain_quantization(data, bit
 @pytest.mark.parametrize("spec", ["int{}+ans", "int{}+ans:calibrated", "int{}:channel+ans", "int{}+zstd"])
 def test_entropy_coding_of_tensors_with_a_single_symbol(bits, spec):
     """Constant tensors, one-element tensors and tensors clipped to the top symbol use one symbol only."""
-    codec = parse_codec(spec.format(bits)).calibrate(torch.randn(16, 3, 4))
+    codec = parse_codec(spec.format(bits)).calibrate(torch.randn(16, 3, 4, 2))  # ranges along axis 1
     # calibrated on randn: ±100 clip to the bottom and top symbols, every value the same symbol
     for x in (torch.zeros(2, 3, 4), torch.full((1, 3, 1), -7.25), torch.full((2, 3, 2), 100.0),
               torch.full((2, 3, 2), -100.0)):
@@ -330,11 +333,11 @@ def test_per_channel_quantization_needs_the_channel_axis():
     with pytest.raises(CodecError, match="axis 1"):
         parse_codec("int8:channel").payload_bytes((5,))
     with pytest.raises(CodecError, match="calibrated on 3 channels"):
-        parse_codec("int4:channel").calibrate(torch.randn(8, 3, 2)).encode(torch.randn(1, 4, 2))
+        parse_codec("int4:channel").calibrate(torch.randn(8, 3, 2, 2)).encode(torch.randn(1, 4, 2, 2))
 
 
 def test_per_channel_ranges_follow_each_channel():
-    x = torch.stack([torch.linspace(0, 1, 50), torch.linspace(-1000, 1000, 50)])[None]  # 1×2×50
+    x = torch.stack([torch.linspace(0, 1, 50), torch.linspace(-1000, 1000, 50)])[None, :, :, None]  # 1×2×50×1
     y = decode(parse_codec("int8:channel").encode(x))
     step_small, step_big = 1 / 255, 2000 / 255
     assert (y[0, 0] - x[0, 0]).abs().max() <= step_small / 2 + 1e-6

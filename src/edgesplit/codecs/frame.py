@@ -16,8 +16,9 @@ Layout (little-endian; ``varint`` is unsigned LEB128)::
 
 The decoder checks that the body holds exactly what the header says, and computes from the header everything the
 decode will hold at once (``decode_cost``: the tensor, zstd output that does not fit inside it, the ANS coder's
-copy of its data), refusing it before allocating when that is over ``DecodeLimits.max_decoded_bytes``; anything
-else raises ``PayloadError`` with what is wrong. Values are converted a run at a time straight into the tensor.
+copy of its data, quantization ranges beyond the first ``STEP``), refusing it before allocating when that is over
+``DecodeLimits.max_decoded_bytes``; anything else raises ``PayloadError`` with what is wrong. Values are converted
+a run at a time straight into the tensor.
 """
 
 from __future__ import annotations
@@ -31,9 +32,9 @@ import torch
 from edgesplit.codecs import entropy, quantize
 from edgesplit.errors import EdgesplitError
 
-__all__ = ["MAX_NDIM", "AnsRecord", "CastRecord", "CodecError", "DecodeCost", "DecodeLimits", "Frame",
+__all__ = ["MAX_NDIM", "RANGE_BYTES", "AnsRecord", "CastRecord", "CodecError", "DecodeCost", "DecodeLimits", "Frame",
            "PayloadError", "QuantRecord", "StageRecord", "ZstdRecord", "decode", "decode_cost", "header", "pack",
-           "pack_count", "read", "unpack", "unpack_bytes", "unpack_cost", "write"]
+           "pack_count", "range_bytes", "read", "unpack", "unpack_bytes", "unpack_cost", "write"]
 
 MAGIC = b"ESC"
 VERSION = 1
@@ -201,7 +202,7 @@ def read(data: bytes, limits: DecodeLimits) -> Frame:
     if numel * itemsize > limits.max_decoded_bytes:  # the tensor alone; decode() checks all it would hold
         raise PayloadError(f"frame declares a {list(shape)} {str(dtype).removeprefix('torch.')} tensor "
                            f"({numel * itemsize:,} bytes), over the decode limit of {limits.max_decoded_bytes:,}")
-    stages = [_stage(reader, shape, numel, limits) for _ in range(stage_count)]
+    stages = [_stage(reader, shape, numel * itemsize, limits) for _ in range(stage_count)]
     _check_order(stages, dtype)
     return Frame(dtype, shape, stages, reader.rest())
 
@@ -230,7 +231,7 @@ def _dtype(code: int) -> torch.dtype:
     return DTYPES[code]
 
 
-def _stage(reader: _Reader, shape: tuple[int, ...], numel: int, limits: DecodeLimits) -> StageRecord:
+def _stage(reader: _Reader, shape: tuple[int, ...], tensor_bytes: int, limits: DecodeLimits) -> StageRecord:
     kind = reader.u8("stage id")
     if kind == STAGE_CAST:
         return CastRecord(_dtype(reader.u8("cast dtype")))
@@ -242,8 +243,13 @@ def _stage(reader: _Reader, shape: tuple[int, ...], numel: int, limits: DecodeLi
         expected = 1 if axis == PER_TENSOR else (shape[axis] if axis < len(shape) else -1)
         if ranges != expected:
             raise PayloadError(f"payload corrupt: {ranges} quantization ranges for axis {axis} of {list(shape)}")
-        low = np.frombuffer(reader.take(4 * ranges, "range lows"), dtype="<f4").astype(np.float32)
-        high = np.frombuffer(reader.take(4 * ranges, "range highs"), dtype="<f4").astype(np.float32)
+        held = tensor_bytes + range_bytes(ranges)  # at the least: the tensor and the ranges, refused before reading
+        if range_bytes(ranges) and held > limits.max_decoded_bytes:
+            raise PayloadError(f"frame declares {ranges:,} quantization ranges for a {list(shape)} tensor, whose "
+                               f"decoding holds {held:,} bytes at once, over the decode limit of "
+                               f"{limits.max_decoded_bytes:,}")
+        low = np.frombuffer(reader.view(4 * ranges, "range lows"), dtype="<f4").astype(np.float32)
+        high = np.frombuffer(reader.view(4 * ranges, "range highs"), dtype="<f4").astype(np.float32)
         if not (np.isfinite(low).all() and np.isfinite(high).all() and (high >= low).all()):
             raise PayloadError("payload corrupt: quantization ranges are not finite and ordered")
         return QuantRecord(bits, None if axis == PER_TENSOR else axis, low, high)
@@ -268,6 +274,13 @@ def _stage(reader: _Reader, shape: tuple[int, ...], numel: int, limits: DecodeLi
 
 
 STEP = 1 << 13  # values converted at a time: all a decode holds besides its accounted buffers is this small
+RANGE_BYTES = 32  # what a decode holds per quantization range: low and high as float32, low and step as float64
+
+
+def range_bytes(ranges: int) -> int:
+    """What a decode holds for ``ranges`` quantization ranges beyond the fixed slack: the first ``STEP`` are as
+    small as a run's buffers; more (one a channel along the last axis of a long [B, N, D], say) are counted."""
+    return RANGE_BYTES * max(0, ranges - STEP)
 
 
 @dataclass(frozen=True)
@@ -325,6 +338,7 @@ def _plan(frame: Frame, float_dtype: torch.dtype | None, limits: DecodeLimits) -
     transform = next((s for s in frame.stages if isinstance(s, (CastRecord, QuantRecord))), None)
     lossless = next((s for s in frame.stages if isinstance(s, (ZstdRecord, AnsRecord))), None)
     extra, symbols, apart, held = 0, 0, False, ""
+    ranges = range_bytes(len(transform.low)) if isinstance(transform, QuantRecord) else 0
     if isinstance(lossless, AnsRecord):
         _expect_size(len(frame.body), 4 * lossless.words, f"{lossless.words:,} ANS words")
         extra, symbols, held = 4 * lossless.words, numel, "the ANS coder's copy of its data"
@@ -351,6 +365,8 @@ def _plan(frame: Frame, float_dtype: torch.dtype | None, limits: DecodeLimits) -
             extra, held = (expected, "the decompressed bytes") if apart else (0, "")
         else:
             _expect_size(len(frame.body), expected, what)
+    if ranges:
+        extra, held = extra + ranges, f"{held} and the quantization ranges".removeprefix(" and ")
     peak = tensor_bytes + extra
     if peak > limits.max_decoded_bytes:
         holds = f"{peak:,} bytes at once ({tensor_bytes:,} for the tensor, {extra:,} for {held})" if extra else \

@@ -64,7 +64,12 @@ class Dequantizer:
 
     def __init__(self, low: np.ndarray, high: np.ndarray, bits: int, axis: int | None,
                  shape: tuple[int, ...]) -> None:
-        self.low, self.step = low.astype(np.float64), steps(low, high, bits)
+        # ``steps`` in place: a frame may carry one range per channel of a long axis, held as little as can be
+        self.low = low.astype(np.float64)
+        self.step = high.astype(np.float64)
+        self.step -= self.low
+        np.divide(self.step, (1 << bits) - 1, out=self.step, where=self.step > 0)
+        self.step[self.step <= 0] = 1.0
         self.axis = axis
         self.channels = shape[axis] if axis is not None else 1
         self.inner = math.prod(shape[axis + 1:]) if axis is not None else 1

@@ -1,8 +1,14 @@
 """Codecs as composable stages named by a spec string: ``fp16``, ``int8``, ``int4:channel,p99.9+zstd``, ``int2+ans``.
 
 Grammar: an optional *transform* (``fp32``, ``fp16``, ``bf16``, or ``intB`` for B = 1–8 bits, with options
-``channel`` or ``axis=K`` for one range per channel, ``minmax`` or ``pXX`` for the clipping range) followed by an
-optional *lossless* stage (``zstd[:LEVEL]`` over bytes, or ``ans[:adaptive|calibrated]`` over quantized symbols).
+``channel``, ``token`` or ``axis=K`` for one range per channel, per token or along axis K, ``minmax`` or ``pXX`` for
+the clipping range) followed by an optional *lossless* stage (``zstd[:LEVEL]`` over bytes, or
+``ans[:adaptive|calibrated]`` over quantized symbols).
+
+``channel`` follows the tensor's layout: the last axis of a 3-D token tensor [B, N, D] (a transformer's
+features, whose outliers sit in a few of the D channels), axis 1 of any other ([B, C, H, W], [B, F]).
+``token`` is axis 1 of a [B, N, D] tensor. A codec calibrated per channel or per token records the axis it was
+calibrated along (``Codec.to_json``), so its ranges keep their meaning whatever the layout rule says later.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from edgesplit.codecs import entropy, quantize
 from edgesplit.codecs.frame import (MAX_NDIM, AnsRecord, CastRecord, CodecError, Frame, QuantRecord, StageRecord,
                                     ZstdRecord, header, write)
 
-__all__ = ["SPEC_HELP", "Ans", "Cast", "Codec", "Quantize", "Zstd", "codec_from_json", "parse_codec"]
+__all__ = ["SPEC_HELP", "Ans", "Cast", "Codec", "Quantize", "Zstd", "channel_axis", "codec_from_json", "parse_codec"]
 
 CASTS = {"fp16": torch.float16, "bf16": torch.bfloat16}
 FP16_MAX = 65504.0
@@ -35,14 +41,38 @@ class Quantize:
     """Uniform ``bits``-bit quantization; ``low``/``high`` set by calibration, else taken from each payload."""
 
     bits: int
-    axis: int | None = None  # None: one range for the whole tensor
+    axis: int | None = None  # None: one range for the whole tensor, unless ``per`` names one by the layout
     percentile: float | None = None  # None: min/max
     low: tuple[float, ...] | None = None
     high: tuple[float, ...] | None = None
+    per: str | None = None  # "channel" or "token": the axis follows the tensor's rank until calibration fixes it
 
     @property
     def calibrated(self) -> bool:
         return self.low is not None
+
+    @property
+    def per_tensor(self) -> bool:
+        return self.axis is None and self.per is None
+
+    def axis_for(self, ndim: int, spec: str) -> int | None:
+        """The axis whose every index gets its own range in a tensor of ``ndim`` dimensions (None: one range)."""
+        if self.axis is not None or self.per is None:
+            _check_axis(self.axis, ndim, spec)
+            return self.axis
+        if self.per == "token":
+            if ndim != 3:
+                raise CodecError(f"codec {spec} quantizes per token, which needs a [B, N, D] token tensor; this "
+                                 f"one has {ndim} dimensions: use channel, axis=K or one range per tensor")
+            return 1
+        axis = channel_axis(ndim)
+        _check_axis(axis, ndim, spec)
+        return axis
+
+
+def channel_axis(ndim: int) -> int:
+    """The channel axis of a tensor of ``ndim`` dimensions: the last of [B, N, D] tokens, axis 1 of any other."""
+    return 2 if ndim == 3 else 1
 
 
 @dataclass(frozen=True)
@@ -86,7 +116,7 @@ class Codec:
     def with_range(self, low: float, high: float) -> Codec:
         """This quantizing codec with one clipping range, [low, high] for the whole tensor, given instead of
         calibrated: e.g. ``parse_codec("uint8").with_range(0.0, 1.0)`` sends images in [0, 1] as exact 8-bit levels."""
-        if not isinstance(self.transform, Quantize) or self.transform.axis is not None:
+        if not isinstance(self.transform, Quantize) or not self.transform.per_tensor:
             raise CodecError(f"codec {self.spec} takes no range: give one to an intB codec with one range per tensor")
         return replace(self, transform=replace(self.transform, low=(float(low),), high=(float(high),)))
 
@@ -131,17 +161,18 @@ class Codec:
     def calibrate(self, features: torch.Tensor) -> Codec:
         """This codec with its clipping ranges (and a calibrated ANS model) fitted to sample ``features``.
 
-        ``features`` holds many examples along dimension 0; ranges per channel use the codec's channel axis.
+        ``features`` holds many examples along dimension 0; ranges per channel use the codec's channel axis (for
+        ``channel`` and ``token``, the one the features' rank picks, then kept with the ranges).
         """
         transform, lossless = self.transform, self.lossless
         if not isinstance(transform, Quantize) or not features.dtype.is_floating_point:
             return self
         values = _finite_values(features.detach().cpu().float(), self.spec)
-        _check_axis(transform.axis, values.ndim, self.spec)
-        low, high = quantize.clip_ranges(values, transform.axis, transform.percentile)
-        transform = replace(transform, low=tuple(map(float, low)), high=tuple(map(float, high)))
+        axis = transform.axis_for(values.ndim, self.spec)
+        low, high = quantize.clip_ranges(values, axis, transform.percentile)
+        transform = replace(transform, axis=axis, low=tuple(map(float, low)), high=tuple(map(float, high)))
         if isinstance(lossless, Ans) and lossless.model == "calibrated":
-            symbols = quantize.quantize(values, low, high, transform.bits, transform.axis)
+            symbols = quantize.quantize(values, low, high, transform.bits, axis)
             _, counts = entropy.compact_counts(entropy.histogram(symbols, 1 << transform.bits), keep_all=True)
             lossless = replace(lossless, counts=tuple(int(c) for c in counts))
         return replace(self, transform=transform, lossless=lossless)
@@ -158,9 +189,9 @@ class Codec:
             stages.append(CastRecord(self.transform.dtype))
             body = numel * 2
         elif isinstance(self.transform, Quantize) and dtype.is_floating_point:
-            _check_axis(self.transform.axis, len(shape), self.spec)
-            ranges = 1 if self.transform.axis is None else shape[self.transform.axis]
-            stages.append(QuantRecord(self.transform.bits, self.transform.axis,
+            axis = self.transform.axis_for(len(shape), self.spec)
+            ranges = 1 if axis is None else shape[axis]
+            stages.append(QuantRecord(self.transform.bits, axis,
                                       np.zeros(ranges, np.float32), np.zeros(ranges, np.float32)))
             body = quantize.packed_size(numel, self.transform.bits)
         return len(header(dtype, tuple(shape), stages)) + body
@@ -170,10 +201,14 @@ class Codec:
         data: dict = {"spec": self.spec}
         if isinstance(self.transform, Quantize) and self.transform.calibrated:
             data["low"], data["high"] = list(self.transform.low), list(self.transform.high)  # type: ignore[arg-type]
+            if self.transform.per is not None and self.transform.axis != LEGACY_CHANNEL_AXIS:
+                data["axis"] = self.transform.axis  # records without it were calibrated along axis 1
         if isinstance(self.lossless, Ans) and self.lossless.counts is not None:
             data["counts"] = list(self.lossless.counts)
         return data
 
+
+LEGACY_CHANNEL_AXIS = 1  # the axis ``channel`` meant for every rank before token tensors had their own
 
 _ENCODABLE = frozenset({torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.uint8, torch.int8,
                         torch.int16, torch.int32, torch.int64, torch.bool})
@@ -216,22 +251,22 @@ def _check_axis(axis: int | None, ndim: int, spec: str) -> None:
 
 def _quantize(tensor: torch.Tensor, spec: Quantize) -> tuple[QuantRecord, np.ndarray]:
     values = _finite_values(tensor.float(), f"int{spec.bits}")
-    _check_axis(spec.axis, values.ndim, f"int{spec.bits}")
+    axis = spec.axis_for(values.ndim, f"int{spec.bits}")
     if spec.calibrated:
         low, high = np.array(spec.low, np.float32), np.array(spec.high, np.float32)
-        rows = 1 if spec.axis is None else values.shape[spec.axis]
+        rows = 1 if axis is None else values.shape[axis]
         if len(low) != rows:
             raise CodecError(f"codec was calibrated on {len(low)} channels, this tensor has {rows}; "
                              "calibrate on features from the same cut")
     else:
-        low, high = quantize.clip_ranges(values, spec.axis, spec.percentile)
-    symbols = quantize.quantize(values, low, high, spec.bits, spec.axis)
-    return QuantRecord(spec.bits, spec.axis, low, high), symbols
+        low, high = quantize.clip_ranges(values, axis, spec.percentile)
+    symbols = quantize.quantize(values, low, high, spec.bits, axis)
+    return QuantRecord(spec.bits, axis, low, high), symbols
 
 
 # ---- parsing ---------------------------------------------------------------------------------------------------
 
-SPEC_HELP = ("fp32, fp16, bf16, or intB (B = 1–8; options :channel, :axis=K, :minmax, :pXX like p99.9), "
+SPEC_HELP = ("fp32, fp16, bf16, or intB (B = 1–8; options :channel, :token, :axis=K, :minmax, :pXX like p99.9), "
              "optionally followed by +zstd[:LEVEL] or +ans[:adaptive|calibrated]")
 
 
@@ -267,22 +302,22 @@ def parse_codec(spec: str) -> Codec:
 
 
 def _quantize_stage(bits: int, options: str, spec: str) -> Quantize:
-    axis, percentile = None, None
+    axis, percentile, per = None, None, None
     for option in filter(None, (o.strip() for o in options.split(","))):
-        if option == "channel":
-            axis = 1
+        if option in ("channel", "token", "axis=channel", "axis=token"):
+            axis, per = None, option.removeprefix("axis=")
         elif option == "tensor":
-            axis = None
+            axis, per = None, None
         elif re.fullmatch(r"axis=\d", option):
-            axis = int(option[5:])
+            axis, per = int(option[5:]), None
         elif option == "minmax":
             percentile = None
         elif re.fullmatch(r"p\d+(\.\d+)?", option) and 50 < float(option[1:]) <= 100:
             percentile = float(option[1:])
         else:
-            raise CodecError(f"codec '{spec}': unknown quantization option '{option}'; use channel, axis=K, "
-                             "minmax or pXX (a percentile above 50, e.g. p99.9)")
-    return Quantize(bits, axis, percentile)
+            raise CodecError(f"codec '{spec}': unknown quantization option '{option}'; use channel, token, "
+                             "axis=K, minmax or pXX (a percentile above 50, e.g. p99.9)")
+    return Quantize(bits, axis, percentile, per=per)
 
 
 def _zstd_stage(options: str, spec: str) -> Zstd:
@@ -302,7 +337,12 @@ def codec_from_json(data: dict) -> Codec:
         low, high = data.get("low"), data.get("high")
         if not (isinstance(low, list) and isinstance(high, list) and len(low) == len(high)):
             raise CodecError("a calibrated codec record needs 'low' and 'high' lists of equal length")
-        codec = replace(codec, transform=replace(codec.transform, low=tuple(map(float, low)),
+        axis = codec.transform.axis
+        if codec.transform.per is not None:  # the axis the ranges were calibrated along; axis 1 before it was kept
+            axis = data.get("axis", LEGACY_CHANNEL_AXIS)
+            if not (isinstance(axis, int) and not isinstance(axis, bool) and 0 <= axis < MAX_NDIM):
+                raise CodecError(f"a calibrated codec record's 'axis' is an integer 0–{MAX_NDIM - 1}, not {axis!r}")
+        codec = replace(codec, transform=replace(codec.transform, axis=axis, low=tuple(map(float, low)),
                                                  high=tuple(map(float, high))))
     if isinstance(codec.lossless, Ans) and "counts" in data:
         counts = data["counts"]

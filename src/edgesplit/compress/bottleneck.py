@@ -6,6 +6,10 @@ BottleFit's two stages: (1) the decoder learns to reproduce the original feature
 output with the head frozen; (2) bottleneck and tail are fine-tuned with the task loss plus knowledge
 distillation from the original model. A *slimmable* bottleneck is trained at several widths at once
 (the first k% of its code channels), so one set of weights trades bytes for accuracy at run time.
+
+At a transformer cut the features are tokens, B×N×D: there the bottleneck takes its *token* form, a linear
+projection of each token's D channels down to k code values on the device and back up to D on the server (no
+spatial stride: every token is sent). ``bottleneck_config`` picks the form from the tensor crossing the cut.
 """
 
 from __future__ import annotations
@@ -26,10 +30,11 @@ from edgesplit.model.data import Dataset
 from edgesplit.model.graph import Split
 from edgesplit.progress import progress_bar
 
-__all__ = ["BottleneckConfig", "BottleneckError", "SlimmableBottleneck", "TrainingLog", "TrainingPlan",
-           "feature_shape", "load_checkpoint", "train_bottleneck"]
+__all__ = ["LAYOUTS", "BottleneckConfig", "BottleneckError", "SlimmableBottleneck", "TrainingLog", "TrainingPlan",
+           "bottleneck_config", "feature_shape", "load_checkpoint", "train_bottleneck"]
 
 CHECKPOINT_VERSION = 1
+LAYOUTS = ("image", "tokens")  # N×C×H×W features (convolutional form), B×N×D tokens (per-token linear form)
 
 
 class BottleneckError(EdgesplitError):
@@ -38,13 +43,15 @@ class BottleneckError(EdgesplitError):
 
 @dataclass(frozen=True)
 class BottleneckConfig:
-    """The bottleneck's shape: code channels at full width, spatial stride, bits per code value, widths."""
+    """The bottleneck's shape: code channels at full width, spatial stride, bits per code value, widths, and the
+    features' layout (``in_channels`` is C of N×C×H×W features, D of B×N×D tokens)."""
 
     in_channels: int
     channels: int
     stride: int = 1
     bits: int = 4
     widths: tuple[float, ...] = (1.0,)
+    layout: str = "image"
 
     def width_channels(self, width: float) -> int:
         return max(1, round(self.channels * width))
@@ -55,12 +62,24 @@ class SlimmableBottleneck(nn.Module):
 
     At width w only the first ``round(k·w)`` code channels are computed and sent; the decoder reads them with
     the matching slice of its first convolution and a batch norm of its own (switchable batch norm).
+
+    The token form (``layout="tokens"``) maps each token's D channels to k code values with one linear layer and
+    back with another, whose slice for width w is followed by a bias of that width's own.
     """
 
     def __init__(self, config: BottleneckConfig) -> None:
         super().__init__()
         self.config = config
         c, k, s = config.in_channels, config.channels, config.stride
+        if config.layout not in LAYOUTS:
+            raise BottleneckError(f"bottleneck layout '{config.layout}' does not exist; use {' or '.join(LAYOUTS)}")
+        if self.tokens:
+            if s != 1:
+                raise BottleneckError(f"a token bottleneck sends every token: stride 1, not {s}")
+            self.encode_code = nn.Linear(c, k)
+            self.decode_in = nn.Linear(k, c, bias=False)
+            self.decode_bias = nn.Parameter(torch.zeros(len(config.widths), c))  # one per width, as switchable BN
+            return
         hidden = max(k, c // 2)
         self.encode_body = nn.Sequential(nn.Conv2d(c, hidden, 3, stride=s, padding=1, bias=False),
                                          nn.BatchNorm2d(hidden), nn.ReLU(inplace=True))
@@ -69,6 +88,11 @@ class SlimmableBottleneck(nn.Module):
         self.decode_norms = nn.ModuleList(nn.BatchNorm2d(c) for _ in config.widths)
         upsample: list[nn.Module] = [nn.ConvTranspose2d(c, c, s, stride=s)] if s > 1 else []
         self.decode_out = nn.Sequential(nn.ReLU(inplace=True), *upsample, nn.Conv2d(c, c, 3, padding=1))
+
+    @property
+    def tokens(self) -> bool:
+        """Whether this is the token form (B×N×D features)."""
+        return self.config.layout == "tokens"
 
     @property
     def levels(self) -> int:
@@ -85,26 +109,42 @@ class SlimmableBottleneck(nn.Module):
         """Device side: the integer code (as float) of ``features`` at ``width``; rounding is straight-through."""
         self._width_index(width)
         k = self.config.width_channels(width)
-        hidden = self.encode_body(features)
-        code = F.conv2d(hidden, self.encode_code.weight[:k], self.encode_code.bias[:k])
+        if self.tokens:
+            code = F.linear(features, self.encode_code.weight[:k], self.encode_code.bias[:k])
+        else:
+            code = F.conv2d(self.encode_body(features), self.encode_code.weight[:k], self.encode_code.bias[:k])
         scaled = torch.sigmoid(code) * self.levels
         return scaled + (torch.round(scaled) - scaled).detach()
 
     def decode(self, code: torch.Tensor, width: float = 1.0) -> torch.Tensor:
         """Server side: features of the original shape from a code of ``width``'s channels."""
         index = self._width_index(width)
-        k = code.shape[1]
+        k = code.shape[-1] if self.tokens else code.shape[1]
         if k != self.config.width_channels(width):
             raise BottleneckError(f"code has {k} channels; width {width:g} sends "
                                   f"{self.config.width_channels(width)}")
+        if self.tokens:
+            return F.linear(code / self.levels, self.decode_in.weight[:, :k], self.decode_bias[index])
         restored = F.conv2d(code / self.levels, self.decode_in.weight[:, :k], padding=1)
         return self.decode_out(self.decode_norms[index](restored))
 
     def forward(self, features: torch.Tensor, width: float = 1.0) -> torch.Tensor:
         return self.decode(self.encode(features, width), width)
 
+    def code_shape(self, feature_shape: tuple[int, ...], width: float = 1.0) -> tuple[int, ...]:
+        """The code's shape for one input of ``feature_shape`` ((C, H, W), or (N, D) for tokens): what is sent."""
+        k = self.config.width_channels(width)
+        if self.tokens:
+            return (feature_shape[0], k)
+        s = self.config.stride
+        return (k, math.ceil(feature_shape[1] / s), math.ceil(feature_shape[2] / s))
+
     def macs(self, feature_shape: tuple[int, ...], width: float = 1.0) -> tuple[int, int]:
-        """(encoder MACs on the device, decoder MACs on the server) for one input of ``feature_shape`` (C, H, W)."""
+        """(encoder MACs on the device, decoder MACs on the server) for one input of ``feature_shape`` (C, H, W),
+        or (N, D) for the token form."""
+        if self.tokens:
+            (n, d), k = feature_shape, self.config.width_channels(width)
+            return n * d * k, n * k * d
         c, h, w = feature_shape
         s, k = self.config.stride, self.config.width_channels(width)
         hidden = self.encode_code.in_channels
@@ -118,11 +158,27 @@ def feature_shape(split: Split) -> tuple[int, int, int]:
     """The (C, H, W) of the one 4-D tensor crossing ``split``'s cut, or a clear error."""
     crossing = split.cut.crossing
     if len(crossing) != 1 or len(crossing[0].shape) != 4:
-        shapes = ", ".join(f"{t.name} {list(t.shape)}" for t in crossing)
-        raise BottleneckError(f"a bottleneck needs one N×C×H×W tensor crossing the cut; cut {split.cut.index} sends "
-                              f"{shapes}; pick a cut between blocks (see `edgesplit profile`)")
+        raise BottleneckError(_one_tensor_message(split, "one N×C×H×W tensor"))
     _, c, h, w = crossing[0].shape
     return (c, h, w)
+
+
+def bottleneck_config(split: Split, channels: int, stride: int = 1, bits: int = 4,
+                      widths: tuple[float, ...] = (1.0,)) -> BottleneckConfig:
+    """The bottleneck for ``split``'s cut: the convolutional form where one N×C×H×W tensor crosses it, the token
+    form (every token sent: ``stride`` does not apply) where one floating-point B×N×D tensor does."""
+    crossing = split.cut.crossing
+    if len(crossing) == 1 and len(crossing[0].shape) == 3 and crossing[0].dtype.startswith(("float", "bfloat")):
+        return BottleneckConfig(crossing[0].shape[2], channels, 1, bits, tuple(widths), layout="tokens")
+    if len(crossing) != 1 or len(crossing[0].shape) != 4:
+        raise BottleneckError(_one_tensor_message(split, "one N×C×H×W or B×N×D (tokens) tensor"))
+    return BottleneckConfig(crossing[0].shape[1], channels, stride, bits, tuple(widths))
+
+
+def _one_tensor_message(split: Split, needs: str) -> str:
+    shapes = ", ".join(f"{t.name} {list(t.shape)}" for t in split.cut.crossing)
+    return (f"a bottleneck needs {needs} crossing the cut; cut {split.cut.index} sends {shapes}; pick a cut "
+            "between blocks (see `edgesplit profile`)")
 
 
 @dataclass
@@ -226,7 +282,10 @@ def _loss(bottleneck: SlimmableBottleneck, tail: nn.Module, features: torch.Tens
 # ---- checkpoints ----------------------------------------------------------------------------------------------
 
 def _identity(config: BottleneckConfig, plan: TrainingPlan) -> dict:
-    return {"config": {**asdict(config), "widths": list(config.widths)}, "plan": asdict(plan)}
+    identity = {"config": {**asdict(config), "widths": list(config.widths)}, "plan": asdict(plan)}
+    if config.layout == "image":  # checkpoints from before the token form name no layout: theirs is "image"
+        del identity["config"]["layout"]
+    return identity
 
 
 def _save(directory: Path, config: BottleneckConfig, plan: TrainingPlan, bottleneck: SlimmableBottleneck,

@@ -15,7 +15,8 @@ import numpy as np
 import torch
 from pydantic import BaseModel, field_serializer
 
-from edgesplit.compress.bottleneck import BottleneckConfig, SlimmableBottleneck, TrainingPlan, feature_shape, train_bottleneck
+from edgesplit.compress.bottleneck import (BottleneckConfig, SlimmableBottleneck, TrainingPlan, bottleneck_config,
+                                           train_bottleneck)
 from edgesplit.codecs import Codec, codec_from_json, decode, pack, parse_codec, unpack
 from edgesplit.model.data import Dataset
 from edgesplit.errors import EdgesplitError
@@ -50,7 +51,7 @@ class Configuration(BaseModel):
 
 class BottleneckSummary(BaseModel):
     channels: int
-    stride: int
+    stride: int  # 1 for the token form, which sends every token
     bits: int
     widths: list[float]
     feature_epochs: int
@@ -61,6 +62,7 @@ class BottleneckSummary(BaseModel):
     seconds: float
     resumed_from_epoch: int
     checkpoint: str | None
+    layout: Literal["image", "tokens"] = "image"  # tokens: the per-token linear form at a B×N×D cut
 
 
 class CompressReport(BaseModel):
@@ -229,10 +231,9 @@ def compress(traced: TracedModel, model: torch.nn.Module, dataset: Dataset, cut:
     if tuple(images.shape[1:]) != tuple(traced.example_inputs[0].shape[1:]):
         raise EdgesplitError(f"data set {dataset.name} has images of shape {list(images.shape[1:])}, the model takes "
                              f"{list(traced.example_inputs[0].shape[1:])}; pass --input-shape or data of that shape")
-    if bottleneck is not None:
-        shape = feature_shape(split)  # fails early for cuts a bottleneck cannot sit at
-        bottleneck = BottleneckConfig(shape[0], bottleneck.channels, bottleneck.stride, bottleneck.bits,
-                                      bottleneck.widths)
+    if bottleneck is not None:  # fails early for cuts a bottleneck cannot sit at; the token form at B×N×D ones
+        bottleneck = bottleneck_config(split, bottleneck.channels, bottleneck.stride, bottleneck.bits,
+                                       bottleneck.widths)
     float32_bytes = sum(int(np.prod(t.shape[1:])) * 4 for t in split.cut.crossing)
     baseline = _accuracy(model.eval(), [images], labels)
     calibration = dataset.train_images[:CALIBRATION_IMAGES]
@@ -248,7 +249,8 @@ def compress(traced: TracedModel, model: torch.nn.Module, dataset: Dataset, cut:
             widths=list(bottleneck.widths), feature_epochs=training.feature_epochs, task_epochs=training.task_epochs,
             train_images=min(len(dataset.train_labels), training.train_limit or len(dataset.train_labels)),
             feature_loss=log.feature_loss, task_loss=log.task_loss, seconds=log.seconds,
-            resumed_from_epoch=log.resumed_from_epoch, checkpoint=str(checkpoint_dir) if checkpoint_dir else None)
+            resumed_from_epoch=log.resumed_from_epoch, checkpoint=str(checkpoint_dir) if checkpoint_dir else None,
+            layout=bottleneck.layout)
     return CompressReport(
         model=name, model_ref=model_ref, fingerprint=traced.fingerprint, data=dataset.name,
         cut_index=split.cut.index, cut_position=split.cut.position, after=split.cut.after,
