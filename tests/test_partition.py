@@ -106,13 +106,13 @@ def _exact_random_partitions(name: str, per_stage_count: int) -> None:
     assert forwarded, "no random partition forwarded a tensor through a stage"
 
 
-@pytest.mark.parametrize("name", sorted(zoo.ZOO))
+@pytest.mark.parametrize("name", sorted(set(zoo.ZOO) - zoo.LARGE_MODELS))
 def test_random_monotone_partitions_of_every_zoo_model_are_exact(name):
     _exact_random_partitions(name, per_stage_count=3)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", sorted(zoo.ZOO))
+@pytest.mark.parametrize("name", sorted(set(zoo.ZOO) - zoo.LARGE_MODELS))
 def test_many_random_partitions_of_every_zoo_model_are_exact(name):
     _exact_random_partitions(name, per_stage_count=10)
 

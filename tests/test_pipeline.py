@@ -114,6 +114,7 @@ def test_bad_configs_are_refused_in_one_line(tmp_path, text, fragments):
 
 @pytest.mark.parametrize("changes, fragment", [
     ({"weights": None, "train": None}, "neither `weights` nor a `train` section"),
+    ({"untrained": True}, "`untrained: true` but also gives `weights` or a `train` section"),
     ({"targets": [{"device": "toaster", "link": "lte"}]}, "toaster"),
     ({"targets": [{"device": "rpi4", "link": "carrier-pigeon"}]}, "carrier-pigeon"),
     ({"codecs": ["int9"]}, "int9"),

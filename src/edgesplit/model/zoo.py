@@ -1,12 +1,19 @@
 """Built-in models, our own definitions (no torchvision), and the registry that names them.
 
+The ImageNet models (``resnet18``, ``resnet50``, ``mobilenetv3_small``/``_large``, ``vit_b16``, and ``vit_ti16``/
+``vit_s16`` built the same way at DeiT's Tiny/Small sizes) use torchvision's module and parameter names, so
+torchvision's published state dicts load into them with ``strict=True``.
+
 Every factory takes ``in_channels`` and ``num_classes`` so the same architecture fits any data set;
 each entry records the input shape it documents. All models trace with ``torch.fx`` and every
-intermediate value is a tensor, so every position in the graph is a candidate cut.
+intermediate value is a tensor, so every position in the graph is a candidate cut (but in the ViTs, the
+position between an ``nn.MultiheadAttention`` and the ``[0]`` that takes its output from the pair it returns).
 """
 
 from __future__ import annotations
 
+import math
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -16,8 +23,9 @@ from torch import nn
 
 from edgesplit.errors import ModelNotFoundError
 
-__all__ = ["ZOO", "ZooEntry", "get_entry", "hybrid_vit", "mobilenetv2", "register", "resnet8", "resnet18",
-           "resnet20", "small_cnn"]
+__all__ = ["LARGE_MODELS", "ZOO", "ZooEntry", "get_entry", "hybrid_vit", "mobilenetv2", "mobilenetv3_large",
+           "mobilenetv3_small", "register", "resnet8", "resnet18", "resnet20", "resnet50", "small_cnn", "vit_b16",
+           "vit_s16", "vit_ti16"]
 
 
 @dataclass(frozen=True)
@@ -31,6 +39,10 @@ class ZooEntry:
 
 
 ZOO: dict[str, ZooEntry] = {}
+
+# The zoo models whose 224×224 forward pass costs 0.2–17 GMACs (a tenth of a second to seconds on a CPU core):
+# sweeps that run every zoo model many times (the fast tests) leave them to tests of their own.
+LARGE_MODELS = frozenset({"mobilenetv3_small", "mobilenetv3_large", "resnet50", "vit_ti16", "vit_s16", "vit_b16"})
 
 
 def register(name: str, input_shape: tuple[int, ...], description: str):
@@ -319,3 +331,272 @@ class ResNet18(nn.Module):
           "ImageNet ResNet-18 (He et al. 2016), 11.7 M parameters, torchvision's layout and names; 1×3×224×224")
 def resnet18(in_channels: int = 3, num_classes: int = 1000) -> nn.Module:
     return ResNet18(in_channels, num_classes)
+
+
+# --- ImageNet ResNet-50, laid out like torchvision's -----------------------------------------
+
+
+class ImageNetBottleneck(nn.Module):
+    """ResNet bottleneck (1×1 reduce, 3×3, 1×1 expand ×4) with torchvision's names; the stride is on the 3×3
+    conv, as in torchvision's "ResNet v1.5"."""
+
+    expansion = 4
+
+    def __init__(self, c_in: int, width: int, stride: int = 1):
+        super().__init__()
+        c_out = width * self.expansion
+        self.conv1 = nn.Conv2d(c_in, width, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, width, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv3 = nn.Conv2d(width, c_out, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(c_out)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = None
+        if stride != 1 or c_in != c_out:
+            self.downsample = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        identity = x if self.downsample is None else self.downsample(x)
+        return self.relu(out + identity)
+
+
+class ResNet50(nn.Module):
+    """He et al. 2016's 50-layer ImageNet ResNet: 7×7 stem, stages of 3/4/6/3 bottlenecks (256–2048 channels).
+
+    Module and parameter names are torchvision's, so a `torchvision.models.resnet50` state dict loads with
+    ``strict=True``.
+    """
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 1000):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        c_in = 64
+        for stage, (width, blocks) in enumerate(((64, 3), (128, 4), (256, 6), (512, 3)), start=1):
+            layers = []
+            for i in range(blocks):
+                layers.append(ImageNetBottleneck(c_in, width, 2 if stage > 1 and i == 0 else 1))
+                c_in = width * ImageNetBottleneck.expansion
+            setattr(self, f"layer{stage}", nn.Sequential(*layers))
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(c_in, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+@register("resnet50", (1, 3, 224, 224),
+          "ImageNet ResNet-50 (He et al. 2016), 25.6 M parameters, torchvision's layout and names; 1×3×224×224")
+def resnet50(in_channels: int = 3, num_classes: int = 1000) -> nn.Module:
+    return ResNet50(in_channels, num_classes)
+
+
+# --- MobileNetV3, laid out like torchvision's ------------------------------------------------
+
+
+def make_divisible(value: float, divisor: int = 8) -> int:
+    """``value`` rounded to a multiple of ``divisor``, never more than 10% below it (MobileNet's channel rule)."""
+    rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
+    return rounded + divisor if rounded < 0.9 * value else rounded
+
+
+def conv_norm_act(c_in: int, c_out: int, kernel: int, stride: int = 1, groups: int = 1,
+                  act: type[nn.Module] | None = nn.ReLU) -> nn.Sequential:
+    """torchvision's ``Conv2dNormActivation``: conv (no bias) ``0``, BatchNorm ``1`` (MobileNetV3's eps and
+    momentum), activation ``2`` unless ``act`` is None."""
+    layers: list[nn.Module] = [
+        nn.Conv2d(c_in, c_out, kernel, stride, (kernel - 1) // 2, groups=groups, bias=False),
+        nn.BatchNorm2d(c_out, eps=0.001, momentum=0.01),
+    ]
+    if act is not None:
+        layers.append(act(inplace=True))
+    return nn.Sequential(*layers)
+
+
+class SqueezeExcitation(nn.Module):
+    """Squeeze-and-excitation (Hu et al. 2018) as torchvision writes it: pool, 1×1 ``fc1``, ReLU, 1×1 ``fc2``,
+    hard sigmoid, and the input scaled channel by channel."""
+
+    def __init__(self, channels: int, squeeze: int):
+        super().__init__()
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc1 = nn.Conv2d(channels, squeeze, 1)
+        self.fc2 = nn.Conv2d(squeeze, channels, 1)
+        self.activation = nn.ReLU()
+        self.scale_activation = nn.Hardsigmoid()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.scale_activation(self.fc2(self.activation(self.fc1(self.avgpool(x))))) * x
+
+
+class MobileNetV3Block(nn.Module):
+    """MobileNetV3 bottleneck: optional 1×1 expand, k×k depthwise, optional squeeze-excite, 1×1 linear project;
+    residual when the shape is kept. ``block.N`` numbering is torchvision's."""
+
+    def __init__(self, c_in: int, kernel: int, expanded: int, c_out: int, se: bool, hard_swish: bool, stride: int):
+        super().__init__()
+        act = nn.Hardswish if hard_swish else nn.ReLU
+        layers: list[nn.Module] = []
+        if expanded != c_in:
+            layers.append(conv_norm_act(c_in, expanded, 1, act=act))
+        layers.append(conv_norm_act(expanded, expanded, kernel, stride, groups=expanded, act=act))
+        if se:
+            layers.append(SqueezeExcitation(expanded, make_divisible(expanded // 4)))
+        layers.append(conv_norm_act(expanded, c_out, 1, act=None))
+        self.block = nn.Sequential(*layers)
+        self.use_res_connect = stride == 1 and c_in == c_out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.use_res_connect:  # fixed at construction, so fx traces it
+            return self.block(x) + x
+        return self.block(x)
+
+
+class MobileNetV3(nn.Module):
+    """Howard et al. 2019's MobileNetV3 (width 1.0): Hardswish stem, bottlenecks, a 1×1 conv to 6× channels,
+    pooling and a two-layer classifier. Names are torchvision's (``features.N``, ``classifier.0``/``.3``), so a
+    `torchvision.models.mobilenet_v3_small`/`_large` state dict loads with ``strict=True``."""
+
+    # (in, kernel, expanded, out, squeeze-excite, hard-swish, stride), Tables 1 and 2 of the paper.
+    LARGE = ((16, 3, 16, 16, False, False, 1), (16, 3, 64, 24, False, False, 2), (24, 3, 72, 24, False, False, 1),
+             (24, 5, 72, 40, True, False, 2), (40, 5, 120, 40, True, False, 1), (40, 5, 120, 40, True, False, 1),
+             (40, 3, 240, 80, False, True, 2), (80, 3, 200, 80, False, True, 1), (80, 3, 184, 80, False, True, 1),
+             (80, 3, 184, 80, False, True, 1), (80, 3, 480, 112, True, True, 1), (112, 3, 672, 112, True, True, 1),
+             (112, 5, 672, 160, True, True, 2), (160, 5, 960, 160, True, True, 1), (160, 5, 960, 160, True, True, 1))
+    SMALL = ((16, 3, 16, 16, True, False, 2), (16, 3, 72, 24, False, False, 2), (24, 3, 88, 24, False, False, 1),
+             (24, 5, 96, 40, True, True, 2), (40, 5, 240, 40, True, True, 1), (40, 5, 240, 40, True, True, 1),
+             (40, 5, 120, 48, True, True, 1), (48, 5, 144, 48, True, True, 1), (48, 5, 288, 96, True, True, 2),
+             (96, 5, 576, 96, True, True, 1), (96, 5, 576, 96, True, True, 1))
+
+    def __init__(self, settings: tuple[tuple, ...], last_channel: int, in_channels: int = 3,
+                 num_classes: int = 1000):
+        super().__init__()
+        layers: list[nn.Module] = [conv_norm_act(in_channels, settings[0][0], 3, 2, act=nn.Hardswish)]
+        layers += [MobileNetV3Block(*setting) for setting in settings]
+        last_in = settings[-1][3]
+        layers.append(conv_norm_act(last_in, 6 * last_in, 1, act=nn.Hardswish))
+        self.features = nn.Sequential(*layers)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Sequential(nn.Linear(6 * last_in, last_channel), nn.Hardswish(inplace=True),
+                                        nn.Dropout(p=0.2, inplace=True), nn.Linear(last_channel, num_classes))
+        for module in self.modules():  # torchvision's initialisation
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out")
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, 0, 0.01)
+                nn.init.zeros_(module.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
+
+
+@register("mobilenetv3_small", (1, 3, 224, 224),
+          "ImageNet MobileNetV3-Small (Howard et al. 2019), 2.5 M parameters, torchvision's names; 1×3×224×224")
+def mobilenetv3_small(in_channels: int = 3, num_classes: int = 1000) -> nn.Module:
+    return MobileNetV3(MobileNetV3.SMALL, 1024, in_channels, num_classes)
+
+
+@register("mobilenetv3_large", (1, 3, 224, 224),
+          "ImageNet MobileNetV3-Large (Howard et al. 2019), 5.5 M parameters, torchvision's names; 1×3×224×224")
+def mobilenetv3_large(in_channels: int = 3, num_classes: int = 1000) -> nn.Module:
+    return MobileNetV3(MobileNetV3.LARGE, 1280, in_channels, num_classes)
+
+
+# --- Vision Transformer, laid out like torchvision's -----------------------------------------
+
+
+class EncoderBlock(nn.Module):
+    """Pre-norm ViT block with torchvision's names: ``ln_1``, ``self_attention`` (an nn.MultiheadAttention,
+    a single graph node), ``ln_2``, ``mlp`` (Linear ``0``, GELU, Dropout, Linear ``3``, Dropout)."""
+
+    def __init__(self, heads: int, dim: int, mlp_dim: int):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(dim, eps=1e-6)
+        self.self_attention = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.dropout = nn.Dropout(0.0)
+        self.ln_2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = nn.Sequential(nn.Linear(dim, mlp_dim), nn.GELU(), nn.Dropout(0.0), nn.Linear(mlp_dim, dim),
+                                 nn.Dropout(0.0))
+        for module in self.mlp:
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                nn.init.normal_(module.bias, std=1e-6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.ln_1(x)
+        y = self.dropout(self.self_attention(y, y, y, need_weights=False)[0])
+        x = x + y
+        return x + self.mlp(self.ln_2(x))
+
+
+class Encoder(nn.Module):
+    """Learned position embedding, ``layers.encoder_layer_N`` blocks and a final LayerNorm ``ln``."""
+
+    def __init__(self, tokens: int, depth: int, heads: int, dim: int, mlp_dim: int):
+        super().__init__()
+        self.pos_embedding = nn.Parameter(torch.empty(1, tokens, dim).normal_(std=0.02))
+        self.dropout = nn.Dropout(0.0)
+        self.layers = nn.Sequential(OrderedDict(
+            (f"encoder_layer_{i}", EncoderBlock(heads, dim, mlp_dim)) for i in range(depth)))
+        self.ln = nn.LayerNorm(dim, eps=1e-6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.ln(self.layers(self.dropout(x + self.pos_embedding)))
+
+
+class VisionTransformer(nn.Module):
+    """Dosovitskiy et al. 2021's ViT: p×p patches projected by ``conv_proj``, a ``class_token``, the encoder,
+    and ``heads.head`` on the class token. Names are torchvision's, so a `torchvision.models.vit_b_16` state dict
+    loads into ``vit_b16`` with ``strict=True``. The input must be ``image_size`` square (the position embedding
+    has one entry per patch). ``forward`` reads no shapes, so every value in the graph is a tensor."""
+
+    def __init__(self, depth: int, heads: int, dim: int, mlp_dim: int, patch: int = 16, image_size: int = 224,
+                 in_channels: int = 3, num_classes: int = 1000):
+        super().__init__()
+        self.conv_proj = nn.Conv2d(in_channels, dim, patch, patch)
+        self.class_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.encoder = Encoder((image_size // patch) ** 2 + 1, depth, heads, dim, mlp_dim)
+        self.heads = nn.Sequential(OrderedDict(head=nn.Linear(dim, num_classes)))
+        fan_in = in_channels * patch * patch  # torchvision's initialisation, but for the classifier:
+        nn.init.trunc_normal_(self.conv_proj.weight, std=math.sqrt(1 / fan_in))
+        nn.init.zeros_(self.conv_proj.bias)
+        # torchvision zeroes it, so an untrained ViT's output would be all zeros and agreement with it meaningless;
+        # DeiT's truncated normal instead.
+        nn.init.trunc_normal_(self.heads.head.weight, std=0.02)
+        nn.init.zeros_(self.heads.head.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        patches = self.conv_proj(x).flatten(2).transpose(1, 2)  # N×D×h×w -> N×(h·w)×D
+        tokens = torch.cat([self.class_token.expand_as(patches[:, :1]), patches], dim=1)
+        return self.heads(self.encoder(tokens)[:, 0])
+
+
+@register("vit_ti16", (1, 3, 224, 224),
+          "ViT-Ti/16 (DeiT-Tiny shape: 12 layers, 192-dim, 3 heads), 5.7 M parameters, torchvision's names; "
+          "1×3×224×224")
+def vit_ti16(in_channels: int = 3, num_classes: int = 1000) -> nn.Module:
+    return VisionTransformer(12, 3, 192, 768, in_channels=in_channels, num_classes=num_classes)
+
+
+@register("vit_s16", (1, 3, 224, 224),
+          "ViT-S/16 (DeiT-Small shape: 12 layers, 384-dim, 6 heads), 22.1 M parameters, torchvision's names; "
+          "1×3×224×224")
+def vit_s16(in_channels: int = 3, num_classes: int = 1000) -> nn.Module:
+    return VisionTransformer(12, 6, 384, 1536, in_channels=in_channels, num_classes=num_classes)
+
+
+@register("vit_b16", (1, 3, 224, 224),
+          "ViT-B/16 (Dosovitskiy et al. 2021), 86.6 M parameters, torchvision's vit_b_16 layout and names; "
+          "1×3×224×224")
+def vit_b16(in_channels: int = 3, num_classes: int = 1000) -> nn.Module:
+    return VisionTransformer(12, 12, 768, 3072, in_channels=in_channels, num_classes=num_classes)

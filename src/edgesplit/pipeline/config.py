@@ -84,7 +84,12 @@ class RunConfig(BaseModel):
     title: str | None = None
     model: str
     weights: Path | None = None  # trained weights; without them, `train` trains the model on `data`
+    # Neither weights nor training: the model keeps its random initial weights. Latency, bytes, plans, splits and
+    # attacks do not depend on training; accuracy does, so compress measures top-1 agreement with the unsplit
+    # model instead.
+    untrained: bool = False
     data: str = "digits"
+    image_size: int | None = Field(None, ge=1)  # images of `data` resized to this side (patches:DIR's patch side)
     train: TrainSettings | None = None
     compare: list[str] = []  # other models to profile beside it (zoo names, untrained)
     targets: list[Target] = Field(min_length=1)
@@ -169,9 +174,12 @@ def check_config(config: RunConfig) -> None:
         check_compress(config.compress)
     if config.audit:
         check_audit(config.audit)
-    if config.weights is None and config.train is None:
-        raise ConfigError("the config has neither `weights` nor a `train` section; give trained weights or add "
-                          "`train: {epochs: 10}`")
+    if config.untrained and (config.weights is not None or config.train is not None):
+        raise ConfigError("the config says `untrained: true` but also gives `weights` or a `train` section; "
+                          "keep one of them")
+    if config.weights is None and config.train is None and not config.untrained:
+        raise ConfigError("the config has neither `weights` nor a `train` section; give trained weights, add "
+                          "`train: {epochs: 10}`, or say `untrained: true` (no accuracy is measured)")
     if config.serve and config.serve.target and config.serve.target not in {t.slug for t in config.targets}:
         raise ConfigError(f"serve.target {config.serve.target!r} is none of the targets "
                           f"({', '.join(t.slug for t in config.targets)})")

@@ -21,7 +21,7 @@ from rich.table import Table
 
 from edgesplit.model.data import Dataset, load_dataset
 from edgesplit.model.graph import TracedModel
-from edgesplit.model.intake import LoadedModel
+from edgesplit.model.intake import LoadedModel, load_model, save_weights
 from edgesplit.pipeline import stages
 from edgesplit.pipeline.config import ConfigError, RunConfig, Target, check_config
 from edgesplit.pipeline.show import show_audit, show_compress, show_plan, show_profile, show_split, show_train
@@ -50,7 +50,18 @@ class Run:
     @cached_property
     def dataset(self) -> Dataset:
         """The config's data set, loaded once for every stage that needs it."""
-        return load_dataset(self.config.data)
+        return load_dataset(self.config.data, image_size=self.config.image_size)
+
+    def agreement_dataset(self, model: torch.nn.Module) -> Dataset:
+        """The data set labelled with ``model``'s own top-1 predictions: for an untrained model, whose labels mean
+        nothing, accuracy at a cut then means agreement with the unsplit model."""
+        dataset = self.dataset
+        with torch.no_grad():
+            logits = [model.eval()(chunk) for chunk in torch.cat([dataset.train_images, dataset.test_images]).split(16)]
+        predicted = torch.cat(logits).argmax(1)
+        train, test = predicted[:len(dataset.train_images)], predicted[len(dataset.train_images):]
+        return Dataset(f"{dataset.name}, labelled by the unsplit model", dataset.train_images, train,
+                       dataset.test_images, test, [str(i) for i in range(logits[0].shape[1])])
 
     def stage(self, title: str) -> None:
         self.step += 1
@@ -77,6 +88,7 @@ def run_pipeline(config: RunConfig, out_dir: Path, console: Console, progress: b
     run = Run(config, out_dir, console, progress)
     run.out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
+    run.dataset  # noqa: B018 - a data set that cannot be read stops the run now, not after minutes of profiling
 
     loaded, traced = _train_or_load(run)
     _profile(run, traced)
@@ -88,7 +100,10 @@ def run_pipeline(config: RunConfig, out_dir: Path, console: Console, progress: b
         _split(run, loaded, traced, entry)
         if config.compress is not None:
             plans[served] = _compress_and_replan(run, loaded, traced, served, entry)
-    if served is not None and config.serve is not None:
+    if served is not None and config.serve is not None and not _sends(plans[served]):
+        run.console.print("[bold yellow]note:[/] replanned with the measured configurations, the served target's "
+                          "plan runs the whole model on the device at every bandwidth, so nothing is served")
+    elif served is not None and config.serve is not None:
         _serve_and_infer(run, plans[served], run.out_dir / f"plan_{served}.json")
     if config.audit is not None:
         _audit(run, loaded, traced)
@@ -107,6 +122,13 @@ def _train_or_load(run: Run) -> tuple[LoadedModel, TracedModel]:
     if config.weights is not None:
         run.stage(f"load {config.model} from {config.weights}")
         return stages.load(config.model, weights=config.weights)
+    if config.untrained:
+        run.stage(f"build {config.model} with random weights (untrained: not trained, no accuracy measured)")
+        loaded = load_model(config.model, input_shape=(1, *run.dataset.input_shape))  # shaped for the data
+        # Saved like trained weights, so the server and the client of `serve` rebuild these same random weights.
+        weights = run.out_dir / f"{config.model.replace(':', '_')}_untrained.safetensors"
+        save_weights(loaded.module, weights, loaded.ref, tuple(loaded.example_input.shape), {"untrained": True})
+        return stages.load(config.model, weights=weights)
     run.stage(f"train {config.model} on {config.data}")
     started = time.perf_counter()
     weights = run.out_dir / f"{config.model.replace(':', '_')}.safetensors"
@@ -163,6 +185,10 @@ def _sends(report: PlanReport) -> bool:
 def _served_target(run: Run, plans: dict[str, PlanReport]) -> str | None:
     """The target whose plan is compressed and served: the config's, else the first that sends anything."""
     wanted = run.config.serve.target if run.config.serve else None
+    if wanted and not _sends(plans[wanted]):
+        run.console.print(f"[bold yellow]note:[/] the plan of serve.target {escape(wanted)} runs the whole model on "
+                          "the device at every bandwidth, so nothing is compressed or served; name another target")
+        return None
     if wanted:
         return wanted
     served = next((slug for slug, report in plans.items() if _sends(report)), None)
@@ -197,7 +223,11 @@ def _compress_and_replan(run: Run, loaded: LoadedModel, traced: TracedModel, slu
     learned = " and a learned bottleneck" if settings.bottleneck else ""
     run.stage(f"compress at cut {entry.cut_index} (after {entry.after}): codecs{learned}")
     started = time.perf_counter()
-    result = stages.compress(settings, loaded, traced, run.dataset, entry.cut_index,
+    if run.config.untrained:
+        run.console.print("[bold yellow]note:[/] untrained model: 'accuracy' below is top-1 agreement with the "
+                          "unsplit model on the same images, not accuracy")
+    dataset = run.agreement_dataset(loaded.module) if run.config.untrained else run.dataset
+    result = stages.compress(settings, loaded, traced, dataset, entry.cut_index,
                              checkpoint=run.out_dir / "bottleneck", seed=run.config.seed, progress=run.progress)
     compress_path = run.write("compress.json", result)
     plot_rate_accuracy(result, run.out_dir / "compress.png")
@@ -216,6 +246,7 @@ def _serve_and_infer(run: Run, report: PlanReport, plan_path: Path) -> None:
     run.stage(f"serve the {report.device.spec} → {report.link.spec} plan on 127.0.0.1 and run held-out images")
     passes, overhead = stages.serve_and_infer(run.config.serve, report, plan_path, run.out_dir,
                                               model=run.config.model, data=run.config.data, progress=run.progress,
+                                              labelled=not run.config.untrained,
                                               say=lambda text: run.console.print(escape(text)))
     for index, done in enumerate(passes):
         run.write(f"{done.name}.json", done.result)

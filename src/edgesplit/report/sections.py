@@ -111,6 +111,8 @@ def _config_facts(summary: RunSummary, anchors: dict[str, str], files: Sequence[
     elif train is not None:
         model = (f"{config.model}, trained here on {config.data} ({train.epochs} epoch"
                  f"{'' if train.epochs == 1 else 's'}, batch {train.batch_size}, lr {train.lr})")
+    elif config.untrained:
+        model = f"{config.model}, untrained (random weights): compress's accuracy is agreement with the whole model"
     else:
         model = config.model
     targets = []
