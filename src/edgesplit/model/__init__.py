@@ -3,7 +3,9 @@
 The modules, lower first:
 
 * ``zoo``: the built-in models by name (``ZOO``); ``limits``: the sizes a loaded model and its input may have.
-* ``intake``: a model named by a zoo name or ``module:factory`` (``ModelRef``), built and its weights read safely.
+* ``hf``: ``hf:DIR``, a Hugging Face ``save_pretrained`` folder, loaded offline and wrapped to return one tensor.
+* ``intake``: a model named by a zoo name, ``module:factory`` or ``hf:DIR`` (``ModelRef``), built and its weights read
+  safely.
 * ``graph``: ``trace`` turns a model into a ``TracedModel``, its candidate cuts and the split at any of them.
 * ``artifact``: a split saved as split.json and safetensors, and loaded back (``save_split``, ``load_split``).
 * ``data``: data sets named by spec strings (``load_dataset``); ``train``: `edgesplit train`.

@@ -19,7 +19,7 @@ from safetensors.torch import load_model, save_model
 
 from edgesplit.errors import EdgesplitError, SplitArtifactError
 from edgesplit.model.graph import EXACT_TOLERANCE, Split, TensorSpec, TracedModel, max_abs_diff, trace
-from edgesplit.model.intake import ModelRef, build_model
+from edgesplit.model.intake import ModelRef, build_model, example_input
 from edgesplit.versioned import read_versioned
 
 SPLIT_VERSION = 1
@@ -95,7 +95,7 @@ def load_split(folder: str | Path, parts: tuple[Part, ...] = ("head", "tail"), *
     model_module = build_model(ModelRef(name, kwargs), trusted_factory=model,
                                input_shapes=[tuple(s) for s in record.input_shapes],
                                source=f"split record {folder / 'split.json'}")
-    example = tuple(torch.zeros(shape) for shape in record.input_shapes)
+    example = tuple(example_input(model_module, shape, seed=None) for shape in record.input_shapes)  # zeros
     try:
         traced = trace(model_module, example)
     except EdgesplitError as error:

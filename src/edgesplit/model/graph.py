@@ -14,16 +14,31 @@ is the K = 2 case.
 
 ``get_attr`` nodes (parameters read directly by ``forward``) are not cut positions: they are copied into
 whichever stage reads them, so a parameter never crosses the network.
+
+Node names are the keys of cuts in profiles, plans and split records. torch.fx names a node after the module or
+function it calls (``layer1_0_conv1``); a torch.export graph would name it after its ATen op (``add_10``), so
+its compute nodes are renamed after the module that ran them (``node.meta["nn_module_stack"]``, dots as
+underscores: ``vit_layers_3_output``), plus the op where several nodes share a module
+(``vit_layers_3_attention_view_1``). A cut can be named with dots too (``vit.layers.3.output``).
+
+torch.export is asked for a dynamic batch (dimension 0 of every input), so the halves run on any batch as fx
+graphs do; a model that will not export so is exported at the example's batch alone. Such a graph computes the
+batch as a symbolic int (``sym_size_int``, and expressions of it). Those *batch scalars* never cross a cut: a
+stage that reads one it did not compute works it out again from the size of a tensor it receives, and a cut
+whose tensors do not carry the batch is not a candidate.
 """
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import hashlib
 import io
+import keyword
 import logging
 import math
 import numbers
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -40,8 +55,8 @@ COMPUTE_OPS = ("call_module", "call_function", "call_method")
 EXACT_TOLERANCE = 1e-5
 
 __all__ = ["COMPUTE_OPS", "EXACT_TOLERANCE", "Assignment", "Cut", "Partition", "Split", "Stage", "TensorSpec",
-           "TracedModel", "cut_for_head", "enumerate_cuts", "graph_fingerprint", "max_abs_diff", "node_kind",
-           "partition_graph", "resolve_cut", "split_at", "tensor_spec", "trace"]
+           "TracedModel", "cut_for_head", "enumerate_cuts", "graph_fingerprint", "is_batch_scalar", "max_abs_diff",
+           "node_kind", "partition_graph", "resolve_cut", "split_at", "tensor_spec", "trace"]
 
 
 class TensorSpec(BaseModel):
@@ -248,8 +263,9 @@ def _trace_graph(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...], expec
         fx_reason = _first_line(error)
     try:
         with _quiet_export_logs():
-            exported = torch.export.export(model, inputs)
+            exported = _export(model, inputs)
         graph_module = exported.module(check_guards=False)
+        _name_by_module(graph_module, getattr(model, "edgesplit_name_prefix", ""))
         _check_same(graph_module(*inputs), expected, "torch.export")
     except Exception as error:  # noqa: BLE001
         raise UntraceableModelError(
@@ -261,6 +277,68 @@ def _trace_graph(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...], expec
         "torch.fx could not trace %s (%s); traced with torch.export instead (ATen-level graph)",
         type(model).__name__, fx_reason)
     return graph_module, "export", fx_reason
+
+
+def _export(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> Any:
+    """torch.export with a dynamic batch (traced at a batch of at least 2, as a batch of 1 would be fixed), else at
+    the example's batch."""
+    if inputs and all(x.dim() >= 1 and x.shape[0] == inputs[0].shape[0] for x in inputs):
+        batch = max(2, inputs[0].shape[0])
+        wide = tuple(x.expand(batch, *x.shape[1:]).contiguous() for x in inputs)
+        dims = tuple({0: torch.export.Dim("batch", min=1, max=2**20)} for _ in inputs)
+        try:
+            return torch.export.export(model, wide, dynamic_shapes=dims)
+        except Exception:  # noqa: BLE001 - a model that fixes its batch exports as it is, below
+            pass
+    return torch.export.export(model, inputs)
+
+
+def _name_by_module(graph_module: fx.GraphModule, prefix: str = "") -> None:
+    """Rename an export graph's compute nodes after the module each ran in (see the module docstring).
+
+    ``prefix`` is a module path left out of every name (a wrapper's attribute holding the real model). Nodes
+    outside any module keep their op names. Deterministic: names follow the graph's order alone."""
+    def path(node: fx.Node) -> str:
+        stack = node.meta.get("nn_module_stack") or {}
+        innermost = list(stack.values())[-1] if stack else None
+        where = str(innermost[0]) if isinstance(innermost, tuple) and innermost else ""
+        if where.startswith("_empty_nn_module_stack"):  # export's mark for a node outside every module
+            return ""
+        if prefix and (where == prefix or where.startswith(prefix + ".")):
+            where = where[len(prefix):].lstrip(".")
+        return re.sub(r"\W", "_", where.replace(".", "_")).strip("_")
+
+    nodes = [n for n in graph_module.graph.nodes if n.op in COMPUTE_OPS]
+    paths = {node: path(node) for node in nodes}
+    renamed = [node for node in nodes if paths[node]]
+    if not renamed:
+        return
+    shared: dict[str, int] = {}
+    for node in renamed:
+        shared[paths[node]] = shared.get(paths[node], 0) + 1
+    taken = {n.name for n in graph_module.graph.nodes if n not in set(renamed)}
+    wanted: dict[fx.Node, str] = {}
+    for node in renamed:
+        op = re.sub(r"_\d+$", "", node.name)
+        alone = shared[paths[node]] == 1 or paths[node].endswith(f"_{op}") or paths[node] == op  # dropout's dropout
+        base = paths[node] if alone else f"{paths[node]}_{op}"
+        if base[0].isdigit() or base in _RESERVED:
+            base = f"_{base}"
+        name, count = base, 0
+        while name in taken:
+            count += 1
+            name = f"{base}_{count}"
+        taken.add(name)
+        wanted[node] = name
+    for index, node in enumerate(renamed):  # first out of the way, so no new name meets an old one
+        node._rename(f"_edgesplit_renaming_{index}")
+    for node in renamed:
+        node._rename(wanted[node])
+    graph_module.recompile()
+
+
+# Names a node may not take: fx's generated code uses them (Python keywords, builtins, its own imports).
+_RESERVED = frozenset(keyword.kwlist) | frozenset(dir(builtins)) | {"torch", "fx_pytree", "pytree", "device"}
 
 
 def _check_same(actual: Any, expected: Any, tracer: str) -> None:
@@ -327,12 +405,44 @@ def enumerate_cuts(graph_module: fx.GraphModule, compute_nodes: list[fx.Node]) -
     spec_of = {node: tensor_spec(node) for node, _, _ in produced_and_last_read}
     cuts: list[Cut] = []
     for position in range(end + 1):
-        specs = [spec_of[n] for n, produced, last in produced_and_last_read if produced < position <= last]
-        if any(spec is None for spec in specs):
+        crossing = [n for n, produced, last in produced_and_last_read if produced < position <= last]
+        scalars = [n for n in crossing if is_batch_scalar(n)]
+        tensors = [n for n in crossing if not is_batch_scalar(n)]
+        specs = [spec_of[n] for n in tensors]
+        if any(spec is None for spec in specs) or not all(_derivable(n, tensors) for n in scalars):
             continue
         after = "input" if position == 0 else compute_nodes[position - 1].name
         cuts.append(Cut(len(cuts), position, after, tuple(specs)))  # type: ignore[arg-type]
     return cuts
+
+
+def is_batch_scalar(node: fx.Node) -> bool:
+    """Whether ``node`` computes a symbolic int of a dynamic-batch export graph (the batch, or an expression of it):
+    such a value never crosses a cut, it is worked out again where it is needed (see the module docstring)."""
+    return isinstance(node.meta.get("val"), torch.SymInt)
+
+
+def _size_source(node: fx.Node, tensors: Iterable[fx.Node]) -> tuple[fx.Node, int] | None:
+    """A tensor among ``tensors`` and a dimension of it whose size is exactly ``node``'s symbolic value."""
+    wanted = str(node.meta["val"])
+    for tensor in tensors:
+        value = tensor.meta.get("val")
+        if isinstance(value, torch.Tensor):
+            for dim, size in enumerate(value.shape):
+                if isinstance(size, torch.SymInt) and str(size) == wanted:
+                    return tensor, dim
+    return None
+
+
+def _derivable(node: fx.Node, tensors: list[fx.Node], depth: int = 0) -> bool:
+    """Whether a batch scalar can be worked out from the sizes of ``tensors`` (directly, or as an expression of
+    batch scalars that can)."""
+    if _size_source(node, tensors) is not None:
+        return True
+    if depth > 8 or node.op != "call_function":
+        return False
+    return all(_derivable(arg, tensors, depth + 1) if is_batch_scalar(arg) else arg.op == "get_attr"
+               for arg in node.all_input_nodes)
 
 
 def tensor_spec(node: fx.Node) -> TensorSpec | None:
@@ -392,9 +502,10 @@ def resolve_cut(cuts: list[Cut], key: int | str) -> Cut:
             raise CutError(f"cut index {key} is out of range; this model has cuts 0..{len(cuts) - 1} "
                            "(run `edgesplit profile` to list them)")
         return cuts[key]
-    for cut in cuts:
-        if cut.after == key:
-            return cut
+    for name in (key, key.replace(".", "_")):  # vit.layers.3.output names the node vit_layers_3_output
+        for cut in cuts:
+            if cut.after == name:
+                return cut
     names = ", ".join(c.after for c in cuts[:6])
     raise CutError(f"no candidate cut after a node named '{key}'; give a cut index or one of the names "
                    f"`edgesplit profile` lists (e.g. {names}, ...)")
@@ -477,8 +588,8 @@ def _boundaries(graph_module: fx.GraphModule, stage_of: Mapping[fx.Node, int], c
     """
     boundaries: list[list[fx.Node]] = [[] for _ in range(count - 1)]
     for value in graph_module.graph.nodes:
-        if value.op != "placeholder" and value not in stage_of:
-            continue
+        if (value.op != "placeholder" and value not in stage_of) or is_batch_scalar(value):
+            continue  # a batch scalar is worked out again by each stage that reads it
         made = stage_of.get(value, 0)
         read = max((count - 1 if user.op == "output" else stage_of.get(user, made) for user in value.users),
                    default=made)
@@ -517,6 +628,17 @@ def _subgraph_module(graph_module: fx.GraphModule, inputs: list[fx.Node], nodes:
     def lookup(node: fx.Node) -> fx.Node:
         if node not in env and node.op == "get_attr":  # parameters are copied to each half that reads them
             env[node] = graph.get_attr(node.target)
+            env[node].meta = dict(node.meta)
+        if node not in env and is_batch_scalar(node):  # the batch, from the size of a tensor this stage receives
+            source = _size_source(node, inputs)
+            if source is not None:
+                env[node] = graph.call_function(torch.ops.aten.sym_size.int, (env[source[0]], source[1]))
+            elif node.op == "call_function" and _derivable(node, inputs):
+                env[node] = graph.node_copy(node, lookup)
+            else:
+                raise CutError(f"a stage that receives {', '.join(n.name for n in inputs[:3]) or 'nothing'} cannot "
+                               f"work out the batch size {node.name} it needs; cut where a tensor with the batch "
+                               "crosses")
             env[node].meta = dict(node.meta)
         return env[node]
 

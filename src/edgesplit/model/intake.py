@@ -1,14 +1,15 @@
 """Turn what a user names on the command line into a model and an example input.
 
-``MODEL`` is a zoo name (``small_cnn``) or an import path ``package.module:factory`` whose factory returns
-an ``nn.Module``. Weights come from ``.safetensors`` files or from state dicts that ``torch.load`` reads
-with ``weights_only=True`` (never pickle). Weights that ``edgesplit train`` writes carry the model's name,
+``MODEL`` is a zoo name (``small_cnn``), an import path ``package.module:factory`` whose factory returns
+an ``nn.Module``, or ``hf:DIR``, a folder that Hugging Face transformers' ``save_pretrained`` wrote (``model.hf``).
+Weights come from ``.safetensors`` files or from state dicts that ``torch.load`` reads with ``weights_only=True``
+(never pickle). Weights that ``edgesplit train`` writes carry the model's name,
 constructor arguments and input shape in the safetensors metadata, so they rebuild the right model alone.
 
 No file chooses code to run. A plan, split record or weights file may name a zoo model; a ``module:factory``
-is built only when the person running the command named that same factory (``--model`` on the command line,
-``model=`` in Python, or their own run config): ``build_model(ref, trusted_factory=...)`` refuses any other, before
-importing anything. The factory's arguments are checked too: JSON scalars only (int, float, str, bool, None), for
+or an ``hf:DIR`` is built only when the person running the command named that same one (``--model`` on the command
+line, ``model=`` in Python, or their own run config): ``build_model(ref, trusted_factory=...)`` refuses any other,
+before importing anything. The factory's arguments are checked too: JSON scalars only (int, float, str, bool, None), for
 parameters the factory's signature names (a ``**kwargs`` catch-all accepts nothing by itself), of the type its
 default value has. The model is built on the meta device first and refused above ``limits.max_model_bytes()`` of
 parameters and buffers, or above ``limits.max_activation_bytes()`` for one forward pass at the given input shape.
@@ -30,12 +31,13 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_model
 
 from edgesplit.errors import EdgesplitError, InputShapeError, ModelNotFoundError, WeightsError
+from edgesplit.model import hf
 from edgesplit.model.limits import check_input_shape, max_activation_bytes, max_model_bytes
 from edgesplit.model.zoo import ZOO, get_entry
 
 __all__ = ["METADATA_KEY", "LoadedModel", "ModelRef", "ModelRefError", "ModelSizeError", "build_model",
-           "check_model_args", "check_trusted", "data_arguments", "is_factory", "load_model", "load_weights",
-           "parse_input_shape", "read_weights", "resolve_factory", "save_weights"]
+           "check_model_args", "check_trusted", "data_arguments", "example_input", "is_factory", "load_model",
+           "load_weights", "parse_input_shape", "read_weights", "resolve_factory", "save_weights"]
 
 METADATA_KEY = "edgesplit"
 MAX_MODEL_ARGS = 32  # keyword arguments a model reference may carry
@@ -73,7 +75,8 @@ def parse_input_shape(text: str) -> tuple[int, ...]:
 
 
 def is_factory(name: str) -> bool:
-    """Whether ``name`` is an import path (``package.module:factory``) rather than a zoo name."""
+    """Whether ``name`` is code only the user may choose: an import path (``package.module:factory``) or a Hugging
+    Face folder (``hf:DIR``), rather than a zoo name."""
     return ":" in name
 
 
@@ -82,6 +85,13 @@ def check_trusted(name: str, trusted_factory: str | None, source: str = "the fil
     or exactly the factory the user gave; nothing is imported before this check passes."""
     if trusted_factory is not None and name == trusted_factory:
         return
+    if hf.is_hf(name):
+        if trusted_factory is None:
+            raise ModelRefError(f"{source} names the Hugging Face model '{name[:200]}', which only you may choose to "
+                                f"load; if you trust it, pass --model {name[:200]} (model='{name[:200]}' in Python)")
+        raise ModelRefError(f"{source} names the Hugging Face model '{name[:200]}', not the '{trusted_factory}' you "
+                            f"gave; pass --model {name[:200]} if you trust it, or use a file made for "
+                            f"{trusted_factory}")
     if is_factory(name):
         if trusted_factory is None:
             raise ModelRefError(f"{source} names the model factory '{name}', code that only you may choose to run; "
@@ -94,7 +104,11 @@ def check_trusted(name: str, trusted_factory: str | None, source: str = "the fil
 
 
 def resolve_factory(name: str) -> Any:
-    """The zoo factory called ``name``, or the callable at import path ``package.module:factory``."""
+    """The zoo factory called ``name``, the callable at import path ``package.module:factory``, or for ``hf:DIR`` a
+    function of no arguments loading that folder (checked here, built by ``build_model``)."""
+    if hf.is_hf(name):
+        folder = hf.read_folder(name)
+        return lambda: hf.load_hf_model(folder, hf.default_input_shape(folder))
     if ":" not in name:
         return get_entry(name).factory
     if not _IMPORT_PATH.fullmatch(name):
@@ -188,6 +202,8 @@ def build_model(ref: ModelRef, *, trusted_factory: str | None = None,
     ModelSizeError before any weight is allocated.
     """
     check_trusted(ref.name, trusted_factory, source)
+    if hf.is_hf(ref.name):
+        return _build_hf(ref, input_shapes, source)
     factory = resolve_factory(ref.name)
     kwargs = check_model_args(factory, ref.kwargs, ref.name, source)
     shapes = [check_input_shape(list(shape), f"{source}'s input shape") for shape in input_shapes or []]
@@ -200,6 +216,19 @@ def build_model(ref: ModelRef, *, trusted_factory: str | None = None,
         raise ModelNotFoundError(f"'{ref.name}' returned a {type(model).__name__}, not a torch.nn.Module; "
                                  "the factory must return the model")
     return model
+
+
+def _build_hf(ref: ModelRef, input_shapes: list[tuple[int, ...]] | None, source: str) -> torch.nn.Module:
+    """An ``hf:DIR`` model: no arguments, its sizes checked on the meta device from its config, then loaded."""
+    if ref.kwargs:
+        raise ModelRefError(f"{source} gives the Hugging Face model '{ref.name[:200]}' arguments "
+                            f"({', '.join(map(str, list(ref.kwargs)[:3]))}); it takes none: make the file again")
+    folder = hf.read_folder(ref.name)
+    shapes = [check_input_shape(list(shape), f"{source}'s input shape") for shape in input_shapes or []]
+    meta = hf.build_on_meta(folder)
+    if meta is not None:
+        _check_module_size(meta, ref.name, {}, shapes)
+    return hf.load_hf_model(folder, shapes[0] if shapes else hf.default_input_shape(folder))
 
 
 def _check_size(factory: Any, kwargs: dict[str, Any], name: str, shapes: list[tuple[int, ...]]) -> None:
@@ -215,6 +244,12 @@ def _check_size(factory: Any, kwargs: dict[str, Any], name: str, shapes: list[tu
         return
     if not isinstance(model, torch.nn.Module):
         return
+    _check_module_size(model, name, kwargs, shapes)
+
+
+def _check_module_size(model: torch.nn.Module, name: str, kwargs: dict[str, Any],
+                       shapes: list[tuple[int, ...]]) -> None:
+    """Refuse a model built on the meta device whose weights, or forward pass at ``shapes``, exceed the bounds."""
     size = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
     bound = max_model_bytes()
     if size > bound:
@@ -249,7 +284,8 @@ def _forward_bytes(model: torch.nn.Module, shapes: list[tuple[int, ...]]) -> int
             return out
 
     try:
-        inputs = [torch.zeros(shape, device="meta") for shape in shapes]
+        dtype = getattr(model, "input_dtype", torch.float32)
+        inputs = [torch.zeros(shape, device="meta", dtype=dtype) for shape in shapes]
         with torch.no_grad(), Count():
             model.eval()(*inputs)
     except Exception:  # noqa: BLE001 - data-dependent models cannot run on meta tensors
@@ -331,7 +367,9 @@ def load_model(name: str, *, input_shape: str | tuple[int, ...] | None = None, w
     ``name`` is the user's choice, so it may be a factory; the arguments and input shape a weights file records
     are checked as any file's are (a forward pass at a recorded shape within ``max_activation_bytes()``; a shape
     the user gives is theirs to choose, within ``max_input_elements()``)."""
-    resolve_factory(name)  # an unknown name is the first thing to report
+    folder = hf.read_folder(name) if hf.is_hf(name) else None
+    if folder is None:
+        resolve_factory(name)  # an unknown name is the first thing to report
     state_dict, metadata = read_weights(weights) if weights else ({}, {})
     try:
         recorded = json.loads(metadata.get(METADATA_KEY, "{}")) if metadata else {}
@@ -344,22 +382,36 @@ def load_model(name: str, *, input_shape: str | tuple[int, ...] | None = None, w
     if recorded_model and recorded_model.get("name") != name:
         raise WeightsError(f"weights {weights} were trained for model '{recorded_model.get('name')}', not '{name}'; "
                            "name that model or use weights trained for this one")
-    shape = _choose_input_shape(name, input_shape, recorded.get("input_shape"))
+    shape = _choose_input_shape(name, input_shape, recorded.get("input_shape"),
+                                None if folder is None else hf.default_input_shape(folder))
     kwargs = dict(recorded_model.get("kwargs") or {})
     if ":" not in name and "in_channels" not in kwargs and len(shape) == 4:
         kwargs["in_channels"] = shape[1]  # zoo models adapt to the channels of the given input
     ref = ModelRef(name, kwargs)
     from_file = input_shape is None and bool(recorded.get("input_shape"))  # else the user's or the zoo's shape
-    module = build_model(ref, trusted_factory=name, input_shapes=[shape] if from_file else None,
+    module = build_model(ref, trusted_factory=name, input_shapes=[shape] if from_file or folder else None,
                          source=f"weights {weights}" if recorded_model else "the command line")
     if weights:
         load_weights(module, state_dict, str(weights))
+    module = module.eval()
+    return LoadedModel(module, example_input(module, shape, seed), ref, str(weights) if weights else None)
+
+
+def example_input(module: torch.nn.Module, shape: tuple[int, ...] | list[int], seed: int | None = 0) -> torch.Tensor:
+    """An input for ``module`` of ``shape``: uniform in [0, 1) for a float model, token ids in [0, vocab) for a
+    model that takes int64 ids (``hf.HFModel``); seeded, or all zeros when ``seed`` is None."""
+    dtype = getattr(module, "input_dtype", torch.float32)
+    shape = tuple(shape)
+    if seed is None:
+        return torch.zeros(shape, dtype=dtype)
     generator = torch.Generator().manual_seed(seed)
-    return LoadedModel(module.eval(), torch.rand(shape, generator=generator), ref, str(weights) if weights else None)
+    if dtype.is_floating_point:
+        return torch.rand(shape, generator=generator, dtype=dtype)
+    return torch.randint(0, getattr(module, "vocab_size", None) or 2, shape, generator=generator, dtype=dtype)
 
 
 def _choose_input_shape(name: str, given: str | tuple[int, ...] | None, recorded: list[int] | None,
-                        ) -> tuple[int, ...]:
+                        configured: tuple[int, ...] | None = None) -> tuple[int, ...]:
     if given is not None:
         return parse_input_shape(given) if isinstance(given, str) else check_input_shape(list(given))
     if recorded:
@@ -367,6 +419,8 @@ def _choose_input_shape(name: str, given: str | tuple[int, ...] | None, recorded
             raise InputShapeError(f"the weights' recorded input shape {str(recorded)[:60]} is not a list of sizes; "
                                   "pass --input-shape N,C,H,W")
         return check_input_shape(recorded, "the weights' recorded input shape")
+    if configured is not None:
+        return check_input_shape(list(configured), f"{name[:200]}'s input shape from its config")
     if name in ZOO:
         return ZOO[name].input_shape
     raise InputShapeError(f"model '{name}' is not in the zoo, so its input shape is unknown; pass --input-shape "
