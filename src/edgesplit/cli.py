@@ -102,12 +102,13 @@ def profile(model: ModelArg, input_shape: InputShape = None, weights: Weights = 
             runs: int = setting(ProfileSettings, "runs"),
             warmup: int = setting(ProfileSettings, "warmup"),
             measure: str = setting(ProfileSettings, "measure"),
+            measure_cut: Optional[list[str]] = setting(ProfileSettings, "measure_cuts", "--measure-cut", default=None),
             threads: Threads = None, json_out: JsonOut = None,
             plot: Annotated[Optional[Path], typer.Option(help="write the bytes/latency plot (PNG)")] = None,
             save_device: Annotated[Optional[Path], typer.Option(help="write this machine's device profile (JSON)")] = None,
             quiet: Quiet = False) -> None:
     """Measure every candidate cut: MACs, bytes crossing, head/tail latency and peak memory."""
-    settings = settings_of(ProfileSettings, runs=runs, warmup=warmup, measure=measure)
+    settings = settings_of(ProfileSettings, runs=runs, warmup=warmup, measure=measure, measure_cuts=measure_cut)
     if threads:
         torch.set_num_threads(threads)
     _, traced = stages.load(model, input_shape=input_shape, weights=weights)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -91,12 +91,14 @@ class ProfileSettings(_Settings):
     measure: Literal["calibrate", "all"] = Field(
         "calibrate", description="calibrate: sum node latencies for heads and tails and run a few cuts whole to "
                                  "check them; all: run every cut's head and tail (slow, for studies)")
+    measure_cuts: list[str] = Field([], description="also run this cut's head and tail as a whole (index or node "
+                                                    "name; repeatable): its latencies are measured, not summed")
 
 
 def profile(settings: ProfileSettings, traced: TracedModel, name: str, *, progress: bool = True) -> ProfileReport:
     """MACs, bytes crossing, head/tail latency and peak memory at every candidate cut, measured here."""
     return profile_model(traced, name=name, runs=settings.runs, warmup=settings.warmup, progress=progress,
-                         measure=settings.measure)
+                         measure=settings.measure, measure_cuts=settings.measure_cuts)
 
 
 # ---------------------------------------------------------------------------------------------- plan
@@ -282,18 +284,21 @@ def _pinned_route(report: PlanReport) -> str:
 
 
 def serve_and_infer(settings: ServeSettings, report: PlanReport, plan_path: Path, folder: Path, *, model: str,
-                    data: str, progress: bool = True,
+                    data: str, progress: bool = True, labelled: bool = True,
                     say: Callable[[str], None] = lambda text: None) -> tuple[list[InferPass], float]:
     """Serve the plan at ``plan_path`` (`edgesplit serve` in a subprocess on 127.0.0.1, its token and log in
     ``folder``) and send ``settings.images`` held-out images of ``data`` twice: every image on the plan's route at
     its link, then with the adaptive client. The passes, and the seconds spent outside them (starting and
     stopping the server). ``say`` hears what happens (the server's address, each pass) as it happens.
 
-    ``model`` is passed to the server and the client as the trusted model (the plan names the run's model)."""
+    ``model`` is passed to the server and the client as the trusted model (the plan names the run's model);
+    ``labelled=False`` drops the data's labels, so no accuracy is reported (an untrained model's means nothing)."""
     started = time.perf_counter()
     token = secrets.token_urlsafe(32)
     token_file = write_secret(folder / "token", token + "\n")
     inputs = load_inputs(report.input_shape, data=data, limit=settings.images)
+    if not labelled:
+        inputs = replace(inputs, labels=None)
     pinned = _pinned_route(report)
     passes = []
     threads = torch.get_num_threads()

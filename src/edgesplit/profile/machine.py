@@ -6,6 +6,7 @@ Benchmarks record ``machine_info()`` beside their numbers too; the planner scale
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import socket
@@ -41,8 +42,10 @@ def machine_info() -> MachineInfo:
     )
 
 
+@functools.lru_cache(maxsize=4)
 def memory_bandwidth_gb_s(megabytes: int = 32, repeats: int = 5) -> float:
-    """This machine's streaming copy bandwidth (bytes read + written per second), best of ``repeats``."""
+    """This machine's streaming copy bandwidth (bytes read + written per second), best of ``repeats``; measured
+    once per process (profile, plan and compress all ask for it)."""
     source = torch.ones(megabytes * 2**20 // 4)
     target = torch.empty_like(source)
     best = float("inf")

@@ -1,10 +1,11 @@
 """Count the multiply-accumulates (MACs) of every node of a traced graph, and the ops nothing counted.
 
-``torch.utils.flop_counter.FlopCounterMode`` counts convolutions, matrix products and attention
+``torch.utils.flop_counter``'s formulas count convolutions, matrix products and attention
 (as FLOPs = 2 × MACs). We add formulas for everything else a vision model runs, in MAC-equivalents:
 elementwise ops and reductions 1 per element, batch norm (inference) 1 per element, layer/group norm
 2 per element, softmax 3 per element, pooling 1 per window element, and CPU attention kernels that
-stock FlopCounterMode counts as 0. Ops with no formula that are not pure data movement are reported in
+stock FlopCounterMode counts as 0 (also ``nn.MultiheadAttention``'s fused inference path). Ops with no
+formula that are not pure data movement are reported in
 ``uncounted_ops`` instead of silently counting 0.
 """
 
@@ -16,8 +17,9 @@ from typing import Any
 
 import torch
 from torch import fx
+from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils.flop_counter import FlopCounterMode, flop_registry, sdpa_flop_count
+from torch.utils.flop_counter import flop_registry, sdpa_flop_count, shape_wrapper
 
 __all__ = ["ELEMENTWISE", "MAC_FORMULAS", "REDUCTIONS", "ZERO_COST", "count_macs", "is_counted"]
 
@@ -54,6 +56,14 @@ def _pool_formula(input_shape: Any, kernel_size: Any, *args: Any, out_shape: Any
     return 2 * _first_numel(out_shape) * math.prod(kernel)
 
 
+def _native_mha_formula(query_shape: Any, key_shape: Any, value_shape: Any, embed_dim: int, num_heads: int,
+                        *args: Any, out_shape: Any = None, **kwargs: Any) -> int:
+    # nn.MultiheadAttention's inference fast path (batch first): in-projections, QKᵀ and AV, out-projection.
+    batch, queries, dim = query_shape
+    keys = key_shape[1]
+    return 2 * batch * (queries * dim * dim + 2 * keys * dim * dim + 2 * queries * keys * dim + queries * dim * dim)
+
+
 def _sdpa_cpu_formula(query_shape: Any, key_shape: Any, value_shape: Any, *args: Any, out_shape: Any = None,
                       **kwargs: Any) -> int:
     return sdpa_flop_count(query_shape, key_shape, value_shape)
@@ -69,6 +79,7 @@ ELEMENTWISE = _packets(
     "abs", "pow", "sqrt", "rsqrt", "reciprocal", "erf", "where", "maximum", "minimum", "masked_fill", "sin", "cos",
     "add_", "mul_", "div_", "sub_", "addcmul", "lerp", "round", "floor", "ceil", "sign", "eq", "ne", "gt", "lt",
     "ge", "le", "logical_and", "logical_or", "logical_not", "bitwise_and", "square", "log1p", "expm1", "mish",
+    "hardswish_", "hardsigmoid_", "sigmoid_", "silu_", "gelu_", "tanh_", "leaky_relu_", "elu_",
 )
 REDUCTIONS = _packets("sum", "mean", "amax", "amin", "max", "min", "argmax", "argmin", "prod", "cumsum", "norm",
                       "linalg_vector_norm", "logsumexp", "any", "all")
@@ -82,7 +93,7 @@ ZERO_COST = set(_packets(
     "flip", "tile", "movedim", "dropout", "native_dropout", "feature_dropout", "sym_size", "sym_stride",
     "sym_numel", "_assert_tensor_metadata", "scalar_tensor", "item", "_local_scalar_dense", "lift_fresh_copy",
     "pixel_shuffle", "pixel_unshuffle", "channel_shuffle",
-))
+)) | {torch.ops.prim.device}  # prim.device: a fake tensor's device query, when counting on fake tensors
 
 MAC_FORMULAS: dict[Any, Callable[..., int]] = {
     **{op: _per_output_element(1) for op in ELEMENTWISE},
@@ -101,19 +112,35 @@ MAC_FORMULAS: dict[Any, Callable[..., int]] = {
     **{op: _per_output_element(4) for op in _packets("upsample_bilinear2d", "_upsample_bilinear2d_aa")},
     **{op: _sdpa_cpu_formula for op in _packets("_scaled_dot_product_flash_attention_for_cpu",
                                                "_scaled_dot_product_attention_math")},
+    **{op: _native_mha_formula for op in _packets("_native_multi_head_attention")},
 }
 
 
-class _OpRecorder(TorchDispatchMode):
-    """Records every ATen op that runs, so ops without a MAC formula can be reported."""
+class _MacCounter(TorchDispatchMode):
+    """Adds up the FLOPs of every ATen op that runs (torch's formulas and ours) and records which ops ran.
+
+    ``FlopCounterMode`` without its module tracker (whose hooks cost more than the counting): the same formulas,
+    and the same decomposition of ops without one into ops that may have one."""
 
     def __init__(self) -> None:
         super().__init__()
+        self.formulas = {**flop_registry, **{op: shape_wrapper(formula) for op, formula in MAC_FORMULAS.items()}}
+        self.flops = 0
         self.ops: set[Any] = set()
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001 - torch's protocol
-        self.ops.add(func._overloadpacket)
-        return func(*args, **(kwargs or {}))
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        packet = func._overloadpacket
+        if packet not in self.formulas and func is not torch.ops.prim.device.default:
+            with self:
+                decomposed = func.decompose(*args, **kwargs)
+            if decomposed is not NotImplemented:
+                return decomposed
+        self.ops.add(packet)
+        out = func(*args, **kwargs)
+        if (formula := self.formulas.get(packet)) is not None:
+            self.flops += formula(*args, **kwargs, out_val=out)
+        return out
 
 
 def is_counted(op: Any) -> bool:
@@ -122,27 +149,56 @@ def is_counted(op: Any) -> bool:
 
 
 class _CountingInterpreter(fx.Interpreter):
-    def __init__(self, graph_module: fx.GraphModule, counter: FlopCounterMode, recorder: _OpRecorder) -> None:
+    def __init__(self, graph_module: fx.GraphModule, counter: _MacCounter) -> None:
         super().__init__(graph_module)
-        self.counter, self.recorder = counter, recorder
+        self.counter = counter
         self.macs: dict[str, int] = {}
         self.uncounted: dict[str, set[str]] = {}
 
     def run_node(self, node: fx.Node) -> Any:
-        before, self.recorder.ops = self.counter.get_total_flops(), set()
+        before, self.counter.ops = self.counter.flops, set()
         result = super().run_node(node)
-        self.macs[node.name] = (self.counter.get_total_flops() - before) // 2
-        missing = {str(op) for op in self.recorder.ops if not is_counted(op)}
+        self.macs[node.name] = (self.counter.flops - before) // 2
+        missing = {str(op) for op in self.counter.ops if not is_counted(op)}
         if missing:
             self.uncounted[node.name] = missing
         return result
 
 
 def count_macs(graph_module: fx.GraphModule, *inputs: torch.Tensor) -> tuple[dict[str, int], dict[str, set[str]]]:
-    """MACs of every node, and the ATen ops per node that ran without a MAC formula."""
-    counter = FlopCounterMode(display=False, custom_mapping=MAC_FORMULAS)
-    recorder = _OpRecorder()
-    interpreter = _CountingInterpreter(graph_module, counter, recorder)
-    with torch.no_grad(), counter, recorder:
+    """MACs of every node, and the ATen ops per node that ran without a MAC formula.
+
+    A large graph runs on fake tensors (shapes only, no arithmetic), so counting costs far less than a forward;
+    a small one (activations under ``REAL_RUN_ELEMENTS`` values in all) runs for real, which is then cheaper than
+    fake tensors' fixed cost, as does a graph that fake tensors cannot run (data-dependent shapes)."""
+    if _activation_elements(graph_module) < REAL_RUN_ELEMENTS:
+        return _count(graph_module, inputs)
+    try:
+        with FakeTensorMode(allow_non_fake_inputs=True) as mode:
+            return _count(graph_module, tuple(mode.from_tensor(t) if isinstance(t, torch.Tensor) else t
+                                              for t in inputs))
+    except Exception:  # noqa: BLE001 - any op fake tensors do not support: count on the real inputs
+        return _count(graph_module, inputs)
+
+
+REAL_RUN_ELEMENTS = 1 << 21  # activation values below which counting runs the graph for real (a few ms at most)
+
+
+def _activation_elements(graph_module: fx.GraphModule) -> float:
+    """Values in all node outputs, from the shapes the trace propagated (inf where a shape is unknown)."""
+    total = 0
+    for node in graph_module.graph.nodes:
+        meta = node.meta.get("tensor_meta")
+        if node.op in ("call_module", "call_function", "call_method"):
+            if not hasattr(meta, "shape"):
+                return float("inf")
+            total += math.prod(meta.shape)
+    return total
+
+
+def _count(graph_module: fx.GraphModule, inputs: tuple[Any, ...]) -> tuple[dict[str, int], dict[str, set[str]]]:
+    counter = _MacCounter()
+    interpreter = _CountingInterpreter(graph_module, counter)
+    with torch.no_grad(), counter:
         interpreter.run(*inputs)
     return interpreter.macs, interpreter.uncounted

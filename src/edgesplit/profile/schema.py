@@ -48,7 +48,8 @@ class NodeProfile(BaseModel):
     macs: int
     params: int
     latency_ms: float
-    latency_isolated_ms: float
+    latency_isolated_ms: float | None = None
+    """The node timed alone in a loop; ``--measure all`` only (None in the default mode)."""
 
 
 class CutProfile(BaseModel):
@@ -65,6 +66,7 @@ class CutProfile(BaseModel):
     tail_weight_bytes: int
     head_ms: float
     head_ms_summed: float
+    """The sum of the head's node latencies (in context); ``head_ms`` of a cut not measured is this."""
     tail_ms: float
     tail_ms_summed: float
     head_peak_bytes: int
@@ -88,6 +90,9 @@ class Calibration(BaseModel):
     head_max_abs_error: float
     tail_median_abs_error: float
     tail_max_abs_error: float
+    scale: float = 1.0
+    """Median measured / summed latency over the measured heads and tails: how much the sums, which stand in
+    for the cuts not measured, under- (> 1) or over-estimate; reported, not applied."""
 
 
 class ProfileReport(BaseModel):
@@ -114,6 +119,8 @@ class CutLatency(BaseModel):
     head_ms: float
     tail_ms: float
     head_peak_bytes: int
+    measured: bool = True
+    """Head and tail were run as a whole; else their latencies are derived from the node latencies."""
 
 
 class NodeLatency(BaseModel):
@@ -140,7 +147,7 @@ def device_profile(report: ProfileReport, name: str) -> DeviceProfile:
         name=name, machine=report.machine, model=report.model, model_ms=report.model_ms,
         nodes=[NodeLatency(name=n.name, latency_ms=n.latency_ms) for n in report.nodes],
         cuts=[CutLatency(index=c.index, position=c.position, after=c.after, head_ms=c.head_ms, tail_ms=c.tail_ms,
-                         head_peak_bytes=c.head_peak_bytes) for c in report.cuts],
+                         head_peak_bytes=c.head_peak_bytes, measured=c.measured) for c in report.cuts],
     )
 
 

@@ -2,7 +2,7 @@
 
 Node latency is timed *in context*: an fx pass inserts a timestamp before every node and the whole graph
 runs ``runs`` times, so each op pays the cold caches and branch predictors it meets in a real forward.
-Timing each op alone in a loop (``latency_isolated_ms``, with ``torch.utils.benchmark``) flatters it:
+Timing each op alone in a loop (``latency_isolated_ms``, ``--measure all`` only) flatters it:
 on a 2-core x86 machine summed isolated timings came out 20-40% below the measured head latency.
 
 Each timer is a *sampler* that takes one sample per ``sample()`` call, so a caller can interleave the
@@ -20,7 +20,6 @@ from typing import Any
 
 import torch
 from torch import fx
-from torch.utils import benchmark
 
 from edgesplit.model.graph import COMPUTE_OPS
 
@@ -31,11 +30,13 @@ MIN_SAMPLE_SECONDS = 2e-4  # repeat fast calls within a sample so timer resoluti
 
 
 class Sampler:
-    """Times one call with ``torch.utils.benchmark``: warms up, then each ``sample()`` is one timed sample.
+    """Times one call with ``time.perf_counter``: warms up, then each ``sample()`` is one timed sample.
 
-    Calls faster than ``MIN_SAMPLE_SECONDS`` are repeated within a sample so timer resolution does not dominate.
-    Each sample first makes one untimed call, so it measures the steady state (as for a stream of frames)
-    even when other work ran just before.
+    The constructor makes ``warmup`` untimed calls and one timed call that sizes a sample (its result is kept in
+    ``output``). Calls faster than ``MIN_SAMPLE_SECONDS`` are repeated within a sample so timer resolution does
+    not dominate, and such a sample first makes one untimed call, so it measures the steady state (as for a
+    stream of frames) even when other work ran just before; that costs little since the call is short. Longer
+    calls are timed once per sample, without that priming call, so a sample costs one call.
     """
 
     def __init__(self, function: Callable[..., Any], args: tuple[Any, ...], warmup: int = 3) -> None:
@@ -43,16 +44,22 @@ class Sampler:
         with torch.no_grad():
             for _ in range(warmup):
                 function(*args)
-            self.timer = benchmark.Timer(stmt="function(*args)", globals={"function": function, "args": args},
-                                         num_threads=torch.get_num_threads())
-            once = max(self.timer.timeit(1).median, 1e-7)
+            start = time.perf_counter()
+            self.output = function(*args)
+            once = max(time.perf_counter() - start, 1e-7)
         self.repeats = max(1, min(100, int(MIN_SAMPLE_SECONDS / once)))
+        self.prime = self.repeats > 1
         self.samples_ms: list[float] = []
 
     def sample(self) -> None:
+        function, args, repeats = self.function, self.args, self.repeats
         with torch.no_grad():
-            self.function(*self.args)
-            self.samples_ms.append(self.timer.timeit(self.repeats).median * 1e3)
+            if self.prime:
+                function(*args)
+            start = time.perf_counter()
+            for _ in range(repeats):
+                function(*args)
+            self.samples_ms.append((time.perf_counter() - start) / repeats * 1e3)
 
     @property
     def median_ms(self) -> float:
@@ -82,7 +89,9 @@ def instrument_with_timestamps(graph_module: fx.GraphModule, stamps: list[int]) 
 
 
 class InContextSampler:
-    """Times every compute node in context: each ``sample()`` runs the instrumented graph twice, timing the second."""
+    """Times every compute node in context: each ``sample()`` runs the instrumented graph once.
+
+    A sample is not primed by an untimed run: within a profile's round it follows other runs of the same model."""
 
     def __init__(self, graph_module: fx.GraphModule, inputs: tuple[torch.Tensor, ...], warmup: int = 3) -> None:
         self.stamps: list[int] = []
@@ -94,9 +103,8 @@ class InContextSampler:
                 self.timed(*inputs)
 
     def sample(self) -> None:
+        self.stamps.clear()
         with torch.no_grad():
-            self.timed(*self.inputs)
-            self.stamps.clear()
             self.timed(*self.inputs)
         self.samples_ms.append([(end - start) / 1e6 for start, end in zip(self.stamps, self.stamps[1:])])
 
