@@ -17,12 +17,12 @@ from torch import nn
 
 from edgesplit.codecs import (Codec, CodecError, DecodeLimits, codec_from_json, pack, pack_count, parse_codec, unpack,
                               unpack_bytes, unpack_cost)
-from edgesplit.compress.bottleneck import BottleneckConfig, SlimmableBottleneck, feature_shape, load_checkpoint
+from edgesplit.compress.bottleneck import SlimmableBottleneck, bottleneck_config, load_checkpoint
 from edgesplit.compress.pictures import PICTURE_BYTES_PER_PIXEL, decode_picture, encode_picture
 from edgesplit.compress.rate import CompressReport, code_codec, load_compress
 from edgesplit.errors import EdgesplitError
 from edgesplit.model.graph import Split, TracedModel, trace
-from edgesplit.model.intake import ModelRef, build_model, load_weights, read_weights
+from edgesplit.model.intake import ModelRef, build_model, example_input, load_weights, read_weights
 from edgesplit.plan.schema import PlanEntry, PlanReport, SwitchRange
 from edgesplit.runtime.wire import Status, WireError, model_id_for
 
@@ -102,9 +102,7 @@ class Route:
         """The shape of each tensor the device sends for one input (batch dimension 1)."""
         shapes = [tuple(t.shape) for t in self.split.cut.crossing]
         if self.bottleneck is not None:
-            (_, h, w), stride = feature_shape(self.split), self.bottleneck.config.stride
-            channels = self.bottleneck.config.width_channels(self.width or 1.0)
-            shapes = [(1, channels, math.ceil(h / stride), math.ceil(w / stride))]
+            shapes = [(1, *self.bottleneck.code_shape(shapes[0][1:], self.width or 1.0))]
         return shapes
 
     @torch.no_grad()
@@ -271,7 +269,10 @@ def _rebuild(plan: PlanReport, weights: str | Path | None, plan_dir: Path | None
         path = _resolve(source, plan_dir)
         state_dict, _ = read_weights(path)
         load_weights(model, state_dict, str(path))
-    example = torch.zeros(plan.input_shape)
+    if not getattr(model, "input_dtype", torch.float32).is_floating_point:
+        raise DeploymentError(f"{ref['name']} takes token ids, and serving a token model is not supported yet (the "
+                              "runtime's codecs and warm-up carry float tensors); profile, plan and split it instead")
+    example = example_input(model, plan.input_shape, seed=None)  # zeros, of the model's input dtype
     return model.eval(), example
 
 
@@ -349,8 +350,7 @@ def _bottleneck(report: CompressReport, split: Split) -> tuple[SlimmableBottlene
     if summary is None or not summary.checkpoint:
         raise DeploymentError(f"the compress result for cut {report.cut_index} has a bottleneck but no checkpoint "
                               "folder; run `edgesplit compress ... --bottleneck K --checkpoint DIR` again")
-    channels, _, _ = feature_shape(split)
-    config = BottleneckConfig(channels, summary.channels, summary.stride, summary.bits, tuple(summary.widths))
+    config = bottleneck_config(split, summary.channels, summary.stride, summary.bits, tuple(summary.widths))
     bottleneck, tail = SlimmableBottleneck(config), copy.deepcopy(split.tail)
     load_checkpoint(Path(summary.checkpoint), bottleneck, tail)
     return bottleneck.eval(), tail.eval()

@@ -35,13 +35,29 @@ class KeepAliveTransport(httpx.BaseTransport):
         self._where: tuple[str, int] | None = None
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        timeouts = request.extensions.get("timeout", {})
         url = request.url
-        where = (url.host, url.port or (443 if url.scheme == "https" else 80))
         body = request.read()
         lines = [f"{request.method} {url.raw_path.decode('ascii')} HTTP/1.1"]
         lines += [f"{name}: {value}" for name, value in request.headers.items() if name != "accept-encoding"]
         message = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+        return self.round_trip(message, url, request.extensions.get("timeout", {}), request)
+
+    def post(self, url: httpx.URL, head: bytes, body: bytes, timeouts: dict) -> httpx.Response:
+        """POST ``body`` to ``url`` without an httpx.Client around it (which costs 0.2–0.5 ms a request): ``head``
+        is the request line and headers up to ``Content-Length: `` (see ``post_head``); errors as for httpx."""
+        return self.round_trip(b"%s%d\r\n\r\n%s" % (head, len(body), body), url, timeouts, None)
+
+    @staticmethod
+    def post_head(url: httpx.URL, headers: dict[str, str]) -> bytes:
+        """The fixed part of a POST to ``url`` with ``headers``, for ``post``: everything but the body's length."""
+        lines = [f"POST {url.raw_path.decode('ascii')} HTTP/1.1", f"Host: {url.netloc.decode('ascii')}",
+                 *(f"{name}: {value}" for name, value in headers.items()), "Content-Length: "]
+        return "\r\n".join(lines).encode("latin-1")
+
+    def round_trip(self, message: bytes, url: httpx.URL, timeouts: dict,
+                   request: httpx.Request | None) -> httpx.Response:
+        """Send one whole request ``message`` (head and body) to ``url``'s server and read its answer."""
+        where = (url.host, url.port or (443 if url.scheme == "https" else 80))
         for attempt in (0, 1):
             reused = self._sock is not None and self._where == where
             if not reused:
