@@ -42,7 +42,7 @@ from rich.console import Console
 from rich.table import Table
 
 from edgesplit.codecs import parse_codec
-from edgesplit.compress.payload import PlanCodec, measure_codec, measure_input_formats
+from edgesplit.compress.payload import PlanCodec, measure_codec, measure_input_formats, node_outputs
 from edgesplit.model import zoo
 from edgesplit.model.data import sample_images
 from edgesplit.model.graph import trace
@@ -99,16 +99,7 @@ def entry_summary(entry: PlanEntry) -> dict:
 @torch.no_grad()
 def bytes_at(traced, names: list[str], photos: torch.Tensor, codecs: list[str]) -> dict[str, float]:  # noqa: ANN001
     """Mean payload bytes per photo of each codec for the tensors ``names`` (one inference's crossing)."""
-    captured: dict[str, torch.Tensor] = {}
-
-    class Capture(torch.fx.Interpreter):
-        def run_node(self, node):  # noqa: ANN001, ANN202
-            result = super().run_node(node)
-            if node.name in names:
-                captured[node.name] = result
-            return result
-
-    Capture(traced.graph_module).run(photos)
+    captured = node_outputs(traced, photos, set(names))
     sizes = {"fp32 (raw)": float(sum(captured[n][0].numel() * 4 for n in names))}
     for spec in codecs:
         codec = parse_codec(spec)

@@ -12,7 +12,7 @@ from edgesplit.codecs import Codec, CodecError, decode, parse_codec
 from edgesplit.compress.pictures import round_trip_pictures
 from edgesplit.model.graph import TensorSpec
 
-__all__ = ["InputFormat", "PlanCodec", "ReportedCodec", "measure_codec", "measure_input_formats", "parse_codecs"]
+__all__ = ["InputFormat", "PlanCodec", "ReportedCodec", "measure_codec", "measure_input_formats", "node_outputs", "parse_codecs"]
 
 
 class PlanCodec:
@@ -101,7 +101,7 @@ def measure_codec(codec: Codec, traced, inputs: torch.Tensor, values: list[str])
     (calibrated on the batch), and fit this host's encode/decode time; entropy-coded sizes are kept per value."""
     if codec.sends_as_is:
         return PlanCodec(codec)
-    outputs = _node_outputs(traced, inputs, set(values))
+    outputs = node_outputs(traced, inputs, set(values))
     sizes: dict[str, float] = {}
     samples: list[tuple[int, float, float]] = []
     for name, batch in outputs.items():
@@ -138,7 +138,7 @@ def _fit(samples: list[tuple[int, float, float]], column: int) -> tuple[float, f
 
 
 @torch.no_grad()
-def _node_outputs(traced, inputs: torch.Tensor, names: set[str]) -> dict[str, torch.Tensor]:  # noqa: ANN001
+def node_outputs(traced, inputs: torch.Tensor, names: set[str]) -> dict[str, torch.Tensor]:  # noqa: ANN001
     """The values named in ``names`` (node outputs and inputs) when the traced graph runs on ``inputs``."""
     captured: dict[str, torch.Tensor] = {}
 

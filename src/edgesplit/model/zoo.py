@@ -301,7 +301,16 @@ class ImageNetBasicBlock(nn.Module):
         return self.relu(out + identity)
 
 
-class ResNet18(nn.Module):
+class ImageNetResNet(nn.Module):
+    """The forward pass torchvision's ImageNet ResNets share: 7×7 stem and max-pool, four stages, pool, fc."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+class ResNet18(ImageNetResNet):
     """He et al. 2016's 18-layer ImageNet ResNet: 7×7 stem, four stages of two basic blocks (64–512 channels).
 
     Module and parameter names are torchvision's (`conv1`, `bn1`, `layer1`…`layer4`, `fc`), so a
@@ -320,11 +329,6 @@ class ResNet18(nn.Module):
         self.layer4 = nn.Sequential(ImageNetBasicBlock(256, 512, 2), ImageNetBasicBlock(512, 512))
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(512, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
 @register("resnet18", (1, 3, 224, 224),
@@ -364,7 +368,7 @@ class ImageNetBottleneck(nn.Module):
         return self.relu(out + identity)
 
 
-class ResNet50(nn.Module):
+class ResNet50(ImageNetResNet):
     """He et al. 2016's 50-layer ImageNet ResNet: 7×7 stem, stages of 3/4/6/3 bottlenecks (256–2048 channels).
 
     Module and parameter names are torchvision's, so a `torchvision.models.resnet50` state dict loads with
@@ -386,11 +390,6 @@ class ResNet50(nn.Module):
             setattr(self, f"layer{stage}", nn.Sequential(*layers))
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(c_in, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
 @register("resnet50", (1, 3, 224, 224),
