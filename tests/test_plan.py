@@ -329,6 +329,35 @@ def test_keep_input_rules_out_every_all_server_plan(resnet8):
                    constraints=Constraints(keep_input_on_device=True, device_memory_bytes=small, max_uplink_bytes=1))
 
 
+class _InputSkip(torch.nn.Module):
+    """A tiny, cheap head and a large tail, with the raw input added back after the head: cuts inside the head
+    send the input itself beside the features."""
+
+    def __init__(self):
+        super().__init__()
+        self.head = torch.nn.Sequential(torch.nn.Conv2d(3, 3, 3, padding=1), torch.nn.ReLU())
+        self.tail = torch.nn.Sequential(*[torch.nn.Conv2d(3, 3, 3, padding=1) for _ in range(8)],
+                                        torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10))
+
+    def forward(self, x):
+        return self.tail(self.head(x) + x)
+
+
+def test_keep_input_rules_out_splits_that_send_the_input_beside_the_features():
+    torch.manual_seed(0)
+    traced = trace(_InputSkip(), torch.rand(1, 3, 32, 32))
+    free = plan_model(traced, device="mcu", server="edge-gpu", link="ethernet", progress=False)
+    carrying = [e for e in free.ranked if e.kind == "split" and "x" in {t.name for t in e.crossing}]
+    assert carrying, "some split sends the raw input beside the features"
+    kept = plan_model(traced, device="mcu", server="edge-gpu", link="ethernet", progress=False,
+                      constraints=Constraints(keep_input_on_device=True))
+    for entry in kept.ranked:
+        if entry.kind == "split" and "x" in {t.name for t in entry.crossing}:
+            assert not entry.feasible and any("raw input (x) crosses the link" in v for v in entry.violations)
+    assert kept.chosen.kind != "all-server" and "x" not in {t.name for t in kept.chosen.crossing}
+    assert all(row.kind != "all-server" for row in kept.switch_table)
+
+
 def test_a_constraint_nothing_meets_names_itself(resnet8):
     traced, workload = resnet8
     with pytest.raises(PlanError, match="no plan satisfies the device memory constraint; the nearest"):

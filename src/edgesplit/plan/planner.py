@@ -122,8 +122,13 @@ def violations(model: CostModel, candidate: Candidate, costs: Costs, constraints
             needed += costs.head_weight_bytes
         if needed > memory:
             found.append(f"needs {_mb(needed)} of device memory, {_mb(memory)} available")
-    if constraints.keep_input_on_device and candidate.kind == "all-server":
-        found.append("the raw input leaves the device, which --keep-input forbids")
+    if constraints.keep_input_on_device:
+        if candidate.kind == "all-server":
+            found.append("the raw input leaves the device, which --keep-input forbids")
+        elif candidate.kind == "split" and (sent := [t.name for t in model.crossing(candidate)
+                                                      if t.name in model.workload.inputs]):
+            found.append(f"the raw input ({', '.join(sent)}) crosses the link beside the features, which "
+                         "--keep-input forbids")
     if constraints.max_uplink_bytes is not None and costs.uplink_bytes > constraints.max_uplink_bytes:
         found.append(f"sends {costs.uplink_bytes:,} B, more than {constraints.max_uplink_bytes:,} B")
     drop = getattr(candidate.codec, "accuracy_drop", None)
