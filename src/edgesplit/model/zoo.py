@@ -302,7 +302,15 @@ class ImageNetBasicBlock(nn.Module):
 
 
 class ImageNetResNet(nn.Module):
-    """The forward pass torchvision's ImageNet ResNets share: 7×7 stem and max-pool, four stages, pool, fc."""
+    """What torchvision's ImageNet ResNets share: the 7×7 stem and max-pool, and the forward pass (stem, four stages
+    ``layer1``…``layer4`` that a subclass builds, average pool, ``fc``)."""
+
+    def __init__(self, in_channels: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
@@ -318,11 +326,7 @@ class ResNet18(ImageNetResNet):
     """
 
     def __init__(self, in_channels: int = 3, num_classes: int = 1000):
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
-        self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        super().__init__(in_channels)
         self.layer1 = nn.Sequential(ImageNetBasicBlock(64, 64), ImageNetBasicBlock(64, 64))
         self.layer2 = nn.Sequential(ImageNetBasicBlock(64, 128, 2), ImageNetBasicBlock(128, 128))
         self.layer3 = nn.Sequential(ImageNetBasicBlock(128, 256, 2), ImageNetBasicBlock(256, 256))
@@ -376,11 +380,7 @@ class ResNet50(ImageNetResNet):
     """
 
     def __init__(self, in_channels: int = 3, num_classes: int = 1000):
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
-        self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        super().__init__(in_channels)
         c_in = 64
         for stage, (width, blocks) in enumerate(((64, 3), (128, 4), (256, 6), (512, 3)), start=1):
             layers = []
