@@ -25,9 +25,9 @@ from edgesplit.pipeline import stages
 from edgesplit.pipeline.config import load_config
 from edgesplit.pipeline.demo import run_demo
 from edgesplit.pipeline.run import run_pipeline
-from edgesplit.pipeline.show import show_audit, show_compress, show_plan, show_profile, show_split, show_train
+from edgesplit.pipeline.show import show_audit, show_chain_plan, show_compress, show_plan, show_profile, show_split, show_train
 from edgesplit.pipeline.stages import CompressSettings, PlanSettings, ProfileSettings
-from edgesplit.plan.schema import load_plan
+from edgesplit.plan.schema import ChainPlanReport, load_plan
 from edgesplit.plots import plot_plan, plot_profile, plot_rate_accuracy
 from edgesplit.privacy.audit import AuditSettings
 from edgesplit.profile import device_profile
@@ -152,18 +152,27 @@ def plan(model: ModelArg, input_shape: InputShape = None, weights: Weights = Non
          pareto: Annotated[bool, typer.Option("--pareto", help="also show the latency–energy–bytes Pareto front")] = False,
          top: Annotated[int, typer.Option(min=1, help="ranked plans to show")] = 10,
          runs: int = setting(PlanSettings, "runs"),
+         topology: Optional[str] = setting(PlanSettings, "topology"),
+         hop_ms: float = setting(PlanSettings, "hop_ms", bounds=False),
          json_out: JsonOut = None,
          plot: Annotated[Optional[Path], typer.Option(help="write latency vs bandwidth (PNG)")] = None,
          quiet: Quiet = False) -> None:
-    """Choose where to cut MODEL for a device, a server and a link: ranked plans, speed-ups, switch table."""
+    """Choose where to cut MODEL for a device, a server and a link (or place it on a --topology chain of machines):
+    ranked plans, speed-ups, switch table."""
     settings = settings_of(PlanSettings, device=device, server=server, link=link, codecs=codec, objective=objective,
                            samples=samples, jpeg_quality=jpeg_quality, device_memory=device_memory,
                            max_bytes=max_bytes, keep_input=keep_input, leakage=leakage, max_ssim=max_ssim,
                            max_probe_acc=max_probe_acc, compress=compressed, max_accuracy_drop=max_accuracy_drop,
-                           runs=runs)
+                           runs=runs, topology=topology, hop_ms=hop_ms)
     stages.check_plan(settings)  # every spec is checked before the slow work starts
+    if topology is not None and plot:
+        raise EdgesplitError("--plot draws two-tier plans; `edgesplit report` draws a chain plan")
     loaded, traced = stages.load(model, input_shape=input_shape, weights=weights)
     report = stages.plan(settings, loaded, traced, progress=not quiet)
+    if isinstance(report, ChainPlanReport):
+        show_chain_plan(out, report)
+        save_json(json_out, report)
+        return
     show_plan(out, report, top=top, pareto=pareto)
     save_json(json_out, report)
     if plot:
@@ -327,10 +336,21 @@ def serve(plan_path: Annotated[Path, typer.Argument(metavar="PLAN.json", help="a
           replicas: Annotated[int, typer.Option(min=1, help="with --ray: replicas to start")] = 1,
           max_replicas: Annotated[Optional[int], typer.Option(min=1, help="with --ray: autoscale up to this many")] = None,
           num_cpus: Annotated[float, typer.Option(min=0.1, help="with --ray: CPUs per replica")] = 1.0,
+          tier: Annotated[Optional[int], typer.Option(help="a chain plan's tier to serve (1..last; tier 0 is the "
+                                                      "device)")] = None,
+          next_url: Annotated[Optional[str], typer.Option("--next", help="with --tier below the last: the URL of "
+                                                          "the next tier's server, e.g. http://10.0.0.3:8000")] = None,
+          next_token_file: Annotated[Optional[Path], typer.Option(help="file whose first line is the --next "
+                                                                  "server's token (default: none)")] = None,
+          next_timeout: Annotated[float, typer.Option(min=0.001, help="seconds the next tier may take to answer a "
+                                                      "request")] = 10.0,
           ) -> None:
-    """Serve the tails of every route in PLAN's switch table: binary frames over HTTP and WebSocket."""
+    """Serve the tails of every route in PLAN's switch table (or one tier of a chain plan, --tier K, relaying to
+    --next): binary frames over HTTP and WebSocket."""
     # Imported here: the server's FastAPI and uvicorn (0.3 s) are needed by this verb only, and Ray is an extra.
     from edgesplit.runtime.server import Guards, serve as run_server
+    if ray and (tier is not None or next_url is not None):
+        raise EdgesplitError("--ray serves two-tier plans; serve a chain plan's tier (--tier, --next) without --ray")
     if ray:
         from edgesplit.runtime.ray_serve import run as run_ray  # Ray is an optional extra
         run_ray(plan_path, host=host, port=port, token=token_from(token_file)[0], weights=weights, model_id=model_id,
@@ -343,7 +363,8 @@ def serve(plan_path: Annotated[Path, typer.Argument(metavar="PLAN.json", help="a
     run_server(plan_path, host=host, port=port, token_file=token_file, weights=weights, model_id=model_id,
                max_batch=max_batch, max_wait_ms=max_wait_ms, max_request_mb=max_request_mb,
                client_concurrency=client_concurrency, guards=guards, tls_cert=tls_cert, tls_key=tls_key,
-               log_level=log_level, console=out, model=model)
+               log_level=log_level, console=out, model=model, tier=tier, next_url=next_url,
+               next_token_file=next_token_file, next_timeout_s=next_timeout)
 
 
 @app.command()
@@ -354,7 +375,8 @@ def infer(plan_path: Annotated[Path, typer.Argument(metavar="PLAN.json", help="a
           images: Annotated[Optional[Path], typer.Option(help="folder of PNG/JPEG images (class subfolders "
                                                          "give labels)")] = None,
           data: Annotated[Optional[str], typer.Option(help="digits | mnist:DIR | fashion-mnist:DIR (test split) "
-                                                      "(default: digits for 1×8×8 models)")] = None,
+                                                      "(default: digits for 1×8×8 models); token models: "
+                                                      "tokens:FILE (ids, a sequence a line) | tokens:random")] = None,
           limit: Annotated[Optional[int], typer.Option(min=1, help="send at most this many images")] = None,
           batch: Annotated[int, typer.Option(min=1, max=64, help="images per request")] = 1,
           top_k: Annotated[int, typer.Option(min=0, max=255, help="ask for the k largest outputs only (0: all)")] = 0,

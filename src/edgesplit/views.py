@@ -7,7 +7,7 @@ from rich.table import Table
 from edgesplit.compress.rate import CompressReport
 from edgesplit.model.artifact import SplitRecord
 from edgesplit.model.zoo import ZooEntry
-from edgesplit.plan.schema import PlanEntry, PlanReport
+from edgesplit.plan.schema import ChainPlanReport, PlanEntry, PlanReport
 from edgesplit.privacy.attacks import IMAGE_ATTACKS, attack_label
 from edgesplit.privacy.schema import AuditReport
 from edgesplit.profile import ProfileReport
@@ -126,6 +126,51 @@ def switch_table_view(report: PlanReport) -> Table:
                         f"{report.switch_table[-1].high_mbps:g} Mbit/s; RTT and downlink ratio of {report.link.spec})")
     for column in ("from Mbit/s", "to Mbit/s", "best plan"):
         table.add_column(column, justify="left" if column == "best plan" else "right")
+    for entry in report.switch_table:
+        table.add_row(f"{entry.low_mbps:g}", f"{entry.high_mbps:g}", entry.label)
+    return table
+
+
+def chain_table(report: ChainPlanReport) -> Table:
+    """A chain plan's placements: nodes and time per tier, bytes per link, latency, throughput, energy."""
+    tiers = len(report.machines)
+    table = Table(title=f"{report.model} on {report.topology}; codec {report.codec}; objective {report.objective}",
+                  caption="per tier: compute nodes / ms (decode and encode included); per link: bytes sent on; "
+                          "'-': not used (the output is computed on an earlier tier)")
+    table.add_column("placement", overflow="fold", min_width=24)
+    for t in range(tiers):
+        table.add_column(f"tier {t}\n{report.machines[t].spec}", justify="right")
+        if t < tiers - 1:
+            table.add_column(f"link {t}\n{report.links[t].spec}", justify="right")
+    for column in ("latency ms", "fps", "energy mJ", "status"):
+        table.add_column(column, justify="left" if column == "status" else "right", overflow="fold")
+    rows = [report.chosen, *[e for e in report.baselines if e.assignment != report.chosen.assignment
+                              or e.last_tier != report.chosen.last_tier]]
+    for entry in sorted(rows, key=lambda e: (e is not report.chosen, not e.feasible, e.objective)):
+        cells = []
+        for t in range(tiers):
+            if t <= entry.last_tier:
+                stage = entry.stages[t]
+                busy = stage.compute_ms + stage.decode_ms + stage.encode_ms
+                cells.append(f"{stage.nodes} / {_ms(busy)}" if stage.nodes else f"relay / {_ms(busy)}")
+            else:
+                cells.append("-")
+            if t < tiers - 1:
+                cells.append(human_bytes(entry.hops[t].payload_bytes) if t < entry.last_tier else "-")
+        chosen = entry is report.chosen
+        table.add_row(entry.label, *cells, _ms(entry.latency_ms), f"{entry.throughput_fps:.3g}",
+                      "" if entry.energy_mj is None else _ms(entry.energy_mj),
+                      "chosen" if chosen else ("ok" if entry.feasible else "; ".join(entry.violations)),
+                      style="bold green" if chosen else ("dim" if not entry.feasible else None))
+    return table
+
+
+def chain_switch_view(report: ChainPlanReport) -> Table:
+    """The first link's bandwidth ranges in which each placement is best (later links as planned)."""
+    table = Table(title=f"switch table ({report.objective}; first link {report.links[0].spec} at other rates, "
+                        "later links as planned)")
+    for column in ("from Mbit/s", "to Mbit/s", "best placement"):
+        table.add_column(column, justify="left" if column == "best placement" else "right")
     for entry in report.switch_table:
         table.add_row(f"{entry.low_mbps:g}", f"{entry.high_mbps:g}", entry.label)
     return table

@@ -13,10 +13,11 @@ from edgesplit.compress.rate import CompressReport
 from edgesplit.model.train import TrainRecord
 from edgesplit.pipeline.stages import SplitResult
 from edgesplit.plan import PlanReport
+from edgesplit.plan.schema import ChainPlanReport
 from edgesplit.privacy.audit import summary_line
 from edgesplit.privacy.schema import AuditReport
 from edgesplit.profile import ProfileReport
-from edgesplit.views import (audit_table, compress_table, pareto_view, plan_table, profile_table, split_table,
+from edgesplit.views import (audit_table, chain_switch_view, chain_table, compress_table, pareto_view, plan_table, profile_table, split_table,
                              switch_table_view)
 
 __all__ = ["chosen_line", "show_audit", "show_compress", "show_plan", "show_profile", "show_split", "show_train"]
@@ -51,6 +52,18 @@ def show_plan(console: Console, report: PlanReport, *, top: int = 0, pareto: boo
     console.print(switch_table_view(report))
     if pareto:
         console.print(pareto_view(report))
+
+
+def show_chain_plan(console: Console, report: ChainPlanReport) -> None:
+    """A chain plan's placements, the chosen one in a line, and its switch table."""
+    console.print(chain_table(report))
+    chosen = report.chosen
+    where = ", ".join(f"tier {s.tier} {s.machine}: {s.nodes} nodes" + (f" ({s.first} … {s.last})" if s.nodes else "")
+                      for s in chosen.stages)
+    console.print(f"[bold]chosen:[/] {escape(chosen.label)} — {chosen.latency_ms:.3g} ms, "
+                  f"{chosen.throughput_fps:.3g} inferences/s (bottleneck: {chosen.bottleneck}); {escape(where)}; "
+                  f"planned in {report.planner_ms:.0f} ms")
+    console.print(chain_switch_view(report))
 
 
 def show_split(console: Console, result: SplitResult) -> None:

@@ -35,7 +35,10 @@ from edgesplit.model.train import TrainRecord, TrainSettings, train_classifier
 from edgesplit.pipeline.serving import served, write_secret
 from edgesplit.plan import Constraints, PlanReport, parse_codecs, parse_objective, plan_model
 from edgesplit.plan.hardware import LINKS, PRESETS, parse_link, parse_machine, parse_size
+from edgesplit.plan.chain import plan_chain
 from edgesplit.plan.leakage import load_leakage
+from edgesplit.plan.schema import ChainPlanReport
+from edgesplit.plan.topology import DEFAULT_HOP_MS, parse_topology
 from edgesplit.privacy.audit import AuditSettings, run_audit
 from edgesplit.privacy.schema import AuditReport
 from edgesplit.profile import ProfileReport, profile_model
@@ -138,10 +141,22 @@ class PlanSettings(_Settings):
     max_accuracy_drop: float = Field(0.01, ge=0.0, le=1.0, description="largest accuracy drop allowed for --compress "
                                                                    "configurations (0.01 = 1 point)")
     runs: int = Field(10, ge=1, description="timed runs per node when profiling this host")
+    topology: str | None = Field(None, description="a chain of machines and links, 'M0 > L0 > M1 > … > MK' (e.g. "
+                                                   "'rpi4 > wifi > host/4 > ethernet > edge-gpu'), or a topology YAML "
+                                                   "file; replaces --device/--link/--server")
+    hop_ms: float = Field(DEFAULT_HOP_MS, ge=0.0, description="fixed framework cost per hop and message on a "
+                                                              "--topology chain, besides the link's RTT")
 
 
 def check_plan(settings: PlanSettings) -> None:
     """Parse every spec of ``settings`` (machines, link, codecs, objective, sizes): a one-line EdgesplitError."""
+    if settings.topology is not None:
+        parse_topology(settings.topology, settings.hop_ms)
+        unsupported = [name for name, given in (("--leakage", settings.leakage), ("--compress", settings.compress),
+                                                ("several --codec", len(settings.codecs) > 1)) if given]
+        if unsupported:
+            raise EdgesplitError(f"{unsupported[0]} is not supported with --topology yet; plan the chain with one "
+                                 "codec and no leakage or compress files")
     parse_machine(settings.device), parse_machine(settings.server), parse_link(settings.link)
     parse_codecs(settings.codecs), parse_objective(settings.objective)
     for size in (settings.device_memory, settings.max_bytes):
@@ -151,10 +166,19 @@ def check_plan(settings: PlanSettings) -> None:
         raise EdgesplitError("--max-ssim and --max-probe-acc need the audit's leakage table: add --leakage FILE")
 
 
-def plan(settings: PlanSettings, loaded: LoadedModel, traced: TracedModel, *, progress: bool = True) -> PlanReport:
+def plan(settings: PlanSettings, loaded: LoadedModel, traced: TracedModel, *, progress: bool = True,
+         ) -> PlanReport | ChainPlanReport:
     """Cost every cut and codec on the device, link and server; the ranked plans, the chosen one, the switch
-    table (the file `edgesplit plan --json` writes)."""
+    table (the file `edgesplit plan --json` writes). With a topology, the placement on that chain of machines."""
     check_plan(settings)
+    if settings.topology is not None:
+        return plan_chain(traced, parse_topology(settings.topology, settings.hop_ms), codec=settings.codecs[0],
+                          objective=settings.objective, name=loaded.ref.name,
+                          model_ref={**loaded.ref.to_json(), "weights": loaded.weights}, host_runs=settings.runs,
+                          progress=progress, constraints=Constraints(
+                              device_memory_bytes=parse_size(settings.device_memory) if settings.device_memory else None,
+                              max_uplink_bytes=parse_size(settings.max_bytes) if settings.max_bytes else None,
+                              keep_input_on_device=settings.keep_input))
     reports = [load_compress(path) for path in settings.compress]
     table = load_leakage(settings.leakage, traced.fingerprint) if settings.leakage else None
     constraints = Constraints(

@@ -143,3 +143,99 @@ def load_plan(path: str | Path) -> PlanReport:
     """Read a plan JSON, refusing other kinds and versions with a clear message."""
     return read_versioned(path, PlanReport, kind="edgesplit.plan", version=PLAN_VERSION, what="plan",
                           make="`edgesplit plan MODEL ... --json plan.json`", again="plan again")
+
+
+# --- plans over a chain of K tiers (`edgesplit plan --topology`) -------------------------------------------
+
+CHAIN_PLAN_VERSION = 1
+
+
+class TierStage(BaseModel):
+    """What one tier of a chain plan runs and holds (times in ms on that tier's machine)."""
+
+    tier: int
+    machine: str
+    nodes: int  # compute nodes it runs (0: it only relays what crosses it)
+    first: str | None  # its first and last compute node in topological order
+    last: str | None
+    compute_ms: float
+    decode_ms: float  # decoding what it receives
+    encode_ms: float  # encoding what it sends on
+    memory_bytes: int  # peak live activations while its segment runs (what it receives and forwards included)
+    weight_bytes: int
+
+
+class HopCost(BaseModel):
+    """One link of a chain plan: what crosses it (forwarded tensors included) and what that costs."""
+
+    link: str
+    crossing: list[SentTensor]
+    payload_bytes: int
+    transfer_ms: float  # the payload at the link's uplink rate
+    rtt_ms: float
+    overhead_ms: float  # the topology's fixed framework cost per hop and message
+    result_ms: float  # the result coming back over this link
+
+
+class ChainEntry(BaseModel):
+    """One placement of the model on the chain: every compute node's tier, and its predicted costs."""
+
+    label: str
+    method: str  # how it was found: "min-cut", "contiguous DP", "baseline"
+    last_tier: int  # the farthest tier used: the output is computed there and sent back down the chain
+    assignment: dict[str, int]  # compute node name -> tier (tensors only flow to equal or later tiers)
+    stages: list[TierStage]
+    hops: list[HopCost]  # links 0 .. last_tier − 1
+    latency_ms: float
+    throughput_fps: float  # pipelined: one inference per slowest stage (a tier's busy time, or a link)
+    bottleneck: str  # which stage limits throughput
+    energy_mj: float | None  # on the device (tier 0), when its power is known
+    objective: float
+    feasible: bool
+    violations: list[str]
+
+
+class ChainSwitchRange(BaseModel):
+    """First-link bandwidths in [low, high) Mbit/s for which ``label`` is the best placement (later links as planned)."""
+
+    low_mbps: float
+    high_mbps: float
+    label: str
+
+
+class ChainPlanReport(BaseModel):
+    """Where each node runs on a chain of machines, with the baselines it beats and a switch table."""
+
+    version: int = CHAIN_PLAN_VERSION
+    kind: Literal["edgesplit.chainplan"] = "edgesplit.chainplan"
+    model: str
+    model_ref: dict | None
+    fingerprint: str
+    input_shape: list[int]
+    topology: str  # the chain in the command-line grammar
+    machines: list[MachineSummary]
+    links: list[LinkSummary]
+    hop_ms: float
+    codec: str
+    objective: str
+    constraints: Constraints
+    chosen: ChainEntry
+    baselines: list[ChainEntry]  # all on each tier; the best using each pair of tiers; the contiguous DP's best
+    switch_table: list[ChainSwitchRange]
+    min_cut_exact: bool  # the layered min-cut's value equals its placement's evaluated objective
+    planner_ms: float
+
+    @field_validator("input_shape")
+    @classmethod
+    def _bounded_shape(cls, shape: list[int]) -> list[int]:
+        return list(check_input_shape(shape, "the plan's input_shape"))
+
+    def entry(self, label: str) -> ChainEntry:
+        return next(e for e in [self.chosen, *self.baselines] if e.label == label)
+
+
+def load_chain_plan(path: str | Path) -> ChainPlanReport:
+    """Read a chain plan JSON (`edgesplit plan --topology ... --json`)."""
+    return read_versioned(path, ChainPlanReport, kind="edgesplit.chainplan", version=CHAIN_PLAN_VERSION,
+                          what="chain plan", make="`edgesplit plan MODEL --topology 'A > LINK > B > LINK > C' --json "
+                          "plan.json`", again="plan again")

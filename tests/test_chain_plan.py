@@ -1,0 +1,163 @@
+"""Plans over a chain of machines (`edgesplit plan --topology`): exact against brute force, runnable, checked input."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+
+import pytest
+import torch
+
+from edgesplit.codecs import parse_codec
+from edgesplit.compress.payload import PlanCodec
+from edgesplit.errors import EdgesplitError
+from edgesplit.model.graph import max_abs_diff, trace
+from edgesplit.model.zoo import resnet8
+from edgesplit.plan.chain import ChainModel, Placement, plan_chain, plan_chain_workload
+from edgesplit.plan.costs import parse_objective
+from edgesplit.plan.hardware import HardwareError, PRESETS, parse_link
+from edgesplit.plan.machines import preset_machine
+from edgesplit.plan.schema import Constraints, load_chain_plan
+from edgesplit.plan.synthetic import synthetic_workload
+from edgesplit.plan.topology import load_topology, parse_topology
+from tests.test_cli import assert_user_error, edgesplit_both_ways, edgesplit_in_process
+
+CHAIN = "rpi4 > wifi > jetson-nano > ethernet:rtt=2 > edge-gpu"
+
+
+@pytest.fixture(scope="module")
+def traced():
+    return trace(resnet8(), torch.randn(1, 3, 32, 32))
+
+
+def chain_model(workload, topology: str, codec: str = "fp32") -> ChainModel:  # noqa: ANN001
+    chain = parse_topology(topology)
+    machines = [preset_machine(PRESETS[m], workload) for m in chain.machines]
+    return ChainModel(workload, machines, [parse_link(l) for l in chain.links], PlanCodec(parse_codec(codec)), 10.0,
+                      hop_ms=chain.hop_ms)
+
+
+def plan_of(model: ChainModel, topology: str, objective: str = "latency", constraints: Constraints | None = None):  # noqa: ANN201
+    return plan_chain_workload(model, parse_objective(objective), constraints or Constraints(), model_name="m",
+                               model_ref=None, topology=parse_topology(topology), codec_name="fp32",
+                               input_shape=[1, 3, 224, 224])
+
+
+def monotone_assignments(model: ChainModel):  # noqa: ANN201
+    """Every assignment of the nodes to tiers in which no node reads from a later tier."""
+    names = model.workload.node_names
+    producers = {n: [v for v, readers in model.workload.consumers.items() if n in readers and v in names] for n in names}
+    for tiers in itertools.product(range(model.tiers), repeat=len(names)):
+        tier_of = dict(zip(names, tiers))
+        if all(tier_of[p] <= tier_of[n] for n in names for p in producers[n]):
+            yield tier_of
+
+
+@pytest.mark.parametrize("topology", ["rpi4 > lte:up=3 > jetson-nano > wifi > edge-gpu",
+                                      "mcu > 3g > rpi4 > lte > edge-gpu",
+                                      "rpi4 > ethernet > rpi4 > ethernet > rpi4"])
+@pytest.mark.parametrize("objective", ["latency", "energy"])
+def test_the_chosen_placement_is_the_best_of_every_monotone_assignment(topology: str, objective: str) -> None:
+    """Brute force over all 3^7 assignments of a 7-node residual workload, each costed by the same evaluation the
+    report uses (not by the min-cut's sums): the planner's choice is never beaten, and its min-cut is exact."""
+    model = chain_model(synthetic_workload(7, block_size=2), topology)
+    model.memory_limits = [None] * model.tiers
+    goal = parse_objective(objective)
+    best = math.inf
+    for tier_of in monotone_assignments(model):
+        parts = model.breakdown(Placement("x", "brute force", tier_of, max(tier_of.values())))
+        best = min(best, model.costs(parts, goal)[4])
+    report = plan_of(model, topology, objective)
+    assert report.min_cut_exact
+    assert report.chosen.objective == pytest.approx(best, rel=1e-9)
+    assert all(report.chosen.objective <= entry.objective + 1e-9 for entry in report.baselines if entry.feasible)
+
+
+def test_throughput_is_the_best_contiguous_pipeline() -> None:
+    topology = "rpi4 > ethernet > rpi4 > ethernet > rpi4"
+    model = chain_model(synthetic_workload(9, block_size=3), topology)
+    goal = parse_objective("throughput")
+    end = len(model.workload.nodes)
+    positions = sorted({cut.position for cut in model.workload.prefix_cuts if cut.position < end})
+    best = math.inf
+    for first, second in itertools.combinations_with_replacement(positions, 2):
+        tier_of = {n: (0 if i < first else 1 if i < second else 2) for i, n in enumerate(model.workload.node_names)}
+        parts = model.breakdown(Placement("x", "brute force", tier_of, max(tier_of.values())))
+        best = min(best, model.costs(parts, goal)[4])
+    report = plan_of(model, topology, "throughput")
+    assert 1e3 / report.chosen.throughput_fps == pytest.approx(best, rel=1e-9)
+    # three equal machines on fast links: the slowest stage is about a third of the whole model's time
+    assert report.chosen.throughput_fps > 2 * report.entry("all on the device").throughput_fps
+
+
+def test_a_tier_memory_limit_is_respected(traced, tmp_path) -> None:  # noqa: ANN001
+    (tmp_path / "chain.yaml").write_text("chain: [mcu, 'lte:up=50', rpi4, ethernet, edge-gpu]\n"
+                                         "memory: [96KB, null, null]\nhop_ms: 0.5\n")
+    topology = load_topology(tmp_path / "chain.yaml")
+    assert topology.memory_bytes == (96_000, None, None) and topology.hop_ms == 0.5
+    report = plan_chain(traced, topology, progress=False)
+    stage = report.chosen.stages[0]
+    assert stage.memory_bytes <= 96_000 and report.chosen.feasible
+    assert not report.entry("all on the device").feasible  # 76 KiB of weights + 48 KiB of activations
+
+
+def test_the_chosen_assignment_runs_as_a_partition_equal_to_the_model(traced) -> None:  # noqa: ANN001
+    report = plan_chain(traced, "host/20 > lte:up=20 > host/4 > ethernet:rtt=1 > host", progress=False, host_runs=2)
+    x = torch.randn(2, 3, 32, 32)
+    for entry in [report.chosen, *report.baselines]:
+        partition = traced.partition(entry.assignment, stages=entry.last_tier + 1)
+        assert [[t.name for t in stage.outputs] for stage in partition.stages[:-1]] == \
+            [[t.name for t in hop.crossing] for hop in entry.hops]
+        assert max_abs_diff(partition(x), traced.graph_module(x)) < 1e-5
+
+
+def test_keep_input_and_max_bytes_hold_on_every_link(traced) -> None:  # noqa: ANN001
+    report = plan_chain(traced, CHAIN, progress=False,
+                        constraints=Constraints(keep_input_on_device=True, max_uplink_bytes=20_000))
+    chosen = report.chosen
+    assert chosen.last_tier == 0 or "x" not in [t.name for t in chosen.hops[0].crossing]
+    assert all(hop.payload_bytes <= 20_000 for hop in chosen.hops)
+    assert not report.entry("all on tier 2 (edge-gpu)").feasible
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("rpi4 > wifi", "must start and end with a machine"),
+    ("rpi4 > > edge-gpu", "empty part"),
+    ("rpi4", "at least two machines"),
+    ("rpi4 > wifi > nosuch", "unknown machine 'nosuch'"),
+    ("rpi4 > fiber > edge-gpu", "unknown link 'fiber'"),
+])
+def test_bad_topologies_are_one_line_errors(text: str, fragment: str) -> None:
+    with pytest.raises(HardwareError, match=fragment):
+        parse_topology(text)
+
+
+def test_bad_topology_files_are_one_line_errors(tmp_path) -> None:  # noqa: ANN001
+    cases = {"list.yaml": "- rpi4\n", "keys.yaml": "chain: [rpi4, wifi, host]\nmachines: 3\n",
+             "memory.yaml": "chain: [rpi4, wifi, host]\nmemory: [1MB]\n", "bad.yaml": "chain: [rpi4, {a: 1}]\n"}
+    for name, text in cases.items():
+        (tmp_path / name).write_text(text)
+        with pytest.raises(EdgesplitError):
+            load_topology(tmp_path / name)
+    with pytest.raises(EdgesplitError, match="cannot read topology file"):
+        load_topology(tmp_path / "missing.yaml")
+
+
+def test_plan_topology_cli_writes_a_chain_plan(tmp_path) -> None:  # noqa: ANN001
+    result = edgesplit_both_ways("plan", "resnet8", "--topology", CHAIN, "--json", str(tmp_path / "plan.json"))
+    assert result.returncode == 0, result.stderr
+    assert "switch table" in result.stdout and "chosen:" in result.stdout
+    report = load_chain_plan(tmp_path / "plan.json")
+    assert report.topology == CHAIN and len(report.machines) == 3 and len(report.links) == 2
+    assert json.loads((tmp_path / "plan.json").read_text())["kind"] == "edgesplit.chainplan"
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--topology", "rpi4 > wifi"], "must start and end with a machine"),
+    (["--topology", CHAIN, "--codec", "fp16", "--codec", "int8"], "several --codec is not supported"),
+    (["--topology", CHAIN, "--plot", "x.png"], "--plot draws two-tier plans"),
+    (["--topology", CHAIN, "--hop-ms", "-1"], "hop-ms"),
+])
+def test_plan_topology_user_errors(args: list[str], fragment: str, tmp_path) -> None:  # noqa: ANN001
+    assert_user_error(edgesplit_in_process("plan", "resnet8", *args, cwd=tmp_path), fragment)
