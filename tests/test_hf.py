@@ -215,14 +215,3 @@ def test_every_verb_on_an_hf_folder(tmp_path, digits_vit):
     stages = json.loads((tmp_path / "run.json").read_text())["stages"]
     infer = next(facts for stage, facts in stages.items() if stage.startswith("serve and infer"))
     assert infer["images"] == 16 and infer["agreement"] >= 0.9
-
-
-def test_serving_a_token_model_is_refused_in_one_line(tmp_path, folders):
-    from test_cli import assert_user_error, edgesplit_in_process
-
-    name = folders["gpt2"]
-    plan = tmp_path / "plan.json"
-    result = edgesplit_in_process("plan", name, "--device", "rpi4", "--link", "wifi", "--json", str(plan), "-q")
-    assert result.returncode == 0, result.stderr
-    assert_user_error(edgesplit_in_process("serve", str(plan), "--model", name, "--port", "0"),
-                      "serving a token model is not supported yet")

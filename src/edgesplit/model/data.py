@@ -27,8 +27,8 @@ import torch.nn.functional as F
 from edgesplit.errors import DataError
 
 __all__ = ["DIGIT_CLASSES", "FASHION_CLASSES", "IDX_FILES", "KINDS", "PATCH_CLASSES", "Dataset", "input_samples",
-           "is_image_shape", "load_dataset", "load_image_folder", "load_patches", "read_idx", "sample_images",
-           "write_idx"]
+           "is_image_shape", "load_dataset", "load_image_folder", "load_patches", "load_token_ids", "read_idx",
+           "sample_images", "write_idx"]
 
 KINDS = ("digits", "mnist", "fashion-mnist", "idx", "folder", "patches")
 
@@ -595,6 +595,60 @@ def load_dataset(spec: str, *, image_size: int | None = None, limit: int | None 
     else:
         ds = _load_idx(directory, "mnist" if kind == "mnist" else directory.resolve().name, DIGIT_CLASSES, limit)
     return _resize(ds, image_size) if image_size else ds
+
+
+# ---------------------------------------------------------------------------------------------- token ids
+
+MAX_TOKEN_FILE_BYTES = 16 * 2**20  # a token-id file is text: 16 MiB holds up to 8 M ids (int64: 64 MiB)
+
+
+def load_token_ids(path: str | Path, length: int, *, limit: int | None = None,
+                   vocab_size: int | None = None) -> torch.Tensor:
+    """The int64 token ids of a text file, one sequence per line (whitespace-separated integers; blank lines and
+    lines starting with ``#`` skipped): an N×``length`` tensor, N ≤ ``limit``. Every line must hold exactly
+    ``length`` ids, each in 0..``vocab_size``-1 when it is given; the file's size is checked before it is read."""
+    path = Path(path).expanduser()
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError as exc:
+        raise DataError(f"token-id file {path} does not exist; give a text file of ids, one sequence per line") from exc
+    except OSError as exc:
+        raise DataError(f"cannot read token-id file {path}: {exc.strerror or exc}; check its permissions") from exc
+    if not path.is_file():
+        raise DataError(f"token-id file {path} is not a file; give a text file of ids, one sequence per line")
+    if size > MAX_TOKEN_FILE_BYTES:
+        raise DataError(f"token-id file {path} is {size:,} bytes, over the {MAX_TOKEN_FILE_BYTES:,} read for "
+                        "inputs; send fewer sequences")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"token-id file {path} is not UTF-8 text; write the ids as decimal integers") from exc
+    except OSError as exc:
+        raise DataError(f"cannot read token-id file {path}: {exc.strerror or exc}; check its permissions") from exc
+    rows: list[list[int]] = []
+    for number, line in enumerate(text.splitlines(), 1):
+        words = line.split()
+        if not words or words[0].startswith("#"):
+            continue
+        if limit is not None and len(rows) >= limit:
+            break
+        if len(words) != length:
+            raise DataError(f"{path} line {number} holds {len(words)} token ids; this plan's model takes sequences "
+                            f"of exactly {length} (pad or cut them to that length)")
+        try:
+            ids = [int(word) for word in words]
+        except ValueError as exc:
+            bad = next(w for w in words if not re.fullmatch(r"[+-]?\d+", w))
+            raise DataError(f"{path} line {number}: '{bad[:20]}' is not an integer token id; write ids as decimal "
+                            "integers separated by spaces") from exc
+        low, high = min(ids), max(ids)
+        if low < 0 or (vocab_size is not None and high >= vocab_size) or high >= 2**63:
+            top = f"0..{vocab_size - 1} (the model's vocabulary)" if vocab_size is not None else "0 and up"
+            raise DataError(f"{path} line {number} holds token id {low if low < 0 else high}; ids run {top}")
+        rows.append(ids)
+    if not rows:
+        raise DataError(f"token-id file {path} holds no sequences; write one sequence of {length} ids per line")
+    return torch.tensor(rows, dtype=torch.int64)
 
 
 def is_image_shape(shape: Sequence[int]) -> bool:

@@ -641,7 +641,20 @@ class Client:
         if x.dim() != len(shape) or list(x.shape[1:]) != shape[1:]:
             raise ClientError(f"input of shape {list(x.shape)} does not fit this plan's model, which takes "
                               f"{['N', *shape[1:]]}; resize the input")
+        if not self.deployment.input_dtype.is_floating_point:
+            return self._token_ids(x)
         return x.float() if x.dtype != torch.float32 and x.is_floating_point() else x
+
+    def _token_ids(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` as the int64 token ids the model takes; a ClientError for floats or ids outside its vocabulary."""
+        if x.is_floating_point() or x.is_complex() or x.dtype == torch.bool:
+            raise ClientError(f"this plan's model takes integer token ids, not {str(x.dtype).removeprefix('torch.')} "
+                              "values; send the ids from its tokenizer (an integer tensor)")
+        vocab = self.deployment.vocab_size
+        if vocab is not None and x.numel() and not (0 <= int(x.min()) and int(x.max()) < vocab):
+            raise ClientError(f"token ids run from {int(x.min())} to {int(x.max())}, and this plan's model has a "
+                              f"vocabulary of {vocab} (ids 0..{vocab - 1}); send ids from its tokenizer")
+        return x.to(self.deployment.input_dtype)
 
     def _shape_outputs(self, leaves: list[torch.Tensor]) -> list[torch.Tensor]:
         """What a server returns for these output leaves: all of them, or the top-k of the first."""

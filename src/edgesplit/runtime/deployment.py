@@ -96,6 +96,9 @@ class Route:
     width: float | None = None
     ranges: list[tuple[float, float]] = field(default_factory=list)  # the switch table's [low, high) Mbit/s
     picture: PictureCodec | None = None  # all-server plans that send the input as PNG or JPEG
+    # Per crossing tensor: the vocabulary size when it holds the model's token ids (the input, or a view of it),
+    # so ids outside 0..vocab-1 are refused as a bad request before the tail's embedding sees them.
+    vocab: tuple[int | None, ...] = ()
 
     @property
     def sent_shapes(self) -> list[tuple[int, ...]]:
@@ -104,6 +107,20 @@ class Route:
         if self.bottleneck is not None:
             shapes = [(1, *self.bottleneck.code_shape(shapes[0][1:], self.width or 1.0))]
         return shapes
+
+    @property
+    def sent_dtypes(self) -> list[torch.dtype]:
+        """The dtype the tail takes for each sent tensor: float32 for floating-point features (whatever a codec
+        sends them as) and for a bottleneck's code, the crossing tensor's own dtype for integer ones (token ids)."""
+        if self.bottleneck is not None or self.picture is not None:
+            return [torch.float32] * len(self.sent_shapes)
+        dtypes = [getattr(torch, spec.dtype, torch.float32) for spec in self.split.cut.crossing]
+        return [torch.float32 if d.is_floating_point else d for d in dtypes]
+
+    def warm_inputs(self) -> list[torch.Tensor]:
+        """What the server's warm-up feeds the tail: zeros of each sent tensor's shape and dtype (id 0 is in every
+        vocabulary), so a route that takes token ids warms up on int64 ids, not floats."""
+        return [torch.zeros(shape, dtype=dtype) for shape, dtype in zip(self.sent_shapes, self.sent_dtypes)]
 
     @torch.no_grad()
     def device_side(self, *inputs: torch.Tensor) -> list[torch.Tensor]:
@@ -124,6 +141,7 @@ class Route:
 
         ``limits`` bounds the most the whole decode holds at once, checked from the headers before anything is
         allocated: floating-point tensors are decoded straight into the float32 the tail takes (no second copy).
+        Integer tensors must arrive in the crossing tensor's own dtype, and token ids inside the vocabulary.
         """
         if self.picture is not None:
             images = self.picture.decode(payload, self.sent_shapes[0], max_batch, limits)
@@ -154,6 +172,11 @@ class Route:
             if tensor.is_floating_point() != floating or (not floating and tensor.dtype != dtype):
                 raise WireError(f"route {self.route_id} ({self.label}) takes {name} tensors, got "
                                 f"{str(tensor.dtype).removeprefix('torch.')}; encode what this route's head computes")
+        for tensor, vocab in zip(tensors, self.vocab):
+            if vocab is not None and tensor.numel() and not (0 <= int(tensor.min()) and int(tensor.max()) < vocab):
+                raise WireError(f"route {self.route_id} ({self.label}) takes token ids in 0..{vocab - 1} (the "
+                                f"model's vocabulary), got ids from {int(tensor.min())} to {int(tensor.max())}; "
+                                "send ids from the model's tokenizer")
         return tensors  # floating-point ones already float32
 
     def decode_cost(self, payload: bytes) -> int:
@@ -213,6 +236,20 @@ class Deployment:
         """The route that runs the plan labelled ``label``; None for all-device (nothing to send)."""
         return next((r for r in self.routes if r.label == label), None)
 
+    @property
+    def vocab_size(self) -> int | None:
+        """The size of the model's vocabulary when it takes token ids (``hf.HFModel``), else None."""
+        return getattr(self.model, "vocab_size", None) if not self.input_dtype.is_floating_point else None
+
+    @property
+    def input_dtype(self) -> torch.dtype:
+        """What the model takes: float32 images or features, int64 token ids."""
+        return getattr(self.model, "input_dtype", torch.float32)
+
+    def example(self, seed: int = 0) -> torch.Tensor:
+        """A seeded input of the plan's shape and the model's dtype (uniform in [0, 1), or ids in the vocabulary)."""
+        return example_input(self.model, self.plan.input_shape, seed=seed)
+
     def describe(self) -> dict:
         return {"model_id": self.model_id, "model": self.plan.model, "fingerprint": self.plan.fingerprint,
                 "input_shape": self.plan.input_shape, "chosen": self.plan.chosen.label,
@@ -240,6 +277,12 @@ def load_deployment(plan: PlanReport, *, weights: str | Path | None = None, mode
                               "Mbit/s), so there is nothing to serve; plan for a slower device, a faster server or "
                               "other codecs until a plan sends something")
     routes = [_route(i, entry, ranges, traced, reports) for i, (entry, ranges) in enumerate(entries)]
+    vocab = getattr(model, "vocab_size", None)
+    if vocab is not None and not getattr(model, "input_dtype", torch.float32).is_floating_point:
+        ids = _token_id_values(traced)
+        for route in routes:
+            if route.bottleneck is None and route.picture is None:
+                route.vocab = tuple(vocab if spec.name in ids else None for spec in route.split.cut.crossing)
     return Deployment(model_id or model_id_for(plan.model), plan, model, traced, routes)
 
 
@@ -269,11 +312,30 @@ def _rebuild(plan: PlanReport, weights: str | Path | None, plan_dir: Path | None
         path = _resolve(source, plan_dir)
         state_dict, _ = read_weights(path)
         load_weights(model, state_dict, str(path))
-    if not getattr(model, "input_dtype", torch.float32).is_floating_point:
-        raise DeploymentError(f"{ref['name']} takes token ids, and serving a token model is not supported yet (the "
-                              "runtime's codecs and warm-up carry float tensors); profile, plan and split it instead")
     example = example_input(model, plan.input_shape, seed=None)  # zeros, of the model's input dtype
     return model.eval(), example
+
+
+# Ops that only change how a tensor's values are laid out: their output holds the same token ids as their input.
+_LAYOUT_OPS = frozenset({"view", "reshape", "_unsafe_view", "unsqueeze", "squeeze", "flatten", "contiguous", "clone",
+                         "expand", "alias", "detach"})
+
+
+def _token_id_values(traced: TracedModel) -> set[str]:
+    """The graph values that hold the model's token ids: integer inputs, and layout-only views of them."""
+    ids: set[str] = set()
+    for node in traced.graph_module.graph.nodes:
+        meta = node.meta.get("tensor_meta")
+        integer = meta is not None and hasattr(meta, "dtype") and not meta.dtype.is_floating_point \
+            and meta.dtype != torch.bool
+        if node.op == "placeholder":
+            if integer:
+                ids.add(node.name)
+        elif integer and node.args and getattr(node.args[0], "name", None) in ids:
+            name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
+            if name.split(".")[0] in _LAYOUT_OPS:
+                ids.add(node.name)
+    return ids
 
 
 def _resolve(path: str | Path, plan_dir: Path | None) -> Path:

@@ -347,7 +347,7 @@ class Engine:
         loop = asyncio.get_running_loop()
         for deployment in self.models.values():
             for route in deployment.routes:
-                zeros = [torch.zeros(shape) for shape in route.sent_shapes]
+                zeros = route.warm_inputs()  # of the dtypes the tail takes: float features, int64 token ids
                 for _ in range(passes):
                     await loop.run_in_executor(self._compute, run_batch, route, [zeros], [0])
                 times = []

@@ -1,6 +1,8 @@
-"""`edgesplit infer`: images shaped for a plan's model, sent through a :class:`Client`, and the run's summary.
+"""`edgesplit infer`: inputs shaped for a plan's model, sent through a :class:`Client`, and the run's summary.
 
-``load_inputs`` gets the images (a folder, a data set's test split, or the bundled digits), ``read_token`` the
+``load_inputs`` gets the images (a folder, a data set's test split, or the bundled digits) or, for a model that
+takes token ids (a Hugging Face decoder), the ids (``tokens:FILE``, one sequence per line, or ``tokens:random``,
+drawn from the model's vocabulary once the client knows it); ``read_token`` the
 bearer token (``auth.token_from``), ``run_inference`` sends them and returns what `edgesplit infer --json`
 writes: ``{"summary": InferSummary as written, "records": [one per request]}``. Every error here is a
 :class:`ClientError` (a one-line user error).
@@ -16,24 +18,56 @@ from pathlib import Path
 import torch
 
 from edgesplit.errors import DataError
-from edgesplit.model.data import load_dataset, load_image_folder
+from edgesplit.model.data import load_dataset, load_image_folder, load_token_ids
 from edgesplit.progress import progress_bar
 from edgesplit.runtime.auth import TokenError, token_from
 from edgesplit.runtime.client import Client, Result
+from edgesplit.runtime.deployment import Deployment
 from edgesplit.runtime.errors import ClientError
 from edgesplit.runtime.summary import InferSummary, LatencyMs, SwitchRecord
 
-__all__ = ["Inputs", "load_inputs", "read_token", "run_inference"]
+__all__ = ["RANDOM_TOKEN_SEQUENCES", "Inputs", "load_inputs", "read_token", "run_inference"]
+
+RANDOM_TOKEN_SEQUENCES = 16  # what ``tokens:random`` sends without --limit
 
 
 @dataclass
 class Inputs:
-    """Images shaped for a plan's model, with labels where the source has them."""
+    """Images (or token ids) shaped for a plan's model, with labels where the source has them."""
 
-    images: torch.Tensor  # N×C×H×W float32 in [0, 1]
+    images: torch.Tensor  # N×C×H×W float32 in [0, 1], or N×T int64 token ids
     labels: torch.Tensor | None
     names: list[str]  # file names, or "SPEC#i"
     source: str
+    random_ids: int = 0  # ``tokens:random``: sequences to draw from the model's vocabulary (``images`` is empty)
+
+    def for_model(self, deployment: Deployment) -> Inputs:
+        """These inputs checked against the model they go to (images for an image model, ids in its vocabulary for
+        a token model), random ids drawn; a ClientError, before anything is sent, when they do not fit."""
+        dtype, vocab = deployment.input_dtype, deployment.vocab_size
+        ids = not self.images.is_floating_point()
+        if dtype.is_floating_point:
+            if ids:
+                raise ClientError(f"{self.source} gives token ids, and this plan's model takes "
+                                  f"{['N', *deployment.plan.input_shape[1:]]} float inputs; give --images or --data")
+            return self
+        if not ids:
+            raise ClientError(f"this plan's model takes token ids, not images ({self.source}); give --data "
+                              "tokens:FILE (one sequence of ids per line) or --data tokens:random")
+        if self.random_ids:
+            generator = torch.Generator().manual_seed(0)
+            shape = (self.random_ids, *self.images.shape[1:])
+            drawn = torch.randint(0, vocab or 2, shape, generator=generator, dtype=torch.int64)
+            return Inputs(drawn, None, [f"tokens:random#{i}" for i in range(self.random_ids)],
+                          f"random token ids (0..{(vocab or 2) - 1})")
+        if vocab is not None and self.images.numel():
+            bad = ((self.images < 0) | (self.images >= vocab)).any(-1).nonzero()
+            if len(bad):
+                row = int(bad[0])
+                value = next(int(v) for v in self.images[row] if not 0 <= int(v) < vocab)
+                raise ClientError(f"{self.names[row]} holds token id {value}, and this plan's model has a vocabulary "
+                                  f"of {vocab} (ids 0..{vocab - 1}); send ids from its tokenizer")
+        return self
 
 
 def read_token(token_file: Path | None) -> str | None:
@@ -53,8 +87,12 @@ def load_inputs(input_shape: Sequence[int], *, images: Path | None = None, data:
     to its channels (gray or RGB).
     """
     shape = [int(s) for s in input_shape]
+    if data is not None and data.strip().lower().startswith("tokens:"):
+        return _token_inputs(shape, data.strip(), images, limit)
     if len(shape) != 4:
-        raise ClientError(f"this plan's model takes {shape} inputs; `edgesplit infer` sends images (N×C×H×W)")
+        tokens = " or token ids (N×T: --data tokens:FILE or tokens:random)" if len(shape) == 2 else ""
+        raise ClientError(f"this plan's model takes {shape} inputs; `edgesplit infer` sends images "
+                          f"(N×C×H×W){tokens}")
     channels, height, width = shape[1:]
     if images is not None and data is not None:
         raise ClientError("give --images DIR or --data SPEC, not both")
@@ -88,6 +126,27 @@ def load_inputs(input_shape: Sequence[int], *, images: Path | None = None, data:
                   [f"{data}#{i}" for i in range(len(pictures))], f"{data} (test split)")
 
 
+def _token_inputs(shape: list[int], data: str, images: Path | None, limit: int | None) -> Inputs:
+    """``tokens:FILE`` (one sequence of T ids per line) or ``tokens:random`` for a model taking N×T token ids."""
+    if images is not None:
+        raise ClientError("give --images DIR or --data SPEC, not both")
+    if len(shape) != 2:
+        raise ClientError(f"--data {data} gives token ids (N×T), and this plan's model takes {shape} inputs; "
+                          "give --images DIR or an image data set")
+    source = data.split(":", 1)[1].strip()
+    length = shape[1]
+    if source.lower() == "random":
+        return Inputs(torch.empty((0, length), dtype=torch.int64), None, [], "random token ids",
+                      random_ids=limit or RANDOM_TOKEN_SEQUENCES)
+    if not source:
+        raise ClientError("--data tokens: needs a file (tokens:FILE, one sequence of ids per line) or tokens:random")
+    try:
+        ids = load_token_ids(source, length, limit=limit)
+    except DataError as error:
+        raise ClientError(str(error)) from error
+    return Inputs(ids, None, [f"{source}#{i}" for i in range(len(ids))], source)
+
+
 def _match_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
     if images.shape[1] == channels:
         return images
@@ -99,7 +158,9 @@ def _match_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
 def run_inference(client: Client, inputs: Inputs, *, batch: int = 1, check: bool = True,
                   progress: bool = True) -> dict:
     """Send every input (``batch`` per request) through ``client``; ``{"summary": ..., "records": [...]}`` as
-    `edgesplit infer --json` writes it (the summary is an :class:`InferSummary` as written)."""
+    `edgesplit infer --json` writes it (the summary is an :class:`InferSummary` as written). The inputs are
+    checked against the client's model first (``Inputs.for_model``)."""
+    inputs = inputs.for_model(client.deployment)
     count = len(inputs.images)
     records: list[dict] = []
     predictions: list[torch.Tensor] = []
