@@ -161,3 +161,32 @@ def test_plan_topology_cli_writes_a_chain_plan(tmp_path) -> None:  # noqa: ANN00
 ])
 def test_plan_topology_user_errors(args: list[str], fragment: str, tmp_path) -> None:  # noqa: ANN001
     assert_user_error(edgesplit_in_process("plan", "resnet8", *args, cwd=tmp_path), fragment)
+
+
+@pytest.mark.slow
+def test_a_run_config_plans_a_chain_and_the_report_draws_it(tmp_path) -> None:  # noqa: ANN001
+    """`edgesplit run` with a topology target beside a two-tier one: both planned, the chain's plan written with its
+    figure, and the report renders the chain's section (its table, switch table and figure)."""
+    (tmp_path / "run.yaml").write_text(
+        "model: small_cnn\nuntrained: true\nprofile_runs: 2\ncompare: []\ncompress: null\nserve: null\naudit: null\n"
+        "targets:\n  - {name: pair, device: rpi4, link: wifi}\n"
+        f"  - {{name: chain, topology: '{CHAIN}'}}\n")
+    result = edgesplit_in_process("run", str(tmp_path / "run.yaml"), "--out", str(tmp_path / "out"), "--quiet")
+    assert result.returncode == 0, result.stderr
+    report = load_chain_plan(tmp_path / "out" / "plan_chain.json")
+    assert report.topology == CHAIN
+    assert (tmp_path / "out" / "plan_chain.png").read_bytes().startswith(b"\x89PNG")
+    html = (tmp_path / "out" / "report.html").read_text()
+    assert "Plan on a chain" in html and "Placements compared" in html and "could not be shown" not in html
+    assert html.count("<img") >= 2
+
+
+@pytest.mark.parametrize("target, fragment", [
+    ("{name: x, device: rpi4}", "names a device and a link"),
+    (f"{{name: x, device: rpi4, link: wifi, topology: '{CHAIN}'}}", "not in device/link"),
+    ("{name: x, topology: 'rpi4 > wifi'}", "must start and end with a machine"),
+])
+def test_bad_chain_targets_in_a_run_config(target: str, fragment: str, tmp_path) -> None:  # noqa: ANN001
+    (tmp_path / "run.yaml").write_text(f"model: small_cnn\nuntrained: true\ntargets:\n  - {target}\n")
+    assert_user_error(edgesplit_in_process("run", str(tmp_path / "run.yaml"), "--out", str(tmp_path / "out")),
+                      fragment)

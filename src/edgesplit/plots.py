@@ -12,7 +12,7 @@ import numpy as np
 
 from edgesplit.compress.rate import CompressReport
 from edgesplit.plan.costs import LinkSweep, parse_objective
-from edgesplit.plan.schema import PlanReport
+from edgesplit.plan.schema import ChainPlanReport, PlanReport
 from edgesplit.profile import ProfileReport
 
 if TYPE_CHECKING:
@@ -117,6 +117,77 @@ def plot_plan(report: PlanReport, path: str | Path) -> Path:
     return path
 
 
+_TIER_COLOURS = ["#dd8452", "#4c72b0", "#55a868", "#8172b2", "#c44e52", "#937860", "#da8bc3", "#8c8c8c"]
+
+
+def plot_chain_plan(report: ChainPlanReport, path: str | Path) -> Path:
+    """A chain plan in two panels: each placement's latency as time per stage (compute per tier, each hop's transfer
+    with its codec, RTT and overhead, the result coming back), and where the chosen one runs each node."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    entries = sorted([report.chosen, *[e for e in report.baselines if e.assignment != report.chosen.assignment
+                                       or e.last_tier != report.chosen.last_tier]], key=lambda e: e.latency_ms)
+    tiers = len(report.machines)
+    plt = pyplot()
+    figure, (timeline, strip) = plt.subplots(2, 1, figsize=(11, 3.2 + 0.45 * len(entries)), dpi=120,
+                                             gridspec_kw={"height_ratios": [max(len(entries), 2), 1.2]})
+    labelled: set[str] = set()
+    for row, entry in enumerate(entries):
+        start = 0.0
+        pieces = []
+        for t, stage in enumerate(entry.stages):
+            pieces.append((stage.decode_ms + stage.compute_ms + stage.encode_ms, _TIER_COLOURS[t % 8], None,
+                           f"tier {t}: {report.machines[t].spec}"))
+            if t < entry.last_tier:
+                hop = entry.hops[t]
+                pieces.append((hop.transfer_ms + hop.rtt_ms + hop.overhead_ms, "white", "///",
+                               "a hop: payload, RTT, overhead"))
+        pieces.append((sum(hop.result_ms for hop in entry.hops), "#bbbbbb", None, "the result coming back"))
+        for width, colour, hatch, label in pieces:
+            if width <= 0:
+                continue
+            timeline.barh(row, width, left=start, color=colour, hatch=hatch, edgecolor="#555555", linewidth=0.5,
+                          label=label if label not in labelled else None)
+            labelled.add(label)
+            start += width
+        timeline.text(start, row, f"  {_short_ms(entry.latency_ms)} ms", va="center", fontsize=8)
+    timeline.set_yticks(range(len(entries)), [("▶ " if e is report.chosen else "") + e.label for e in entries],
+                        fontsize=8)
+    timeline.invert_yaxis()
+    timeline.set_xlim(0, 1.1 * max(e.latency_ms for e in entries))
+    timeline.set_xlabel("latency of one inference (ms): time per stage, in order")
+    timeline.set_title(f"{report.model} on {report.topology} (codec {report.codec}, objective {report.objective})",
+                       fontsize=10)
+    timeline.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7, frameon=False)
+    chosen = report.chosen
+    names = list(chosen.assignment)
+    placed = np.array([chosen.assignment[n] for n in names])
+    for t in range(tiers):
+        nodes = np.flatnonzero(placed == t)
+        if nodes.size:
+            strip.bar(nodes, np.ones(nodes.size), width=1.0, color=_TIER_COLOURS[t % 8],
+                      label=f"tier {t} {report.machines[t].spec}: {nodes.size} nodes")
+    for t, hop in enumerate(chosen.hops):
+        boundary = np.flatnonzero(placed > t)
+        if boundary.size:
+            strip.axvline(boundary[0] - 0.5, color="black", linewidth=1)
+            size = f"{hop.payload_bytes / 1e6:.3g} MB" if hop.payload_bytes >= 1e6 else f"{hop.payload_bytes / 1e3:.3g} kB"
+            strip.text(boundary[0], 1.05, f" link {t}: {size}", fontsize=8, va="bottom")
+    strip.set_xlim(-0.5, len(names) - 0.5)
+    strip.set_ylim(0, 1.5)
+    strip.set_yticks([])
+    strip.set_xlabel(f"nodes in topological order: where the chosen placement runs each ({chosen.label})")
+    strip.legend(loc="upper center", bbox_to_anchor=(0.5, -0.45), ncol=min(tiers, 4), fontsize=8, frameon=False)
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+    return path
+
+
+def _short_ms(value: float) -> str:
+    return f"{value:.3g}" if value < 100 else f"{value:.0f}"
+
+
 def _annotate_stacked(axis: plt.Axes, labels: list[tuple[float, float, str, str]]) -> None:
     """Label points on a log-x axis, lifting a label above any neighbour's it would overlap (with headroom)."""
     accuracies = [y for _, y, _, _ in labels]
@@ -167,4 +238,4 @@ def plot_rate_accuracy(report: CompressReport, path: str | Path) -> Path:
     return path
 
 
-__all__ = ["plot_plan", "plot_profile", "plot_rate_accuracy", "pyplot"]
+__all__ = ["plot_chain_plan", "plot_plan", "plot_profile", "plot_rate_accuracy", "pyplot"]

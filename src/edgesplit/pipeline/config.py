@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from edgesplit.errors import EdgesplitError
 from edgesplit.filenames import check_file_name, target_slug
@@ -35,23 +35,40 @@ def _plan_default(name: str) -> Any:
 
 
 class Target(BaseModel):
-    """One deployment to plan for: device, server and link specs as `edgesplit plan` takes them."""
+    """One deployment to plan for: device, server and link specs as `edgesplit plan` takes them, or a chain of
+    machines (``topology: "rpi4 > wifi > host/4 > ethernet > edge-gpu"``, or a topology YAML file)."""
 
     model_config = ConfigDict(extra="forbid")
 
     name: str | None = None  # names the files; default: from the specs
-    device: str
+    device: str | None = None
     server: str = _plan_default("server")
-    link: str
+    link: str | None = None
+    topology: str | None = None
 
     @field_validator("name")
     @classmethod
     def _file_safe(cls, name: str | None) -> str | None:
         return None if name is None else check_file_name(name, "a target's name")
 
+    @model_validator(mode="after")
+    def _machines_or_chain(self) -> Target:
+        if self.topology is None and (self.device is None or self.link is None):
+            raise ValueError("a target names a device and a link (and optionally a server), or a topology")
+        if self.topology is not None and (self.device is not None or self.link is not None):
+            raise ValueError("a target with a topology names its machines and links there, not in device/link")
+        return self
+
     @property
     def slug(self) -> str:
-        return target_slug(self.name, self.device, self.link)
+        if self.topology is not None:
+            return target_slug(self.name, "chain", self.topology)
+        return target_slug(self.name, self.device, self.link)  # type: ignore[arg-type]
+
+    @property
+    def text(self) -> str:
+        """The target as a stage title shows it."""
+        return self.topology or f"{self.device} → {self.link} → {self.server}"
 
 
 class AuditSection(AuditSettings):
@@ -113,8 +130,9 @@ class RunConfig(BaseModel):
     def plan_settings(self, target: Target) -> PlanSettings:
         """What `edgesplit plan` is told for ``target``: its machines and link, the run's codecs, objective and
         input policy, and the run's data as the images to cost sending the input."""
-        return PlanSettings(device=target.device, server=target.server, link=target.link, codecs=self.codecs,
-                            objective=self.objective, keep_input=self.keep_input, samples=self.data)
+        machines = {"device": target.device, "link": target.link} if target.topology is None else {}
+        return PlanSettings(**machines, server=target.server, codecs=self.codecs, objective=self.objective,
+                            keep_input=self.keep_input, samples=self.data, topology=target.topology)
 
     def audit_settings(self) -> AuditSettings | None:
         """The audit's settings, specs parsed, seeded with the run's seed unless the section sets its own."""

@@ -24,12 +24,12 @@ from edgesplit.model.graph import TracedModel
 from edgesplit.model.intake import LoadedModel, load_model, save_weights
 from edgesplit.pipeline import stages
 from edgesplit.pipeline.config import ConfigError, RunConfig, Target, check_config
-from edgesplit.pipeline.show import show_audit, show_compress, show_plan, show_profile, show_split, show_train
+from edgesplit.pipeline.show import show_audit, show_chain_plan, show_compress, show_plan, show_profile, show_split, show_train
 from edgesplit.pipeline.stages import PlanSettings, ProfileSettings
 from edgesplit.pipeline.summary import (AuditStage, CompressStage, InferStage, PlanStage, ProfileStage, RunSummary,
                                         SplitStage, StageRecord, TrainStage, stage_result_text)
-from edgesplit.plan.schema import PlanEntry, PlanReport
-from edgesplit.plots import plot_plan, plot_profile, plot_rate_accuracy
+from edgesplit.plan.schema import ChainPlanReport, PlanEntry, PlanReport
+from edgesplit.plots import plot_chain_plan, plot_plan, plot_profile, plot_rate_accuracy
 from edgesplit.privacy.audit import summary_line
 from edgesplit.profile import device_profile
 from edgesplit.report import write_report
@@ -157,34 +157,45 @@ def _profile(run: Run, traced: TracedModel) -> None:
         run.record(f"profile {name}", ProfileStage.of(report), started)
 
 
-def _plan(run: Run, loaded: LoadedModel, traced: TracedModel) -> dict[str, PlanReport]:
+def _plan(run: Run, loaded: LoadedModel, traced: TracedModel) -> dict[str, PlanReport | ChainPlanReport]:
     plans = {}
     for target in run.config.targets:
-        run.stage(f"plan {run.config.model} for {target.device} → {target.link} → {target.server}")
+        run.stage(f"plan {run.config.model} for {target.text}")
         plans[target.slug] = _plan_target(run, loaded, traced, target, f"plan {target.slug}",
                                           run.config.plan_settings(target))
     return plans
 
 
 def _plan_target(run: Run, loaded: LoadedModel, traced: TracedModel, target: Target, label: str,
-                 settings: PlanSettings) -> PlanReport:
+                 settings: PlanSettings) -> PlanReport | ChainPlanReport:
     """Plan one target, write plan_SLUG.json and its plot, show it, and record the stage."""
     started = time.perf_counter()
     report = stages.plan(settings, loaded, traced, progress=run.progress)
     run.write(f"plan_{target.slug}.json", report)
+    if isinstance(report, ChainPlanReport):
+        plot_chain_plan(report, run.out_dir / f"plan_{target.slug}.png")
+        show_chain_plan(run.console, report)
+        run.record(label, PlanStage.of(report), started)
+        return report
     plot_plan(report, run.out_dir / f"plan_{target.slug}.png")
     show_plan(run.console, report)
     run.record(label, PlanStage.of(report), started)
     return report
 
 
-def _sends(report: PlanReport) -> bool:
-    return any(row.kind != "all-device" for row in report.switch_table)
+def _sends(report: PlanReport | ChainPlanReport) -> bool:
+    """Whether a two-tier plan sends anything at some bandwidth (a chain plan is served with `serve --tier`, not
+    by the run)."""
+    return isinstance(report, PlanReport) and any(row.kind != "all-device" for row in report.switch_table)
 
 
 def _served_target(run: Run, plans: dict[str, PlanReport]) -> str | None:
     """The target whose plan is compressed and served: the config's, else the first that sends anything."""
     wanted = run.config.serve.target if run.config.serve else None
+    if wanted and isinstance(plans[wanted], ChainPlanReport):
+        run.console.print(f"[bold yellow]note:[/] serve.target {escape(wanted)} is a chain of machines; a run serves "
+                          "two-tier targets (serve a chain with `edgesplit serve PLAN --tier K`); name another target")
+        return None
     if wanted and not _sends(plans[wanted]):
         run.console.print(f"[bold yellow]note:[/] the plan of serve.target {escape(wanted)} runs the whole model on "
                           "the device at every bandwidth, so nothing is compressed or served; name another target")

@@ -28,6 +28,7 @@ if TYPE_CHECKING:  # the records are built from these; reading a summary needs n
     from edgesplit.model.train import TrainRecord
     from edgesplit.pipeline.stages import SplitResult
     from edgesplit.plan import PlanReport
+    from edgesplit.plan.schema import ChainPlanReport
     from edgesplit.privacy.schema import AuditReport
     from edgesplit.profile import ProfileReport
 
@@ -88,9 +89,9 @@ class PlanStage(StageRecord):
     switch_table: list[str]  # the best plan's label in each bandwidth range, slowest first
 
     @classmethod
-    def of(cls, report: PlanReport) -> PlanStage:
-        return cls(chosen=report.chosen.label, latency_ms=report.chosen.costs.latency_ms,
-                   switch_table=[row.label for row in report.switch_table])
+    def of(cls, report: PlanReport | ChainPlanReport) -> PlanStage:
+        latency = report.chosen.latency_ms if hasattr(report.chosen, "latency_ms") else report.chosen.costs.latency_ms
+        return cls(chosen=report.chosen.label, latency_ms=latency, switch_table=[row.label for row in report.switch_table])
 
 
 def _none(value: Any) -> bool:

@@ -17,7 +17,7 @@ from edgesplit.errors import EdgesplitError
 from edgesplit.pipeline.summary import RunSummary
 from edgesplit.report.html import CSS, esc, note
 from edgesplit.report.scan import RUN, TRAIN, Found, RunFiles, run_summary, scan
-from edgesplit.report.sections import (audit_section, compress_section, infer_section, plan_section, profile_section,
+from edgesplit.report.sections import (audit_section, chain_plan_section, compress_section, infer_section, plan_section, profile_section,
                                        run_section, split_section, train_section)
 
 __all__ = ["REPORT_KIND", "REPORT_VERSION", "SECTIONS", "TITLES", "build_report", "other_files_section",
@@ -26,6 +26,7 @@ __all__ = ["REPORT_KIND", "REPORT_VERSION", "SECTIONS", "TITLES", "build_report"
 REPORT_KIND, REPORT_VERSION = "edgesplit.report", 1  # `edgesplit report --json`: what the page holds
 
 TITLES = {RUN: "Run", TRAIN: "Training", "edgesplit.profile": "Profile", "edgesplit.plan": "Plan",
+          "edgesplit.chainplan": "Plan on a chain",
           "edgesplit.compress": "Compression", "edgesplit.audit": "Privacy audit", "edgesplit.split": "Split",
           "edgesplit.infer": "Split inference run"}
 
@@ -37,6 +38,7 @@ SECTIONS: dict[str, Renderer] = {
     TRAIN: lambda found, *_: train_section(found.result, found),
     "edgesplit.profile": lambda found, *_: profile_section(found.result, found),
     "edgesplit.plan": lambda found, *_: plan_section(found.result, found),
+    "edgesplit.chainplan": lambda found, *_: chain_plan_section(found.result, found),
     "edgesplit.compress": lambda found, *_: compress_section(found.result, found),
     "edgesplit.audit": lambda found, run_dir, *_: audit_section(found.result, found, run_dir),
     "edgesplit.split": lambda found, *_: split_section(found.result, found),
@@ -60,6 +62,8 @@ def _subject(found: Found, summary: RunSummary | None = None) -> str:
             return f"{model} (compared, untrained)"
     elif found.kind == "edgesplit.plan":
         return f"{model}: {result.device.spec} → {result.link.spec} → {result.server.spec}"
+    elif found.kind == "edgesplit.chainplan":
+        return f"{model}: {result.topology}"
     elif isinstance(model, dict):
         model = model.get("name")
     return str(model) if model else ""

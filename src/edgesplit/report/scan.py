@@ -19,7 +19,7 @@ from edgesplit.errors import EdgesplitError
 from edgesplit.model.artifact import SPLIT_VERSION, SplitRecord
 from edgesplit.model.train import TrainRecord, is_train_record, load_train
 from edgesplit.pipeline.summary import RUN_KIND, RunSummary, load_run
-from edgesplit.plan.schema import load_plan
+from edgesplit.plan.schema import load_chain_plan, load_plan
 from edgesplit.privacy.schema import load_audit
 from edgesplit.profile import PROFILE_VERSION, ProfileReport
 from edgesplit.runtime.summary import load_infer_summary
@@ -34,7 +34,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 # The kinds the report renders. The run's summary first (the whole story), then pipeline order: train the model,
 # measure it, choose the plan (from compress and audit results), split, serve.
-ORDER = (RUN, TRAIN, "edgesplit.profile", "edgesplit.plan", "edgesplit.compress", "edgesplit.audit",
+ORDER = (RUN, TRAIN, "edgesplit.profile", "edgesplit.plan", "edgesplit.chainplan", "edgesplit.compress", "edgesplit.audit",
          "edgesplit.split", "edgesplit.infer")
 
 
@@ -162,6 +162,7 @@ def _load_train(path: Path) -> TrainRecord:
 # How each kind is read: its writer's loader, where the writer has one.
 LOADERS: dict[str, Callable[[Path], Any]] = {
     RUN: _load_run, TRAIN: _load_train, "edgesplit.profile": _load_profile, "edgesplit.plan": load_plan,
+    "edgesplit.chainplan": load_chain_plan,
     "edgesplit.compress": load_compress, "edgesplit.audit": load_audit, "edgesplit.split": _load_split,
     "edgesplit.infer": load_infer_summary}
 

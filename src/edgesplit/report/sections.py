@@ -16,8 +16,8 @@ from edgesplit.model.artifact import SplitRecord
 from edgesplit.model.train import TrainRecord
 from edgesplit.pipeline.summary import (AuditStage, CompressStage, InferStage, PlanStage, ProfileStage, RunSummary,
                                         SplitStage, StageRecord, TrainStage, stage_result_text, stage_subject)
-from edgesplit.plan.schema import PlanReport
-from edgesplit.plots import plot_plan, plot_profile, plot_rate_accuracy
+from edgesplit.plan.schema import ChainPlanReport, PlanReport
+from edgesplit.plots import plot_chain_plan, plot_plan, plot_profile, plot_rate_accuracy
 from edgesplit.privacy.attacks import IMAGE_ATTACKS, attack_label
 from edgesplit.privacy.figures import plot_leakage_by_cut, plot_privacy_utility
 from edgesplit.privacy.schema import AuditReport
@@ -28,7 +28,7 @@ from edgesplit.report.scan import TRAIN, Found, find_png
 from edgesplit.runtime.summary import InferSummary
 from edgesplit.views import crossing_text, human_bytes, human_count
 
-__all__ = ["STAGE_KINDS", "TOP_PLANS", "audit_section", "compress_section", "infer_section", "plan_section",
+__all__ = ["STAGE_KINDS", "TOP_PLANS", "audit_section", "chain_plan_section", "compress_section", "infer_section", "plan_section",
            "profile_section", "run_section", "split_section", "stage_anchor", "train_section"]
 
 TOP_PLANS = 10  # ranked plans shown in a plan's table (the baselines are added when they rank lower)
@@ -38,7 +38,8 @@ STAGE_KINDS: dict[type[StageRecord], str] = {
     TrainStage: TRAIN, ProfileStage: "edgesplit.profile", PlanStage: "edgesplit.plan", SplitStage: "edgesplit.split",
     CompressStage: "edgesplit.compress", InferStage: "edgesplit.infer", AuditStage: "edgesplit.audit"}
 # The file names `edgesplit run` gives a model's profile and a target's plan: profile_MODEL.json, plan_TARGET.json.
-_NAMED = {"edgesplit.profile": "profile_", "edgesplit.plan": "plan_"}
+_NAMED = {"edgesplit.profile": "profile_", "edgesplit.plan": "plan_", "edgesplit.chainplan": "plan_"}
+_PLAN_KINDS = ("edgesplit.plan", "edgesplit.chainplan")  # a target's plan: two tiers, or a chain
 
 
 # ---------------------------------------------------------------------------------------------- the run
@@ -53,7 +54,8 @@ def stage_anchor(label: str, stage: StageRecord, anchors: dict[str, str], files:
 def _section_of(kind: str | None, subject: str | None, anchors: dict[str, str],
                 files: Sequence[Found]) -> str | None:
     """The section of the one file of ``kind`` (of the model or target ``subject`` where there are several)."""
-    candidates = [f for f in files if f.kind == kind and f.name in anchors]
+    kinds = _PLAN_KINDS if kind in _PLAN_KINDS else (kind,)
+    candidates = [f for f in files if f.kind in kinds and f.name in anchors]
     if len(candidates) > 1:
         candidates = [f for f in candidates if subject and (
             PurePosixPath(f.name).stem.removeprefix(_NAMED.get(f.kind, "")) == subject.replace(":", "_")
@@ -118,8 +120,11 @@ def _config_facts(summary: RunSummary, anchors: dict[str, str], files: Sequence[
     targets = []
     for target in config.targets:
         anchor = _section_of("edgesplit.plan", target.slug, anchors, files)
-        targets.append(f"{esc(_link(target.slug, anchor))}: device <code>{esc(target.device)}</code> → link "
-                       f"<code>{esc(target.link)}</code> → server <code>{esc(target.server)}</code>")
+        if target.topology is not None:
+            targets.append(f"{esc(_link(target.slug, anchor))}: chain <code>{esc(target.topology)}</code>")
+        else:
+            targets.append(f"{esc(_link(target.slug, anchor))}: device <code>{esc(target.device)}</code> → link "
+                           f"<code>{esc(target.link)}</code> → server <code>{esc(target.server)}</code>")
     compress, serve, audit = config.compress, config.serve, config.audit
     compress_text = "not run" if compress is None else "; ".join([
         f"codecs {', '.join(compress.codecs)}",
@@ -281,6 +286,58 @@ def plan_section(report: PlanReport, found: Found) -> str:
         parts.append(f'<p class="meta">Pareto front (latency, device energy, bytes sent): '
                      f"{esc('; '.join(report.pareto))}</p>")
     parts.append(rendered_plot(lambda path: plot_plan(report, path), "end-to-end latency against uplink bandwidth"))
+    return "\n".join(parts)
+
+
+def chain_plan_section(report: ChainPlanReport, found: Found) -> str:
+    """The chain's machines and links; the chosen placement; every placement compared; switch table; the figure."""
+    chosen = report.chosen
+    parts = ["<h3>Machines and links</h3>",
+             table(["tier", "spec", "kind", "whole model ms", "memory", "power active / idle", "source"],
+                   [[t, *_machine_row(m)] for t, m in enumerate(report.machines)], numeric=(0, 3)),
+             table(["link", "spec", "uplink Mbit/s", "downlink Mbit/s", "RTT ms", "radio tx / rx W", "source"],
+                   [[f"{t} → {t + 1}", link.spec, f"{link.uplink_mbps:g}", f"{link.downlink_mbps:g}",
+                     f"{link.rtt_ms:g}", f"{link.tx_w:g} / {link.rx_w:g}", link.source]
+                    for t, link in enumerate(report.links)], numeric=(2, 3, 4))]
+    where = "; ".join(f"tier {s.tier} ({s.machine}): {s.nodes} nodes" + (f", {s.first} … {s.last}" if s.nodes else
+                                                                          ", relays")
+                      for s in chosen.stages)
+    constraints = [_constraint_text(k, v) for k, v in report.constraints.model_dump().items()
+                   if v not in (None, [], False)]
+    parts += ["<h3>Chosen placement</h3>", facts([
+        ("model", f"{report.model} (input {shape_text(report.input_shape)}, graph {report.fingerprint})"),
+        ("chosen", Raw(f"<strong>{esc(chosen.label)}</strong> ({chosen.method})")),
+        ("where each part runs", where),
+        ("latency", f"{ms_text(chosen.latency_ms)} ms per inference"),
+        ("throughput", f"{chosen.throughput_fps:.3g} inferences/s pipelined (bottleneck: {chosen.bottleneck})"),
+        ("energy on the device", None if chosen.energy_mj is None else f"{ms_text(chosen.energy_mj)} mJ"),
+        ("objective / codec", f"{report.objective}; codec {report.codec} on every hop; {report.hop_ms:g} ms "
+                              "framework cost per hop"),
+        ("constraints", "; ".join(constraints) or None),
+        ("planner", f"{len(report.baselines)} placements compared in {report.planner_ms:.0f} ms; layered min-cut "
+                    f"{'exact' if report.min_cut_exact else 'NOT EXACT'} (its value equals its placement's cost)")])]
+    rows, classes = [], []
+    entries = [chosen, *[e for e in report.baselines if e.assignment != chosen.assignment
+                         or e.last_tier != chosen.last_tier]]
+    for entry in sorted(entries, key=lambda e: (e is not chosen, not e.feasible, e.objective)):
+        tiers = ", ".join(f"{s.nodes}" if s.nodes else "relay" for s in entry.stages)
+        sent = " + ".join(human_bytes(h.payload_bytes) for h in entry.hops) or "—"
+        status = "chosen" if entry is chosen else ("ok" if entry.feasible else "; ".join(entry.violations))
+        rows.append([label_cell(entry.label), tiers, sent, ms_text(entry.latency_ms), f"{entry.throughput_fps:.3g}",
+                     "—" if entry.energy_mj is None else ms_text(entry.energy_mj), status])
+        classes.append("chosen" if entry is chosen else (None if entry.feasible else "dim"))
+    parts += ["<h3>Placements compared</h3>",
+              '<p class="meta">Nodes per tier (relay: it only forwards), bytes on each link, predicted latency, '
+              "pipelined throughput and device energy. Grey rows break a constraint.</p>",
+              table(["placement", "nodes per tier", "bytes per link", "latency ms", "inferences/s", "energy mJ",
+                     "status"], rows, numeric=(3, 4, 5), row_classes=classes, css="plans"),
+              "<h3>Switch table</h3>",
+              f'<p class="meta">The best placement for each bandwidth of the first link ({esc(report.links[0].spec)}), '
+              "the later links as planned.</p>",
+              table(["from Mbit/s", "to Mbit/s", "best placement"],
+                    [[f"{s.low_mbps:g}", f"{s.high_mbps:g}", s.label] for s in report.switch_table], numeric=(0, 1)),
+              rendered_plot(lambda path: plot_chain_plan(report, path),
+                            "time per stage of each placement, and where the chosen one runs each node")]
     return "\n".join(parts)
 
 
