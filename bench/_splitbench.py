@@ -137,16 +137,13 @@ def link_note(paced: bool) -> str:
 
 
 def bucket_bytes(link) -> int:  # noqa: ANN001
-    """Bytes a tbf link lets through at line speed after an idle moment (0 for the paced link, which has none)."""
+    """Bytes a tbf link lets through at line speed after an idle moment (0 for the paced link, which has none, and
+    for tbf links below 24 Mbit/s, whose filler keeps the bucket empty)."""
     if link.kind != "netns-tbf":
         return 0
-    try:
-        from linkemu import _tbf_args  # private: the same figures the link was made with
+    from linkemu import free_bytes
 
-        options = _tbf_args(link.rate_mbit)
-        return int(options[options.index("burst") + 1])
-    except (ImportError, ValueError, IndexError):
-        return 1514
+    return int(free_bytes(link.rate_mbit))
 
 
 def tcp_retransmits(link) -> int | None:  # noqa: ANN001

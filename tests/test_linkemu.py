@@ -9,8 +9,10 @@ import array
 import math
 import os
 import select
+import shutil
 import socket
 import statistics
+import struct
 import subprocess
 import sys
 import threading
@@ -24,6 +26,7 @@ from conftest import BENCH
 from linkemu import (
     HEADER,
     MAX_FRAME,
+    ChainedLinks,
     EchoClient,
     EchoServer,
     LinkEmulationError,
@@ -521,10 +524,67 @@ def test_tbf_args_hold_a_frame_and_a_queue():
     args = dict(zip(*[iter(linkemu._tbf_args(10.0))] * 2))
     assert args["rate"] == "10000000bit"
     assert int(args["burst"]) >= 1514
-    assert int(args["limit"]) >= 64 * 1024 + int(args["burst"])
+    assert int(args["limit"]) >= 4 * 2**20 + int(args["burst"])  # a few MB queue, whatever the rate
     fast = dict(zip(*[iter(linkemu._tbf_args(1000.0))] * 2))
     assert int(fast["burst"]) == math.ceil(1e9 / 8 * 0.0005)
     assert int(fast["limit"]) >= 1e9 / 8 * 0.2
+
+
+def test_filler_frames_take_half_a_millisecond_below_24_mbit():
+    assert linkemu.fills_idle(1.0) and linkemu.fills_idle(20.0) and not linkemu.fills_idle(25.0)
+    assert [linkemu.fill_frame_bytes(r) for r in (0.1, 1.0, 10.0, 20.0, 100.0)] == [60, 62, 625, 1250, 1514]
+    assert linkemu.free_bytes(10.0) == 0 and linkemu.free_bytes(100.0) == 6250
+    for frame_bytes in (59, 1515):
+        with pytest.raises(ValueError, match="filler frame"):
+            linkemu.fill_idle("lo", frame_bytes)
+
+
+def ns_retransmits(netns: str) -> int:
+    """TCP segments retransmitted so far in ``netns`` (its own counters: only this test's server runs there)."""
+    out = subprocess.run([linkemu._tool("ip"), "netns", "exec", netns, "nstat", "-az", "TcpRetransSegs"],
+                         capture_output=True, text=True, timeout=15, check=True).stdout
+    return int(out.split("TcpRetransSegs")[1].split()[0])
+
+
+def client_retransmits(client: EchoClient) -> int:
+    info = client._sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
+    return struct.unpack_from("I", info, 100)[0]  # tcpi_total_retrans
+
+
+def test_netns_link_queues_65kb_at_1mbit_instead_of_dropping(netns):
+    """Fault 1: a 64 KB + one frame tbf queue dropped the tail of a 65 KB response at 1 Mbit/s (1.47 s, not 0.53)."""
+    if shutil.which("nstat") is None:
+        pytest.skip("needs `nstat` (iproute2) to read the namespace's TCP retransmissions")
+    with RateLimitedLink(1.0, echo_server=True) as link:
+        link.client.request(b"", 0)
+        before = client_retransmits(link.client), ns_retransmits(link.netns)
+        up = link.client.request(bytes(65536), 0)
+        down = link.client.request(b"", 65536)
+        drops = link.drops()
+        after = client_retransmits(link.client), ns_retransmits(link.netns)
+    assert drops == {"up": 0, "down": 0}
+    assert after == before  # no segment resent: none was lost
+    nominal = nominal_seconds(65536, 0, 1.0)  # 0.52 s; headers (4.6% at full frames) and ACKs add the rest
+    assert 0.98 * nominal <= up <= 1.12 * nominal and 0.98 * nominal <= down <= 1.12 * nominal, (up, down, nominal)
+
+
+@pytest.mark.parametrize("size", [2000, 5000])
+def test_netns_link_makes_small_transfers_wait_their_time(netns, size):
+    """Fault 2: tbf's one-frame bucket let a 2 KB request at 1 Mbit/s through in 5 ms instead of 17 ms."""
+    with RateLimitedLink(1.0, echo_server=True) as link:
+        assert link.free_bytes == 0
+        link.client.request(b"", 0)
+        times = {}
+        for payload, response in ((size, 0), (0, size)):
+            samples = []
+            for _ in range(3):
+                time.sleep(0.05)  # idle: a bucket that refilled would let the transfer through at once
+                samples.append(link.client.request(bytes(payload), response))
+            times[payload, response] = statistics.median(samples)
+    for (payload, response), seconds in times.items():
+        nominal = nominal_seconds(payload, response, 1.0)
+        # One frame of free credit would give <= (size + 24 - 1514) / size of nominal: 0.25 at 2 KB, 0.70 at 5 KB.
+        assert 0.95 * nominal <= seconds <= 1.25 * nominal, (payload, response, seconds, nominal)
 
 
 def test_netns_link_is_rate_limited_both_ways(netns):
@@ -549,7 +609,8 @@ def test_netns_link_cleans_up_after_exception(netns):
     with pytest.raises(RuntimeError, match="inside the with"):
         with RateLimitedLink(10.0, echo_server=True) as link:
             ns, host_dev, netns_dev = link.netns, link.host_dev, link.netns_dev
-            server = link._procs[0]
+            server = link._procs[-1]  # after the idle fillers
+            assert server.args[-4:] == serve_command(link.server_ip, 0)[-4:]
             assert ns in netns_names() and link_exists(host_dev) and link_exists(netns_dev, ns)
             assert link.client.request(b"x", 10) > 0
             raise RuntimeError("inside the with")
@@ -639,3 +700,78 @@ def test_no_namespaces_of_this_process_remain(netns):
     """After the links above, `ip netns list` shows none named after this process."""
     assert not [name for name in netns_names() if name.startswith(MY_PREFIX)]
     assert not linkemu._live
+
+
+# --- chained links ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("rates", [[], [1.0] * 9, [0.0], [(1.0, -1.0)], [(1.0, 2.0, 3.0)], [math.nan]])
+def test_chain_rejects_bad_rates_before_creating_anything(monkeypatch, rates):
+    monkeypatch.setattr(linkemu, "_run", lambda *a, **k: pytest.fail(f"ran {a} for bad rates"))
+    with pytest.raises(ValueError):
+        ChainedLinks(rates)
+
+
+@pytest.mark.parametrize("rtt_ms", [[10.0], [10.0, -1.0], [10.0, math.nan], [10.0, 20_000.0]])
+def test_chain_rejects_bad_round_trips_before_creating_anything(monkeypatch, rtt_ms):
+    monkeypatch.setattr(linkemu, "_run", lambda *a, **k: pytest.fail(f"ran {a} for bad round trips"))
+    with pytest.raises(ValueError, match="rtt_ms"):
+        ChainedLinks([10.0, 10.0], rtt_ms=rtt_ms)
+
+
+def test_chain_without_root_says_why(monkeypatch):
+    monkeypatch.setattr(linkemu, "_missing_privilege", lambda: "link emulation needs root (test)")
+    with pytest.raises(LinkEmulationError, match="root"):
+        ChainedLinks([10.0, 10.0])
+
+
+def test_chain_hops_each_run_at_their_own_rate(netns):
+    """device (host) - 8 Mbit/s - gateway (tier 1) - 2 up / 4 down - cloud (tier 2), each hop measured alone."""
+    with ChainedLinks([8.0, (2.0, 4.0)]) as chain:
+        assert chain.tiers == 3 and chain.netns(0) is None
+        tiers = [chain.netns(1), chain.netns(2)]
+        assert set(tiers) <= set(netns_names())
+        with pytest.raises(ValueError, match="tier"):
+            chain.address(3)
+        cases = [(1, 100_000, 0, 8.0), (1, 0, 100_000, 8.0), (2, 50_000, 0, 2.0), (2, 0, 50_000, 4.0)]
+        ratios = [statistics.median(chain.measure_hop(hop, up, down, 2)) / nominal_seconds(up, down, rate)
+                  for hop, up, down, rate in cases]
+        # The cloud through the gateway, from the host: routed, at the slower hop's rate.
+        port = chain.start_echo_server(2)
+        with EchoClient(chain.address(2), port, timeout=IO_TIMEOUT) as client:
+            client.request(b"", 0)
+            routed = client.request(bytes(50_000), 0) / nominal_seconds(50_000, 0, 2.0)
+        drops = chain.drops()
+        procs = list(chain._procs)
+    # Headers make a hop ~5% slower than its rate in payload; a hop at another hop's rate would be 2x to 4x off.
+    assert all(0.97 <= ratio <= 1.25 for ratio in ratios + [routed]), (ratios, routed)
+    assert drops == [{"up": 0, "down": 0}] * 2
+    assert all(proc.poll() is not None for proc in procs)  # servers and fillers stopped
+    assert not set(tiers) & set(netns_names())
+
+
+def test_chain_hop_delay_adds_its_round_trip(netns):
+    """A hop with rtt_ms runs through a TAP delay line: an empty request takes the round trip, a transfer its
+    serialization time on top."""
+    with ChainedLinks([8.0], rtt_ms=[30.0]) as chain:
+        line = chain._procs[0]
+        port = chain.start_echo_server(1)
+        with EchoClient(chain.address(1), port, timeout=IO_TIMEOUT) as client:
+            client.request(b"", 0)
+            empty = statistics.median(client.request(b"", 0) for _ in range(5))
+            transfer = statistics.median(client.request(bytes(50_000), 0) for _ in range(2))
+        drops = chain.drops()
+    assert 0.030 <= empty <= 0.036, empty  # two 82-byte frames at 8 Mbit/s and two filler frames add < 1 ms
+    expected = 0.030 + nominal_seconds(50_000, 0, 8.0)
+    # TCP's slow start over 30 ms costs a round trip or two more; a line without delay or rate would be far under.
+    assert 0.97 * expected <= transfer <= expected + 0.075, (transfer, expected)
+    assert drops == [{"up": 0, "down": 0}]
+    assert line.poll() is not None
+
+
+def test_chain_cleans_up_after_failed_setup(netns, monkeypatch):
+    real = linkemu._tbf_args
+    monkeypatch.setattr(linkemu, "_tbf_args", lambda rate: real(rate) if rate != 3.0 else ["rate", "not-a-rate"])
+    with pytest.raises(LinkEmulationError, match="tc"):
+        ChainedLinks([10.0, 3.0])  # fails on the second hop, after the first is up
+    # The autouse fixture checks that no namespace, veth or link object of this process is left.
