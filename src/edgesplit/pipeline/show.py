@@ -60,7 +60,8 @@ def show_chain_plan(console: Console, report: ChainPlanReport) -> None:
     chosen = report.chosen
     where = ", ".join(f"tier {s.tier} {s.machine}: {s.nodes} nodes" + (f" ({s.first} … {s.last})" if s.nodes else "")
                       for s in chosen.stages)
-    console.print(f"[bold]chosen:[/] {escape(chosen.label)} — {chosen.latency_ms:.3g} ms, "
+    latency = f"{chosen.latency_ms:.3g}" if chosen.latency_ms < 100 else f"{chosen.latency_ms:.0f}"
+    console.print(f"[bold]chosen:[/] {escape(chosen.label)} — {latency} ms, "
                   f"{chosen.throughput_fps:.3g} inferences/s (bottleneck: {chosen.bottleneck}); {escape(where)}; "
                   f"planned in {report.planner_ms:.0f} ms")
     console.print(chain_switch_view(report))
