@@ -13,29 +13,43 @@ Python API::
         result = client.infer(x)                          # head here, tail there; result.logits, .label, .where
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
 from edgesplit.errors import EdgesplitError
-from edgesplit.model.artifact import load_split, save_split
-from edgesplit.model.graph import Cut, Split, TracedModel, max_abs_diff, trace
-from edgesplit.profile import DeviceProfile, ProfileReport, load_device_profile, profile_model
+
+if TYPE_CHECKING:
+    from edgesplit.model.artifact import load_split, save_split
+    from edgesplit.model.graph import Cut, Split, TracedModel, max_abs_diff, trace
+    from edgesplit.plan.api import plan_model
+    from edgesplit.profile import DeviceProfile, ProfileReport, load_device_profile, profile_model
+    from edgesplit.runtime.client import Client
 
 __all__ = ["Client", "Cut", "DeviceProfile", "EdgesplitError", "ProfileReport", "Split", "TracedModel",
            "load_device_profile", "load_split", "max_abs_diff", "plan_model", "profile_model", "save_split", "trace"]
 __version__ = "0.1.0"
 
 
+# Every name but EdgesplitError is imported on first use, so ``import edgesplit`` stays light and needs no torch
+# (``edgesplit.device``, the device client, runs where torch is not installed): the model and profile names need
+# torch, the client an HTTP library (httpx), and the planner networkx and ~300 more modules (about 0.2 s).
+_HOMES = {"load_split": "edgesplit.model.artifact", "save_split": "edgesplit.model.artifact",
+          **dict.fromkeys(["Cut", "Split", "TracedModel", "max_abs_diff", "trace"], "edgesplit.model.graph"),
+          **dict.fromkeys(["DeviceProfile", "ProfileReport", "load_device_profile", "profile_model"],
+                          "edgesplit.profile"),
+          "Client": "edgesplit.runtime.client", "plan_model": "edgesplit.plan.api"}
+
+
 def __getattr__(name: str) -> object:
-    """``Client`` and ``plan_model`` are imported on first use, so ``import edgesplit`` stays light: the client
-    needs an HTTP library (httpx), and the planner networkx and ~300 more modules (about 0.2 s)."""
-    if name == "Client":
-        from edgesplit.runtime.client import Client  # lazy: httpx, see the docstring
-
-        return Client
-    if name == "plan_model":
-        from edgesplit.plan.api import plan_model  # lazy: networkx and the planner, see the docstring
-
-        return plan_model
+    """The public names, imported when first asked for (see ``_HOMES``)."""
+    if name in _HOMES:
+        value = getattr(importlib.import_module(_HOMES[name]), name)
+        globals()[name] = value
+        return value
     raise AttributeError(f"module 'edgesplit' has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), "Client", "plan_model"})
+    return sorted({*globals(), *__all__})
