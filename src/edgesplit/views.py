@@ -218,6 +218,8 @@ def audit_table(report: AuditReport) -> Table:
     headers += [f"{attack_label(a)} PSNR / SSIM" for a in attacks]
     headers += ["probe acc (linear / mlp)"] if "probe" in report.attacks else []
     headers += ["dCor"]
+    bounded = any(row.fisher is not None for row in report.rows)
+    headers += ["dFIL (σ) · PSNR bound"] if bounded else []
     for header in headers:
         table.add_column(header, justify="left" if header in ("after", "defense", "crossing") else "right")
     for row in report.rows:
@@ -234,5 +236,9 @@ def audit_table(report: AuditReport) -> Table:
             cells.append(" / ".join(f"{p.accuracy.mean:.1%}" for p in row.probes) or "—")
         dcor = row.distance_correlation
         cells.append(f"{dcor.mean:.2f}" if dcor else "—")
+        if bounded:
+            fisher = row.fisher
+            cells.append("—" if fisher is None else f"{fisher.dfil.mean:.3g} ({fisher.sigma:g}) · " + (
+                f"≤{fisher.psnr_bound:.1f} dB" if fisher.psnr_bound is not None else "none"))
         table.add_row(*cells)
     return table

@@ -136,6 +136,8 @@ class PlanSettings(_Settings):
     leakage: Path | None = Field(None, description="per-cut leakage table (JSON from `edgesplit audit`)")
     max_ssim: float | None = Field(None, description="highest reconstruction SSIM allowed (needs --leakage)")
     max_probe_acc: float | None = Field(None, description="highest label-probe accuracy allowed (needs --leakage)")
+    max_dfil: float | None = Field(None, gt=0, description="highest dFIL allowed: Fisher information per input value "
+                                                            "under the audit's noise σ (needs --leakage)")
     compress: list[Path] = Field([], description="result of `edgesplit compress` (JSON): its configurations become "
                                                  "plans at its cut")
     max_accuracy_drop: float = Field(0.01, ge=0.0, le=1.0, description="largest accuracy drop allowed for --compress "
@@ -162,8 +164,10 @@ def check_plan(settings: PlanSettings) -> None:
     for size in (settings.device_memory, settings.max_bytes):
         if size is not None:
             parse_size(size)
-    if (settings.max_ssim is not None or settings.max_probe_acc is not None) and settings.leakage is None:
-        raise EdgesplitError("--max-ssim and --max-probe-acc need the audit's leakage table: add --leakage FILE")
+    if (settings.max_ssim is not None or settings.max_probe_acc is not None
+            or settings.max_dfil is not None) and settings.leakage is None:
+        raise EdgesplitError("--max-ssim, --max-probe-acc and --max-dfil need the audit's leakage table: add "
+                             "--leakage FILE")
 
 
 def plan(settings: PlanSettings, loaded: LoadedModel, traced: TracedModel, *, progress: bool = True,
@@ -185,7 +189,8 @@ def plan(settings: PlanSettings, loaded: LoadedModel, traced: TracedModel, *, pr
         device_memory_bytes=parse_size(settings.device_memory) if settings.device_memory else None,
         max_uplink_bytes=parse_size(settings.max_bytes) if settings.max_bytes else None,
         keep_input_on_device=settings.keep_input, max_ssim=settings.max_ssim,
-        max_probe_accuracy=settings.max_probe_acc, leakage_file=str(settings.leakage) if settings.leakage else None,
+        max_probe_accuracy=settings.max_probe_acc, max_dfil=settings.max_dfil,
+        leakage_file=str(settings.leakage) if settings.leakage else None,
         max_accuracy_drop=settings.max_accuracy_drop if reports else None,
         compress_files=[str(path) for path in settings.compress])
     samples = input_samples(tuple(loaded.example_input.shape), settings.samples)

@@ -1,9 +1,11 @@
 """The per-cut leakage table the planner bounds: its schema and its reader.
 
 `edgesplit audit` measures what an attacker recovers at each cut and writes this table (inside its audit report,
-see `edgesplit.privacy.leakage`); `edgesplit plan --leakage FILE --max-ssim S --max-probe-acc A` reads it and
-keeps only cuts measured to leak less. A cut missing from the table counts as unmeasured and is never chosen
-under a leakage bound; running everything on the device leaks nothing.
+see `edgesplit.privacy.leakage`); `edgesplit plan --leakage FILE --max-ssim S --max-probe-acc A --max-dfil F`
+reads it and keeps only cuts measured to leak less. dFIL is the Fisher information the features carry about the
+input under Gaussian noise (`edgesplit.privacy.fisher`): an unbiased reconstruction's MSE is at least 1/dFIL.
+A cut missing from the table counts as unmeasured and is never chosen under a leakage bound; running everything
+on the device leaks nothing.
 
 The schema lives with its reader, the planner, so that `plan` needs nothing from the higher `privacy` stage.
 """
@@ -32,6 +34,7 @@ class CutLeakage(BaseModel):
     psnr: float | None = None
     probe_accuracy: float | None = None  # label accuracy of a probe trained on auxiliary features
     distance_correlation: float | None = None
+    dfil: float | None = None  # Fisher information per input value under dfil_sigma's noise (lower leaks less)
 
 
 class LeakageTable(BaseModel):
@@ -42,6 +45,7 @@ class LeakageTable(BaseModel):
     model: str
     fingerprint: str
     codec: str | None = None
+    dfil_sigma: float | None = None  # the noise std dFIL assumes, in units of each crossing tensor's clean std
     cuts: list[CutLeakage]
 
     def at(self, position: int) -> CutLeakage | None:

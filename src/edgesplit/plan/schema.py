@@ -99,6 +99,7 @@ class Constraints(BaseModel):
     max_uplink_bytes: int | None = None
     max_ssim: float | None = None
     max_probe_accuracy: float | None = None
+    max_dfil: float | None = None  # highest dFIL (Fisher information bound, from the leakage table) allowed
     leakage_file: str | None = None
     max_accuracy_drop: float | None = None  # for configurations from `edgesplit compress` (0.01 = 1 point)
     keep_input_on_device: bool = False  # a policy that the raw input never leaves the device: no all-server plans

@@ -8,6 +8,7 @@ Modules, lower first (each imports only those above it):
 - ``probes``: label probes trained on auxiliary features.
 - ``defenses``: noise, dropout, coarser quantization, NoPeek, bottlenecks, as a defended cut.
 - ``attacks``: the table of attacks the audit can run; a new attack is one row there.
+- ``fisher``: the bound beside the attacks: dFIL, the Fisher information the features carry about the input.
 - ``schema``: the audit's JSON (:class:`AuditReport`).
 - ``leakage``: the per-cut leakage table the audit writes for the planner (schema: `edgesplit.plan.leakage`).
 - ``figures``: the audit's PNGs (reconstruction grids, leakage by cut, privacy against utility).
@@ -18,6 +19,7 @@ from edgesplit.plan.leakage import CutLeakage, LeakageTable, load_leakage
 from edgesplit.privacy.attacks import ATTACKS, Attack, parse_attacks
 from edgesplit.privacy.audit import AuditSettings, resolve_cuts, run_audit, summary_line
 from edgesplit.privacy.defenses import DefendedCut, DefenseSpec, build_defense, parse_defense, parse_defenses
+from edgesplit.privacy.fisher import FisherResult, dfil
 from edgesplit.privacy.inversion import InversionResult, learned_inversion, optimization_inversion
 from edgesplit.privacy.leakage import leakage_table
 from edgesplit.privacy.metrics import distance_correlation, psnr, ssim
@@ -26,7 +28,7 @@ from edgesplit.privacy.query import codec_transform
 from edgesplit.privacy.schema import AuditReport, load_audit
 
 __all__ = ["ATTACKS", "Attack", "AuditReport", "AuditSettings", "CutLeakage", "DefendedCut", "DefenseSpec",
-           "InversionResult", "LeakageTable", "ProbeResult", "build_defense", "codec_transform",
-           "distance_correlation", "leakage_table", "learned_inversion", "load_audit", "load_leakage",
+           "FisherResult", "InversionResult", "LeakageTable", "ProbeResult", "build_defense", "codec_transform",
+           "dfil", "distance_correlation", "leakage_table", "learned_inversion", "load_audit", "load_leakage",
            "optimization_inversion", "parse_attacks", "parse_defense", "parse_defenses", "probe_accuracy", "psnr",
            "resolve_cuts", "run_audit", "ssim", "summary_line"]

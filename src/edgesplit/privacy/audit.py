@@ -2,7 +2,9 @@
 
 For every (cut, defense) pair the audit builds what the device sends (head, defense, codec), measures the
 task's accuracy on it, runs the chosen attacks on it — learned inversion (black-box), optimization inversion
-(white-box), linear and MLP label probes — and the distance correlation between inputs and what crosses.
+(white-box), linear and MLP label probes — and the distance correlation between inputs and what crosses. Beside
+the attacks it computes a bound: dFIL, the Fisher information what crosses carries about the input under Gaussian
+noise, which caps what an unbiased reconstruction can reach (`privacy.fisher`).
 The victims are the data set's test split; the attacker's auxiliary images are a train split (of ``--aux``,
 else of the same data set), disjoint from the victims. See docs/threat-model.md.
 """
@@ -26,16 +28,19 @@ from edgesplit.errors import CutError, EdgesplitError, InputShapeError
 from edgesplit.model.data import Dataset
 from edgesplit.model.graph import Cut, TracedModel
 from edgesplit.privacy.attacks import ATTACK_NAMES, ATTACKS, AttackTarget, attacks_help, parse_attacks
-from edgesplit.privacy.defenses import ACCEPTED_FORMS, DefendedCut, DefenseSpec, build_defense, parse_defenses
+from edgesplit.privacy.defenses import (ACCEPTED_FORMS, NOISE_CALIBRATION_IMAGES, DefendedCut, DefenseSpec,
+                                        build_defense, feature_stds, parse_defenses)
 from edgesplit.privacy.figures import plot_leakage_by_cut, plot_privacy_utility, plot_reconstructions
+from edgesplit.privacy.fisher import DFIL_SAMPLES, DFIL_SIGMA, dfil, mse_bound, psnr_bound
 from edgesplit.privacy.inversion import mean_image_baseline
 from edgesplit.privacy.leakage import leakage_table
 from edgesplit.privacy.metrics import distance_correlation_ci, mean_ci, psnr, ssim
 from edgesplit.privacy.probes import PROBE_KINDS, ProbeKind
-from edgesplit.privacy.schema import AttackScore, AuditReport, AuditRow, ProbeScore, Score
+from edgesplit.privacy.schema import AttackScore, AuditReport, AuditRow, FisherScore, ProbeScore, Score
 from edgesplit.progress import progress_bar
 
 _NOT_RECORDED = {"cuts", "defenses", "aux"}  # what to audit, not how: the report records it elsewhere
+DFIL_DEFENSES = ("none", "noise", "nopeek")  # what dFIL models: a differentiable head, then Gaussian noise
 
 
 class AuditSettings(BaseModel):
@@ -67,6 +72,12 @@ class AuditSettings(BaseModel):
     defense_epochs: int = Field(2, ge=1, description="NoPeek / bottleneck training epochs")
     defense_train_limit: int | None = Field(5000, ge=2, description="defenses train on at most this many images")
     grid_images: int = Field(8, ge=1, description="victims shown in the reconstruction grids")
+    dfil_sigma: float | None = Field(None, gt=0, description="noise std the dFIL bound assumes, in units of each "
+                                     "crossing tensor's clean std, as noise:SIGMA (default: the smallest "
+                                     f"noise:SIGMA defense audited, else {DFIL_SIGMA}); noise rows use their own")
+    dfil_samples: int = Field(DFIL_SAMPLES, ge=1, description="Hutchinson vectors per victim for dFIL (inputs of "
+                                                              "at most 256 values are computed exactly)")
+    dfil_victims: int = Field(64, ge=1, description="victims dFIL is averaged over (the first of the victims)")
     seed: int = Field(0, description="seed of every attack, probe and defense")
 
     @field_validator("attacks", mode="before")
@@ -206,6 +217,38 @@ def _attack_row(defended: DefendedCut, cut: Cut, victims: torch.Tensor, victim_l
     return row
 
 
+def resolved_dfil_sigma(settings: AuditSettings, defenses: Sequence[DefenseSpec]) -> float:
+    """The noise std (in units of the clean features' std) dFIL assumes at rows that add no noise of their own:
+    ``--dfil-sigma``, else the weakest noise defense audited (the largest dFIL), else DFIL_SIGMA."""
+    if settings.dfil_sigma is not None:
+        return settings.dfil_sigma
+    return min((d.strength for d in defenses if d.kind == "noise"), default=DFIL_SIGMA)
+
+
+def _fisher_score(defended: DefendedCut, victims: torch.Tensor, calibration: torch.Tensor, sigma: float,
+                  settings: AuditSettings) -> FisherScore | None:
+    """dFIL of what ``defended`` sends, under its own noise (noise:SIGMA) or noise of ``sigma`` × the features' std.
+
+    None for defenses dFIL does not model (dropout, quant and the bottleneck's quantized code are not a
+    differentiable head plus Gaussian noise) and where a crossing tensor is constant (no std to scale noise by).
+    A deployment codec after the noise only post-processes it, which cannot add Fisher information.
+    """
+    spec = defended.spec
+    if spec.kind not in DFIL_DEFENSES:
+        return None
+    if spec.kind == "noise":
+        sigma, noise = float(spec.strength), [float(n) for n in defended.train_log["noise_std"]]
+    else:
+        noise = [sigma * std for std in feature_stds(defended.head, calibration)]
+    if not all(n > 0 for n in noise):
+        return None
+    result = dfil(defended.head, victims, noise, samples=settings.dfil_samples, seed=settings.seed)
+    value = result.mean
+    return FisherScore(dfil=_score(result.per_victim), sigma=sigma, noise_std=noise, psnr_bound=psnr_bound(value),
+                       mse_bound=mse_bound(value) if value > 0 else None, estimator=result.estimator,
+                       samples=result.samples, victims=len(victims), seconds=result.seconds)
+
+
 def run_audit(traced: TracedModel, model: nn.Module, data: Dataset, aux: Dataset, *,
               cuts: Sequence[Cut] | None = None, defenses: Sequence[DefenseSpec] | None = None,
               settings: AuditSettings, name: str, model_ref: dict, data_spec: str, aux_spec: str,
@@ -247,7 +290,9 @@ def run_audit(traced: TracedModel, model: nn.Module, data: Dataset, aux: Dataset
     pairs = _applicable(cuts, defenses, warn)
     rows: list[AuditRow] = []
     kept = _Reconstructions()
-    steps_per_row = len(settings.attacks) + 1  # each attack, then the distance correlation
+    steps_per_row = len(settings.attacks) + 2  # each attack, then the distance correlation and dFIL
+    sigma = resolved_dfil_sigma(settings, defenses)
+    calibration = data.train_images[:NOISE_CALIBRATION_IMAGES]  # as the noise defense's scale
     with torch.random.fork_rng(devices=[]), progress_bar(progress) as bar:
         task = bar.add_task("audit", total=len(pairs) * (steps_per_row + 1), status="")
         for cut in cuts:
@@ -264,6 +309,9 @@ def run_audit(traced: TracedModel, model: nn.Module, data: Dataset, aux: Dataset
                                          seed=settings.seed)
                 rows.append(_attack_row(defended, cut, victims, victim_labels, aux_images, aux_labels, settings,
                                         kept, step))
+                step("dFIL bound")
+                rows[-1].fisher = _fisher_score(defended, victims[:settings.dfil_victims], calibration, sigma,
+                                                settings)
     report = AuditReport(
         model=name, fingerprint=traced.fingerprint, model_ref=model_ref, data=data_spec, aux=aux_spec,
         victims=len(victims), aux_images=len(aux_images), overlap=overlap, codec=settings.codec,
@@ -320,5 +368,5 @@ def summary_line(report: AuditReport) -> str:
 
 
 # parse_attacks is defined with the table of attacks (privacy.attacks) and re-exported for the audit's callers.
-__all__ = ["AuditSettings", "count_overlap", "defense_misfit", "parse_attacks", "resolve_cuts", "run_audit",
-           "summary_line"]
+__all__ = ["DFIL_DEFENSES", "AuditSettings", "count_overlap", "defense_misfit", "parse_attacks",
+           "resolve_cuts", "resolved_dfil_sigma", "run_audit", "summary_line"]

@@ -159,10 +159,17 @@ def plot_leakage_by_cut(report: AuditReport, path: str | Path) -> Path:
     axis.grid(True, alpha=0.3)
     handles, labels = axis.get_legend_handles_labels()
     psnr = [math.nan if a is None else a.psnr.mean for a in attacks]
-    if any(not math.isnan(v) for v in psnr):
+    bound = [math.nan if r.fisher is None or r.fisher.psnr_bound is None else r.fisher.psnr_bound for r in rows]
+    if any(not math.isnan(v) for v in psnr + bound):
         psnr_axis = axis.twinx()
-        psnr_axis.plot(x, psnr, color="#dd8452", linestyle="--", marker=".", linewidth=1.2,
-                       label="PSNR of the best attack (dB, right axis)")
+        if any(not math.isnan(v) for v in psnr):
+            psnr_axis.plot(x, psnr, color="#dd8452", linestyle="--", marker=".", linewidth=1.2,
+                           label="PSNR of the best attack (dB, right axis)")
+        if any(not math.isnan(v) for v in bound):
+            sigmas = sorted({r.fisher.sigma for r in rows if r.fisher is not None})
+            psnr_axis.plot(x, bound, color="#dd8452", linestyle="none", marker="v", markersize=6,
+                           markerfacecolor="none", label="PSNR bound from dFIL: an unbiased attacker, were Gaussian noise of σ = "
+                           f"{'/'.join(f'{s:g}' for s in sigmas)} × feature std added (dB, right axis)")
         psnr_axis.set_ylabel("reconstruction PSNR (dB)", color="#dd8452")
         more = psnr_axis.get_legend_handles_labels()
         handles, labels = handles + more[0], labels + more[1]

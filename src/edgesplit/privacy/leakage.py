@@ -14,8 +14,9 @@ from edgesplit.privacy.schema import AuditRow
 
 
 def leakage_table(rows: Sequence[AuditRow], model: str, fingerprint: str, codec: str | None) -> LeakageTable:
-    """The planner's per-cut bounds from the undefended rows: best attack's SSIM/PSNR, best probe's accuracy."""
+    """The planner's per-cut bounds from the undefended rows: best attack's SSIM/PSNR, best probe's accuracy, dFIL."""
     cuts = []
+    sigmas = {row.fisher.sigma for row in rows if row.defense == "none" and row.fisher is not None}
     for row in rows:
         if row.defense != "none":
             continue
@@ -23,8 +24,10 @@ def leakage_table(rows: Sequence[AuditRow], model: str, fingerprint: str, codec:
         cuts.append(CutLeakage(position=row.position, after=row.after,
                                ssim=best.ssim.mean if best else None, psnr=best.psnr.mean if best else None,
                                probe_accuracy=probe.accuracy.mean if probe else None,
-                               distance_correlation=row.distance_correlation.mean if row.distance_correlation else None))
-    return LeakageTable(model=model, fingerprint=fingerprint, codec=codec, cuts=cuts)
+                               distance_correlation=row.distance_correlation.mean if row.distance_correlation else None,
+                               dfil=row.fisher.dfil.mean if row.fisher else None))
+    return LeakageTable(model=model, fingerprint=fingerprint, codec=codec, cuts=cuts,
+                        dfil_sigma=sigmas.pop() if len(sigmas) == 1 else None)
 
 
 # CutLeakage, LeakageTable and load_leakage are re-exported from edgesplit.plan.leakage for existing imports.

@@ -43,6 +43,21 @@ class ProbeScore(BaseModel):
     chance: float  # the most frequent victim label's share
 
 
+class FisherScore(BaseModel):
+    """dFIL at one cut: the Fisher information what crosses carries about the input under Gaussian noise, and the
+    error bound it implies for any unbiased reconstruction (privacy.fisher, docs/threat-model.md)."""
+
+    dfil: Score  # tr(JᵀJ)/(d σ²) per victim: mean with its 95% interval
+    sigma: float  # the noise std assumed, in units of each crossing tensor's clean std (noise:SIGMA's unit)
+    noise_std: list[float]  # the absolute noise std on each crossing tensor
+    psnr_bound: float | None  # dB: 10·log10(dFIL), the best PSNR of an unbiased attacker's expected error
+    mse_bound: float | None  # 1/dFIL: the least mean squared error per input value of an unbiased attacker
+    estimator: Literal["exact", "hutchinson"]
+    samples: int  # directions per victim (every input value when exact)
+    victims: int
+    seconds: float
+
+
 class AuditRow(BaseModel):
     """One cut under one defense: the task's accuracy and what each attack recovered from what crosses."""
 
@@ -55,6 +70,7 @@ class AuditRow(BaseModel):
     probes: list[ProbeScore] = Field(default_factory=list)
     distance_correlation: Score | None = None  # inputs vs what crosses (bootstrap over the victim set)
     defense_seconds: float = 0.0  # training a defense (NoPeek, bottleneck) at this cut
+    fisher: FisherScore | None = None  # the dFIL bound; None where it does not apply (dropout, quant, bottleneck)
 
     def best_attack(self) -> AttackScore | None:
         """The attack with the highest mean SSIM: an audit reports the strongest attacker it has."""
@@ -101,4 +117,5 @@ def load_audit(path: str | Path) -> AuditReport:
                           make="`edgesplit audit ... --json FILE`", again="audit again")
 
 
-__all__ = ["AUDIT_KIND", "AUDIT_VERSION", "AttackScore", "AuditReport", "AuditRow", "ProbeScore", "Score", "load_audit"]
+__all__ = ["AUDIT_KIND", "AUDIT_VERSION", "AttackScore", "AuditReport", "AuditRow", "FisherScore", "ProbeScore",
+           "Score", "load_audit"]
