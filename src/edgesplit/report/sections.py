@@ -436,6 +436,8 @@ def audit_section(report: AuditReport, found: Found, run_dir: Path) -> str:
         name = attack_label(attack)
         headers += [f"{name} PSNR dB", f"{name} SSIM"]
     headers += [f"{kind} probe acc" for kind in probe_kinds] + ["dCor"]
+    bounded = any(row.fisher is not None for row in report.rows)
+    headers += ["dFIL (σ)", "PSNR bound dB"] if bounded else []
     rows = []
     for row in report.rows:
         scores = {a.attack: a for a in row.attacks}
@@ -447,6 +449,11 @@ def audit_section(report: AuditReport, found: Found, run_dir: Path) -> str:
             cells += [interval_cell(score and score.psnr, 1), interval_cell(score and score.ssim, 2)]
         cells += [interval_cell(probes.get(kind) and probes[kind].accuracy, 2) for kind in probe_kinds]
         cells.append(interval_cell(row.distance_correlation, 2))
+        if bounded:
+            fisher = row.fisher
+            cells += (["—", "—"] if fisher is None else
+                      [f"{fisher.dfil.mean:.3g} ({fisher.sigma:g})",
+                       "—" if fisher.psnr_bound is None else f"≤ {fisher.psnr_bound:.1f}"])
         rows.append(cells)
     same_accuracy = "" if show_accuracy or not accuracies or None in accuracies else (
         f" With no defense the tail sees exactly what the model computes: task accuracy "
@@ -455,7 +462,11 @@ def audit_section(report: AuditReport, found: Found, run_dir: Path) -> str:
               '<p class="meta">Each score: the mean over the victims and its 95% bootstrap interval. Higher '
               "PSNR/SSIM (attacks rebuilding the input), probe accuracy (attacks guessing the label) and distance "
               "correlation (dCor) mean the server learns more about the private input; compare SSIM with the "
-              f"mean-image baseline and probes with chance.{esc(same_accuracy)}</p>",
+              f"mean-image baseline and probes with chance.{esc(same_accuracy)}"
+              + (" dFIL: the Fisher information what crosses carries about the input under Gaussian noise of σ "
+                 "(in units of each crossing tensor's std); its PSNR bound is the best an unbiased attacker can "
+                 "expect (an attacker with a prior, like the learned decoder, may beat it; see the threat model)."
+                 if bounded else "") + "</p>",
               table(headers, rows, numeric=[0, *range(first_score - (1 if show_accuracy else 0), len(headers))],
                     wrap=range(first_score, len(headers)))]
 
