@@ -17,10 +17,10 @@ from edgesplit.codecs.frame import RANGE_BYTES, STEP, QuantRecord, decode_cost, 
 from edgesplit.compress.bottleneck import (BottleneckConfig, BottleneckError, SlimmableBottleneck, TrainingPlan,
                                            bottleneck_config, train_bottleneck)
 from edgesplit.compress.bottleneck import _identity as checkpoint_identity
-from edgesplit.compress.rate import load_compress
+from edgesplit.compress.rate import DEFAULT_CODECS, TOKEN_DEFAULT_CODECS, default_codecs, load_compress
 from edgesplit.model.data import load_dataset, write_idx
 from edgesplit.model.graph import trace
-from edgesplit.model.zoo import hybrid_vit
+from edgesplit.model.zoo import hybrid_vit, small_cnn
 from edgesplit.runtime.deployment import load_deployment
 from edgesplit.runtime.engine import ServerLimits, run_batch
 from runtime_plans import make_plan, write_model
@@ -291,3 +291,15 @@ def test_a_served_plan_with_a_quantized_token_cut_answers_on_loopback(tmp_path):
     assert out.shape == expected.shape
     cosine = torch.nn.functional.cosine_similarity(out.flatten(), expected.flatten(), dim=0)
     assert cosine > 0.99 and (out - expected).abs().max() <= 0.05 * expected.abs().max()
+
+
+def test_compress_defaults_to_per_channel_quantizers_at_a_token_cut():
+    """Without --codec, compress measures int8:channel … at a B×N×D cut (ranges along D, where a transformer's
+    outlier channels sit), and the per-tensor list at an image cut."""
+    vit = trace(hybrid_vit(in_channels=1).eval(), torch.zeros(1, 1, 32, 32))
+    tokens = vit.split(token_cut(vit)).cut.crossing
+    cnn = trace(small_cnn(), torch.zeros(1, 1, 28, 28))
+    assert default_codecs(tokens) == TOKEN_DEFAULT_CODECS and "int8:channel" in TOKEN_DEFAULT_CODECS
+    assert default_codecs(cnn.split(3).cut.crossing) == DEFAULT_CODECS
+    for spec in TOKEN_DEFAULT_CODECS:
+        parse_codec(spec)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -27,6 +28,15 @@ from edgesplit.versioned import read_versioned
 
 COMPRESS_KIND, COMPRESS_VERSION = "edgesplit.compress", 1
 DEFAULT_CODECS = ("fp32", "fp16", "int8", "int4+zstd", "int2+ans")
+# At a token cut (every crossing tensor B×N×D) the default quantizers take one range per channel, along D, where a
+# transformer's outlier channels sit: a per-tensor range there spends most levels on a few channels.
+TOKEN_DEFAULT_CODECS = ("fp32", "fp16", "int8:channel", "int4:channel+zstd", "int2:channel+ans")
+
+
+def default_codecs(crossing: Sequence[TensorSpec]) -> tuple[str, ...]:
+    """The codecs `compress` measures when none are given: per-channel quantizers at a token cut."""
+    tokens = bool(crossing) and all(len(t.shape) == 3 for t in crossing)
+    return TOKEN_DEFAULT_CODECS if tokens else DEFAULT_CODECS
 CALIBRATION_IMAGES = 256
 SLIMMABLE_WIDTHS = (0.25, 0.5, 0.75, 1.0)
 
@@ -221,9 +231,12 @@ def compress(traced: TracedModel, model: torch.nn.Module, dataset: Dataset, cut:
              model_ref: dict | None, codecs: list[str], bottleneck: BottleneckConfig | None = None,
              training: TrainingPlan = TrainingPlan(), checkpoint_dir: Path | None = None, eval_limit: int = 2000,
              progress: bool = True) -> CompressReport:
-    """Measure ``codecs`` and, if given, train and measure a bottleneck at ``cut`` on ``dataset``."""
+    """Measure ``codecs`` and, if given, train and measure a bottleneck at ``cut`` on ``dataset``. The default list
+    (``DEFAULT_CODECS``) becomes the per-channel one at a token cut (``default_codecs``)."""
     started = time.perf_counter()
     split = traced.split(cut)
+    if tuple(codecs) == DEFAULT_CODECS:
+        codecs = list(default_codecs(split.cut.crossing))
     if split.cut.position == 0:
         raise EdgesplitError("cut 0 sends the input itself; compress features at a later cut "
                              "(input offloading is measured alongside every cut)")
@@ -260,5 +273,5 @@ def compress(traced: TracedModel, model: torch.nn.Module, dataset: Dataset, cut:
         seconds=time.perf_counter() - started)
 
 
-__all__ = ["CompressReport", "Configuration", "DEFAULT_CODECS", "SLIMMABLE_WIDTHS", "code_codec", "codec_from_json",
-           "compress", "load_compress"]
+__all__ = ["CompressReport", "Configuration", "DEFAULT_CODECS", "SLIMMABLE_WIDTHS", "TOKEN_DEFAULT_CODECS", "code_codec",
+           "codec_from_json", "compress", "default_codecs", "load_compress"]

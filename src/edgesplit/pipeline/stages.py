@@ -241,7 +241,8 @@ class CompressSettings(_Settings):
 
     codecs: list[str] = Field(list(DEFAULT_CODECS), min_length=1,
                               description="codec spec, repeatable: fp16, int8, int4+zstd, int2+ans, "
-                                          "int8:channel,p99.9+ans … (default: fp32 fp16 int8 int4+zstd int2+ans)")
+                                          "int8:channel,p99.9+ans … (default: fp32 fp16 int8 int4+zstd int2+ans; "
+                                          "at a token cut, B×N×D, the int ones per channel: int8:channel …)")
     bottleneck: int | None = Field(None, ge=1, description="train a learned bottleneck with this many code channels")
     slimmable: bool = Field(False, description="train the bottleneck at 25/50/75/100% width")
     stride: int = Field(2, ge=1, le=4, description="bottleneck spatial reduction")
