@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from edgesplit.compress.payload import InputFormat, PlanCodec
+from edgesplit.compress.payload import InputFormat, PlanCodec, ReportedCodec
 from edgesplit.errors import EdgesplitError
 from edgesplit.model.graph import TensorSpec
 from edgesplit.plan.hardware import Link
@@ -26,6 +26,7 @@ __all__ = ["OBJECTIVES", "Candidate", "CostModel", "LinkSweep", "Objective", "Tr
            "parse_objective"]
 
 OBJECTIVES = ("latency", "energy", "throughput", "weighted:L,E")
+_NAMELESS_PAYLOADS = (PlanCodec, ReportedCodec)  # codec classes whose payload_bytes reads the name only as above
 
 
 @dataclass(frozen=True)
@@ -105,22 +106,70 @@ class CostModel:
     host_gb_s: float  # this host's memory bandwidth: codec times measured here scale by it
     batch: int = 1
 
+    _payloads: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+    _sent_costs: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+    _sent_tensors: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+    _cuts: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def payload_bytes(self, codec: PlanCodec, tensor: TensorSpec) -> int:
+        """``codec.payload_bytes(tensor)``, remembered: working out a frame header takes ~20 µs, and the planner
+        asks for the same tensors' payloads thousands of times (most tensors of a model share a few shapes)."""
+        # A PlanCodec's payload depends on the tensor's name only when it measured that tensor; a ReportedCodec's
+        # never. Any other codec class is keyed by name too.
+        measured = getattr(codec, "measured_bytes", None)
+        by_name = tensor.name if type(codec) not in _NAMELESS_PAYLOADS or tensor.name in measured else None
+        key = (codec, by_name, tuple(tensor.shape), tensor.dtype, tensor.nbytes)
+        found = self._payloads.get(key)
+        if found is None:
+            found = self._payloads[key] = codec.payload_bytes(tensor)
+        return found
+
     def codec_ms(self, codec: PlanCodec, tensor: TensorSpec, machine: Machine, encode: bool) -> float:
         """Encode (or decode) time of ``tensor`` on ``machine``: this host's measured time scaled by bandwidth."""
         if codec.sends_as_is:
             return 0.0
         if not codec.timed:  # not measured: reading the tensor and writing the payload once
-            return machine.stream_ms(tensor.nbytes + codec.payload_bytes(tensor))
+            return machine.stream_ms(tensor.nbytes + self.payload_bytes(codec, tensor))
         host_ms = codec.encode_host_ms(tensor) if encode else codec.decode_host_ms(tensor)
         return host_ms * self.host_gb_s / machine.memory_gb_s
+
+    def _sent(self, codec: PlanCodec, tensor: TensorSpec) -> tuple[int, float, float]:
+        """What sending ``tensor`` with ``codec`` costs: payload bytes, encode ms on the device and decode ms on
+        the server, worked out once per tensor and codec."""
+        key = (codec, tensor.name, tuple(tensor.shape), tensor.dtype, tensor.nbytes)
+        found = self._sent_costs.get(key)
+        if found is None:
+            found = self._sent_costs[key] = (self.payload_bytes(codec, tensor),
+                                             self.codec_ms(codec, tensor, self.device, encode=True),
+                                             self.codec_ms(codec, tensor, self.server, encode=False))
+        return found
+
+    def _sent_tensor(self, codec: PlanCodec, tensor: TensorSpec) -> SentTensor:
+        """``tensor`` as a plan lists it when sent with ``codec``, made once (SentTensor is frozen: plans share it)."""
+        key = (codec, tensor.name, tuple(tensor.shape), tensor.dtype, tensor.nbytes)
+        found = self._sent_tensors.get(key)
+        if found is None:
+            found = self._sent_tensors[key] = SentTensor(name=tensor.name, shape=tensor.shape, dtype=tensor.dtype,
+                                                         nbytes=tensor.nbytes,
+                                                         payload_bytes=self._sent(codec, tensor)[0])
+        return found
+
+    def _cut_terms(self, codec: PlanCodec, position: int) -> tuple[float, int, float]:
+        """Encode ms, payload bytes and decode ms of what the prefix cut at ``position`` sends with ``codec``
+        (summed in the crossing list's order), worked out once per cut and codec."""
+        key = (codec, position)
+        found = self._cuts.get(key)
+        if found is None:
+            sent = [self._sent(codec, t) for t in self.workload.cut_at[position].crossing]
+            found = self._cuts[key] = (sum(encode for _, encode, _ in sent), sum(size for size, _, _ in sent),
+                                       sum(decode for _, _, decode in sent))
+        return found
 
     def crossing(self, candidate: Candidate) -> list[SentTensor]:
         if candidate.kind != "split":
             return []
         codec = candidate.codec or self.codec
-        return [SentTensor(name=t.name, shape=t.shape, dtype=t.dtype, nbytes=t.nbytes,
-                           payload_bytes=codec.payload_bytes(t))
-                for t in self.crossing_tensors(candidate)]
+        return [self._sent_tensor(codec, t) for t in self.crossing_tensors(candidate)]
 
     def crossing_tensors(self, candidate: Candidate) -> list[TensorSpec]:
         """The tensors a split sends: from the prefix cut's list, or worked out for a min-cut head."""
@@ -145,22 +194,22 @@ class CostModel:
                 decode_ms=fmt.decode_host_ms * self.batch * self.host_gb_s / server.memory_gb_s,
                 server_ms=server.model_ms, downlink_bytes=workload.output_bytes, link=link, networked=True,
                 memory=(workload.input_bytes, 0))
-        tensors = self.crossing_tensors(candidate)
         codec = candidate.codec or self.codec
         if candidate.head is None:
             position = candidate.position
+            encode_ms, uplink_bytes, decode_ms = self._cut_terms(codec, position)  # type: ignore[arg-type]
             device_ms = device.prefix_ms(position, workload)[0]  # type: ignore[arg-type]
             server_ms = server.prefix_ms(position, workload)[1]  # type: ignore[arg-type]
             memory = (int(workload.prefix_peak_bytes[position]), int(workload.prefix_weight_bytes[position]))
         else:
             head = candidate.head
+            sent = [self._sent(codec, t) for t in self.workload.crossing(head)]
+            encode_ms, uplink_bytes = sum(encode for _, encode, _ in sent), sum(size for size, _, _ in sent)
+            decode_ms = sum(decode for _, _, decode in sent)
             device_ms, server_ms = device.head_ms(head, workload), server.tail_ms(head, workload)
             memory = (workload.head_activation_bytes(head), workload.head_weight_bytes(head))
         return self._costs(
-            device_ms=device_ms,
-            encode_ms=sum(self.codec_ms(codec, t, device, encode=True) for t in tensors),
-            uplink_bytes=sum(codec.payload_bytes(t) for t in tensors),
-            decode_ms=sum(self.codec_ms(codec, t, server, encode=False) for t in tensors),
+            device_ms=device_ms, encode_ms=encode_ms, uplink_bytes=uplink_bytes, decode_ms=decode_ms,
             server_ms=server_ms, downlink_bytes=workload.output_bytes, link=link, networked=True, memory=memory)
 
     def _costs(self, *, device_ms: float, encode_ms: float, uplink_bytes: int, decode_ms: float, server_ms: float,
@@ -193,9 +242,8 @@ class CostModel:
         def transfer(tensor: TensorSpec | None) -> float:
             if tensor is None:
                 return math.inf
-            encode = self.codec_ms(self.codec, tensor, device, encode=True)
-            airtime = link.uplink_ms(self.codec.payload_bytes(tensor))
-            decode = self.codec_ms(self.codec, tensor, server, encode=False)
+            payload, encode, decode = self._sent(self.codec, tensor)
+            airtime = link.uplink_ms(payload)
             return lw * (encode + airtime + decode) + ew * (active * encode + link.tx_w * airtime + idle * decode)
 
         nodes = [*workload.inputs, *workload.node_names, OUTPUT]
@@ -224,10 +272,9 @@ class TransferCosts:
                 fixed.append(math.inf)
                 payload.append(0.0)
                 continue
-            encode = model.codec_ms(model.codec, spec, model.device, encode=True)
-            decode = model.codec_ms(model.codec, spec, model.server, encode=False)
+            size, encode, decode = model._sent(model.codec, spec)
             fixed.append(lw * (encode + decode) + ew * (active * encode + idle * decode))
-            payload.append(float(model.codec.payload_bytes(spec)))
+            payload.append(float(size))
         self.fixed, self.payload = np.array(fixed), np.array(payload)
         self.latency_weight, self.energy_weight = lw, ew
 

@@ -120,24 +120,35 @@ class FlowGraph:
                                       dtype=float)
 
     def solve(self, transfer_cost: np.ndarray | None = None, method: str = "scipy") -> tuple[float, frozenset[str]]:
-        """The cheapest closed head and its cost, with ``transfer_cost`` (one per transfer edge) if given."""
+        """The cheapest closed head and its cost, with ``transfer_cost`` (one per transfer edge) if given.
+
+        The head is the smallest optimal one (the source side of the residual network after a maximum flow), so
+        it does not depend on the solver.
+        """
         transfer = self.transfer_cost if transfer_cost is None else transfer_cost
         costs = np.concatenate([self.device_cost, self.server_cost, transfer])
         if method == "scipy":
             source_side = self._source_side_scipy(costs)
         elif method == "networkx":
-            source_side = self._source_side_networkx(costs)
+            source_side = np.asarray(self._source_side_networkx(costs), dtype=np.int64)
         else:
             raise ValueError(f"unknown min-cut method {method!r}; use one of {', '.join(METHODS)}")
-        head = frozenset(self.names[v] for v in source_side if v < len(self.names))
-        return self.cost(head, costs), head
+        on_device = np.zeros(self.vertices, dtype=bool)
+        on_device[source_side] = True
+        on_device[len(self.names):] = False  # the source, the sink and the auxiliary vertices: set by _cut_cost
+        head = frozenset(itertools.compress(self.names, on_device[:len(self.names)].tolist()))
+        return self._cut_cost(on_device, costs), head
 
     def cost(self, head: frozenset[str], costs: np.ndarray) -> float:
         """What ``head`` costs: the finite edges from its side to the other (infinite if it is not closed)."""
-        n = len(self.names)
         on_device = np.zeros(self.vertices, dtype=bool)
         on_device[[i for i, name in enumerate(self.names) if name in head]] = True
-        on_device[self.source] = True
+        return self._cut_cost(on_device, costs)
+
+    def _cut_cost(self, on_device: np.ndarray, costs: np.ndarray) -> float:
+        """The cost of the head marked in ``on_device[:n]`` (the rest of ``on_device`` is overwritten)."""
+        n = len(self.names)
+        on_device[self.source], on_device[self.sink] = True, False
         # an auxiliary vertex sits on the device side exactly when none of its readers is on the server
         tails, heads = self._tails, self._heads
         from_auxiliary = tails >= n + 2
@@ -159,8 +170,9 @@ class FlowGraph:
         scaled = np.where(finite, np.rint(np.where(finite, costs, 0.0) * scale), infinity)
         return scaled.astype(np.int64), infinity
 
-    def _forward_edges(self) -> tuple[list[int], list[list[int]], list[list[int]], list[list[int]]]:
-        """Vertices in topological order, and each vertex's edges that lead forward in it: out, in, from source."""
+    def _forward_edges(self) -> tuple[list[int], list[list[int]], list[list[int]], list[list[int]], int]:
+        """Vertices in topological order, each vertex's edges that lead forward in it (out, in, from the source),
+        and how many of the first vertices in that order the source feeds without limit (the pinned inputs)."""
         if not hasattr(self, "_forward"):
             n = len(self.names)
             order = []
@@ -168,41 +180,64 @@ class FlowGraph:
                 order.append(v)
                 if v in self._auxiliary_of:
                     order.append(self._auxiliary_of[v])
-            rank = {v: i for i, v in enumerate(order)}
+            rank = np.empty(self.vertices, dtype=np.int64)
+            rank[order] = np.arange(len(order))
             rank[self.source], rank[self.sink] = -1, len(order)
-            out_edges: list[list[int]] = [[] for _ in range(self.vertices)]
-            in_edges: list[list[int]] = [[] for _ in range(self.vertices)]
-            for e, (u, v) in enumerate(zip(self._tails.tolist(), self._heads.tolist())):
-                if rank[u] < rank[v] and u != self.source:
-                    out_edges[u].append(e)
-                    in_edges[v].append(e)
-            heads = self._heads.tolist()
-            for edges in out_edges:  # the sink first: flow that ends at a vertex travels no further
-                edges.sort(key=lambda e: heads[e] != self.sink)
-            supplies: list[list[int]] = [[] for _ in range(self.vertices)]
-            for e, (u, v) in enumerate(zip(self._tails.tolist(), heads)):
-                if u == self.source:
-                    supplies[v].append(e)
-            self._heads_list, self._tails_list = heads, self._tails.tolist()
-            self._forward = (order, out_edges, in_edges, supplies)
+            tails, heads = self._tails, self._heads
+            edges = np.arange(len(tails))
+            supplied = tails == self.source
+            forward = edges[~supplied & (rank[tails] < rank[heads])]
+            # out: by tail, the sink first (flow that ends at a vertex travels no further), else in edge order
+            out = forward[np.lexsort((forward, heads[forward] != self.sink, tails[forward]))]
+            into = forward[np.argsort(heads[forward], kind="stable")]
+            supply = edges[supplied]
+            supply = supply[np.argsort(heads[supply], kind="stable")]
+            out_edges = self._grouped(out, tails[out])
+            in_edges = self._grouped(into, heads[into])
+            supplies = self._grouped(supply, heads[supply])
+            pinned = rank[heads[supply[supply >= self._finite]]].tolist()
+            self._heads_list, self._tails_list = heads.tolist(), tails.tolist()
+            self._forward = (order, out_edges, in_edges, supplies, max(pinned, default=-1) + 1)
         return self._forward
 
-    def _greedy_flow(self, capacity: list[int]) -> list[int]:
+    def _grouped(self, edges: np.ndarray, keys: np.ndarray) -> list[list[int]]:
+        """``edges`` (sorted by ``keys``, a vertex each) as one list per vertex."""
+        bounds = np.searchsorted(keys, np.arange(self.vertices + 1)).tolist()
+        listed = edges.tolist()
+        return [listed[start:end] for start, end in itertools.pairwise(bounds)]
+
+    def _greedy_flow(self, capacity: list[int]) -> dict[int, int]:
         """A feasible flow found in one pass down the topological order: a warm start for the max-flow solver.
 
         Each vertex passes on what reaches it (drawing on its source edge as needed): to the sink first, then
         down its other forward edges up to their capacity. What a vertex cannot pass on is sent back up its
         incoming edges in a second, reverse pass, so the flow is conserved. On deep networks this does most of
-        the work that Dinic's algorithm would need one phase per path length for.
+        the work that Dinic's algorithm would need one phase per path length for: the flow from the pinned
+        inputs down a long chain of nodes that run on the device. The pass stops, once past the inputs, where no
+        flow is on its way down any more (from there on the paths are short, and Dinic's algorithm is quicker
+        than Python), so on a fast link it costs a few vertices, not the whole graph. Returns the flow of each
+        edge that carries some.
         """
-        order, out_edges, in_edges, supplies = self._forward_edges()
-        heads, tails = self._heads_list, self._tails_list
-        flow = [0] * len(capacity)
+        order, out_edges, in_edges, supplies, pinned = self._forward_edges()
+        heads, tails, sink = self._heads_list, self._tails_list, self.sink
+        flow: dict[int, int] = {}
         inflow = [0] * self.vertices
-        stuck = [0] * self.vertices
+        stuck: dict[int, int] = {}
+        pending = 0  # flow sent down to vertices not yet visited
+        visited = 0
         for v in order:
             arrived = inflow[v]
-            available = arrived + sum([capacity[e] for e in supplies[v]]) if supplies[v] else arrived
+            if visited >= pinned and pending == 0:
+                break
+            visited += 1
+            pending -= arrived
+            supply = supplies[v]
+            if not supply:
+                available = arrived
+            elif len(supply) == 1:
+                available = arrived + capacity[supply[0]]
+            else:
+                available = arrived + sum([capacity[e] for e in supply])
             sent = 0
             for e in out_edges[v]:
                 if available == sent:
@@ -213,23 +248,31 @@ class FlowGraph:
                 if amount > 0:
                     flow[e] = amount
                     sent += amount
-                    inflow[heads[e]] += amount
+                    head = heads[e]
+                    inflow[head] += amount
+                    if head != sink:
+                        pending += amount
             drawn = sent - arrived
-            for e in supplies[v]:
-                flow[e] = min(capacity[e], drawn) if drawn > 0 else 0
-                drawn -= flow[e]
-            if arrived > sent:
-                stuck[v] = arrived - sent
-        for v in reversed(order):
-            if not stuck[v]:
+            if drawn > 0:
+                for e in supply:
+                    amount = min(capacity[e], drawn)
+                    if amount > 0:
+                        flow[e] = amount
+                        drawn -= amount
+            elif drawn < 0:
+                stuck[v] = -drawn
+        for v in reversed(order[:visited]):
+            left = stuck.get(v, 0)
+            if not left:
                 continue
             for e in in_edges[v] + supplies[v]:  # flow back to producers, and to the source last
-                back = min(flow[e], stuck[v])
-                flow[e] -= back
-                stuck[v] -= back
-                stuck[tails[e]] += back
-                if stuck[v] == 0:
-                    break
+                back = min(flow.get(e, 0), left)
+                if back:
+                    flow[e] -= back
+                    left -= back
+                    stuck[tails[e]] = stuck.get(tails[e], 0) + back
+                    if left == 0:
+                        break
         return flow
 
     def _csr_pattern(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -250,28 +293,51 @@ class FlowGraph:
         return self._pattern
 
     def _source_side_scipy(self, costs: np.ndarray) -> np.ndarray:
+        """A greedy warm start, then (unless it is a maximum flow already) Dinic's algorithm in C (scipy), then
+        what the source reaches in the residual network."""
         from scipy.sparse import csr_array
-        from scipy.sparse.csgraph import breadth_first_order, maximum_flow
+        from scipy.sparse.csgraph import maximum_flow
 
         rows, columns, indptr, slots = self._csr_pattern()
         scaled, infinity = self._integer_capacities(costs)
         capacity = np.concatenate([scaled, np.full(len(self._tails) - self._finite, infinity)])
-        start = np.array(self._greedy_flow(capacity.tolist()), dtype=np.int64)
+        warm = self._greedy_flow(capacity.tolist())
+        start = np.zeros(len(capacity), dtype=np.int64)
+        start[np.fromiter(warm.keys(), dtype=np.int64, count=len(warm))] = np.fromiter(warm.values(), dtype=np.int64,
+                                                                                        count=len(warm))
+        # and every node's direct path, source → node → sink, filled as far as both its edges have room left
+        n = len(self.names)
+        direct = np.minimum(capacity[:n] - start[:n], capacity[n:2 * n] - start[n:2 * n])
+        start[:n] += direct
+        start[n:2 * n] += direct
         # the residual network of the warm start: forward edges keep what is left, reverse edges what was sent
         capacity = np.concatenate([capacity - start, start])
         summed = np.bincount(slots, weights=capacity, minlength=len(columns))  # float64: exact below 2**53
         data = np.minimum(summed, infinity).astype(np.int32)
-        shape = (self.vertices, self.vertices)
-        flow = maximum_flow(csr_array((data, columns, indptr), shape=shape), self.source, self.sink).flow
-        if not (np.array_equal(flow.indptr, indptr) and np.array_equal(flow.indices, columns)):
-            flow = csr_array(flow)  # a scipy that orders its result differently: align it the slow way
-            flow_data = np.asarray(flow[rows, columns]).ravel()
-        else:
-            flow_data = flow.data
-        open_edges = data.astype(np.int64) - flow_data > 0
-        residual = csr_array((np.ones(int(open_edges.sum()), dtype=np.int8), columns[open_edges],
-                              np.searchsorted(rows[open_edges], np.arange(self.vertices + 1)).astype(np.int32)),
-                             shape=shape)
+        # Often the warm start is a maximum flow already: then the sink is out of the source's reach in its
+        # residual network (max-flow min-cut), and what the source reaches is the answer without Dinic.
+        reached = self._reached(data > 0)
+        if self.sink in reached:
+            shape = (self.vertices, self.vertices)
+            flow = maximum_flow(csr_array((data, columns, indptr), shape=shape), self.source, self.sink).flow
+            if not (np.array_equal(flow.indptr, indptr) and np.array_equal(flow.indices, columns)):
+                flow = csr_array(flow)  # a scipy that orders its result differently: align it the slow way
+                flow_data = np.asarray(flow[rows, columns]).ravel()
+            else:
+                flow_data = flow.data
+            reached = self._reached(data.astype(np.int64) > flow_data)
+        return reached
+
+    def _reached(self, open_edges: np.ndarray) -> np.ndarray:
+        """The vertices the source reaches over the pattern's entries marked open."""
+        from scipy.sparse import csr_array
+        from scipy.sparse.csgraph import breadth_first_order
+
+        rows, columns, _, _ = self._csr_pattern()
+        open_indptr = np.zeros(self.vertices + 1, dtype=np.int32)
+        np.cumsum(np.bincount(rows[open_edges], minlength=self.vertices), out=open_indptr[1:])
+        residual = csr_array((np.ones(int(open_indptr[-1]), dtype=np.int8), columns[open_edges], open_indptr),
+                             shape=(self.vertices, self.vertices))
         return breadth_first_order(residual, self.source, directed=True, return_predecessors=False)
 
     def _source_side_networkx(self, costs: np.ndarray) -> list[int]:

@@ -90,17 +90,23 @@ class Workload:
         the running maximum of the whole model's live-bytes curve.
         """
         end = len(self.nodes)
+        position_of = {**self._position, OUTPUT: end}
         freed_after: dict[int, int] = {}
         for value, readers in self.consumers.items():
-            last = max((end if r == OUTPUT else self._position[r] for r in readers), default=-1)
-            if value in self._position and last == -1:
+            if len(readers) == 1:
+                last = position_of[readers[0]]
+            else:
+                last = max([position_of[r] for r in readers], default=-1)
+            if last == -1 and value in self._position:
                 last = self._position[value]  # read by nobody: freed right after it is made
             freed_after[last] = freed_after.get(last, 0) + self._bytes(value)
         live = sum(self._bytes(v) for v in self.inputs)
+        peak = live
         peaks = [live]
         for position, node in enumerate(self.nodes):
             live += self._bytes(node.name)
-            peaks.append(max(peaks[-1], live))
+            peak = max(peak, live)
+            peaks.append(peak)
             live -= freed_after.get(position, 0)
         return np.array(peaks, dtype=np.int64)
 
