@@ -6,6 +6,9 @@ Side by side in one run, on the same flow graphs:
   decide             what answers "where to cut at this link": one min-cut + costing every prefix cut
   full plan          everything `edgesplit plan` does after profiling: the min-cut sweep over 0.1–1000 Mbit/s,
                      every candidate costed, constraints, Pareto front and the switch table
+  3 tiers            rpi4 > wifi > jetson-nano > ethernet > edge-gpu: the exact placement (one layered min-cut
+                     per farthest tier used), and the full chain plan (placement, baselines on each tier and pair
+                     of tiers, the contiguous DP, switch table); issue 19's target: < 100 ms at 1,000 nodes
 
 Timings are medians of --repeats runs (networkx at 10,000 nodes once: it takes seconds). "decide" and "full
 plan" start from a fresh cost model each run (its build is timed apart and subtracted), as `edgesplit plan` does.
@@ -36,7 +39,11 @@ from edgesplit.compress.payload import PlanCodec
 from edgesplit.plan.planner import make_plan
 from edgesplit.plan.costs import Candidate
 from edgesplit.plan.schema import Constraints
+from edgesplit.plan.chain import ChainModel, plan_chain_workload
+from edgesplit.plan.hardware import parse_link
 from edgesplit.plan.synthetic import synthetic_workload
+from edgesplit.plan.tiers import min_cost_tiers
+from edgesplit.plan.topology import parse_topology
 from edgesplit.profile import machine_info
 
 RESULTS = Path(__file__).parent / "results"
@@ -71,6 +78,30 @@ def full_plan(model: CostModel) -> None:
               input_shape=[1, 3, 224, 224])
 
 
+CHAIN = "rpi4 > wifi > jetson-nano > ethernet > edge-gpu"
+
+
+def chain_model(size: int) -> ChainModel:
+    workload = synthetic_workload(size)
+    topology = parse_topology(CHAIN)
+    machines = [preset_machine(PRESETS[name], workload) for name in topology.machines]
+    return ChainModel(workload, machines, [parse_link(spec) for spec in topology.links], PlanCodec(parse_codec("fp32")),
+                      10.0, hop_ms=topology.hop_ms)
+
+
+def chain_placement(model: ChainModel) -> None:
+    """The exact three-tier placement: one layered min-cut per farthest tier used (what the chosen plan needs)."""
+    for last in range(1, model.tiers):
+        min_cost_tiers(model.tier_problem(last, OBJECTIVE))
+
+
+def chain_plan(model: ChainModel) -> None:
+    """Everything `edgesplit plan --topology` does after profiling: the placement, the baselines (each tier, each
+    pair of tiers, the contiguous DP), every one costed, and the switch table."""
+    plan_chain_workload(model, OBJECTIVE, Constraints(), model_name=model.workload.name, model_ref=None,
+                        topology=parse_topology(CHAIN), codec_name="fp32", input_shape=[1, 3, 224, 224])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="100,1000,10000")
@@ -92,26 +123,36 @@ def main() -> None:
             decide_ms = median_ms(lambda: decide(cost_model(size)), args.repeats)
             full_ms = median_ms(lambda: full_plan(cost_model(size)), args.repeats)
             build_ms = median_ms(lambda: cost_model(size), args.repeats)  # not planning: subtracted below
+            chain = chain_model(size)
+            chain_placement(chain)  # imports scipy's solver once
+            placement_ms = median_ms(lambda: chain_placement(chain), args.repeats)
+            chain_ms = median_ms(lambda: chain_plan(chain), args.repeats)
             rows.append({"nodes": size, "flow_vertices": graph.vertices, "flow_edges": len(graph._tails),
                          "mincut_scipy_ms": scipy_ms, "mincut_networkx_ms": networkx_ms,
                          "networkx_over_scipy": networkx_ms / scipy_ms, "same_head": same,
-                         "decide_ms": decide_ms - build_ms, "full_plan_ms": full_ms - build_ms})
+                         "decide_ms": decide_ms - build_ms, "full_plan_ms": full_ms - build_ms,
+                         "three_tier_placement_ms": placement_ms, "three_tier_plan_ms": chain_ms})
             progress.advance(task)
 
     table = Table(title="planner time (ms, median) on synthetic residual networks — rpi4 → wifi → edge-gpu")
     for column in ("nodes", "flow edges", "min-cut scipy", "min-cut networkx", "networkx / scipy", "same head",
-                   "decide (min-cut + chain scan)", "full plan (sweep + switch table)"):
+                   "decide (min-cut + chain scan)", "full plan (sweep + switch table)", "3 tiers: placement",
+                   "3 tiers: full chain plan"):
         table.add_column(column, justify="right")
     for row in rows:
         table.add_row(f"{row['nodes']:,}", f"{row['flow_edges']:,}", f"{row['mincut_scipy_ms']:.1f}",
                       f"{row['mincut_networkx_ms']:.0f}", f"{row['networkx_over_scipy']:.0f}×", str(row["same_head"]),
-                      f"{row['decide_ms']:.1f}", f"{row['full_plan_ms']:.0f}")
+                      f"{row['decide_ms']:.1f}", f"{row['full_plan_ms']:.0f}",
+                      f"{row['three_tier_placement_ms']:.1f}", f"{row['three_tier_plan_ms']:.0f}")
     Console(width=180).print(table)
     at_1000 = next((r for r in rows if r["nodes"] == 1000), None)
     if at_1000:
         print(f"target < 50 ms at 1,000 nodes: decide {at_1000['decide_ms']:.1f} ms "
               f"({'met' if at_1000['decide_ms'] < 50 else 'missed'}), full plan {at_1000['full_plan_ms']:.0f} ms "
-              f"({'met' if at_1000['full_plan_ms'] < 50 else 'missed'})")
+              f"({'met' if at_1000['full_plan_ms'] < 50 else 'missed'}); three tiers ({CHAIN}), target < 100 ms: "
+              f"exact placement {at_1000['three_tier_placement_ms']:.1f} ms "
+              f"({'met' if at_1000['three_tier_placement_ms'] < 100 else 'missed'}), full chain plan "
+              f"{at_1000['three_tier_plan_ms']:.0f} ms ({'met' if at_1000['three_tier_plan_ms'] < 100 else 'missed'})")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"machine": machine_info().model_dump(), "rows": rows}, indent=2))
     print(f"written to {args.json}")

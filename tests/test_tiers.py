@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edgesplit.plan.tiers import TierProblem, best_contiguous, brute_force_tiers, min_cost_tiers
+from edgesplit.plan.tiers import TierProblem, best_contiguous, best_contiguous_sum, brute_force_tiers, min_cost_tiers
 
 
 @st.composite
@@ -102,3 +102,24 @@ def itertools_nested(count: int, cuts: int):  # noqa: ANN201
     import itertools
 
     return itertools.combinations_with_replacement(range(count), cuts)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(2, 4), st.integers(2, 9), st.randoms(use_true_random=False))
+def test_the_linear_dp_equals_the_quadratic_one_on_prefix_sums(tiers: int, count: int, rng) -> None:  # noqa: ANN001
+    """Segment costs that are differences of cumulative sums (no memory limits): the O(K·P) DP finds the same
+    optimum as the O(K·P²) one, and its cuts cost what it says."""
+    cumulative = [np.cumsum([0.0, *[rng.uniform(0, 10) for _ in range(count - 1)]]) for _ in range(tiers)]
+    links = [np.array([rng.choice([rng.uniform(0, 10), math.inf]) for _ in range(count)]) for _ in range(tiers - 1)]
+    upper = np.arange(count)[:, None] <= np.arange(count)[None, :]
+    segments = [np.where(upper, c[None, :] - c[:, None], math.inf) for c in cumulative]
+    expected, _ = best_contiguous(segments, links)
+    cost, positions = best_contiguous_sum(cumulative, links)
+    if math.isinf(expected):
+        assert math.isinf(cost)
+        return
+    assert cost == pytest.approx(expected)
+    bounds = [0, *positions, count - 1]
+    total = sum(cumulative[t][bounds[t + 1]] - cumulative[t][bounds[t]] for t in range(tiers))
+    total += sum(links[t - 1][bounds[t]] for t in range(1, tiers))
+    assert total == pytest.approx(cost) and positions == sorted(positions)

@@ -30,7 +30,7 @@ from edgesplit.plan.hardware import Link, parse_link
 from edgesplit.plan.machines import HostProfiler, Machine, resolve_machine
 from edgesplit.plan.schema import (ChainEntry, ChainPlanReport, ChainSwitchRange, Constraints, HopCost, LinkSummary,
                                    MachineSummary, SentTensor, TierStage)
-from edgesplit.plan.tiers import TierProblem, best_contiguous, min_cost_tiers
+from edgesplit.plan.tiers import TierProblem, best_contiguous, best_contiguous_sum, min_cost_tiers
 from edgesplit.plan.topology import Topology, parse_topology
 from edgesplit.plan.workload import OUTPUT, Workload, workload_of
 
@@ -318,37 +318,49 @@ class ChainModel:
             link_arrays.append(cost)
             encode_at.append(enc)
             decode_at.append(dec)
-        upper = np.arange(count)[:, None] <= np.arange(count)[None, :]
         most = self._live_curve()[1].max(initial=0.0) + float(workload.prefix_weight_bytes[-1])
         binding = [t for t in range(last_tier + 1) if self.memory_limits[t] is not None
                    and self.memory_limits[t] < most]  # a limit above the whole model's needs never binds
-        if binding:
-            peaks = self._segment_peaks(positions)
-            weights_prefix = workload.prefix_weight_bytes.astype(float)[positions]
-            weights = weights_prefix[None, :] - weights_prefix[:, None]
         cumulative = np.concatenate([np.zeros((self.tiers, 1)), np.cumsum(self.node_ms, axis=1)], axis=1)
-        segments = []
-        for t in range(last_tier + 1):
-            summed = cumulative[t][positions]
-            compute = summed[None, :] - summed[:, None]
-            if bottleneck:
-                cost = compute + (decode_at[t - 1][:, None] if t > 0 else 0.0) + \
-                    (encode_at[t][None, :] if t < last_tier else 0.0)
-            else:
-                cost = (lw + ew * (active if t == 0 else idle)) * compute
-            cost = np.where(upper, cost, math.inf)
-            limit, machine = self.memory_limits[t], self.machines[t]
-            if t in binding:
-                if machine.weight_storage_bytes is not None:
-                    over = (peaks > limit) | (weights > machine.weight_storage_bytes)
-                else:
-                    over = peaks + weights > limit
-                cost = np.where(over, math.inf, cost)
-            segments.append(cost)
-        if last_tier == 0:
-            value, cuts = float(segments[0][0, count - 1]), []
+        label, method = f"best contiguous split, tiers 0–{last_tier} (DP)", "contiguous DP"
+        if not bottleneck and not binding:  # a sum of prefix differences: the O(K·P) DP is exact
+            scale = [lw + ew * (active if t == 0 else idle) for t in range(last_tier + 1)]
+            value, cuts = best_contiguous_sum([scale[t] * cumulative[t][positions] for t in range(last_tier + 1)],
+                                              link_arrays)
         else:
-            value, cuts = best_contiguous(segments, link_arrays, bottleneck=bottleneck)
+            keep = _sampled(count, link_arrays)
+            if len(keep) < count:  # the O(K·P²) DP on a subset of the candidate cuts: say so
+                label, method = label.replace("(DP)", f"(DP over {len(keep)} of {count} cuts)"), "contiguous DP, sampled"
+                positions, link_arrays = positions[keep], [a[keep] for a in link_arrays]
+                encode_at, decode_at = [a[keep] for a in encode_at], [a[keep] for a in decode_at]
+                count = len(keep)
+            upper = np.arange(count)[:, None] <= np.arange(count)[None, :]
+            if binding:
+                peaks = self._segment_peaks(positions)
+                weights_prefix = workload.prefix_weight_bytes.astype(float)[positions]
+                weights = weights_prefix[None, :] - weights_prefix[:, None]
+            segments = []
+            for t in range(last_tier + 1):
+                summed = cumulative[t][positions]
+                compute = summed[None, :] - summed[:, None]
+                if bottleneck:
+                    cost = compute + (decode_at[t - 1][:, None] if t > 0 else 0.0) + \
+                        (encode_at[t][None, :] if t < last_tier else 0.0)
+                else:
+                    cost = (lw + ew * (active if t == 0 else idle)) * compute
+                cost = np.where(upper, cost, math.inf)
+                limit, machine = self.memory_limits[t], self.machines[t]
+                if t in binding:
+                    if machine.weight_storage_bytes is not None:
+                        over = (peaks > limit) | (weights > machine.weight_storage_bytes)
+                    else:
+                        over = peaks + weights > limit
+                    cost = np.where(over, math.inf, cost)
+                segments.append(cost)
+            if last_tier == 0:
+                value, cuts = float(segments[0][0, count - 1]), []
+            else:
+                value, cuts = best_contiguous(segments, link_arrays, bottleneck=bottleneck)
         if not math.isfinite(value):
             return None
         bounds = [0, *[int(positions[c]) for c in cuts], end]
@@ -356,7 +368,7 @@ class ChainModel:
         for t in range(last_tier + 1):
             for name in workload.node_names[bounds[t]:bounds[t + 1]]:
                 tier_of[name] = t
-        return Placement(f"best contiguous split, tiers 0–{last_tier} (DP)", "contiguous DP", tier_of, last_tier)
+        return Placement(label, method, tier_of, last_tier)
 
     def _segment_peaks(self, positions: np.ndarray) -> np.ndarray:
         """``[a, b]``: peak live bytes of the segment between candidate positions a ≤ b (what it receives and
@@ -378,6 +390,20 @@ class ChainModel:
         start = float(self.nbytes[:self.first_node].sum())
         during = start + np.cumsum(node_bytes) - np.concatenate([[0.0], np.cumsum(freed[:end - 1])])
         return np.concatenate([[start], during - freed[:end]]), during
+
+
+_MAX_DP_CUTS = 1024  # the O(K·P²) DP's P×P matrices: 8 MiB each at this size
+
+
+def _sampled(count: int, link_arrays: list[np.ndarray]) -> np.ndarray:
+    """All candidate cuts up to ``_MAX_DP_CUTS``; beyond, the first and last and, in each of equal stretches of the
+    topological order, the one the first link carries most cheaply."""
+    if count <= _MAX_DP_CUTS:
+        return np.arange(count)
+    first = link_arrays[0] if link_arrays else np.zeros(count)
+    stretches = np.array_split(np.arange(1, count - 1), _MAX_DP_CUTS - 2)
+    picked = [int(s[np.argmin(first[s])]) for s in stretches if len(s)]
+    return np.array(sorted({0, count - 1, *picked}))
 
 
 def _mib(nbytes: float) -> str:

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["TierProblem", "best_contiguous", "brute_force_tiers", "min_cost_tiers"]
+__all__ = ["TierProblem", "best_contiguous", "best_contiguous_sum", "brute_force_tiers", "min_cost_tiers"]
 
 _FINITE_TOTAL = 5 * 10**8  # finite capacities are scaled to integers that add up to this (as in mincut.py)
 _INFINITY = 2**30
@@ -215,3 +215,26 @@ def best_contiguous(segment_cost: Sequence[np.ndarray], link_cost: Sequence[np.n
         positions.append(int(choice[column]))
     positions = positions[1:][::-1]
     return float(best[0] if tiers > 1 else best[count - 1]), positions
+
+
+def best_contiguous_sum(cumulative: Sequence[np.ndarray], link_cost: Sequence[np.ndarray]) -> tuple[float, list[int]]:
+    """:func:`best_contiguous` for segment costs that are prefix differences, in O(K P): tier t running candidates
+    a..b costs ``cumulative[t][b] − cumulative[t][a]`` (no limits), link l carrying position p ``link_cost[l][p]``.
+
+    f_t(b) = min_{a ≤ b} (f_{t−1}(a) + link_{t−1}(a) − C_t(a)) + C_t(b): one running minimum per tier.
+    """
+    tiers = len(cumulative)
+    count = len(cumulative[0])
+    best = cumulative[0] - cumulative[0][0]
+    choices: list[np.ndarray] = []
+    order = np.arange(count)
+    for t in range(1, tiers):
+        entering = best + link_cost[t - 1] - cumulative[t]
+        running = np.minimum.accumulate(entering)
+        # the argmin of entering[: b + 1]: the last position where a new running minimum was set, at or before b
+        choices.append(np.maximum.accumulate(np.where(entering <= running, order, 0)))
+        best = running + cumulative[t]
+    positions = [count - 1]
+    for choice in reversed(choices):
+        positions.append(int(choice[positions[-1]]))
+    return float(best[count - 1]), positions[1:][::-1]
