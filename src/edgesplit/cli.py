@@ -35,6 +35,7 @@ from edgesplit.report import report_index, scan, write_report
 from edgesplit.runtime.auth import token_from
 from edgesplit.runtime.client import Client
 from edgesplit.runtime.infer import load_inputs, read_token, run_inference
+from edgesplit.runtime.relay import ChainClient, chain_note, chain_text, load_any_plan
 from edgesplit.runtime.summary import summary_table
 from edgesplit.versioned import write_json
 from edgesplit.views import zoo_table
@@ -149,6 +150,7 @@ def plan(model: ModelArg, input_shape: InputShape = None, weights: Weights = Non
          leakage: Optional[Path] = setting(PlanSettings, "leakage"),
          max_ssim: Optional[float] = setting(PlanSettings, "max_ssim"),
          max_probe_acc: Optional[float] = setting(PlanSettings, "max_probe_acc"),
+         max_dfil: Optional[float] = setting(PlanSettings, "max_dfil"),
          pareto: Annotated[bool, typer.Option("--pareto", help="also show the latency–energy–bytes Pareto front")] = False,
          top: Annotated[int, typer.Option(min=1, help="ranked plans to show")] = 10,
          runs: int = setting(PlanSettings, "runs"),
@@ -162,7 +164,8 @@ def plan(model: ModelArg, input_shape: InputShape = None, weights: Weights = Non
     settings = settings_of(PlanSettings, device=device, server=server, link=link, codecs=codec, objective=objective,
                            samples=samples, jpeg_quality=jpeg_quality, device_memory=device_memory,
                            max_bytes=max_bytes, keep_input=keep_input, leakage=leakage, max_ssim=max_ssim,
-                           max_probe_acc=max_probe_acc, compress=compressed, max_accuracy_drop=max_accuracy_drop,
+                           max_probe_acc=max_probe_acc, max_dfil=max_dfil, compress=compressed,
+                           max_accuracy_drop=max_accuracy_drop,
                            runs=runs, topology=topology, hop_ms=hop_ms)
     stages.check_plan(settings)  # every spec is checked before the slow work starts
     if topology is not None and plot:
@@ -228,6 +231,7 @@ def audit(model: ModelArg, weights: Weights = None, input_shape: InputShape = No
           epochs: int = setting(AuditSettings, "inversion_epochs", "--epochs"),
           steps: int = setting(AuditSettings, "optimize_steps", "--steps"),
           defense_epochs: int = setting(AuditSettings, "defense_epochs"),
+          dfil_sigma: Optional[float] = setting(AuditSettings, "dfil_sigma"),
           threads: Threads = None,
           seed: int = setting(AuditSettings, "seed"),
           json_out: JsonOut = None,
@@ -238,7 +242,7 @@ def audit(model: ModelArg, weights: Weights = None, input_shape: InputShape = No
     # Building the settings parses every spec (attacks, defenses, codec) before the slow work starts.
     settings = settings_of(AuditSettings, cuts=cut, attacks=attack, defenses=defense, aux=aux, codec=codec,
                            victims=victims, aux_limit=aux_limit, inversion_epochs=epochs, optimize_steps=steps,
-                           defense_epochs=defense_epochs, seed=seed)
+                           defense_epochs=defense_epochs, dfil_sigma=dfil_sigma, seed=seed)
     if threads:
         torch.set_num_threads(threads)
     victim_data = load_dataset(data)
@@ -407,15 +411,47 @@ def infer(plan_path: Annotated[Path, typer.Argument(metavar="PLAN.json", help="a
           json_out: JsonOut = None, quiet: Quiet = False) -> None:
     """Run PLAN's head here and its tail on a server: adapts the cut to the uplink, falls back when it is down."""
     token = read_token(token_file)
-    report = load_plan(plan_path)
+    report = load_any_plan(plan_path)  # a chain plan: this device is its tier 0, --server its tier 1
     inputs = load_inputs(report.input_shape, images=images, data=data, limit=limit)
-    with Client(report, server, token, weights=weights, timeout_s=timeout, retries=retries, fallback=not no_fallback,
+    kind = ChainClient if isinstance(report, ChainPlanReport) else Client
+    with kind(report, server, token, weights=weights, timeout_s=timeout, retries=retries, fallback=not no_fallback,
                 probe_every_s=probe_every, initial_mbps=initial_mbps, hysteresis=hysteresis, top_k=top_k,
                 route=route, model_id=model_id, model=model, plan_dir=plan_path.parent, onnx_dir=onnx,
                 stream=stream, ca_file=ca_file) as client:
         result = run_inference(client, inputs, batch=batch, check=check, progress=not quiet)
     out.print(summary_table(result["summary"]))
+    if (note := chain_note(client)) is not None:
+        result["chain"] = note
+        out.print(chain_text(note), markup=False, highlight=False, soft_wrap=True)
     save_json(json_out, result)
+
+
+@app.command("export")
+def export_command(
+        plan_path: Annotated[Path, typer.Argument(metavar="PLAN.json", help="a plan from `edgesplit plan ... --json`")],
+        out_dir: Annotated[Path, typer.Option("--out", help="the bundle's folder (new or empty)")],
+        quantize: Annotated[Optional[str], typer.Option(help="int8: also write int8 heads (ONNX Runtime static "
+                                                        "quantization, QDQ) where they lose little accuracy")] = None,
+        data: Annotated[Optional[str], typer.Option(help="with --quantize: images to calibrate on and measure with "
+                                                    "(digits | mnist:DIR | fashion-mnist:DIR | folder:DIR ...)")] = None,
+        max_accuracy_drop: Annotated[float, typer.Option(min=0.0, max=1.0, help="a route runs int8 only if it loses "
+                                                         "at most this much accuracy (0.01 = 1 point)")] = 0.01,
+        calibration: Annotated[int, typer.Option(min=1, help="images the int8 ranges are calibrated on")] = 128,
+        holdout: Annotated[int, typer.Option(min=1, help="further images the int8 routes are measured on")] = 1000,
+        weights: Weights = None, model: TrustedModel = None,
+        model_id: Annotated[Optional[str], typer.Option(help="the id the server serves the plan under "
+                                                        "(default: from the plan's model)")] = None,
+        json_out: JsonOut = None) -> None:
+    """Write a device bundle: a manifest and the ONNX files a device runs for PLAN (heads, encoders, int8 heads,
+    the whole model for fallback)."""
+    # Imported here: the ONNX exporter and onnxruntime's quantization are needed by this verb only.
+    from edgesplit.runtime.export import ExportSettings, export_bundle, summary_lines
+    settings = ExportSettings(weights=weights, model=model, model_id=model_id, quantize=quantize, data=data,
+                              max_accuracy_drop=max_accuracy_drop, calibration=calibration, holdout=holdout)
+    manifest = export_bundle(plan_path, out_dir, settings)
+    for line in summary_lines(out_dir, manifest):
+        out.print(line, markup=False, highlight=False, soft_wrap=True)
+    save_json(json_out, {"bundle": str(out_dir), "manifest": manifest.model_dump()})
 
 
 def main() -> None:

@@ -34,7 +34,7 @@ import torch
 from torch.utils import _pytree as pytree
 
 from edgesplit.codecs import CodecError, unpack
-from edgesplit.plan.schema import PlanReport, load_plan
+from edgesplit.plan.schema import ChainPlanReport, PlanReport, load_plan
 from edgesplit.runtime.adapt import BandwidthEstimator, SwitchPolicy, distinct_sizes
 from edgesplit.runtime.deployment import Deployment, Route, load_deployment
 from edgesplit.runtime.errors import (ClientError, ServerMismatchError, ServerRejectedError, ServerUnreachableError,
@@ -114,7 +114,19 @@ class Client:
     per request, the same retries, fallback and answers. Over ``https://`` (and so ``wss://``) the server's
     certificate is checked against ``ca_file`` (PEM; default: the system's trusted roots); one that does not verify
     raises :class:`ServerUntrustedError` rather than falling back to the device.
+
+    A chain plan (`edgesplit plan --topology`; its report, path or ``ChainDeployment``) makes a
+    :class:`~edgesplit.runtime.relay.ChainClient`: stage 0 here, ``url`` the tier 1 server.
     """
+
+    def __new__(cls, plan: object = None, *args: object, **kwargs: object) -> Client:
+        if cls is Client:
+            from edgesplit.runtime.relay import ChainClient, ChainDeployment, is_chain_plan  # relay imports this module
+
+            if isinstance(plan, (ChainPlanReport, ChainDeployment)) or (
+                    isinstance(plan, (str, Path)) and is_chain_plan(plan)):
+                return super().__new__(ChainClient)
+        return super().__new__(cls)
 
     def __init__(self, plan: PlanReport | Deployment | str | Path, url: str, token: str | None = None, *,
                  weights: str | Path | None = None, timeout_s: float = 5.0, retries: int = 2,
@@ -151,7 +163,7 @@ class Client:
         self._infer_url = httpx.URL(self.url + "/v1/infer")
         self._infer_head = KeepAliveTransport.post_head(self._infer_url, {**self._headers, "Content-Type": MEDIA_TYPE})
         self._timeouts = httpx.Timeout(timeout_s).as_dict()
-        self.policy = SwitchPolicy(self.deployment, hysteresis)
+        self.policy = self._switch_policy(hysteresis)
         prior = initial_mbps if initial_mbps is not None else self.deployment.plan.link.uplink_mbps
         self.estimator = BandwidthEstimator(prior, min_transfer_s=min_transfer_ms / 1e3)
         self.label = self.policy.label_at(prior)
@@ -236,6 +248,10 @@ class Client:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def _switch_policy(self, hysteresis: float) -> SwitchPolicy:
+        """Which plan runs at which bandwidth: the switch table's (a chain client pins its one placement)."""
+        return SwitchPolicy(self.deployment, hysteresis)
 
     # ---- one request --------------------------------------------------------------------------------------------
 
@@ -397,7 +413,7 @@ class Client:
                     continue
                 if response.status == Status.OK:
                     return response, time.perf_counter() - began, attempt + 1
-                if response.status in (Status.BUSY, Status.UNAVAILABLE, Status.INTERNAL):
+                if response.status in (Status.BUSY, Status.UNAVAILABLE, Status.INTERNAL, Status.BAD_GATEWAY):
                     last = f"{response.status.name}: {response.message}"
                     continue
                 raise ServerRejectedError(f"the server at {self.url} refused request {request_id.hex()} "

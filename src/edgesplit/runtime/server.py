@@ -32,7 +32,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import torch
 from fastapi import FastAPI, Request as HttpRequest, Security, WebSocket
 from fastapi.responses import JSONResponse, Response as HttpResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -443,6 +442,8 @@ def create_app(engine: Engine, token: str | None, *,
     @app.get("/readyz", summary="Readiness: every tail loaded and accepting requests")
     async def readyz() -> JSONResponse:
         ready = bool(app.state.ready)
+        if ready and hasattr(engine, "ready"):  # a relay is ready when its next hop is (relay.RelayEngine)
+            ready = await engine.ready()
         return JSONResponse({"ready": ready, "models": sorted(engine.models)}, status_code=200 if ready else 503)
 
     return app
@@ -704,11 +705,16 @@ def serve(plan_path: Path, *, host: str = "127.0.0.1", port: int = 8000, token_f
           weights: Path | None = None, model_id: str | None = None, max_batch: int = 32, max_wait_ms: float = 2.0,
           max_request_mb: float | None = None, client_concurrency: int = DEFAULT_CLIENT_CONCURRENCY,
           guards: Guards = Guards(), tls_cert: Path | None = None, tls_key: Path | None = None,
-          log_level: str = "info", console=None, model: str | None = None) -> None:  # noqa: ANN001 - a Console
+          log_level: str = "info", console=None, model: str | None = None,  # noqa: ANN001 - a Console
+          tier: int | None = None, next_url: str | None = None, next_token_file: Path | None = None,
+          next_timeout_s: float = 10.0) -> None:
     """Serve every tail of ``plan_path``'s switch table until SIGTERM/SIGINT; user errors raise EdgesplitError.
 
-    ``model`` is the ``module:factory`` the plan's model_ref must name when it names one (`--model`)."""
+    ``model`` is the ``module:factory`` the plan's model_ref must name when it names one (`--model`). A chain plan
+    serves one tier: ``tier`` K ≥ 1, with ``next_url`` (the tier K + 1 server) below the last (``relay.load_relay``)."""
     from rich.console import Console
+
+    from edgesplit.runtime.relay import is_chain_plan, load_relay  # a chain plan's tiers (imports the client)
 
     console = console or Console()
     if log_level.lower() not in LOG_LEVELS:
@@ -722,22 +728,29 @@ def serve(plan_path: Path, *, host: str = "127.0.0.1", port: int = 8000, token_f
     tls = check_tls(tls_cert, tls_key)
     if model_id is not None:
         check_model_id(model_id)
-    plan = load_plan(plan_path)
-    deployment = load_deployment(plan, weights=weights, model_id=model_id, plan_dir=Path(plan_path).parent,
-                                 model=model)
+    relay = None
+    if tier is not None or next_url is not None or is_chain_plan(plan_path):
+        relay = load_relay(plan_path, tier, next_url=next_url, next_token_file=next_token_file,
+                           next_timeout_s=next_timeout_s, next_concurrency=client_concurrency, weights=weights,
+                           model_id=model_id, model=model)
+        deployment = relay.deployment
+    else:
+        plan = load_plan(plan_path)
+        deployment = load_deployment(plan, weights=weights, model_id=model_id, plan_dir=Path(plan_path).parent,
+                                     model=model)
     limits = ServerLimits(max_request_bytes=int(max_request_mb * 2**20) if max_request_mb is not None
                           else request_limit([deployment], ServerLimits.max_rows),
                           decode=decode_limits([deployment], ServerLimits.max_rows),
                           max_batch=max_batch, max_wait_ms=max_wait_ms)
     sock = _listen(host, port)
     bound_host, bound_port = sock.getsockname()[:2]
-    engine = Engine([deployment], limits)
+    engine = relay.engine(limits) if relay is not None else Engine([deployment], limits)
     server = _server_class()(_uvicorn_config(engine, token, client_concurrency, log_level.lower(), host, guards, tls,
                                              log_config=None))
     configure_logging(log_level)
     url = f"{'https' if tls else 'http'}://{f'[{bound_host}]' if ':' in bound_host else bound_host}:{bound_port}"
-    console.print(startup_summary(deployment, url, token_source if token else None, limits, client_concurrency,
-                                  guards))
+    console.print((relay.summary if relay is not None else startup_summary)(
+        deployment, url, token_source if token else None, limits, client_concurrency, guards))
     log.info("serving", extra={"fields": {"url": url, "model": deployment.model_id, "routes": len(deployment.routes),
                                           "auth": token is not None}})
     if token is None:
@@ -800,6 +813,4 @@ def _bytes_per_inference(deployment: Deployment, route: Route) -> int:
     for entry in (plan.chosen, plan.all_server, *plan.ranked):
         if entry.label == route.label:
             return entry.costs.uplink_bytes
-    generator = torch.Generator().manual_seed(0)
-    example = torch.rand(tuple(plan.input_shape), generator=generator)
-    return len(route.encode(route.device_side(example)))
+    return len(route.encode(route.device_side(deployment.example(seed=0))))

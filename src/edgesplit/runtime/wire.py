@@ -48,10 +48,11 @@ class Status(IntEnum):
     INTERNAL = 7
     CONFLICT = 8  # a request id already used for another request (a retry must resend the same frame)
     TIMEOUT = 9  # the request did not arrive within the server's deadline
+    BAD_GATEWAY = 10  # a relay's next hop failed (a chain plan's `serve --tier K --next URL`); the message names it
 
     @property
     def http(self) -> int:
-        return {0: 200, 1: 400, 2: 401, 3: 404, 4: 413, 5: 429, 6: 503, 7: 500, 8: 409, 9: 408}[self.value]
+        return {0: 200, 1: 400, 2: 401, 3: 404, 4: 413, 5: 429, 6: 503, 7: 500, 8: 409, 9: 408, 10: 502}[self.value]
 
 
 class WireError(EdgesplitError):

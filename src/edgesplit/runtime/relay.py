@@ -1,0 +1,631 @@
+"""Serving a chain plan (`edgesplit plan --topology`): one tier's stage of the partition, and the hop to the next.
+
+A chain plan puts every compute node on a tier 0..``last_tier``; ``traced.partition`` cuts the model into that many
+stages, and tier K runs stage K. The device (tier 0) runs stage 0 and sends what crosses link 0 to tier 1. Tier K
+≥ 1 runs `edgesplit serve PLAN --tier K`: it decodes what crosses link K − 1, runs stage K and, below the last tier,
+encodes what crosses link K (tensors that skip it included) and POSTs it on to ``--next`` — the same frame, request
+id and top-k, its own token, a deadline — and answers with the frame that comes back. The last tier answers with
+the model's result, batched like any tail.
+
+* :class:`ChainDeployment` is a chain plan made runnable at one tier (a :class:`Deployment` with one route, so the
+  server's engine, limits, metrics and /v1/models take it as they are); :func:`load_chain_deployment` builds it.
+* :class:`ChainRoute` is that route: what the tier receives (link K − 1) and its codecs, its stage, and what it
+  sends on (link K). Every tensor crossing a link uses the plan's codec.
+* :class:`NextHop` is the relay's client to the next tier: many requests in flight at once (one asyncio task each,
+  a pool of kept-alive connections), each with a deadline; a failure is answered 502 (``Status.BAD_GATEWAY``) with
+  a message that names the link that failed, passed back unchanged by the relays before it.
+* :class:`RelayEngine` is the engine of a middle tier; :func:`load_relay` checks `serve`'s --tier and --next and
+  builds the engine and its startup summary for `server.serve`.
+* :class:`ChainClient` is the device side (``Client(chain_plan, url)`` makes one): stage 0 here, the rest through
+  the first hop; when a hop fails, the whole model runs here and ``failure`` says which link failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+import torch
+
+from edgesplit.codecs import Codec, CodecError, DecodeLimits, pack, parse_codec, unpack, unpack_cost
+from edgesplit.errors import CutError, EdgesplitError
+from edgesplit.model.graph import Partition, Stage, TensorSpec, trace
+from edgesplit.plan.schema import ChainPlanReport, PlanReport, load_chain_plan, load_plan
+from edgesplit.runtime.auth import checked_token, read_token_file
+from edgesplit.runtime.client import Client, _describe, _error_message
+from edgesplit.runtime.deployment import Deployment, DeploymentError, _rebuild
+from edgesplit.runtime.engine import Engine, Observer, ServerLimits
+from edgesplit.runtime.errors import ClientError, ServerMismatchError
+from edgesplit.runtime.guard import is_loopback
+from edgesplit.runtime.wire import MEDIA_TYPE, Request, Response, Status, WireError, check_model_id, model_id_for
+
+__all__ = ["CHAIN_KIND", "ChainClient", "ChainDeployment", "ChainError", "ChainRoute", "NextHop", "Relay",
+           "RelayEngine", "chain_note", "chain_text", "is_chain_plan", "load_any_plan", "load_chain_deployment", "load_relay"]
+
+CHAIN_KIND = "edgesplit.chainplan"
+_UNBOUNDED = DecodeLimits(max_decoded_bytes=1 << 62)  # decode_cost reports a cost over any limit; decode refuses it
+_FAILED_LINK = re.compile(r"\blink (\d+)\b[^;]*? failed")
+
+
+class ChainError(EdgesplitError):
+    """A chain plan served or sent to as it cannot be: a tier out of range, --next missing or extra, a plan kind."""
+
+
+# ---- plans ------------------------------------------------------------------------------------------------------
+
+
+def _plan_kind(path: str | Path) -> str | None:
+    """The ``kind`` of the JSON file at ``path``; None when it cannot be read (its reader says what is wrong)."""
+    try:
+        with open(path, "rb") as file:
+            data = json.loads(file.read(64 << 20))
+    except (OSError, ValueError):
+        return None
+    kind = data.get("kind") if isinstance(data, dict) else None
+    return kind if isinstance(kind, str) else None
+
+
+def is_chain_plan(path: str | Path) -> bool:
+    """Whether ``path`` is a chain plan's JSON (its ``kind``)."""
+    return _plan_kind(path) == CHAIN_KIND
+
+
+def load_any_plan(path: str | Path) -> PlanReport | ChainPlanReport:
+    """A two-tier plan or a chain plan, whichever ``path`` holds."""
+    return load_chain_plan(path) if is_chain_plan(path) else load_plan(path)
+
+
+def _tier_name(plan: ChainPlanReport, tier: int) -> str:
+    machine = plan.machines[tier].spec if tier < len(plan.machines) else "?"
+    return f"tier {tier} {machine}"
+
+
+def _link_name(plan: ChainPlanReport, link: int, url: str | None = None) -> str:
+    """How messages name a link: 'link 1 ethernet (tier 1 host/4 → tier 2 edge-gpu at URL)'."""
+    spec = plan.links[link].spec if link < len(plan.links) else "?"
+    where = f" at {url}" if url else ""
+    return f"link {link} {spec} ({_tier_name(plan, link)} → {_tier_name(plan, link + 1)}{where})"
+
+
+# ---- the route of one tier ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class ChainRoute:
+    """What one tier of a chain does: decode what crosses link ``tier − 1``, run its stage, encode what crosses
+    link ``tier``. Its requests travel on one link (``wire_link``): link 0 for the device, link ``tier − 1`` for a
+    server; ``sent_shapes``, ``codecs`` and ``describe`` are that link's, the same on both of its ends."""
+
+    route_id: int
+    label: str
+    tier: int
+    stage: Stage
+    in_codecs: list[Codec]  # one per tensor received (link tier − 1); none on the device
+    out_codecs: list[Codec]  # one per tensor sent on (link tier); none on the last tier
+    kind: str = "chain"
+    width: float | None = None
+    bottleneck: None = None
+    picture: None = None
+    ranges: list[tuple[float, float]] = field(default_factory=list)
+    vocab: tuple[int | None, ...] = ()
+
+    @property
+    def wire(self) -> tuple[TensorSpec, ...]:
+        """The tensors of this route's requests: what the device sends (tier 0), or what this tier receives."""
+        return self.stage.outputs if self.tier == 0 else self.stage.inputs
+
+    @property
+    def wire_link(self) -> int:
+        return 0 if self.tier == 0 else self.tier - 1
+
+    @property
+    def codecs(self) -> list[Codec]:
+        return self.out_codecs if self.tier == 0 else self.in_codecs
+
+    @property
+    def sent_shapes(self) -> list[tuple[int, ...]]:
+        return [(1, *spec.shape[1:]) for spec in self.wire]
+
+    @property
+    def sent_dtypes(self) -> list[torch.dtype]:
+        dtypes = [getattr(torch, spec.dtype, torch.float32) for spec in self.wire]
+        return [torch.float32 if d.is_floating_point else d for d in dtypes]
+
+    def warm_inputs(self) -> list[torch.Tensor]:
+        return [torch.zeros(shape, dtype=dtype) for shape, dtype in zip(self.sent_shapes, self.sent_dtypes)]
+
+    @torch.no_grad()
+    def device_side(self, *inputs: torch.Tensor) -> list[torch.Tensor]:
+        """Stage 0 on the device: what crosses link 0."""
+        return list(self.stage.module(*inputs))
+
+    def encode(self, tensors: list[torch.Tensor]) -> bytes:
+        """What this tier sends on (link ``tier``) as one payload."""
+        return pack([codec.encode(t.contiguous()) for codec, t in zip(self.out_codecs, tensors)])
+
+    def decode(self, payload: bytes, limits: DecodeLimits, max_batch: int) -> list[torch.Tensor]:
+        """The tensors crossing link ``tier − 1`` in ``payload``, checked against the stage's inputs (WireError)."""
+        expected = self.stage.inputs
+        what = f"tier {self.tier} ({self.label})"
+        try:
+            tensors = unpack(payload, limits, max_frames=len(expected), float_dtype=torch.float32)
+        except CodecError as error:
+            raise WireError(f"payload for {what}: {error}") from error
+        if len(tensors) != len(expected):
+            raise WireError(f"{what} takes the {len(expected)} tensor(s) crossing link {self.tier - 1}, got "
+                            f"{len(tensors)}; run the chain's stages up to tier {self.tier - 1}")
+        batch = tensors[0].shape[0] if tensors[0].dim() else 0
+        for tensor, spec in zip(tensors, expected):
+            if tensor.dim() != len(spec.shape) or tuple(tensor.shape[1:]) != tuple(spec.shape[1:]) \
+                    or tensor.shape[0] != batch:
+                raise WireError(f"{what} takes {spec.name} of shape {['N', *spec.shape[1:]]}, got "
+                                f"{list(tensor.shape)}; run the chain's stages up to tier {self.tier - 1}")
+            dtype = getattr(torch, spec.dtype, None)
+            floating = dtype.is_floating_point if isinstance(dtype, torch.dtype) else True
+            if tensor.is_floating_point() != floating or (not floating and tensor.dtype != dtype):
+                raise WireError(f"{what} takes {spec.name} as {spec.dtype}, got "
+                                f"{str(tensor.dtype).removeprefix('torch.')}")
+        if not 1 <= batch <= max_batch:
+            raise WireError(f"batch of {batch} is outside 1..{max_batch} for this server; send smaller batches")
+        return tensors
+
+    def decode_cost(self, payload: bytes) -> int:
+        """As ``Route.decode_cost``: roughly the work of decoding ``payload``, from its headers alone."""
+        try:
+            cost = unpack_cost(payload, len(self.stage.inputs), torch.float32, _UNBOUNDED)
+        except CodecError:
+            return 0
+        return cost.peak_bytes + 16 * cost.converted_values + 32 * cost.ans_symbols
+
+    @torch.no_grad()
+    def server_side(self, tensors: list[torch.Tensor]) -> object:
+        """This tier's stage: what it sends on (a tuple), or the model's result on the last tier."""
+        return self.stage.module(*tensors)
+
+    @torch.no_grad()
+    def forward(self, tensors: list[torch.Tensor]) -> bytes:
+        """A middle tier's work on one request: its stage, then what crosses link ``tier`` encoded."""
+        return self.encode(list(self.server_side(tensors)))
+
+    def describe(self) -> dict:
+        return {"route_id": self.route_id, "label": self.label, "kind": self.kind, "tier": self.tier,
+                "link": self.wire_link, "cut_index": None, "position": None, "head_nodes": None,
+                "codecs": [c.spec for c in self.codecs], "width": None,
+                "sends": [list(s) for s in self.sent_shapes], "tensors": [t.name for t in self.wire],
+                "ranges_mbps": []}
+
+
+# ---- a chain plan made runnable at one tier -------------------------------------------------------------------------
+
+
+@dataclass
+class ChainDeployment(Deployment):
+    """A chain plan's model, partition and codecs, at one tier (its one route is that tier's)."""
+
+    tier: int = 0
+    partition: Partition | None = None
+    link_codecs: list[list[Codec]] = field(default_factory=list)  # per link, one codec per crossing tensor
+
+    @property
+    def last_tier(self) -> int:
+        return self.plan.chosen.last_tier
+
+    def describe(self) -> dict:
+        plan = self.plan
+        return {"model_id": self.model_id, "model": plan.model, "fingerprint": plan.fingerprint,
+                "input_shape": plan.input_shape, "chosen": plan.chosen.label, "switch_table": [],
+                "chain": {"tier": self.tier, "last_tier": self.last_tier, "topology": plan.topology,
+                          "machine": plan.machines[self.tier].spec if self.tier < len(plan.machines) else None},
+                "routes": [r.describe() for r in self.routes]}
+
+
+def load_chain_deployment(plan: ChainPlanReport, tier: int, *, weights: str | Path | None = None,
+                          model_id: str | None = None, plan_dir: Path | None = None,
+                          model: str | None = None) -> ChainDeployment:
+    """Rebuild ``plan``'s model and partition for tier ``tier`` (0: the device); every link's codecs, calibrated
+    on the stages' outputs for the traced example when the codec needs it (the same on every tier)."""
+    last = plan.chosen.last_tier
+    if not 0 <= tier <= last:
+        raise ChainError(f"this chain plan runs tiers 0..{last}; there is no tier {tier}")
+    built, example = _rebuild(plan, weights, plan_dir, model)
+    traced = trace(built, example)
+    if traced.fingerprint != plan.fingerprint:
+        raise DeploymentError(f"the model rebuilt from the plan (graph {traced.fingerprint}) is not the one that was "
+                              f"planned (graph {plan.fingerprint}); plan again with this model and weights")
+    try:
+        partition = traced.partition(plan.chosen.assignment, stages=last + 1)
+    except CutError as error:
+        raise DeploymentError(f"the chain plan's placement does not partition this model ({error}); plan again") \
+            from error
+    if len(plan.chosen.hops) < last:
+        raise DeploymentError(f"the chain plan's chosen placement has {len(plan.chosen.hops)} hops for tiers "
+                              f"0..{last}; plan again")
+    for link, hop in enumerate(plan.chosen.hops[:last]):
+        planned = [t.name for t in hop.crossing]
+        actual = [t.name for t in partition.stages[link].outputs]
+        if planned != actual:
+            raise DeploymentError(f"the plan says {', '.join(planned) or 'nothing'} crosses link {link}, the model's "
+                                  f"partition sends {', '.join(actual) or 'nothing'}; plan again with this edgesplit")
+    try:
+        codec = parse_codec(plan.codec or "fp32")
+    except CodecError as error:
+        raise DeploymentError(f"the chain plan's codec '{plan.codec}' is not a codec spec ({error})") from error
+    link_codecs: list[list[Codec]] = []
+    with torch.no_grad():
+        values = partition.run(*traced.example_inputs)
+    for link in range(last):
+        link_codecs.append([codec.calibrate(t) if codec.needs_calibration else codec for t in values[link]])
+    stage = partition.stages[tier]
+    routes = [ChainRoute(0, plan.chosen.label, tier, stage, link_codecs[tier - 1] if tier else [],
+                         link_codecs[tier] if tier < last else [])] if last else []
+    if model_id is not None:
+        check_model_id(model_id)
+    return ChainDeployment(model_id or model_id_for(plan.model), plan, built, traced, routes, tier=tier,
+                           partition=partition, link_codecs=link_codecs)
+
+
+# ---- the relay's client to the next tier ----------------------------------------------------------------------------
+
+
+class NextHop:
+    """POST /v1/infer to the next tier: up to ``concurrency`` requests in flight (more wait their turn), each within
+    ``timeout_s``; the next tier is checked (same model, graph, next tier) before the first request and after a
+    failure. Every failure raises ``WireError`` with ``Status.BAD_GATEWAY`` naming the link."""
+
+    def __init__(self, deployment: ChainDeployment, url: str, token: str | None, *, timeout_s: float = 10.0,
+                 concurrency: int = 16) -> None:
+        self.deployment, self.url, self.token = deployment, url.rstrip("/"), token
+        self.timeout_s, self.concurrency = timeout_s, concurrency
+        self.link = deployment.tier
+        self.name = _link_name(deployment.plan, self.link, self.url)
+        self._client = None  # httpx.AsyncClient, made in the server's event loop
+        self._slots: asyncio.Semaphore | None = None
+        self._checked = False
+        self._checking: asyncio.Lock | None = None
+
+    def _http(self) -> httpx.AsyncClient:
+        if self._client is None:
+            headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+            self._client = httpx.AsyncClient(
+                base_url=self.url, headers=headers, timeout=httpx.Timeout(self.timeout_s),
+                limits=httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency))
+            self._slots = asyncio.Semaphore(self.concurrency)
+            self._checking = asyncio.Lock()
+        return self._client
+
+    def _failed(self, why: str) -> WireError:
+        return WireError(f"{self.name} failed: {why}", Status.BAD_GATEWAY)
+
+    async def send(self, request: Request) -> Response:
+        """The next tier's answer to ``request`` (status OK), or WireError(BAD_GATEWAY) saying what failed; the
+        deadline counts from here (a wait for a free slot included)."""
+        client = self._http()
+        if not self._checked:
+            await self._check()
+
+        async def post() -> httpx.Response:
+            async with self._slots:
+                return await client.post("/v1/infer", content=request.to_bytes(), headers={"Content-Type": MEDIA_TYPE})
+
+        try:
+            reply = await asyncio.wait_for(post(), self.timeout_s)
+        except (asyncio.TimeoutError, httpx.TimeoutException) as error:
+            raise self._failed(f"no answer within {self.timeout_s:g} s") from error
+        except httpx.TransportError as error:
+            self._checked = False  # it may come back as something else
+            raise self._failed(_describe(error)) from error
+        if reply.status_code == Status.BAD_GATEWAY.http and _FAILED_LINK.search(message := _error_message(reply)):
+            raise WireError(message, Status.BAD_GATEWAY)  # a later link failed, and its relay says which
+        if reply.status_code != 200:
+            raise self._failed(f"HTTP {reply.status_code}: {_error_message(reply)}")
+        try:
+            response = Response.from_bytes(reply.content)
+        except WireError as error:
+            raise self._failed(f"the answer is not an edgesplit response ({error})") from error
+        if response.request_id != request.request_id or response.status != Status.OK:
+            raise self._failed(f"the answer is for another request or not OK ({response.status.name})")
+        return response
+
+    async def _check(self) -> None:
+        """The next tier serves this model's graph at tier ``link + 1``, taking what this tier sends."""
+        async with self._checking:
+            if self._checked:
+                return
+            try:
+                reply = await asyncio.wait_for(self._client.get("/v1/models"), self.timeout_s)
+            except (asyncio.TimeoutError, httpx.TimeoutException) as error:
+                raise self._failed(f"GET /v1/models got no answer within {self.timeout_s:g} s") from error
+            except httpx.TransportError as error:
+                raise self._failed(_describe(error)) from error
+            if reply.status_code != 200:
+                raise self._failed(f"GET /v1/models answered HTTP {reply.status_code}: {_error_message(reply)}"
+                                   f"{' (check --next-token-file)' if reply.status_code == 401 else ''}")
+            mine = self.deployment
+            try:
+                theirs = {m["model_id"]: m for m in reply.json()["models"]}.get(mine.model_id)
+            except (ValueError, KeyError, TypeError) as error:
+                raise self._failed("GET /v1/models is not an edgesplit model list") from error
+            if theirs is None:
+                raise self._failed(f"it does not serve model '{mine.model_id}'")
+            chain = theirs.get("chain") or {}
+            ours = mine.routes[0]
+            route = (theirs.get("routes") or [{}])[0]
+            if theirs.get("fingerprint") != mine.plan.fingerprint or chain.get("tier") != self.link + 1 \
+                    or route.get("codecs") != [c.spec for c in ours.out_codecs] \
+                    or route.get("tensors") != [t.name for t in ours.stage.outputs]:
+                serves = f"tier {chain['tier']} of a chain" if "tier" in chain else "a two-tier plan"
+                raise self._failed(f"it serves {serves} for graph {theirs.get('fingerprint')}, not tier "
+                                   f"{self.link + 1} of this plan (graph {mine.plan.fingerprint}); serve the same "
+                                   f"plan there with --tier {self.link + 1}")
+            self._checked = True
+
+    async def ready(self) -> bool:
+        """Whether the next tier reports ready (its /readyz, within a second)."""
+        try:
+            reply = await asyncio.wait_for(self._http().get("/readyz"), min(self.timeout_s, 1.0))
+        except Exception:  # noqa: BLE001 - any failure means not ready
+            return False
+        return reply.status_code == 200
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+
+# ---- the engine of a middle tier ----------------------------------------------------------------------------------
+
+
+class RelayEngine(Engine):
+    """A tier with a next hop: each request decoded, its stage run (one at a time, on the compute thread), what it
+    sends on encoded and forwarded; requests do not wait for each other's answers, so many are in flight through
+    the relay at once. Without a next hop (the last tier) it is the plain engine, batching as a tail does."""
+
+    def __init__(self, deployment: ChainDeployment, limits: ServerLimits | None = None,
+                 next_hop: NextHop | None = None, observer: Observer | None = None) -> None:
+        super().__init__([deployment], limits or ServerLimits(), observer)
+        self.deployment, self.next_hop = deployment, next_hop
+
+    async def _answer(self, request: Request, route: ChainRoute, started: float) -> Response:
+        if self.next_hop is None:
+            return await super()._answer(request, route, started)
+        tensors = await self.decoded(request, route)
+        began = time.perf_counter()
+        payload = await asyncio.get_running_loop().run_in_executor(self._compute, route.forward, tensors)
+        self.observer.batch(route, 1, tensors[0].shape[0], time.perf_counter() - began)
+        answer = await self.next_hop.send(Request(request.request_id, request.model_id, route.route_id, payload,
+                                                  None, request.top_k))
+        return Response(request.request_id, Status.OK, answer.payload, 0.0, answer.batch_size)
+
+    async def warm_up(self, passes: int = 3) -> None:
+        await super().warm_up(passes)
+        if self.next_hop is not None:
+            for route in self.deployment.routes:  # the encoder too: its first frames cost more
+                await asyncio.get_running_loop().run_in_executor(self._compute, route.forward, route.warm_inputs())
+
+    async def ready(self) -> bool:
+        """Whether requests can go through: the next tier is ready (always, on the last tier)."""
+        return self.next_hop is None or await self.next_hop.ready()
+
+    async def close(self) -> None:
+        await super().close()
+        if self.next_hop is not None:
+            await self.next_hop.close()
+
+
+# ---- `edgesplit serve PLAN --tier K [--next URL]` -------------------------------------------------------------------
+
+
+@dataclass
+class Relay:
+    """What `serve` needs for one tier of a chain: the deployment, its engine for given limits, its summary."""
+
+    deployment: ChainDeployment
+    next_url: str | None
+    next_token: str | None
+    next_timeout_s: float
+    next_concurrency: int
+
+    def engine(self, limits: ServerLimits) -> RelayEngine:
+        hop = None if self.next_url is None else NextHop(self.deployment, self.next_url, self.next_token,
+                                                        timeout_s=self.next_timeout_s,
+                                                        concurrency=self.next_concurrency)
+        return RelayEngine(self.deployment, limits, hop)
+
+    def summary(self, deployment: ChainDeployment, url: str, token_source: str | None, limits: ServerLimits,
+                client_concurrency: int, guards=None):
+        """One screen: the chain, this tier's stage, what it receives and sends on, where, auth and limits."""
+        from rich.console import Group
+        from rich.markup import escape
+        from rich.table import Table
+        from rich.text import Text
+
+        plan, tier, last = deployment.plan, deployment.tier, deployment.last_tier
+        route = deployment.routes[0]
+        table = Table(title=escape(f"edgesplit serve — {plan.model} tier {tier} of 0..{last} (model id "
+                                   f"{deployment.model_id}, graph {plan.fingerprint})"), title_justify="left")
+        for column in ("tier", "machine", "nodes", "receives", "sends on", "codec"):
+            table.add_column(column)
+        for index, stage in enumerate(deployment.partition.stages):
+            mark = " ◀ here" if index == tier else ""
+            table.add_row(f"{index}{mark}", escape(plan.machines[index].spec if index < len(plan.machines) else "?"),
+                          str(len(stage.nodes)), escape(_tensors(stage.inputs) if index else "the input"),
+                          escape(_tensors(stage.outputs) if index < last else "the result"),
+                          escape(plan.codec if index < last else "fp32 result"))
+        lines = [table, Text.assemble(("listening ", "bold"), url, f"  (receives {_link_name(plan, tier - 1)})")]
+        if self.next_url is None:
+            lines.append(Text.assemble(("last tier ", "bold"), "answers with the model's result"))
+        else:
+            lines.append(Text.assemble(("next hop ", "bold"), self.next_url,
+                                       f"  ({_link_name(plan, tier)}; token "
+                                       f"{'on' if self.next_token else 'none'}, {self.next_timeout_s:g} s deadline, "
+                                       f"{self.next_concurrency} in flight)"))
+            if self.next_url.startswith("http://") and not is_loopback(urlsplit(self.next_url).hostname or ""):
+                lines.append(Text("note: the next hop is plain HTTP; its token and the features cross the network "
+                                  "in clear", style="yellow"))
+        if token_source is None:
+            lines.append(Text("warning: authentication is OFF (no --token-file or $EDGESPLIT_TOKEN); this is allowed "
+                              "on loopback only", style="bold yellow"))
+        else:
+            lines.append(Text.assemble(("auth ", "bold"), f"on: bearer token from {token_source}"))
+        lines.append(Text.assemble(("limits ", "bold"), f"batch ≤ {limits.max_batch} inputs, request ≤ "
+                                   f"{limits.max_request_bytes / 2**20:.3g} MiB, decode ≤ "
+                                   f"{limits.decode.max_decoded_bytes / 2**20:.3g} MiB, {client_concurrency} in "
+                                   f"flight per client; {route.label}"))
+        return Group(*lines)
+
+
+def _tensors(specs: tuple[TensorSpec, ...]) -> str:
+    return " ".join(f"{t.name}[{'×'.join(map(str, t.shape[1:]))}]" for t in specs) or "—"
+
+
+def load_relay(plan_path: Path, tier: int | None, *, next_url: str | None = None, next_token_file: Path | None = None,
+               next_timeout_s: float = 10.0, next_concurrency: int = 16, weights: Path | None = None,
+               model_id: str | None = None, model: str | None = None) -> Relay:
+    """`serve`'s chain options checked against the plan (one-line ChainErrors), then tier ``tier`` built."""
+    if _plan_kind(plan_path) == "edgesplit.plan":
+        raise ChainError(f"{plan_path} is a two-tier plan; --tier and --next serve chain plans (`edgesplit plan MODEL "
+                         "--topology 'A > LINK > B > LINK > C' --json plan.json`): serve it without them")
+    plan = load_chain_plan(plan_path)
+    last = plan.chosen.last_tier
+    if last < 1:
+        raise ChainError(f"{plan_path} runs the whole model on tier 0 (the device): there is no tier to serve")
+    if tier is None:
+        raise ChainError(f"{plan_path} is a chain plan over tiers 0..{last}: serve one tier with --tier K (1..{last}), "
+                         f"and --next URL (the tier K+1 server) for tiers below {last}")
+    if not 1 <= tier <= last:
+        raise ChainError(f"--tier {tier} is out of range: this chain plan's servers are tiers 1..{last} (tier 0 is "
+                         "the device, which runs `edgesplit infer`)")
+    if tier < last and next_url is None:
+        raise ChainError(f"tier {tier} is a middle tier of 0..{last}: give --next URL, the server of tier {tier + 1}")
+    if tier == last and next_url is not None:
+        raise ChainError(f"tier {tier} is the last tier of this chain plan: it answers with the result itself, so "
+                         "leave --next out")
+    if next_url is None and next_token_file is not None:
+        raise ChainError("--next-token-file is the token of the --next server; give --next too, or leave it out")
+    if next_url is not None:
+        next_url = next_url.rstrip("/")
+        parts = urlsplit(next_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.path:
+            raise ChainError(f"--next {next_url} is not http(s)://HOST:PORT; give the tier {tier + 1} server's URL, "
+                             "e.g. http://10.0.0.3:8000")
+    if next_timeout_s <= 0 or next_concurrency < 1:
+        raise ChainError("--next-timeout must be above 0 and the next hop's concurrency at least 1")
+    token = None
+    if next_token_file is not None:
+        token = checked_token(read_token_file(Path(next_token_file)), f"the token in {next_token_file}")
+    deployment = load_chain_deployment(plan, tier, weights=weights, model_id=model_id,
+                                       plan_dir=Path(plan_path).parent, model=model)
+    return Relay(deployment, next_url, token, next_timeout_s, next_concurrency)
+
+
+# ---- the device -----------------------------------------------------------------------------------------------------
+
+
+class _PinnedPolicy:
+    """The switch policy of a chain client: the chosen placement always (the relays serve that one only)."""
+
+    rows: tuple = ()
+    all_device_label = "all on device"
+
+    def __init__(self, deployment: ChainDeployment) -> None:
+        self.label = deployment.routes[0].label if deployment.routes else self.all_device_label
+
+    def label_at(self, mbps: float) -> str:
+        return self.label
+
+    def holds(self, label: str, mbps: float) -> bool:
+        return True
+
+    def lower(self, label: str, than: str) -> bool:
+        return False
+
+    def next(self, label: str, mbps: float) -> str:
+        return label
+
+    def above(self, label: str) -> str | None:
+        return None
+
+
+class ChainClient(Client):
+    """The device of a chain plan: stage 0 here, what crosses link 0 to the first hop (``url``: the tier 1 server),
+    the result back from the last tier through the relays. ``Client(chain_plan, url, ...)`` makes one; it takes
+    ``Client``'s options (timeouts, retries, fallback, stream, TLS) and always runs the plan's chosen placement.
+    When a request fails on every attempt, the whole model runs here (``fallback``) and ``failure`` says which
+    link failed (``failed_link``: 0 for the first hop itself)."""
+
+    def __init__(self, plan: ChainPlanReport | ChainDeployment | str | Path, url: str, token: str | None = None, *,
+                 weights: str | Path | None = None, model_id: str | None = None, plan_dir: str | Path | None = None,
+                 model: str | None = None, onnx_dir: str | Path | None = None, route: str | None = None,
+                 initial_mbps: float | None = None, **options) -> None:
+        if onnx_dir is not None:
+            raise ClientError("--onnx exports two-tier heads; a chain plan's stage 0 runs with PyTorch (leave it out)")
+        if isinstance(plan, (str, Path)):
+            plan_dir = plan_dir or Path(plan).parent
+            plan = load_chain_plan(plan)
+        if isinstance(plan, ChainPlanReport):
+            plan = load_chain_deployment(plan, 0, weights=weights, model_id=model_id, model=model,
+                                         plan_dir=Path(plan_dir) if plan_dir else None)
+        if not plan.routes:
+            raise ClientError(f"the chain plan for {plan.plan.model} runs the whole model on the device (tier 0); "
+                              "there is nothing to send")
+        if route is not None and route != plan.routes[0].label:
+            raise ClientError(f"a chain client runs the plan's chosen placement '{plan.routes[0].label}' only")
+        self.failure: str | None = None  # why the last outage began, naming the link
+        self.failed_link: int | None = None
+        first_link = plan.plan.links[0].uplink_mbps if plan.plan.links else 1.0
+        super().__init__(plan, url, token, route=plan.routes[0].label, model_id=model_id,
+                         initial_mbps=initial_mbps if initial_mbps is not None else first_link, **options)
+
+    def _switch_policy(self, hysteresis: float) -> _PinnedPolicy:
+        return _PinnedPolicy(self.deployment)
+
+    def _check_models(self) -> None:
+        """As ``Client``'s, and the server must be tier 1 of this chain (not a later tier, not a two-tier tail)."""
+        super()._check_models()
+        reply = self._http.get("/v1/models")
+        try:
+            theirs = {m["model_id"]: m for m in reply.json()["models"]}[self.deployment.model_id]
+        except (ValueError, KeyError, TypeError) as error:
+            raise ServerMismatchError(f"{self.url}/v1/models changed while connecting; try again") from error
+        tier = (theirs.get("chain") or {}).get("tier")
+        if tier != 1:
+            serves = f"tier {tier} of the chain" if tier is not None else "a two-tier plan"
+            self._connected = False
+            raise ServerMismatchError(f"the server at {self.url} serves {serves}; point --server at the first hop "
+                                      "(`edgesplit serve PLAN --tier 1 --next URL`)")
+
+    def _give_up(self, why: str) -> None:
+        found = _FAILED_LINK.search(why)
+        self.failed_link = int(found.group(1)) if found else 0
+        # A relay's message names the link ("… (last: HTTP 502: link 1 … failed: …)"); else the first hop failed.
+        self.failure = why[found.start():].removesuffix(")") if found else \
+            f"{_link_name(self.deployment.plan, 0, self.url)} failed: {why}"
+        return super()._give_up(self.failure)
+
+    @property
+    def tiers(self) -> int:
+        return self.deployment.last_tier + 1
+
+
+def chain_text(note: dict) -> str:
+    """``chain_note`` as the line `edgesplit infer` prints under its summary."""
+    line = f"chain: tiers 0..{note['tiers'] - 1} ({note['topology']}), stage 0 on this device"
+    if note["failure"] is None:
+        return line + "; every answer came through the chain"
+    return (f"{line}; {note['failure']} — {note['fallbacks']} result(s) computed on this device instead (the whole "
+            "model, as a fallback)")
+
+
+def chain_note(client: Client) -> dict | None:
+    """What `edgesplit infer` adds for a chain plan: the tiers, and the link that failed if one did."""
+    if not isinstance(client, ChainClient):
+        return None
+    return {"tiers": client.tiers, "topology": client.deployment.plan.topology, "failed_link": client.failed_link,
+            "failure": client.failure, "fallbacks": client.stats.fallbacks}
