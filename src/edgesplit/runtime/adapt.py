@@ -18,8 +18,10 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from edgesplit.runtime.deployment import Deployment
+if TYPE_CHECKING:  # annotations only: the device client (edgesplit.device, no torch) runs this policy too
+    from edgesplit.runtime.deployment import Deployment
 
 __all__ = ["DISTINCT", "BandwidthEstimator", "SwitchPolicy", "distinct_sizes", "theil_sen"]
 
@@ -167,7 +169,12 @@ def theil_sen(samples: Sequence[tuple[float, float]]) -> tuple[float, float] | N
 
 
 class SwitchPolicy:
-    """The switch table with hysteresis: which plan to run for a bandwidth estimate, given the one running."""
+    """The switch table with hysteresis: which plan to run for a bandwidth estimate, given the one running.
+
+    ``deployment`` is read for ``plan.switch_table`` (rows with ``low_mbps``, ``high_mbps``, ``label``),
+    ``plan.all_device.label``, ``plan.chosen.label``, ``label_at(mbps)`` and ``route_for_label(label)`` (None for
+    all-device) only: a :class:`Deployment`, or the device client's view of a bundle (``edgesplit.device.client``).
+    """
 
     def __init__(self, deployment: Deployment, hysteresis: float = 0.2) -> None:
         if hysteresis < 0:
