@@ -16,8 +16,8 @@ by each tier's factor (`host.json/F`).
 
 Needs root, `ip` and `tc` (the emulated links) and cgroup v1's cpu controller; run it alone on a quiet machine:
 
-    flock -x /tmp/es.lock .venv/bin/python bench/multitier.py [--models mobilenetv3_small] [--rates1 2,20]
-        [--rates2 5,50] [--slow 4,2] [--requests 15] [--pipeline-slow 1.5,3,2,4] [--json bench/results/multitier.json]
+    flock -x /tmp/es.lock .venv/bin/python bench/multitier.py [--models mobilenetv3_large,resnet18] [--rates1 3,30]
+        [--rates2 20,200] [--slow 8,2] [--requests 10] [--pipeline-slow 1.5,3,2,4] [--json bench/results/multitier.json]
 """
 
 from __future__ import annotations
@@ -90,18 +90,19 @@ def _env() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
-def _wait_ready(url: str, token: str, timeout_s: float = 120.0) -> None:
+def _wait_ready(url: str, token: str, process: subprocess.Popen, timeout_s: float = 120.0) -> None:
     import httpx
 
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and process.poll() is None:
         try:
             if httpx.get(f"{url}/readyz", timeout=1.0, headers={"Authorization": f"Bearer {token}"}).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
         time.sleep(0.3)
-    raise RuntimeError(f"{url} was not ready in {timeout_s:.0f} s")
+    raise RuntimeError(f"{url} was not ready in {timeout_s:.0f} s" if process.poll() is None else
+                       f"{url} exited with code {process.returncode}")
 
 
 def serve_chain(links, plan_path: Path, last_tier: int, token_file: Path, caps: list[Path | None],  # noqa: ANN001
@@ -117,16 +118,17 @@ def serve_chain(links, plan_path: Path, last_tier: int, token_file: Path, caps: 
                 "--token-file", str(token_file), "--log-level", "warning", "--max-batch", "1"]
         if next_url is not None:
             args += ["--next", next_url, "--next-token-file", str(token_file), "--next-timeout", "60"]
-        process = links.popen(tier, args, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                              start_new_session=True)
+        log = open(plan_path.with_suffix(f".tier{tier}.log"), "w")  # noqa: SIM115 - the process writes it
+        process = links.popen(tier, args, env=_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         place(process, caps[tier])
         processes.append(process)
         next_url = f"http://{address}:{port}"
         try:
-            _wait_ready(next_url, token)
-        except RuntimeError:
+            _wait_ready(next_url, token, process)
+        except RuntimeError as error:
             stop(processes)
-            raise
+            tail = plan_path.with_suffix(f".tier{tier}.log").read_text()[-1500:]
+            raise RuntimeError(f"{error}; tier {tier} said:\n{tail}") from error
     return next_url, processes  # type: ignore[return-value]
 
 
@@ -164,7 +166,7 @@ def device_main(args: argparse.Namespace) -> None:
     import torch
 
     from edgesplit.plan.schema import load_chain_plan
-    from edgesplit.runtime.client import Client
+    from edgesplit.runtime.relay import ChainClient as Client
 
     torch.set_num_threads(1)
     plan = load_chain_plan(args.plan)
@@ -188,8 +190,7 @@ def device_main(args: argparse.Namespace) -> None:
         return
     if args.concurrency <= 1:
         with Client(plan, args.url, token, timeout_s=60, fallback=False) as client:
-            for _ in range(3):
-                client.infer(x)
+            client.infer(x)  # connects and warms up
             times = []
             for _ in range(args.requests):
                 start = time.perf_counter()
@@ -259,6 +260,20 @@ def with_chosen(plan, entry, path: Path) -> Path:  # noqa: ANN001
 # ---------------------------------------------------------------------------------------------- (a) + (c)
 
 
+def profile_under_cap(model_name: str, ref: dict, cap: Path | None, path: Path, runs: int) -> Path:
+    """`edgesplit profile --save-device` run inside a tier's CPU cap: the planner gets that tier as measured (the
+    cap's cost is not exactly 1/F of the core: CFS throttling in short periods and the other processes' load)."""
+    exe = shutil.which("edgesplit") or str(Path(sys.executable).parent / "edgesplit")
+    process = subprocess.Popen([exe, "profile", model_name, "--weights", ref["weights"], "--runs", str(runs),
+                                "--threads", "1", "--save-device", str(path), "-q"], env=_env(),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    place(process, cap)
+    _, stderr = process.communicate(timeout=900)
+    if process.returncode != 0:
+        raise RuntimeError(f"profiling {model_name} under the cap failed: {stderr[-1500:]}")
+    return path
+
+
 def bench_chain(model_name: str, traced, profile: Path, ref: dict, args, folder: Path,  # noqa: ANN001
                 token_file: Path) -> list[dict]:
     from linkemu import ChainedLinks
@@ -267,41 +282,49 @@ def bench_chain(model_name: str, traced, profile: Path, ref: dict, args, folder:
 
     slow_device, slow_gateway = args.slow
     rows = []
-    for r1 in args.rates1:
-        for r2 in args.rates2:
-            topology = (f"{profile}/{slow_device:g} > custom:up={r1:g},rtt={args.rtt_ms:g} > {profile}/{slow_gateway:g}"
-                        f" > custom:up={r2:g},rtt={args.rtt_ms:g} > {profile}")
-            plan = plan_chain(traced, topology, name=model_name, progress=False,
-                              model_ref=ref)
-            entries = {plan.chosen.label: plan.chosen}
-            for entry in plan.baselines:
-                if entry.method == "baseline" or entry.label.startswith("best two-tier"):
-                    key = (entry.last_tier, tuple(sorted(entry.assignment.items())))
-                    if all((e.last_tier, tuple(sorted(e.assignment.items()))) != key for e in entries.values()):
-                        entries[entry.label] = entry
-            with ExitStack() as stack:
-                links = stack.enter_context(ChainedLinks([r1, r2]))
-                caps = [stack.enter_context(cpu_cap("device", slow_device)),
-                        stack.enter_context(cpu_cap("gateway", slow_gateway)), None]
-                for label, entry in entries.items():
-                    path = with_chosen(plan, entry, folder / f"{model_name}-{r1:g}-{r2:g}-{len(rows)}.json")
-                    processes = []
-                    try:
-                        url = None
-                        if entry.last_tier > 0:
-                            url, processes = serve_chain(links, path, entry.last_tier, token_file, caps)
-                        measured = run_device(path, url, token_file, caps[0], requests=args.requests)
-                    finally:
-                        stop(processes)
-                    latency = statistics.median(measured["latency_ms"])
-                    rows.append({"model": model_name, "rate1_mbps": r1, "rate2_mbps": r2, "placement": label,
-                                 "chosen": entry is plan.chosen, "last_tier": entry.last_tier,
-                                 "nodes_per_tier": [s.nodes for s in entry.stages],
-                                 "bytes_per_link": [h.payload_bytes for h in entry.hops],
-                                 "predicted_ms": entry.latency_ms, "measured_ms": latency,
-                                 "measured_all_ms": measured["latency_ms"]})
-                    print(f"{model_name} {r1:g}/{r2:g} Mbit/s {label}: predicted {entry.latency_ms:.1f} ms, "
-                          f"measured {latency:.1f} ms", flush=True)
+    with ExitStack() as capped:
+        caps = [capped.enter_context(cpu_cap("device", slow_device)),
+                capped.enter_context(cpu_cap("gateway", slow_gateway)), None]
+        names = ("device", "gateway", "cloud")
+        profiles = [profile_under_cap(model_name, ref, cap, folder / f"{model_name}-{name}.json", args.profile_runs)
+                    for cap, name in zip(caps, names)]
+        for r1 in args.rates1:
+            for r2 in args.rates2:
+                topology = (f"{profiles[0]} > custom:up={r1:g},rtt={args.rtt_ms:g} > {profiles[1]}"
+                            f" > custom:up={r2:g},rtt={args.rtt_ms:g} > {profiles[2]}")
+                plan = plan_chain(traced, topology, name=model_name, progress=False, model_ref=ref)
+                entries = {plan.chosen.label: plan.chosen}
+                for entry in plan.baselines:
+                    if entry.method == "baseline" or entry.label.startswith("best two-tier"):
+                        key = (entry.last_tier, tuple(sorted(entry.assignment.items())))
+                        if all((e.last_tier, tuple(sorted(e.assignment.items()))) != key for e in entries.values()):
+                            entries[entry.label] = entry
+                with ChainedLinks([r1, r2]) as links:
+                    for label, entry in entries.items():
+                        for path_text, name in zip(map(str, profiles), names):
+                            label = label.replace(path_text, name)
+                        if entry.latency_ms > args.skip_over * plan.chosen.latency_ms:
+                            print(f"{model_name} {r1:g}/{r2:g} Mbit/s {label}: predicted {entry.latency_ms:.1f} ms, "
+                                  f"over {args.skip_over:g}× the choice: not measured", flush=True)
+                            continue
+                        path = with_chosen(plan, entry, folder / f"{model_name}-{r1:g}-{r2:g}-{len(rows)}.json")
+                        processes = []
+                        try:
+                            url = None
+                            if entry.last_tier > 0:
+                                url, processes = serve_chain(links, path, entry.last_tier, token_file, caps)
+                            measured = run_device(path, url, token_file, caps[0], requests=args.requests)
+                        finally:
+                            stop(processes)
+                        latency = statistics.median(measured["latency_ms"])
+                        rows.append({"model": model_name, "rate1_mbps": r1, "rate2_mbps": r2, "placement": label,
+                                     "chosen": entry is plan.chosen, "last_tier": entry.last_tier,
+                                     "nodes_per_tier": [s.nodes for s in entry.stages],
+                                     "bytes_per_link": [h.payload_bytes for h in entry.hops],
+                                     "predicted_ms": entry.latency_ms, "measured_ms": latency,
+                                     "measured_all_ms": measured["latency_ms"]})
+                        print(f"{model_name} {r1:g}/{r2:g} Mbit/s {label}: predicted {entry.latency_ms:.1f} ms, "
+                              f"measured {latency:.1f} ms", flush=True)
     return rows
 
 
@@ -344,7 +367,10 @@ def bench_pipeline(model_name: str, traced, profile: Path, ref: dict, args, fold
 
     factors, memories = args.pipeline_slow, args.pipeline_memory
     link = f"custom:up={args.pipeline_mbps:g},rtt={args.rtt_ms:g}"
-    machines = [f"{profile}/{f:g}" for f in factors]
+    capped = ExitStack()
+    caps = [capped.enter_context(cpu_cap(f"p{t}", f)) for t, f in enumerate(factors)]
+    machines = [str(profile_under_cap(model_name, ref, cap, folder / f"{model_name}-p{t}.json", args.profile_runs))
+                for t, cap in enumerate(caps)]
     parts = [machines[0]]
     for machine in machines[1:]:
         parts += [link, machine]
@@ -371,9 +397,7 @@ def bench_pipeline(model_name: str, traced, profile: Path, ref: dict, args, fold
         placement.last_tier = max(placement.tier_of.values())
         entries[label] = _entry(model, model.breakdown(placement), objective, Constraints())
     rows = []
-    with ExitStack() as stack:
-        links = stack.enter_context(ChainedLinks([args.pipeline_mbps] * (k - 1)))
-        caps = [stack.enter_context(cpu_cap(f"p{t}", f)) for t, f in enumerate(factors)]
+    with capped, ChainedLinks([args.pipeline_mbps] * (k - 1)) as links:
         for label, entry in entries.items():
             path = with_chosen(plan, entry, folder / f"{model_name}-pipeline-{len(rows)}.json")
             processes = []
@@ -411,12 +435,12 @@ def main() -> None:
         device_main(parser.parse_args())
         return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", default="mobilenetv3_small")
-    parser.add_argument("--rates1", type=floats, default=[2.0, 20.0])
-    parser.add_argument("--rates2", type=floats, default=[5.0, 50.0])
-    parser.add_argument("--slow", type=floats, default=[4.0, 2.0], help="device and gateway slow-down factors")
+    parser.add_argument("--models", default="mobilenetv3_large,resnet18")
+    parser.add_argument("--rates1", type=floats, default=[3.0, 30.0])
+    parser.add_argument("--rates2", type=floats, default=[20.0, 200.0])
+    parser.add_argument("--slow", type=floats, default=[8.0, 2.0], help="device and gateway slow-down factors")
     parser.add_argument("--rtt-ms", type=float, default=0.3)
-    parser.add_argument("--requests", type=int, default=15)
+    parser.add_argument("--requests", type=int, default=10)
     parser.add_argument("--pipeline-model", default="resnet18")
     parser.add_argument("--pipeline-slow", type=floats, default=[1.5, 3.0, 2.0, 4.0])
     parser.add_argument("--pipeline-memory", type=floats, default=[4.0, 8.0, 2.0, 4.0], help="GB, per device")
@@ -424,6 +448,8 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=6)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--profile-runs", type=int, default=5)
+    parser.add_argument("--skip-over", type=float, default=3.0,
+                        help="placements predicted this many times slower than the choice are not measured")
     parser.add_argument("--skip", default="", help="comma list of parts to skip: chain, pipeline")
     parser.add_argument("--json", type=Path, default=RESULTS / "multitier.json")
     args = parser.parse_args()
@@ -437,11 +463,14 @@ def main() -> None:
         folder = Path(tmp)
         token_file = folder / "token"
         token_file.write_text("bench-token-" + os.urandom(8).hex())
+        token_file.chmod(0o600)
+        args.json.parent.mkdir(parents=True, exist_ok=True)
         if "chain" not in skip:
             result["chain"] = []
             for model_name in args.models.split(","):
                 traced, profile, ref = host_profile(model_name, folder, args.profile_runs)
                 result["chain"] += bench_chain(model_name, traced, profile, ref, args, folder, token_file)
+                args.json.write_text(json.dumps(result, indent=1))  # kept if a later part fails or times out
         if "pipeline" not in skip:
             traced, profile, ref = host_profile(args.pipeline_model, folder, args.profile_runs)
             result["pipeline"] = bench_pipeline(args.pipeline_model, traced, profile, ref, args, folder, token_file)
@@ -455,7 +484,7 @@ def summarize(result: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = Console(width=170)
     chain = result.get("chain", [])
     if chain:
         table = Table(title="(a) chain placements, measured (median of sequential requests)")

@@ -27,7 +27,7 @@ from edgesplit.pipeline.demo import run_demo
 from edgesplit.pipeline.run import run_pipeline
 from edgesplit.pipeline.show import show_audit, show_chain_plan, show_compress, show_plan, show_profile, show_split, show_train
 from edgesplit.pipeline.stages import CompressSettings, PlanSettings, ProfileSettings
-from edgesplit.plan.schema import ChainPlanReport, load_plan
+from edgesplit.plan.schema import ChainPlanReport
 from edgesplit.plots import plot_plan, plot_profile, plot_rate_accuracy
 from edgesplit.privacy.audit import AuditSettings
 from edgesplit.profile import device_profile
