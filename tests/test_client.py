@@ -24,7 +24,7 @@ from torch.utils import _pytree as pytree
 
 from edgesplit.codecs import DecodeLimits
 from edgesplit.plan.schema import load_plan
-from edgesplit.runtime.adapt import BandwidthEstimator, SwitchPolicy, theil_sen
+from edgesplit.runtime.adapt import Adapter, BandwidthEstimator, ClientStats, SwitchPolicy, theil_sen
 from edgesplit.runtime.client import Client
 from edgesplit.runtime.deployment import Deployment, Route, load_deployment
 from edgesplit.runtime.engine import Engine, Observer
@@ -410,6 +410,39 @@ def test_estimate_and_policy_do_not_flap_on_synthetic_timings(devices):
             if target != label and not (estimator.censored and policy.lower(target, label)):
                 switches, label = switches + 1, target
         assert switches <= 400 // 20, (low, high, switches)
+
+
+def _drive(adapter: Adapter, sizes: dict[str, int], times: dict[str, float], requests: int, seed: int = 0) -> None:
+    """``requests`` requests through ``adapter`` on a link far too fast to time (1 ms fixed cost, 10 Gbit/s): each
+    label's frame of ``sizes[label]`` bytes, its whole time ``times[label]`` s with ±3% jitter."""
+    import random
+
+    rng = random.Random(seed)
+    now = 0.0
+    for index in range(requests):
+        label, _ = adapter.pick(now)
+        now += times[label]
+        seconds = 0.001 + rng.uniform(0, 0.0002) + sizes[label] * 8 / 1e10
+        adapter.answered(label, sizes[label], seconds, 0.0, index, request_s=times[label] * rng.uniform(0.97, 1.03))
+
+
+def test_too_fast_to_time_the_route_above_wins_when_it_answers_faster(devices):
+    """Frames of a few kB on a fast link cross quicker than the estimator can time: the estimate is only a lower
+    bound (below the table's 20 Mbit/s threshold here), so the thresholds cannot be checked. The route above is
+    probed every 16 requests, and adopted once its probes answer 20% faster than the current route's requests;
+    where they answer as fast (within the jitter), nothing moves."""
+    sizes = {LOW: 2_598, HIGH: 4_000}  # 4 kB ÷ the 2 ms the estimator can time: at least 16 Mbit/s
+    faster = Adapter(SwitchPolicy(devices["adaptive"]), ClientStats(), prior_mbps=10)
+    assert faster.label == LOW
+    _drive(faster, sizes, {LOW: 0.010, HIGH: 0.008}, 100)
+    assert faster.estimator.censored and faster.estimator.mbps < 20
+    assert [(s.from_label, s.to_label) for s in faster.stats.switches] == [(LOW, HIGH)]
+    assert faster.stats.switches[0].request <= 3 * 16 + 2, faster.stats.switches
+    for times in ({LOW: 0.010, HIGH: 0.010}, {LOW: 0.010, HIGH: 0.0095}):
+        same = Adapter(SwitchPolicy(devices["adaptive"]), ClientStats(), prior_mbps=10)
+        _drive(same, sizes, times, 400)
+        assert same.stats.switches == [] and same.label == LOW, same.stats.switches
+        assert 400 // 16 - 2 <= same.stats.probes <= 400 // 16 + 2  # one request in 16 pays for looking up
 
 
 DEMO = [(0.01, 6, {"kind": "all-device"}), (6, 43, {"cut_index": 3, "codec": "int8"}), (43, 1e4, {"cut_index": 3})]

@@ -18,7 +18,7 @@ from edgesplit.plan.schema import (ChainEntry, ChainPlanReport, Constraints, Hop
 from edgesplit.codecs import unpack
 from edgesplit.runtime.client import Client
 from edgesplit.runtime.engine import ServerLimits
-from edgesplit.runtime.errors import ServerRejectedError
+from edgesplit.runtime.errors import ClientError, ServerRejectedError
 from edgesplit.runtime.relay import ChainClient, NextHop, RelayEngine, load_chain_deployment
 from edgesplit.runtime.server import ServerThread, decode_limits, request_limit
 from edgesplit.runtime.wire import MEDIA_TYPE, Request, Response, Status, new_request_id
@@ -108,8 +108,9 @@ def test_the_partition_forwards_a_skip_tensor_through_tier_1(chain):
 def test_three_tiers_answer_as_the_whole_model(chain):
     device = chain["device"]
     x = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
-    with Client(chain["path"], chain["relay"].url, TOKENS[0], retries=0) as client:
-        assert isinstance(client, ChainClient)
+    with pytest.raises(ClientError, match="chain plan.*ChainClient"):  # the two-tier client says which to use
+        Client(chain["path"], chain["relay"].url, TOKENS[0])
+    with ChainClient(chain["path"], chain["relay"].url, TOKENS[0], retries=0) as client:
         result = client.infer(x)
     assert (result.where, result.mode, result.label) == ("server", "route", "min-cut")
     with torch.no_grad():
@@ -125,7 +126,7 @@ def test_a_wrong_token_is_refused_at_the_relay(chain):
     assert reply.status_code == 401
     assert post(chain["relay"].url, body, TOKENS[0]).status_code == 200
     with pytest.raises(ServerRejectedError, match="401"):
-        Client(chain["path"], chain["relay"].url, "wrong-token-0123456789abcdef").connect()
+        ChainClient(chain["path"], chain["relay"].url, "wrong-token-0123456789abcdef").connect()
 
 
 def test_concurrent_requests_stream_through_the_relay(chain):
@@ -199,7 +200,7 @@ def test_a_dead_last_hop_falls_back_on_the_device(chain):
     relay, _ = start_tier(plan, 1, last.url, TOKENS[1])
     try:
         x = torch.rand(2, 3, 32, 32)
-        with Client(path, relay.url, TOKENS[0], retries=1, backoff_s=0.01, probe_every_s=60) as client:
+        with ChainClient(path, relay.url, TOKENS[0], retries=1, backoff_s=0.01, probe_every_s=60) as client:
             assert client.infer(x).where == "server"
             last.stop()
             reply = post(relay.url, frame(client.deployment, x)[1], TOKENS[0])

@@ -27,7 +27,7 @@ from edgesplit.pipeline.demo import run_demo
 from edgesplit.pipeline.run import run_pipeline
 from edgesplit.pipeline.show import show_audit, show_chain_plan, show_compress, show_plan, show_profile, show_split, show_train
 from edgesplit.pipeline.stages import CompressSettings, PlanSettings, ProfileSettings
-from edgesplit.plan.schema import ChainPlanReport
+from edgesplit.plan.schema import ChainPlanReport, load_any_plan
 from edgesplit.plots import plot_plan, plot_profile, plot_rate_accuracy
 from edgesplit.privacy.audit import AuditSettings
 from edgesplit.profile import device_profile
@@ -35,7 +35,7 @@ from edgesplit.report import report_index, scan, write_report
 from edgesplit.runtime.auth import token_from
 from edgesplit.runtime.client import Client
 from edgesplit.runtime.infer import load_inputs, read_token, run_inference
-from edgesplit.runtime.relay import ChainClient, chain_note, chain_text, load_any_plan
+from edgesplit.runtime.relay import ChainClient, chain_note, chain_text
 from edgesplit.runtime.summary import summary_table
 from edgesplit.versioned import write_json
 from edgesplit.views import zoo_table

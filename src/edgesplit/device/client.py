@@ -30,7 +30,7 @@ import ssl
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -39,9 +39,10 @@ import numpy as np
 
 from edgesplit.device.bundle import Bundle, BundleError, RouteEntry, SwitchRow, load_bundle
 from edgesplit.device.codecs import CodecError, NumpyCodec, codec_from_json, pack, unpack
-from edgesplit.runtime.adapt import BandwidthEstimator, SwitchPolicy, distinct_sizes
+from edgesplit.runtime.adapt import Adapter, BandwidthEstimator, ClientStats, Switch, SwitchPolicy
 from edgesplit.runtime.errors import (ClientError, ServerMismatchError, ServerRejectedError, ServerUnreachableError,
-                                      ServerUntrustedError)
+                                      ServerUntrustedError, describe_transport_error, error_message, status_hint,
+                                      tls_context)
 from edgesplit.runtime.transport import KeepAliveTransport
 from edgesplit.runtime.wire import MEDIA_TYPE, Request, Response, Status, WireError, new_request_id
 
@@ -52,6 +53,7 @@ log = logging.getLogger("edgesplit.device")
 
 ALL_DEVICE_LABEL = "all on device"  # the planner's label for running everything locally
 _RETRY_STATUS = {429, 503}
+_TOKEN_FROM = "the device client takes it from --token-file or $EDGESPLIT_TOKEN"
 
 
 # ---- results -----------------------------------------------------------------------------------------------------
@@ -76,27 +78,8 @@ class DeviceResult:
         return self.outputs[0]
 
 
-@dataclass
-class DeviceSwitch:
-    request: int
-    from_label: str
-    to_label: str
-    mbps: float
-
-
-@dataclass
-class DeviceStats:
-    requests: int = 0
-    server_results: int = 0
-    device_results: int = 0
-    fallbacks: int = 0
-    outages: int = 0
-    recoveries: int = 0
-    retries: int = 0
-    probes: int = 0
-    calibrations: int = 0
-    bytes_sent: int = 0
-    switches: list[DeviceSwitch] = field(default_factory=list)
+DeviceSwitch = Switch  # the names of the torch client's records, under the device client's names
+DeviceStats = ClientStats
 
 
 # ---- the bundle as the policy and the client read it ---------------------------------------------------------------
@@ -249,7 +232,7 @@ class DeviceClient:
             raise ClientError(f"server URL '{url}' is not http(s)://HOST:PORT; give it as e.g. http://10.0.0.2:8000")
         self.timeout_s, self.retries, self.backoff_s = timeout_s, retries, backoff_s
         self.fallback, self.probe_every_s, self.top_k = fallback, probe_every_s, top_k
-        self.ssl_context = _ssl_context(ca_file) if self.url.startswith("https://") else None
+        self.ssl_context = tls_context(ca_file) if self.url.startswith("https://") else None
         if ca_file is not None and self.ssl_context is None:
             raise ClientError(f"--ca-file is for https:// servers and {url} is plain http; use https:// or leave "
                               "--ca-file out")
@@ -260,28 +243,38 @@ class DeviceClient:
         self._infer_url = httpx.URL(self.url + "/v1/infer")
         self._infer_head = KeepAliveTransport.post_head(self._infer_url, {**self._headers, "Content-Type": MEDIA_TYPE})
         self._timeouts = httpx.Timeout(timeout_s).as_dict()
-        self.policy = SwitchPolicy(self.deployment, hysteresis)
+        policy = SwitchPolicy(self.deployment, hysteresis)
         prior = initial_mbps if initial_mbps is not None else self.deployment.plan.link.uplink_mbps
-        self.estimator = BandwidthEstimator(prior, min_transfer_s=min_transfer_ms / 1e3)
-        self.label = self.policy.label_at(prior)
-        self.pinned = route is not None
         if route is not None:
-            labels = [r.label for r in self.deployment.routes] + [self.policy.all_device_label]
+            labels = [r.label for r in self.deployment.routes] + [policy.all_device_label]
             if route not in labels:
                 raise ClientError(f"this bundle has no route '{route}'; its routes are: "
                                   f"{', '.join(repr(label) for label in labels)}")
-            self.label = route
         self.stats = DeviceStats()
+        self.adapter = Adapter(policy, self.stats, prior_mbps=prior, min_transfer_s=min_transfer_ms / 1e3,
+                               probe_every_s=probe_every_s, route=route)
         self._connected = self._warm = self._down = False
-        self._ready_probe_at = self._probe_at = -math.inf
-        self._sizes: dict[str, int] = {}
-        self._check: str | None = None
-        self._checking = False
-        self._suspect: tuple[str, float, float, float] | None = None
+        self._ready_probe_at = -math.inf
         self._lock = threading.Lock()
         self._closed = False
 
     # ---- public -------------------------------------------------------------------------------------------------
+
+    @property
+    def label(self) -> str:
+        return self.adapter.label
+
+    @property
+    def policy(self) -> SwitchPolicy:
+        return self.adapter.policy
+
+    @property
+    def estimator(self) -> BandwidthEstimator:
+        return self.adapter.estimator
+
+    @property
+    def pinned(self) -> bool:
+        return self.adapter.pinned
 
     @property
     def mbps(self) -> float | None:
@@ -345,21 +338,23 @@ class DeviceClient:
         if self._down:
             self.stats.fallbacks += 1
             return self._local(inputs, started, "fallback")
-        route, mode = self._pick(now)
+        label, mode = self.adapter.pick(now)
+        route = self.deployment.route_for_label(label)
         if route is None:
             return self._local(inputs, started, "all-device")
         request_id, frame = self._frame(route, inputs)
         if inputs[0].shape[0] == 1:
-            self._sizes[route.label] = len(frame)
+            self.adapter.sizes[route.label] = len(frame)
         sent = self._send(frame, request_id, index)
         if sent is None:
             self.stats.fallbacks += 1
             return self._local(inputs, started, "fallback", request_id.hex())
         response, elapsed, attempts = sent
         if self._warm:
-            self._measure(len(frame), elapsed, response.server_ms / 1e3, index, mode == "probe")
-        elif mode == "probe":
-            self._probe_at = -math.inf
+            self.adapter.answered(route.label, len(frame), elapsed, response.server_ms / 1e3, index,
+                                  request_s=time.perf_counter() - started if inputs[0].shape[0] == 1 else None)
+        else:
+            self.adapter.unmeasured(mode)
         self._warm = True
         try:
             outputs = unpack(response.payload)
@@ -380,88 +375,6 @@ class DeviceClient:
         return request_id, Request(request_id, self.deployment.model_id, route.route_id, payload, route.width,
                                    self.top_k).to_bytes()
 
-    def _pick(self, now: float) -> tuple[DeviceRoute | None, str]:
-        route = self.deployment.route_for_label(self.label)
-        if self.pinned:
-            return route, "route"
-        self._checking = False
-        if self._check is not None:
-            check, self._check, self._checking = self._check, None, True
-            self.stats.probes += 1
-            return self.deployment.route_for_label(check), "probe"
-        measuring = route is not None and not self.estimator.censored
-        if not measuring and now - self._probe_at >= self.probe_every_s:
-            up = self.policy.above(self.label)
-            if up is not None:
-                self._probe_at = now
-                self.stats.probes += 1
-                return self.deployment.route_for_label(up), "probe"
-        return route, "route"
-
-    # ---- adapting (the torch client's decisions, on the same estimator and policy) -------------------------------
-
-    def _measure(self, frame_bytes: int, elapsed_s: float, server_s: float, index: int, probe: bool) -> None:
-        seconds = max(elapsed_s - server_s, 0.0)
-        self.estimator.add(frame_bytes * 8, seconds, probe)
-        if self._checking and self._suspect is not None:
-            self._checking = False
-            self._confirm(frame_bytes * 8, seconds, index)
-        else:
-            self._decide(index)
-
-    def _check_route(self, target: str) -> str | None:
-        recent = [bits / 8 for bits in self.estimator.recent_bits]
-        if not recent:
-            return None
-        size = sorted(recent)[(len(recent) - 1) // 2]
-        mbps = self.estimator.mbps or self.deployment.plan.link.uplink_mbps
-        candidates = sorted((bytes_, label) for label, bytes_ in self._sizes.items()
-                            if distinct_sizes(bytes_, size) and bytes_ * 8 / (mbps * 1e6) <= 0.1)
-        labels = [label for _, label in candidates]
-        return target if target in labels else labels[0] if labels else None
-
-    def _decide(self, index: int) -> None:
-        if self.pinned:
-            return
-        estimator = self.estimator
-        target = self.policy.next(self.label, estimator.mbps)
-        if target == self.label or self._check is not None:
-            return
-        if self.policy.lower(target, self.label):
-            if estimator.censored:
-                return
-            if estimator.one_size:
-                check = self._check_route(target)
-                if check is None:
-                    if estimator.typical_bits / (estimator.mbps * 1e6) < 10 * estimator.tolerance_s:
-                        return
-                    self._switch(index, target)
-                    return
-                self._check = check
-                self._suspect = (target, estimator.mbps, estimator.fixed_s or 0.0, estimator.typical_bits)
-                return
-        self._switch(index, target)
-
-    def _confirm(self, bits: int, seconds: float, index: int) -> None:
-        target, mbps, fixed, suspect_bits = self._suspect
-        self._suspect = None
-        ratio, tolerance = bits / suspect_bits, self.estimator.tolerance_s
-        transfer = seconds - fixed
-        if transfer > tolerance:
-            agrees = abs(math.log(bits / transfer / 1e6 / mbps)) < abs(math.log(ratio)) / 2
-        else:
-            agrees = ratio < 1 and suspect_bits / (mbps * 1e6) >= 10 * tolerance
-        if agrees:
-            self._switch(index, target)
-        else:
-            self.estimator.forget()
-
-    def _switch(self, index: int, target: str) -> None:
-        if target != self.label:
-            self.stats.switches.append(DeviceSwitch(index + 1, self.label, target, self.estimator.mbps))
-            log.info("switching from %s to %s at %.3g Mbit/s", self.label, target, self.estimator.mbps)
-            self.label = target
-
     # ---- HTTP -----------------------------------------------------------------------------------------------
 
     def _send(self, frame: bytes, request_id: bytes, index: int) -> tuple[Response, float, int] | None:
@@ -478,10 +391,9 @@ class DeviceClient:
                 reply = self._post(frame)
             except httpx.TransportError as error:
                 self._untrusted(error)
-                last = _describe(error)
+                last = describe_transport_error(error)
                 if isinstance(error, (httpx.WriteTimeout, httpx.ReadTimeout)):
-                    self.estimator.add_upper_bound(len(frame) * 8, time.perf_counter() - began)
-                    self._decide(index)
+                    self.adapter.timed_out(len(frame) * 8, time.perf_counter() - began, index)
                 continue
             elapsed = time.perf_counter() - began
             if reply.status_code == 200:
@@ -497,12 +409,12 @@ class DeviceClient:
                     raise ServerRejectedError(f"the server at {self.url} refused request {request_id.hex()} "
                                               f"({response.status.name}): {response.message}")
                 return response, elapsed, attempt + 1
-            message = _error_message(reply)
+            message = error_message(reply)
             if reply.status_code >= 500 or reply.status_code in _RETRY_STATUS:
                 last = f"HTTP {reply.status_code}: {message}"
                 continue
             raise ServerRejectedError(f"the server at {self.url} refused request {request_id.hex()} "
-                                      f"(HTTP {reply.status_code}): {message}{_hint(reply.status_code)}")
+                                      f"(HTTP {reply.status_code}): {message}{status_hint(reply.status_code, _TOKEN_FROM)}")
         return self._give_up(f"request {request_id.hex()} got no answer after {attempts} attempt(s) (last: {last})")
 
     def _post(self, frame: bytes) -> httpx.Response:
@@ -557,7 +469,7 @@ class DeviceClient:
             self._calibrate()
         except (httpx.TransportError, _Unavailable) as error:
             self._untrusted(error)
-            self._give_up(_describe(error) if isinstance(error, httpx.TransportError) else str(error))
+            self._give_up(describe_transport_error(error) if isinstance(error, httpx.TransportError) else str(error))
 
     def _check_models(self) -> None:
         """The server serves this bundle's model id, graph and routes; ServerMismatchError if not."""
@@ -566,7 +478,7 @@ class DeviceClient:
             raise _Unavailable(f"GET /v1/models answered HTTP {reply.status_code}")
         if reply.status_code != 200:
             raise ServerRejectedError(f"the server at {self.url} refused GET /v1/models (HTTP "
-                                      f"{reply.status_code}): {_error_message(reply)}{_hint(reply.status_code)}")
+                                      f"{reply.status_code}): {error_message(reply)}{status_hint(reply.status_code, _TOKEN_FROM)}")
         try:
             served = {m["model_id"]: m for m in reply.json()["models"]}
         except (ValueError, KeyError, TypeError) as error:
@@ -614,7 +526,7 @@ class DeviceClient:
         one = self._example()
         sized = sorted(((len(self._frame(route, one)[1]), route) for route in self.deployment.routes),
                        key=lambda item: item[0])
-        self._sizes.update({route.label: size for size, route in sized})
+        self.adapter.sizes.update({route.label: size for size, route in sized})
         small, smallest = sized[0]
         bigger = [route for size, route in sized if 2 * small <= size <= budget_bytes]
         four = tuple(np.concatenate([x] * 4) for x in one)
@@ -680,42 +592,6 @@ class DeviceClient:
 
 class _Unavailable(Exception):
     """The server answered, but is not ready (5xx on a status call)."""
-
-
-def _ssl_context(ca_file: str | Path | None) -> ssl.SSLContext:
-    if ca_file is None:
-        return ssl.create_default_context()
-    try:
-        return ssl.create_default_context(cafile=str(ca_file))
-    except FileNotFoundError as error:
-        raise ClientError(f"--ca-file {ca_file} does not exist; give the PEM file of the CA that signed the "
-                          "server's certificate") from error
-    except (ssl.SSLError, OSError) as error:
-        raise ClientError(f"--ca-file {ca_file} is not a PEM certificate file ({error}); give the CA's certificate "
-                          "in PEM") from error
-
-
-def _describe(error: httpx.TransportError) -> str:
-    kind = {httpx.ConnectError: "connection refused or no route", httpx.ConnectTimeout: "connect timed out",
-            httpx.ReadTimeout: "no answer within the timeout", httpx.WriteTimeout: "sending timed out",
-            httpx.PoolTimeout: "no free connection"}.get(type(error))
-    text = " ".join(str(error).split())
-    return f"{kind or type(error).__name__}" + (f" ({text})" if text and kind is None else "")
-
-
-def _hint(status: int) -> str:
-    return {401: " (the device client takes it from --token-file or $EDGESPLIT_TOKEN)",
-            404: " (is this the URL of an edgesplit server?)"}.get(status, "")
-
-
-def _error_message(reply: httpx.Response) -> str:
-    try:
-        body = reply.json()
-        if isinstance(body, dict) and isinstance(body.get("error"), str):
-            return body["error"]
-    except ValueError:
-        pass
-    return " ".join(reply.text.split())[:200] or reply.reason_phrase
 
 
 # ---- a run over many inputs: `python -m edgesplit.device`, the summary of `edgesplit infer` --------------------------

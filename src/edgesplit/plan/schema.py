@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Literal
 
@@ -240,3 +241,25 @@ def load_chain_plan(path: str | Path) -> ChainPlanReport:
     return read_versioned(path, ChainPlanReport, kind="edgesplit.chainplan", version=CHAIN_PLAN_VERSION,
                           what="chain plan", make="`edgesplit plan MODEL --topology 'A > LINK > B > LINK > C' --json "
                           "plan.json`", again="plan again")
+
+
+def plan_kind(path: str | Path) -> str | None:
+    """The ``kind`` of the JSON file at ``path`` ("edgesplit.plan", "edgesplit.chainplan", …); None when it cannot
+    be read (its reader then says what is wrong)."""
+    try:
+        with open(path, "rb") as file:
+            data = json.loads(file.read(64 << 20))
+    except (OSError, ValueError):
+        return None
+    kind = data.get("kind") if isinstance(data, dict) else None
+    return kind if isinstance(kind, str) else None
+
+
+def is_chain_plan(path: str | Path) -> bool:
+    """Whether ``path`` is a chain plan's JSON (its ``kind``)."""
+    return plan_kind(path) == "edgesplit.chainplan"
+
+
+def load_any_plan(path: str | Path) -> PlanReport | ChainPlanReport:
+    """A two-tier plan or a chain plan, whichever ``path`` holds."""
+    return load_chain_plan(path) if is_chain_plan(path) else load_plan(path)

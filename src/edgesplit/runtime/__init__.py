@@ -8,7 +8,7 @@ The modules, from the wire up:
   limits, Host/Origin checks); ``ray_serve``: the same API on Ray Serve.
 * ``auth``: bearer tokens, read one way for both ends (``token_from``).
 * ``client``: :class:`Client`, the device side (``transport``: its sockets; ``adapt``: its bandwidth estimate and
-  switching; ``errors``: what it raises).
+  choice of route per request, shared with the torch-free device client; ``errors``: what it raises).
 * ``infer`` and ``summary``: `edgesplit infer` (its inputs, the run, the summary file's schema and table).
 
 The names below are imported on first use (``edgesplit.runtime.Client``): importing the package imports neither
@@ -19,16 +19,16 @@ from __future__ import annotations
 
 import importlib
 
-__all__ = ["BandwidthEstimator", "Client", "ClientError", "ClientStats", "Deployment", "Engine", "InferSummary",
+__all__ = ["Adapter", "BandwidthEstimator", "Client", "ClientError", "ClientStats", "Deployment", "Engine", "InferSummary",
            "Inputs", "Result", "Route", "ServerLimits", "ServerMismatchError", "ServerRejectedError", "ServerThread",
            "ServerUnreachableError", "ServerUntrustedError", "Switch", "SwitchPolicy", "TokenError",
            "load_deployment", "load_infer_summary", "load_inputs", "run_inference", "serve", "summary_table",
            "token_from"]
 
 _HOMES = {
-    "adapt": ("BandwidthEstimator", "SwitchPolicy"),
+    "adapt": ("Adapter", "BandwidthEstimator", "ClientStats", "Switch", "SwitchPolicy"),
     "auth": ("TokenError", "token_from"),
-    "client": ("Client", "ClientStats", "Result", "Switch"),
+    "client": ("Client", "Result"),
     "deployment": ("Deployment", "Route", "load_deployment"),
     "engine": ("Engine", "ServerLimits"),
     "errors": ("ClientError", "ServerMismatchError", "ServerRejectedError", "ServerUnreachableError",

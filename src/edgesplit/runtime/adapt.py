@@ -11,19 +11,28 @@ Pure: requests' sizes and times go in, a bandwidth estimate and a plan's label c
   the current plan by the hysteresis margin (:class:`SwitchPolicy`; 20%: a plan valid below 4 Mbit/s is kept up to
   4.8), so a link that sits at a threshold does not flap. Below the lowest split range the client runs everything
   locally.
+* Choosing each request's route (:class:`Adapter`, shared by the torch client and the torch-free device client):
+  the table's plan; a check request of another frame size before a switch down that rests on one size; probes of
+  the next route up where nothing is timed; and, where the link is too fast for transfers to be timed (the
+  estimate is only a lower bound), the two routes' measured request times decide whether to move up.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections import deque
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # annotations only: the device client (edgesplit.device, no torch) runs this policy too
     from edgesplit.runtime.deployment import Deployment
 
-__all__ = ["DISTINCT", "BandwidthEstimator", "SwitchPolicy", "distinct_sizes", "theil_sen"]
+__all__ = ["DISTINCT", "Adapter", "BandwidthEstimator", "ClientStats", "Switch", "SwitchPolicy", "distinct_sizes",
+           "theil_sen"]
+
+log = logging.getLogger("edgesplit.client")
 
 DISTINCT = 1.25  # frames this many times larger count as another size
 
@@ -220,3 +229,191 @@ class SwitchPolicy:
             if row.low_mbps >= top and row.label != label and self.deployment.route_for_label(row.label) is not None:
                 return row.label
         return None
+
+
+# ---- a client's choice of route per request ------------------------------------------------------------------------
+
+@dataclass
+class Switch:
+    """A change of plan made because the bandwidth estimate crossed a threshold of the switch table (or, where the
+    link is too fast to time, because the route above answered faster)."""
+
+    request: int  # index of the first request that ran on the new plan
+    from_label: str
+    to_label: str
+    mbps: float
+
+
+@dataclass
+class ClientStats:
+    """What a client did (the torch client's and the device client's)."""
+
+    requests: int = 0
+    server_results: int = 0
+    device_results: int = 0
+    fallbacks: int = 0  # results computed locally because the server did not answer
+    outages: int = 0  # times the client gave up on the server and went to the device
+    recoveries: int = 0  # times it came back
+    retries: int = 0  # attempts after the first
+    probes: int = 0  # requests sent on another route than the plan's: probes of the next route up, checks
+    calibrations: int = 0  # requests sent on connect only to time two frame sizes
+    bytes_sent: int = 0
+    switches: list[Switch] = field(default_factory=list)
+
+
+class Adapter:
+    """Which plan of the switch table each request runs on, and what each answer says about the link.
+
+    A client asks :meth:`pick` for the next request's label and mode, and reports every answered request with
+    :meth:`answered` (and a timed-out attempt with :meth:`timed_out`). Around the estimator and the policy:
+
+    * A switch to a slower plan that rests on requests of one frame size waits for one *check* request of another
+      size (the target's route where its frames differ) and is made only if that request's time grows with its bytes
+      as the estimate says; a hiccup of a busy machine is not a slow link.
+    * Where nothing is timed (all on device, or transfers shorter than the estimator can time) one request goes on the
+      next route up every ``probe_every_s``, and, while a route runs on the server, also every
+      ``probe_every_requests`` requests, so a fast link is noticed within a short run too.
+    * Where the estimate is only a lower bound (the link is too fast for these frames to be timed), the table's
+      thresholds cannot be checked; the route above is then adopted when its probes' median request time (as the
+      client sees it: head, encoding, transfer, server) is ``faster_by`` below the current route's median.
+
+    ``stats`` (a :class:`ClientStats`) gets the probes and switches. ``route`` pins one label (no switching, no
+    probes; the estimate is still kept).
+    """
+
+    def __init__(self, policy: SwitchPolicy, stats: ClientStats, *, prior_mbps: float | None,
+                 min_transfer_s: float = 0.002, probe_every_s: float = 2.0, probe_every_requests: int = 16,
+                 faster_by: float = 0.1, route: str | None = None) -> None:
+        self.policy, self.stats = policy, stats
+        self.deployment = policy.deployment
+        self.estimator = BandwidthEstimator(prior_mbps, min_transfer_s=min_transfer_s)
+        self.probe_every_s, self.probe_every_requests, self.faster_by = probe_every_s, probe_every_requests, faster_by
+        self.pinned = route is not None
+        self.label = route if route is not None else policy.label_at(prior_mbps or 0.0)
+        self.sizes: dict[str, int] = {}  # request bytes of each route for one input (checks pick another size)
+        self._check: str | None = None  # the label of the next request: another frame size before a switch
+        self._checking = False  # this request is that check
+        self._suspect: tuple[str, float, float, float] | None = None  # target, Mbit/s, fixed cost, bits
+        self._probe_at = -math.inf
+        self._since_probe = 0
+        self._times: dict[str, deque[float]] = {}  # recent request times (s) of one input, per label
+
+    def pick(self, now: float) -> tuple[str, str]:
+        """(label, mode) of the next request: ("the plan's label", "route"), or another label with "probe"."""
+        if self.pinned:
+            return self.label, "route"
+        self._checking = False
+        if self._check is not None:  # a switch waits for this request of another size
+            check, self._check, self._checking = self._check, None, True
+            self.stats.probes += 1
+            return check, "probe"
+        on_server = self.deployment.route_for_label(self.label) is not None
+        self._since_probe += 1
+        if not (on_server and not self.estimator.censored):
+            due = now - self._probe_at >= self.probe_every_s or (
+                on_server and self._since_probe >= self.probe_every_requests)
+            up = self.policy.above(self.label) if due else None
+            if up is not None:
+                self._probe_at, self._since_probe = now, 0
+                self.stats.probes += 1
+                return up, "probe"
+        return self.label, "route"
+
+    def unmeasured(self, mode: str) -> None:
+        """A request whose time says nothing (the first after connecting): a probe is made again on the next one."""
+        if mode == "probe":
+            self._probe_at = -math.inf
+
+    def answered(self, label: str, frame_bytes: int, elapsed_s: float, server_s: float, index: int, *,
+                 request_s: float | None = None) -> None:
+        """Request ``index`` on ``label`` sent ``frame_bytes`` and was answered ``elapsed_s`` after sending, of which
+        the server spent ``server_s``; ``request_s`` is its whole time as the client saw it, for one input."""
+        if request_s is not None:
+            self._times.setdefault(label, deque(maxlen=9)).append(request_s)
+        seconds = max(elapsed_s - server_s, 0.0)
+        self.estimator.add(frame_bytes * 8, seconds)
+        if self._checking and self._suspect is not None:
+            self._checking = False
+            self._confirm(frame_bytes * 8, seconds, index)
+        else:
+            self._decide(index)
+
+    def timed_out(self, bits: int, seconds: float, index: int) -> None:
+        """An attempt that timed out: its bits took longer than ``seconds``, so lower routes may be needed."""
+        self.estimator.add_upper_bound(bits, seconds)
+        self._decide(index)
+
+    def _check_label(self, target: str) -> str | None:
+        """A route whose frames differ in size from the recent requests' (the target's if it does, else the
+        smallest that does) and cross in 0.1 s at the estimate; None if there is none."""
+        recent = [bits / 8 for bits in self.estimator.recent_bits]
+        if not recent:
+            return None
+        size = sorted(recent)[(len(recent) - 1) // 2]
+        mbps = self.estimator.mbps or self.deployment.plan.link.uplink_mbps
+        candidates = sorted((bytes_, label) for label, bytes_ in self.sizes.items()
+                            if distinct_sizes(bytes_, size) and bytes_ * 8 / (mbps * 1e6) <= 0.1)
+        labels = [label for _, label in candidates]
+        return target if target in labels else labels[0] if labels else None
+
+    def _decide(self, index: int) -> None:
+        if self.pinned:
+            return
+        estimator = self.estimator
+        target = self.policy.next(self.label, estimator.mbps)
+        if self._check is not None:
+            return
+        if target == self.label:
+            if estimator.censored:
+                self._maybe_move_up(index)
+            return
+        if self.policy.lower(target, self.label):
+            if estimator.censored:
+                return  # "at least this fast" never says that a slower plan is needed
+            if estimator.one_size:
+                # One frame size cannot tell a slower link from a slower request (a busy machine, a scheduling
+                # hiccup): the next request goes on a route of another size (the target's, where it has one), and
+                # the switch is made only if its transfer time bears the same bandwidth out.
+                check = self._check_label(target)
+                if check is None:  # no other size to ask: only transfers far too long for a hiccup count
+                    if estimator.typical_bits / (estimator.mbps * 1e6) < 10 * estimator.tolerance_s:
+                        return
+                    self._switch(index, target)
+                    return
+                self._check = check
+                self._suspect = (target, estimator.mbps, estimator.fixed_s or 0.0, estimator.typical_bits)
+                return
+        self._switch(index, target)
+
+    def _maybe_move_up(self, index: int) -> None:
+        """The link is too fast to time: move to the route above when its probes answered clearly faster."""
+        up = self.policy.above(self.label)
+        here, there = self._times.get(self.label), self._times.get(up) if up else None
+        if not here or not there or len(here) < 3 or len(there) < 3:
+            return
+        probes = sorted(list(there)[-3:])
+        if probes[1] < (1 - self.faster_by) * sorted(here)[(len(here) - 1) // 2]:
+            self._switch(index, up)
+
+    def _confirm(self, bits: int, seconds: float, index: int) -> None:
+        """The answer to a check request: switch if its transfer time bears the suspected bandwidth out, else
+        forget the requests that raised the suspicion."""
+        target, mbps, fixed, suspect_bits = self._suspect
+        self._suspect = None
+        ratio, tolerance = bits / suspect_bits, self.estimator.tolerance_s
+        transfer = seconds - fixed
+        if transfer > tolerance:  # timed: nearer "time grows with bytes" than "time is the same" (log midpoint)
+            agrees = abs(math.log(bits / transfer / 1e6 / mbps)) < abs(math.log(ratio)) / 2
+        else:  # too short to time: agrees only if the slow transfers were far too long to be a hiccup
+            agrees = ratio < 1 and suspect_bits / (mbps * 1e6) >= 10 * tolerance
+        if agrees:
+            self._switch(index, target)
+        else:
+            log.info("a %d-byte request did not bear out %.3g Mbit/s: no switch to %s", bits // 8, mbps, target)
+            self.estimator.forget()
+
+    def _switch(self, index: int, target: str) -> None:
+        if target != self.label:
+            self.stats.switches.append(Switch(index + 1, self.label, target, self.estimator.mbps))
+            log.info("switching from %s to %s at %.3g Mbit/s", self.label, target, self.estimator.mbps)
+            self.label = target

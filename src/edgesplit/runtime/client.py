@@ -26,7 +26,7 @@ import ssl
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -34,11 +34,12 @@ import torch
 from torch.utils import _pytree as pytree
 
 from edgesplit.codecs import CodecError, unpack
-from edgesplit.plan.schema import ChainPlanReport, PlanReport, load_plan
-from edgesplit.runtime.adapt import BandwidthEstimator, SwitchPolicy, distinct_sizes
+from edgesplit.plan.schema import ChainPlanReport, PlanReport, is_chain_plan, load_plan
+from edgesplit.runtime.adapt import Adapter, BandwidthEstimator, ClientStats, Switch, SwitchPolicy
 from edgesplit.runtime.deployment import Deployment, Route, load_deployment
 from edgesplit.runtime.errors import (ClientError, ServerMismatchError, ServerRejectedError, ServerUnreachableError,
-                                      ServerUntrustedError)
+                                      ServerUntrustedError, describe_transport_error, error_message, status_hint,
+                                      tls_context)
 from edgesplit.runtime.onnx_head import use_onnx_heads
 from edgesplit.runtime.transport import KeepAliveTransport, WebSocketStream
 from edgesplit.runtime.wire import MEDIA_TYPE, Request, Response, Status, WireError, check_model_id, new_request_id
@@ -73,31 +74,6 @@ class Result:
         return self.outputs[0]
 
 
-@dataclass
-class Switch:
-    """A change of plan made because the bandwidth estimate crossed a threshold of the switch table."""
-
-    request: int  # index of the first request that ran on the new plan
-    from_label: str
-    to_label: str
-    mbps: float
-
-
-@dataclass
-class ClientStats:
-    requests: int = 0
-    server_results: int = 0
-    device_results: int = 0
-    fallbacks: int = 0  # results computed locally because the server did not answer
-    outages: int = 0  # times the client gave up on the server and went to the device
-    recoveries: int = 0  # times it came back
-    retries: int = 0  # attempts after the first
-    probes: int = 0  # requests sent on the next route up to see whether the link got faster
-    calibrations: int = 0  # requests sent on connect only to time two frame sizes
-    bytes_sent: int = 0
-    switches: list[Switch] = field(default_factory=list)
-
-
 # ---- the client ---------------------------------------------------------------------------------------------------
 
 class Client:
@@ -115,18 +91,9 @@ class Client:
     certificate is checked against ``ca_file`` (PEM; default: the system's trusted roots); one that does not verify
     raises :class:`ServerUntrustedError` rather than falling back to the device.
 
-    A chain plan (`edgesplit plan --topology`; its report, path or ``ChainDeployment``) makes a
-    :class:`~edgesplit.runtime.relay.ChainClient`: stage 0 here, ``url`` the tier 1 server.
+    A chain plan (`edgesplit plan --topology`) has its own client, :class:`~edgesplit.runtime.relay.ChainClient`
+    (stage 0 here, ``url`` the tier 1 server), which takes the same options.
     """
-
-    def __new__(cls, plan: object = None, *args: object, **kwargs: object) -> Client:
-        if cls is Client:
-            from edgesplit.runtime.relay import ChainClient, ChainDeployment, is_chain_plan  # relay imports this module
-
-            if isinstance(plan, (ChainPlanReport, ChainDeployment)) or (
-                    isinstance(plan, (str, Path)) and is_chain_plan(plan)):
-                return super().__new__(ChainClient)
-        return super().__new__(cls)
 
     def __init__(self, plan: PlanReport | Deployment | str | Path, url: str, token: str | None = None, *,
                  weights: str | Path | None = None, timeout_s: float = 5.0, retries: int = 2,
@@ -150,7 +117,7 @@ class Client:
         self.timeout_s, self.retries, self.backoff_s = timeout_s, retries, backoff_s
         self.fallback, self.probe_every_s, self.top_k = fallback, probe_every_s, top_k
         # one verifying TLS context for the HTTP client and the WebSocket
-        self.ssl_context = _ssl_context(ca_file) if self.url.startswith("https://") else None
+        self.ssl_context = tls_context(ca_file) if self.url.startswith("https://") else None
         if ca_file is not None and self.ssl_context is None:
             raise ClientError(f"--ca-file is for https:// servers and {url} is plain http; use https:// (the server "
                               "runs with --tls-cert and --tls-key) or leave --ca-file out")
@@ -163,31 +130,41 @@ class Client:
         self._infer_url = httpx.URL(self.url + "/v1/infer")
         self._infer_head = KeepAliveTransport.post_head(self._infer_url, {**self._headers, "Content-Type": MEDIA_TYPE})
         self._timeouts = httpx.Timeout(timeout_s).as_dict()
-        self.policy = self._switch_policy(hysteresis)
         prior = initial_mbps if initial_mbps is not None else self.deployment.plan.link.uplink_mbps
-        self.estimator = BandwidthEstimator(prior, min_transfer_s=min_transfer_ms / 1e3)
-        self.label = self.policy.label_at(prior)
-        self.pinned = route is not None  # one route always: no switching, no probes
+        policy = self._switch_policy(hysteresis)
         if route is not None:
-            labels = [r.label for r in self.deployment.routes] + [self.policy.all_device_label]
+            labels = [r.label for r in self.deployment.routes] + [policy.all_device_label]
             if route not in labels:
                 raise ClientError(f"this plan has no route '{route}'; its routes are: "
                                   f"{', '.join(repr(label) for label in labels)}")
-            self.label = route
         self.stats = ClientStats()
+        self.adapter = Adapter(policy, self.stats, prior_mbps=prior, min_transfer_s=min_transfer_ms / 1e3,
+                               probe_every_s=probe_every_s, route=route)
         self._connected = False  # the server's models were checked
         self._warm = False  # the first request after connecting pays one-time costs: not a bandwidth sample
         self._down = False  # the server did not answer: running locally, asking /readyz now and then
         self._ready_probe_at = -math.inf
-        self._probe_at = -math.inf
-        self._sizes: dict[str, int] = {}  # request bytes of each route, for one input
-        self._check: str | None = None  # the route of the next request: another frame size before a switch
-        self._checking = False  # this request is that check
-        self._suspect: tuple[str, float, float, float] | None = None  # target, Mbit/s, fixed cost, bits
         self._lock = threading.Lock()
         self._closed = False
 
     # ---- public -------------------------------------------------------------------------------------------------
+
+    @property
+    def label(self) -> str:
+        """The switch table's plan that requests run on now."""
+        return self.adapter.label
+
+    @property
+    def policy(self) -> SwitchPolicy:
+        return self.adapter.policy
+
+    @property
+    def estimator(self) -> BandwidthEstimator:
+        return self.adapter.estimator
+
+    @property
+    def pinned(self) -> bool:
+        return self.adapter.pinned
 
     @property
     def mbps(self) -> float | None:
@@ -264,7 +241,8 @@ class Client:
         if self._down:
             self.stats.fallbacks += 1
             return self._local(inputs, started, "fallback")
-        route, mode = self._pick(now)
+        label, mode = self.adapter.pick(now)
+        route = self.deployment.route_for_label(label)
         if route is None:
             return self._local(inputs, started, "all-device")
         tensors = route.device_side(*inputs)
@@ -272,16 +250,17 @@ class Client:
         frame = Request(request_id, self.deployment.model_id, route.route_id, route.encode(tensors), route.width,
                         self.top_k).to_bytes()
         if inputs[0].shape[0] == 1:
-            self._sizes[route.label] = len(frame)
+            self.adapter.sizes[route.label] = len(frame)
         sent = self._send(frame, request_id, index)
         if sent is None:  # every attempt failed; fallback is on
             self.stats.fallbacks += 1
             return self._local(inputs, started, "fallback", request_id.hex())
         response, elapsed, attempts = sent
         if self._warm:
-            self._measure(len(frame), elapsed, response.server_ms / 1e3, index, mode == "probe")
+            self.adapter.answered(route.label, len(frame), elapsed, response.server_ms / 1e3, index,
+                                  request_s=time.perf_counter() - started if inputs[0].shape[0] == 1 else None)
         elif mode == "probe":
-            self._probe_at = -math.inf  # a warm-up measured nothing: probe again on the next request
+            self.adapter.unmeasured(mode)  # a warm-up measured nothing: probe again on the next request
         self._warm = True
         try:
             outputs = unpack(response.payload)
@@ -296,100 +275,6 @@ class Client:
         label = self.policy.all_device_label
         return Result(outputs, label, "device", mode, request_id or new_request_id().hex(), 0,
                       (time.perf_counter() - started) * 1e3, 0.0, 0, self.estimator.mbps)
-
-    def _pick(self, now: float) -> tuple[Route | None, str]:
-        """The route for this request and why: the table's plan, or a probe of the next route up."""
-        route = self.deployment.route_for_label(self.label)
-        if self.pinned:
-            return route, "route"
-        self._checking = False
-        if self._check is not None:  # a switch waits for this request of another size
-            check, self._check, self._checking = self._check, None, True
-            self.stats.probes += 1
-            return self.deployment.route_for_label(check), "probe"
-        measuring = route is not None and not self.estimator.censored
-        if not measuring and now - self._probe_at >= self.probe_every_s:
-            up = self.policy.above(self.label)
-            if up is not None:
-                self._probe_at = now
-                self.stats.probes += 1
-                return self.deployment.route_for_label(up), "probe"
-        return route, "route"
-
-    def _measure(self, frame_bytes: int, elapsed_s: float, server_s: float, index: int, probe: bool) -> None:
-        seconds = max(elapsed_s - server_s, 0.0)
-        self.estimator.add(frame_bytes * 8, seconds, probe)
-        if self._checking and self._suspect is not None:
-            self._checking = False
-            self._confirm(frame_bytes * 8, seconds, index)
-        else:
-            self._decide(index)
-
-    def _check_route(self, target: str) -> str | None:
-        """A route whose frames differ in size from the recent requests' (the target's if it does, else the
-        smallest that does) and cross in 0.1 s at the estimate; None if there is none."""
-        recent = [bits / 8 for bits in self.estimator.recent_bits]
-        if not recent:
-            return None
-        size = sorted(recent)[(len(recent) - 1) // 2]
-        mbps = self.estimator.mbps or self.deployment.plan.link.uplink_mbps
-        candidates = sorted((bytes_, label) for label, bytes_ in self._sizes.items()
-                            if distinct_sizes(bytes_, size) and bytes_ * 8 / (mbps * 1e6) <= 0.1)
-        labels = [label for _, label in candidates]
-        return target if target in labels else labels[0] if labels else None
-
-    def _slow(self, bits: int, seconds: float, index: int) -> None:
-        """An attempt that timed out: its bits took longer than ``seconds``, so lower routes may be needed."""
-        self.estimator.add_upper_bound(bits, seconds)
-        self._decide(index)
-
-    def _decide(self, index: int) -> None:
-        if self.pinned:
-            return
-        estimator = self.estimator
-        target = self.policy.next(self.label, estimator.mbps)
-        if target == self.label or self._check is not None:
-            return
-        if self.policy.lower(target, self.label):
-            if estimator.censored:
-                return  # "at least this fast" never says that a slower plan is needed
-            if estimator.one_size:
-                # One frame size cannot tell a slower link from a slower request (a busy machine, a scheduling
-                # hiccup): the next request goes on a route of another size (the target's, where it has one), and
-                # the switch is made only if its transfer time bears the same bandwidth out.
-                check = self._check_route(target)
-                if check is None:  # no other size to ask: only transfers far too long for a hiccup count
-                    if estimator.typical_bits / (estimator.mbps * 1e6) < 10 * estimator.tolerance_s:
-                        return
-                    self._switch(index, target)
-                    return
-                self._check = check
-                self._suspect = (target, estimator.mbps, estimator.fixed_s or 0.0, estimator.typical_bits)
-                return
-        self._switch(index, target)
-
-    def _confirm(self, bits: int, seconds: float, index: int) -> None:
-        """The answer to a check request: switch if its transfer time bears the suspected bandwidth out, else
-        forget the requests that raised the suspicion."""
-        target, mbps, fixed, suspect_bits = self._suspect
-        self._suspect = None
-        ratio, tolerance = bits / suspect_bits, self.estimator.tolerance_s
-        transfer = seconds - fixed
-        if transfer > tolerance:  # timed: nearer "time grows with bytes" than "time is the same" (log midpoint)
-            agrees = abs(math.log(bits / transfer / 1e6 / mbps)) < abs(math.log(ratio)) / 2
-        else:  # too short to time: agrees only if the slow transfers were far too long to be a hiccup
-            agrees = ratio < 1 and suspect_bits / (mbps * 1e6) >= 10 * tolerance
-        if agrees:
-            self._switch(index, target)
-        else:
-            log.info("a %d-byte request did not bear out %.3g Mbit/s: no switch to %s", bits // 8, mbps, target)
-            self.estimator.forget()
-
-    def _switch(self, index: int, target: str) -> None:
-        if target != self.label:
-            self.stats.switches.append(Switch(index + 1, self.label, target, self.estimator.mbps))
-            log.info("switching from %s to %s at %.3g Mbit/s", self.label, target, self.estimator.mbps)
-            self.label = target
 
     # ---- HTTP -----------------------------------------------------------------------------------------------
 
@@ -418,14 +303,14 @@ class Client:
                     continue
                 raise ServerRejectedError(f"the server at {self.url} refused request {request_id.hex()} "
                                           f"({response.status.name}): {response.message}"
-                                          f"{_hint(response.status.http)}")
+                                          f"{status_hint(response.status.http)}")
             try:
                 reply = self._post(frame)
             except httpx.TransportError as error:  # refused, reset, timed out: the request may or may not have run
                 self._untrusted(error)
-                last = _describe(error)
+                last = describe_transport_error(error)
                 if isinstance(error, (httpx.WriteTimeout, httpx.ReadTimeout)):  # the link is at most this fast
-                    self._slow(len(frame) * 8, time.perf_counter() - began, index)
+                    self.adapter.timed_out(len(frame) * 8, time.perf_counter() - began, index)
                 continue
             elapsed = time.perf_counter() - began
             if reply.status_code == 200:
@@ -438,12 +323,12 @@ class Client:
                     raise ClientError(f"the server answered request {request_id.hex()} with the answer to "
                                       f"{response.request_id.hex()}; is a proxy mixing up responses?")
                 return response, elapsed, attempt + 1
-            message = _error_message(reply)
+            message = error_message(reply)
             if reply.status_code >= 500 or reply.status_code in _RETRY_STATUS:
                 last = f"HTTP {reply.status_code}: {message}"
                 continue
             raise ServerRejectedError(f"the server at {self.url} refused request {request_id.hex()} "
-                                      f"(HTTP {reply.status_code}): {message}{_hint(reply.status_code)}")
+                                      f"(HTTP {reply.status_code}): {message}{status_hint(reply.status_code)}")
         return self._give_up(f"request {request_id.hex()} got no answer after {attempts} attempt(s) "
                              f"(last: {last})")
 
@@ -473,7 +358,7 @@ class Client:
         except InvalidStatus as error:
             code = error.response.status_code
             if code in (401, 403):
-                raise ServerRejectedError(f"the server at {self.url} refused the stream (HTTP {code}){_hint(401)}") \
+                raise ServerRejectedError(f"the server at {self.url} refused the stream (HTTP {code}){status_hint(401)}") \
                     from error
             raise ConnectionError(f"the stream's handshake got HTTP {code}") from error
         except WireError as error:
@@ -519,7 +404,7 @@ class Client:
             self._calibrate()
         except (httpx.TransportError, _Unavailable) as error:
             self._untrusted(error)
-            self._give_up(_describe(error) if isinstance(error, httpx.TransportError) else str(error))
+            self._give_up(describe_transport_error(error) if isinstance(error, httpx.TransportError) else str(error))
 
     def _check_models(self) -> None:
         """The server serves this deployment's model id, graph and routes; raises ServerMismatchError if not."""
@@ -528,7 +413,7 @@ class Client:
             raise _Unavailable(f"GET /v1/models answered HTTP {reply.status_code}")
         if reply.status_code != 200:
             raise ServerRejectedError(f"the server at {self.url} refused GET /v1/models (HTTP "
-                                      f"{reply.status_code}): {_error_message(reply)}{_hint(reply.status_code)}")
+                                      f"{reply.status_code}): {error_message(reply)}{status_hint(reply.status_code)}")
         try:
             served = {m["model_id"]: m for m in reply.json()["models"]}
         except (ValueError, KeyError, TypeError) as error:
@@ -582,7 +467,7 @@ class Client:
                     for x in self.deployment.traced.example_inputs)
         sized = sorted(((len(self._frame(route, one)[1]), route) for route in self.deployment.routes),
                        key=lambda item: item[0])
-        self._sizes.update({route.label: size for size, route in sized})
+        self.adapter.sizes.update({route.label: size for size, route in sized})
         small, smallest = sized[0]
         bigger = [route for size, route in sized if 2 * small <= size <= budget_bytes]
         four = tuple(torch.cat([x] * 4) for x in one)
@@ -691,47 +576,15 @@ def _deployment(plan: PlanReport | Deployment | str | Path, weights: str | Path 
     if isinstance(plan, Deployment):
         return plan
     if isinstance(plan, (str, Path)):
+        if is_chain_plan(plan):
+            raise ClientError(f"{plan} is a chain plan (`edgesplit plan --topology`); its device side is "
+                              "edgesplit.runtime.relay.ChainClient(plan, url, token), which `edgesplit infer` uses")
         plan_dir = plan_dir or Path(plan).parent
         plan = load_plan(plan)
+    if isinstance(plan, ChainPlanReport):
+        raise ClientError("a chain plan (`edgesplit plan --topology`) is run by edgesplit.runtime.relay.ChainClient, "
+                          "with the same options")
     if model_id is not None:
         check_model_id(model_id)
     return load_deployment(plan, weights=weights, model_id=model_id, plan_dir=Path(plan_dir) if plan_dir else None,
                            model=model)
-
-
-def _ssl_context(ca_file: str | Path | None) -> ssl.SSLContext:
-    """A verifying TLS client context: the CA file's certificates, else the system's trusted roots."""
-    if ca_file is None:
-        return ssl.create_default_context()
-    path = Path(ca_file)
-    try:
-        return ssl.create_default_context(cafile=str(path))
-    except FileNotFoundError as error:
-        raise ClientError(f"--ca-file {path} does not exist; give the PEM file of the CA that signed the "
-                          "server's certificate") from error
-    except (ssl.SSLError, OSError) as error:
-        raise ClientError(f"--ca-file {path} is not a PEM certificate file ({error}); give the CA's certificate "
-                          "in PEM") from error
-
-
-def _describe(error: httpx.TransportError) -> str:
-    kind = {httpx.ConnectError: "connection refused or no route", httpx.ConnectTimeout: "connect timed out",
-            httpx.ReadTimeout: "no answer within the timeout", httpx.WriteTimeout: "sending timed out",
-            httpx.PoolTimeout: "no free connection"}.get(type(error))
-    text = " ".join(str(error).split())
-    return f"{kind or type(error).__name__}" + (f" ({text})" if text and kind is None else "")
-
-
-def _hint(status: int) -> str:
-    return {401: " (the client takes it as token=..., `edgesplit infer` from --token-file or $EDGESPLIT_TOKEN)",
-            404: " (is this the URL of an edgesplit server?)"}.get(status, "")
-
-
-def _error_message(reply: httpx.Response) -> str:
-    try:
-        body = reply.json()
-        if isinstance(body, dict) and isinstance(body.get("error"), str):
-            return body["error"]
-    except ValueError:
-        pass
-    return " ".join(reply.text.split())[:200] or reply.reason_phrase

@@ -27,12 +27,11 @@ from edgesplit.codecs import DecodeLimits
 from edgesplit.device.bundle import (MANIFEST_NAME, Bundle, BundleError, BundleFile, InputSpec, Manifest,
                                      QuantizedHead, RouteEntry, SwitchRow, file_record, load_bundle)
 from edgesplit.errors import EdgesplitError
-from edgesplit.plan.schema import PlanReport, load_plan
+from edgesplit.plan.schema import PlanReport, is_chain_plan, load_plan
 from edgesplit.runtime.deployment import Deployment, Route, load_deployment
 from edgesplit.runtime.infer import load_inputs
 from edgesplit.runtime.onnx_head import (INPUT_PREFIX, OUTPUT_PREFIX, OnnxExportError, OnnxHead, export_head,
                                          verify_head)
-from edgesplit.runtime.relay import is_chain_plan
 from edgesplit.versioned import write_json
 
 __all__ = ["DEFAULT_CALIBRATION", "DEFAULT_HOLDOUT", "DEFAULT_MAX_ACCURACY_DROP", "Bundle", "BundleError",

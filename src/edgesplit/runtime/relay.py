@@ -16,7 +16,7 @@ the model's result, batched like any tail.
   a message that names the link that failed, passed back unchanged by the relays before it.
 * :class:`RelayEngine` is the engine of a middle tier; :func:`load_relay` checks `serve`'s --tier and --next and
   builds the engine and its startup summary for `server.serve`.
-* :class:`ChainClient` is the device side (``Client(chain_plan, url)`` makes one): stage 0 here, the rest through
+* :class:`ChainClient` is the device side (`edgesplit infer` makes one for a chain plan): stage 0 here, the rest through
   the first hop; when a hop fails, the whole model runs here and ``failure`` says which link failed.
 """
 
@@ -36,17 +36,17 @@ import torch
 from edgesplit.codecs import Codec, CodecError, DecodeLimits, pack, parse_codec, unpack, unpack_cost
 from edgesplit.errors import CutError, EdgesplitError
 from edgesplit.model.graph import Partition, Stage, TensorSpec, trace
-from edgesplit.plan.schema import ChainPlanReport, PlanReport, load_chain_plan, load_plan
+from edgesplit.plan.schema import ChainPlanReport, PlanReport, load_chain_plan, load_plan, plan_kind
 from edgesplit.runtime.auth import checked_token, read_token_file
-from edgesplit.runtime.client import Client, _describe, _error_message
+from edgesplit.runtime.client import Client
 from edgesplit.runtime.deployment import Deployment, DeploymentError, _rebuild
 from edgesplit.runtime.engine import Engine, Observer, ServerLimits
-from edgesplit.runtime.errors import ClientError, ServerMismatchError
+from edgesplit.runtime.errors import ClientError, ServerMismatchError, describe_transport_error, error_message
 from edgesplit.runtime.guard import is_loopback
 from edgesplit.runtime.wire import MEDIA_TYPE, Request, Response, Status, WireError, check_model_id, model_id_for
 
 __all__ = ["CHAIN_KIND", "ChainClient", "ChainDeployment", "ChainError", "ChainRoute", "NextHop", "Relay",
-           "RelayEngine", "chain_note", "chain_text", "is_chain_plan", "load_any_plan", "load_chain_deployment", "load_relay"]
+           "RelayEngine", "chain_note", "chain_text", "load_chain_deployment", "load_relay"]
 
 CHAIN_KIND = "edgesplit.chainplan"
 _UNBOUNDED = DecodeLimits(max_decoded_bytes=1 << 62)  # decode_cost reports a cost over any limit; decode refuses it
@@ -58,27 +58,6 @@ class ChainError(EdgesplitError):
 
 
 # ---- plans ------------------------------------------------------------------------------------------------------
-
-
-def _plan_kind(path: str | Path) -> str | None:
-    """The ``kind`` of the JSON file at ``path``; None when it cannot be read (its reader says what is wrong)."""
-    try:
-        with open(path, "rb") as file:
-            data = json.loads(file.read(64 << 20))
-    except (OSError, ValueError):
-        return None
-    kind = data.get("kind") if isinstance(data, dict) else None
-    return kind if isinstance(kind, str) else None
-
-
-def is_chain_plan(path: str | Path) -> bool:
-    """Whether ``path`` is a chain plan's JSON (its ``kind``)."""
-    return _plan_kind(path) == CHAIN_KIND
-
-
-def load_any_plan(path: str | Path) -> PlanReport | ChainPlanReport:
-    """A two-tier plan or a chain plan, whichever ``path`` holds."""
-    return load_chain_plan(path) if is_chain_plan(path) else load_plan(path)
 
 
 def _tier_name(plan: ChainPlanReport, tier: int) -> str:
@@ -319,11 +298,11 @@ class NextHop:
             raise self._failed(f"no answer within {self.timeout_s:g} s") from error
         except httpx.TransportError as error:
             self._checked = False  # it may come back as something else
-            raise self._failed(_describe(error)) from error
-        if reply.status_code == Status.BAD_GATEWAY.http and _FAILED_LINK.search(message := _error_message(reply)):
+            raise self._failed(describe_transport_error(error)) from error
+        if reply.status_code == Status.BAD_GATEWAY.http and _FAILED_LINK.search(message := error_message(reply)):
             raise WireError(message, Status.BAD_GATEWAY)  # a later link failed, and its relay says which
         if reply.status_code != 200:
-            raise self._failed(f"HTTP {reply.status_code}: {_error_message(reply)}")
+            raise self._failed(f"HTTP {reply.status_code}: {error_message(reply)}")
         try:
             response = Response.from_bytes(reply.content)
         except WireError as error:
@@ -342,9 +321,9 @@ class NextHop:
             except (asyncio.TimeoutError, httpx.TimeoutException) as error:
                 raise self._failed(f"GET /v1/models got no answer within {self.timeout_s:g} s") from error
             except httpx.TransportError as error:
-                raise self._failed(_describe(error)) from error
+                raise self._failed(describe_transport_error(error)) from error
             if reply.status_code != 200:
-                raise self._failed(f"GET /v1/models answered HTTP {reply.status_code}: {_error_message(reply)}"
+                raise self._failed(f"GET /v1/models answered HTTP {reply.status_code}: {error_message(reply)}"
                                    f"{' (check --next-token-file)' if reply.status_code == 401 else ''}")
             mine = self.deployment
             try:
@@ -489,7 +468,7 @@ def load_relay(plan_path: Path, tier: int | None, *, next_url: str | None = None
                next_timeout_s: float = 10.0, next_concurrency: int = 16, weights: Path | None = None,
                model_id: str | None = None, model: str | None = None) -> Relay:
     """`serve`'s chain options checked against the plan (one-line ChainErrors), then tier ``tier`` built."""
-    if _plan_kind(plan_path) == "edgesplit.plan":
+    if plan_kind(plan_path) == "edgesplit.plan":
         raise ChainError(f"{plan_path} is a two-tier plan; --tier and --next serve chain plans (`edgesplit plan MODEL "
                          "--topology 'A > LINK > B > LINK > C' --json plan.json`): serve it without them")
     plan = load_chain_plan(plan_path)
@@ -535,6 +514,7 @@ class _PinnedPolicy:
     all_device_label = "all on device"
 
     def __init__(self, deployment: ChainDeployment) -> None:
+        self.deployment = deployment
         self.label = deployment.routes[0].label if deployment.routes else self.all_device_label
 
     def label_at(self, mbps: float) -> str:
@@ -555,7 +535,7 @@ class _PinnedPolicy:
 
 class ChainClient(Client):
     """The device of a chain plan: stage 0 here, what crosses link 0 to the first hop (``url``: the tier 1 server),
-    the result back from the last tier through the relays. ``Client(chain_plan, url, ...)`` makes one; it takes
+    the result back from the last tier through the relays. `edgesplit infer` makes one for a chain plan; it takes
     ``Client``'s options (timeouts, retries, fallback, stream, TLS) and always runs the plan's chosen placement.
     When a request fails on every attempt, the whole model runs here (``fallback``) and ``failure`` says which
     link failed (``failed_link``: 0 for the first hop itself)."""

@@ -41,7 +41,7 @@ from starlette.websockets import WebSocketDisconnect
 
 from edgesplit.codecs import DecodeLimits
 from edgesplit.errors import EdgesplitError
-from edgesplit.plan.schema import load_plan
+from edgesplit.plan.schema import is_chain_plan, load_plan
 from edgesplit.runtime.auth import bearer_matches, token_from
 from edgesplit.runtime.deployment import Deployment, Route, load_deployment
 from edgesplit.runtime.engine import Engine, Observer, RequestRecord, ServerLimits, peek_request_id
@@ -714,7 +714,7 @@ def serve(plan_path: Path, *, host: str = "127.0.0.1", port: int = 8000, token_f
     serves one tier: ``tier`` K ≥ 1, with ``next_url`` (the tier K + 1 server) below the last (``relay.load_relay``)."""
     from rich.console import Console
 
-    from edgesplit.runtime.relay import is_chain_plan, load_relay  # a chain plan's tiers (imports the client)
+    from edgesplit.runtime.relay import load_relay  # a chain plan's tiers (imports the client)
 
     console = console or Console()
     if log_level.lower() not in LOG_LEVELS:
