@@ -17,10 +17,12 @@ from edgesplit.model.zoo import resnet8
 from edgesplit.plan.chain import ChainModel, Placement, plan_chain, plan_chain_workload
 from edgesplit.plan.costs import parse_objective
 from edgesplit.plan.hardware import HardwareError, PRESETS, parse_link
+from edgesplit.plan.leakage import CutLeakage, LeakageTable
 from edgesplit.plan.machines import preset_machine
 from edgesplit.plan.schema import Constraints, load_chain_plan
 from edgesplit.plan.synthetic import synthetic_workload
 from edgesplit.plan.topology import load_topology, parse_topology
+from edgesplit.plan.workload import workload_of
 from tests.test_cli import assert_user_error, edgesplit_both_ways, edgesplit_in_process
 
 CHAIN = "rpi4 > wifi > jetson-nano > ethernet:rtt=2 > edge-gpu"
@@ -119,6 +121,40 @@ def test_keep_input_and_max_bytes_hold_on_every_link(traced) -> None:  # noqa: A
     assert chosen.last_tier == 0 or "x" not in [t.name for t in chosen.hops[0].crossing]
     assert all(hop.payload_bytes <= 20_000 for hop in chosen.hops)
     assert not report.entry("all on tier 2 (edge-gpu)").feasible
+
+
+def test_a_leakage_bound_holds_on_the_first_link(traced, tmp_path) -> None:  # noqa: ANN001
+    """An audit's table (here: cuts before the middle leak SSIM 0.9, later ones 0.3) with --max-ssim 0.5: what
+    crosses the first link is a measured cut within the bound; sending the input (all on a later tier), the free
+    plan's choice on this chain, is refused and says why. The same through `edgesplit plan --leakage`."""
+    workload = workload_of(traced, "resnet8")
+    positions = sorted(cut.position for cut in workload.prefix_cuts)
+    middle = positions[len(positions) // 2]
+    table = LeakageTable(model="resnet8", fingerprint=traced.fingerprint, cuts=[
+        CutLeakage(position=p, after=workload.cut_at[p].after or "input", ssim=0.9 if p < middle else 0.3)
+        for p in positions])
+    topology = "host/20 > ethernet > host/4 > ethernet:rtt=1 > host"
+
+    def first_link(entry):  # noqa: ANN001, ANN202 - the prefix position that crosses link 0
+        return workload.position_of_prefix(frozenset(n for n, t in entry.assignment.items() if t == 0))
+
+    free = plan_chain(traced, topology, progress=False, host_runs=2)
+    assert free.chosen.last_tier > 0 and first_link(free.chosen) < middle  # unbounded, it sends an early cut
+    bounded = plan_chain(traced, topology, progress=False, host_runs=2, leakage=table,
+                         constraints=Constraints(max_ssim=0.5))
+    chosen = bounded.chosen
+    assert chosen.last_tier == 0 or first_link(chosen) >= middle, chosen.label
+    refused = bounded.entry("all on tier 2 (host)")
+    assert not refused.feasible and refused.violations == ["first link: SSIM 0.900 above 0.5"]
+    assert all(row.label in {e.label for e in [chosen, *bounded.baselines] if e.feasible}
+               for row in bounded.switch_table)
+    (tmp_path / "leakage.json").write_text(table.model_dump_json())
+    result = edgesplit_in_process("plan", "resnet8", "--topology", topology, "--leakage", str(tmp_path / "leakage.json"),
+                                  "--max-ssim", "0.5", "--runs", "2", "--json", str(tmp_path / "plan.json"))
+    assert result.returncode == 0, result.stderr
+    written = load_chain_plan(tmp_path / "plan.json")
+    assert written.constraints.max_ssim == 0.5
+    assert written.chosen.last_tier == 0 or first_link(written.chosen) >= middle
 
 
 @pytest.mark.parametrize("text, fragment", [

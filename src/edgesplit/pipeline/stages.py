@@ -154,11 +154,11 @@ def check_plan(settings: PlanSettings) -> None:
     """Parse every spec of ``settings`` (machines, link, codecs, objective, sizes): a one-line EdgesplitError."""
     if settings.topology is not None:
         parse_topology(settings.topology, settings.hop_ms)
-        unsupported = [name for name, given in (("--leakage", settings.leakage), ("--compress", settings.compress),
+        unsupported = [name for name, given in (("--compress", settings.compress),
                                                 ("several --codec", len(settings.codecs) > 1)) if given]
         if unsupported:
             raise EdgesplitError(f"{unsupported[0]} is not supported with --topology yet; plan the chain with one "
-                                 "codec and no leakage or compress files")
+                                 "codec and no compress files")
     parse_machine(settings.device), parse_machine(settings.server), parse_link(settings.link)
     parse_codecs(settings.codecs), parse_objective(settings.objective)
     for size in (settings.device_memory, settings.max_bytes):
@@ -175,16 +175,18 @@ def plan(settings: PlanSettings, loaded: LoadedModel, traced: TracedModel, *, pr
     """Cost every cut and codec on the device, link and server; the ranked plans, the chosen one, the switch
     table (the file `edgesplit plan --json` writes). With a topology, the placement on that chain of machines."""
     check_plan(settings)
+    table = load_leakage(settings.leakage, traced.fingerprint) if settings.leakage else None
     if settings.topology is not None:
         return plan_chain(traced, parse_topology(settings.topology, settings.hop_ms), codec=settings.codecs[0],
                           objective=settings.objective, name=loaded.ref.name,
                           model_ref={**loaded.ref.to_json(), "weights": loaded.weights}, host_runs=settings.runs,
-                          progress=progress, constraints=Constraints(
+                          progress=progress, leakage=table, constraints=Constraints(
                               device_memory_bytes=parse_size(settings.device_memory) if settings.device_memory else None,
                               max_uplink_bytes=parse_size(settings.max_bytes) if settings.max_bytes else None,
-                              keep_input_on_device=settings.keep_input))
+                              keep_input_on_device=settings.keep_input, max_ssim=settings.max_ssim,
+                              max_probe_accuracy=settings.max_probe_acc, max_dfil=settings.max_dfil,
+                              leakage_file=str(settings.leakage) if settings.leakage else None))
     reports = [load_compress(path) for path in settings.compress]
-    table = load_leakage(settings.leakage, traced.fingerprint) if settings.leakage else None
     constraints = Constraints(
         device_memory_bytes=parse_size(settings.device_memory) if settings.device_memory else None,
         max_uplink_bytes=parse_size(settings.max_bytes) if settings.max_bytes else None,

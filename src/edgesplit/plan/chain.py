@@ -27,6 +27,7 @@ from edgesplit.errors import EdgesplitError
 from edgesplit.model.graph import TracedModel
 from edgesplit.plan.costs import CostModel, Objective, parse_objective
 from edgesplit.plan.hardware import Link, parse_link
+from edgesplit.plan.leakage import LeakageTable, bounded, leakage_violations
 from edgesplit.plan.machines import HostProfiler, Machine, resolve_machine
 from edgesplit.plan.schema import (ChainEntry, ChainPlanReport, ChainSwitchRange, Constraints, HopCost, LinkSummary,
                                    MachineSummary, SentTensor, TierStage)
@@ -253,7 +254,8 @@ class ChainModel:
         return (float(latency[0]), float(throughput[0]), bottleneck,
                 None if energy is None else float(np.atleast_1d(energy)[0]), float(np.atleast_1d(value)[0]))
 
-    def violations(self, parts: Breakdown, constraints: Constraints) -> list[str]:
+    def violations(self, parts: Breakdown, constraints: Constraints, leakage: LeakageTable | None = None,
+                   ) -> list[str]:
         found = []
         for t, (memory, weights) in enumerate(zip(parts.memory_bytes, parts.weight_bytes)):
             limit, machine = self.memory_limits[t], self.machines[t]
@@ -274,6 +276,11 @@ class ChainModel:
             for l, nbytes in enumerate(parts.payload_bytes):
                 if nbytes > constraints.max_uplink_bytes:
                     found.append(f"link {l} carries {int(nbytes):,} B, more than {constraints.max_uplink_bytes:,} B")
+        if leakage is not None and bounded(constraints) and parts.placement.last_tier > 0:
+            # what crosses the first link leaves the device: the audit's figures at that cut bound it
+            device = frozenset(n for n, t in parts.placement.tier_of.items() if t == 0)
+            found += [f"first link: {v}" for v in leakage_violations(self.workload.position_of_prefix(device),
+                                                                      constraints, leakage)]
         return found
 
     # --- the contiguous DP -----------------------------------------------------------------------------------
@@ -288,8 +295,10 @@ class ChainModel:
         np.add.at(delta, self.last_reader[finite] + 1, -values[finite])
         return np.cumsum(delta)[:end + 1]
 
-    def contiguous(self, last_tier: int, objective: Objective, constraints: Constraints) -> Placement | None:
-        """The best placement contiguous in topological order on tiers 0..``last_tier`` (limits respected)."""
+    def contiguous(self, last_tier: int, objective: Objective, constraints: Constraints,
+                   leakage: LeakageTable | None = None) -> Placement | None:
+        """The best placement contiguous in topological order on tiers 0..``last_tier`` (limits respected, and
+        the leakage bounds on what crosses the first link)."""
         workload = self.workload
         end = len(workload.nodes)
         positions = np.array(sorted({cut.position for cut in workload.prefix_cuts} | {end}))
@@ -314,6 +323,9 @@ class ChainModel:
                 inputs = np.zeros(len(self.values))
                 inputs[:self.first_node] = 1.0
                 cost = np.where(self._per_position(inputs)[positions] > 0, math.inf, cost)
+            if l == 0 and leakage is not None and bounded(constraints):
+                leaks = np.array([bool(leakage_violations(int(p), constraints, leakage)) for p in positions])
+                cost = np.where(leaks, math.inf, cost)
             cost = np.where(positions == end, math.inf, cost)  # nothing is left to run after the last node
             link_arrays.append(cost)
             encode_at.append(enc)
@@ -412,7 +424,7 @@ def _mib(nbytes: float) -> str:
 
 def plan_chain_workload(model: ChainModel, objective: Objective, constraints: Constraints, *, model_name: str,
                         model_ref: dict | None, topology: Topology, codec_name: str, input_shape: list[int],
-                        ) -> ChainPlanReport:
+                        leakage: LeakageTable | None = None) -> ChainPlanReport:
     """Every placement worth comparing, costed the same way, and the best feasible one (see the module docstring)."""
     from scipy.sparse import csgraph  # noqa: F401 - the min-cut's solver, imported before the clock starts
 
@@ -453,7 +465,7 @@ def plan_chain_workload(model: ChainModel, objective: Objective, constraints: Co
             if found is not None:
                 placements.append(found)
     for last in range(1, k):
-        found = model.contiguous(last, objective, constraints)
+        found = model.contiguous(last, objective, constraints, leakage)
         if found is not None:
             placements.append(found)
     entries = []
@@ -461,7 +473,7 @@ def plan_chain_workload(model: ChainModel, objective: Objective, constraints: Co
         if placement.tier_of:  # the farthest tier that runs a node computes the output: no hop carries it further
             placement.last_tier = max(placement.tier_of.values())
         parts = model.breakdown(placement)
-        entries.append((parts, _entry(model, parts, objective, constraints)))
+        entries.append((parts, _entry(model, parts, objective, constraints, leakage)))
     feasible = [pair for pair in entries if pair[1].feasible]
     if not feasible:
         nearest = min(entries, key=lambda pair: len(pair[1].violations))[1]
@@ -492,7 +504,8 @@ def _unique(entries: list[ChainEntry]) -> list[ChainEntry]:
     return list(seen.values())
 
 
-def _entry(model: ChainModel, parts: Breakdown, objective: Objective, constraints: Constraints) -> ChainEntry:
+def _entry(model: ChainModel, parts: Breakdown, objective: Objective, constraints: Constraints,
+           leakage: LeakageTable | None = None) -> ChainEntry:
     latency, throughput, bottleneck, energy, value = model.costs(parts, objective)
     placement = parts.placement
     last = placement.last_tier
@@ -513,7 +526,7 @@ def _entry(model: ChainModel, parts: Breakdown, objective: Objective, constraint
         hops.append(HopCost(link=link.name, crossing=sent, payload_bytes=int(parts.payload_bytes[l]),
                             transfer_ms=link.uplink_ms(parts.payload_bytes[l]), rtt_ms=link.rtt_ms,
                             overhead_ms=model.hop_ms, result_ms=link.downlink_ms(parts.result_bytes)))
-    found = model.violations(parts, constraints)
+    found = model.violations(parts, constraints, leakage)
     return ChainEntry(label=placement.label, method=placement.method, last_tier=last,
                       assignment=dict(placement.tier_of), stages=stages, hops=hops, latency_ms=latency,
                       throughput_fps=throughput, bottleneck=bottleneck, energy_mj=energy, objective=value,
@@ -545,8 +558,9 @@ def _machine_summary(spec: str, machine: Machine) -> MachineSummary:
 
 def plan_chain(traced: TracedModel, topology: Topology | str, *, codec: str = "fp32", objective: str = "latency",
                constraints: Constraints | None = None, name: str = "model", model_ref: dict | None = None,
-               host_runs: int = 10, progress: bool = True) -> ChainPlanReport:
-    """Plan ``traced`` on a chain of machines (see :mod:`edgesplit.plan.topology` for the grammar)."""
+               host_runs: int = 10, progress: bool = True, leakage: LeakageTable | None = None) -> ChainPlanReport:
+    """Plan ``traced`` on a chain of machines (see :mod:`edgesplit.plan.topology` for the grammar); ``leakage``
+    (an audit's table) bounds what crosses the first link, as ``constraints`` say."""
     topology = parse_topology(topology) if isinstance(topology, str) else topology
     workload = workload_of(traced, name)
     host = HostProfiler(traced, name, host_runs, progress)
@@ -563,5 +577,5 @@ def plan_chain(traced: TracedModel, topology: Topology | str, *, codec: str = "f
                        memory_limits=limits)
     return plan_chain_workload(model, parse_objective(objective), constraints, model_name=name,
                                model_ref=model_ref, topology=topology, codec_name=codecs[0].spec,
-                               input_shape=list(traced.example_inputs[0].shape))
+                               input_shape=list(traced.example_inputs[0].shape), leakage=leakage)
 

@@ -18,9 +18,11 @@ from typing import Literal
 from pydantic import BaseModel
 
 from edgesplit.errors import EdgesplitError
+from edgesplit.plan.schema import Constraints
 from edgesplit.versioned import read_versioned
 
-__all__ = ["LEAKAGE_KIND", "LEAKAGE_VERSION", "CutLeakage", "LeakageTable", "load_leakage"]
+__all__ = ["LEAKAGE_KIND", "LEAKAGE_VERSION", "CutLeakage", "LeakageTable", "bounded", "leakage_violations",
+           "load_leakage"]
 
 LEAKAGE_KIND, LEAKAGE_VERSION = "edgesplit.leakage", 1
 
@@ -69,3 +71,34 @@ def _embedded_table(data: object) -> object:
         return data["leakage"]
     return data
 
+
+
+def bounded(constraints: Constraints) -> bool:
+    """Whether ``constraints`` bound leakage at all (SSIM, probe accuracy or dFIL)."""
+    return (constraints.max_ssim is not None or constraints.max_probe_accuracy is not None
+            or constraints.max_dfil is not None)
+
+
+def leakage_violations(position: int | None, constraints: Constraints, table: LeakageTable) -> list[str]:
+    """What keeps sending the prefix cut at ``position`` (None: a head that is not a prefix) within the leakage
+    bounds of ``constraints``: a bound exceeded, or a value the table lacks (unmeasured is never allowed)."""
+    if position is None:
+        return ["leakage not measured for this head (the audit covers prefix cuts)"]
+    entry = table.at(position)
+    if entry is None:
+        return [f"leakage not measured at position {position}; audit this cut"]
+    found = []
+    for name, limit, value in (("SSIM", constraints.max_ssim, entry.ssim),
+                               ("probe accuracy", constraints.max_probe_accuracy, entry.probe_accuracy)):
+        if limit is None:
+            continue
+        if value is None:
+            found.append(f"{name} not measured at this cut")
+        elif value > limit:
+            found.append(f"{name} {value:.3f} above {limit:g}")
+    if constraints.max_dfil is not None:
+        if entry.dfil is None:
+            found.append("dFIL not measured at this cut")
+        elif entry.dfil > constraints.max_dfil:
+            found.append(f"dFIL {entry.dfil:.4g} above {constraints.max_dfil:g}")
+    return found

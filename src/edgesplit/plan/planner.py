@@ -22,7 +22,7 @@ from edgesplit.compress.payload import InputFormat, PlanCodec, ReportedCodec
 from edgesplit.errors import EdgesplitError
 from edgesplit.plan.costs import Candidate, CostModel, LinkSweep, Objective, TransferCosts
 from edgesplit.plan.hardware import Link
-from edgesplit.plan.leakage import LeakageTable
+from edgesplit.plan.leakage import LeakageTable, bounded, leakage_violations
 from edgesplit.plan.mincut import FlowGraph
 from edgesplit.plan.schema import Constraints, Costs, LinkSummary, MachineSummary, PlanEntry, PlanReport, SwitchRange
 
@@ -146,8 +146,7 @@ def violations(model: CostModel, candidate: Candidate, costs: Costs, constraints
     drop = getattr(candidate.codec, "accuracy_drop", None)
     if constraints.max_accuracy_drop is not None and drop is not None and drop > constraints.max_accuracy_drop:
         found.append(f"accuracy drop {drop * 100:.2f} pt above {constraints.max_accuracy_drop * 100:g} pt")
-    if leakage is not None and (constraints.max_ssim is not None or constraints.max_probe_accuracy is not None
-                                or constraints.max_dfil is not None):
+    if leakage is not None and bounded(constraints):
         found += _leakage_violations(candidate, constraints, leakage)
     return found
 
@@ -155,26 +154,7 @@ def violations(model: CostModel, candidate: Candidate, costs: Costs, constraints
 def _leakage_violations(candidate: Candidate, constraints: Constraints, leakage: LeakageTable) -> list[str]:
     if candidate.kind == "all-device":
         return []  # nothing leaves the device
-    if candidate.position is None:
-        return ["leakage not measured for this head (the audit covers prefix cuts)"]
-    entry = leakage.at(candidate.position)
-    if entry is None:
-        return [f"leakage not measured at position {candidate.position}; audit this cut"]
-    found = []
-    for name, limit, value in (("SSIM", constraints.max_ssim, entry.ssim),
-                               ("probe accuracy", constraints.max_probe_accuracy, entry.probe_accuracy)):
-        if limit is None:
-            continue
-        if value is None:
-            found.append(f"{name} not measured at this cut")
-        elif value > limit:
-            found.append(f"{name} {value:.3f} above {limit:g}")
-    if constraints.max_dfil is not None:
-        if entry.dfil is None:
-            found.append("dFIL not measured at this cut")
-        elif entry.dfil > constraints.max_dfil:
-            found.append(f"dFIL {entry.dfil:.4g} above {constraints.max_dfil:g}")
-    return found
+    return leakage_violations(candidate.position, constraints, leakage)
 
 
 def _mb(nbytes: float) -> str:
