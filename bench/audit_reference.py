@@ -24,8 +24,10 @@ Reports are cached in --work under a key of their settings and the audit's sourc
 reuses them (with a warning when the source changed since; --strict-cache refuses those, --rerun forces new
 ones); so are the trained classifiers.
 
-    python bench/audit_reference.py [--quick] [--skip-full] [--threads 1] [--data-dir ../shared/data]
+    python bench/audit_reference.py [--quick] [--skip-full] [--threads 2] [--parts 1,2,3] [--data-dir ../shared/data]
         [--work DIR] [--defense-cuts conv2_2,pool1] [--photo-epochs 60] [--rerun]
+
+The JSON is written after each part; --parts 1 runs part 1 (with 4 and 1b) alone and keeps the other parts' PNGs.
 """
 
 from __future__ import annotations
@@ -73,6 +75,19 @@ HE = {
     "conv1": {"attack": "white-box", "psnr": 39.69, "ssim": 0.9969, "crossing": "8×24×24"},
     "ReLU2": {"attack": "black-box", "psnr": 20.81, "ssim": 0.8046, "crossing": "16×8×8"},
 }
+
+
+# ---- the audit before issue 21 item 1 -------------------------------------------------------------------------
+# `edgesplit audit small_cnn --cut all` with the CLI defaults on the same weights (small_cnn, 2 MNIST epochs,
+# 98.78% test accuracy), 1 torch thread, before decoders were warm-started and held out and before the white-box
+# attack started from the decoder prior: 28.5 min (learned 748 s, white-box 755 s), from that run's console output
+# (no JSON was written; the JSON now records it as full_audit.per_cut[].previous). Cut → (white-box PSNR,
+# SSIM, learned PSNR, SSIM).
+PREVIOUS = {"minutes": 28.5, "learned_s": 748, "white_box_s": 755, "threads": 1, "cuts": {
+    "conv1_0": (70.92, 1.0000, 35.35, 0.9856), "conv1_2": (71.50, 1.0000, 34.66, 0.9883),
+    "conv2_2": (69.66, 1.0000, 32.56, 0.9792), "pool1": (67.62, 0.9996, 28.39, 0.9645),
+    "conv3_2": (7.53, 0.4973, 26.08, 0.9527), "pool2": (6.98, 0.3580, 23.78, 0.9233),
+    "pool3": (4.56, 0.0431, 15.52, 0.5766), "fc2": (2.70, 0.0142, 14.39, 0.4672)}}
 
 
 @dataclass(frozen=True)
@@ -287,7 +302,10 @@ def print_step_budget(budget: dict, report: AuditReport) -> None:
 # ---- tables ----------------------------------------------------------------------------------------------------
 
 def score_text(score) -> str:  # noqa: ANN001 - AttackScore | None
-    return "—" if score is None else f"{score.psnr.mean:.2f} dB / {score.ssim.mean:.4f}"
+    if score is None:
+        return "—"
+    median = f" (median {score.psnr.median:.2f})" if score.psnr.median is not None else ""
+    return f"{score.psnr.mean:.2f} dB{median} / {score.ssim.mean:.4f}"
 
 
 def attack(row: AuditRow, name: str):  # noqa: ANN201
@@ -410,16 +428,27 @@ def print_timing(report: AuditReport, wall: float, command: list[str]) -> dict:
     table = Table(title=f"`edgesplit audit small_cnn --cut all` (CLI defaults; {report.victims} victims, "
                         f"{report.aux_images} aux images): {wall / 60:.1f} min wall, {args_threads(command)} torch "
                         f"thread(s), {os.cpu_count()} cores (shared)")
-    for header in ("cut", "crossing", "learned inversion s", "white-box s", "learned PSNR / SSIM", "white-box PSNR / SSIM"):
+    for header in ("cut", "crossing", "learned inversion s", "white-box s", "learned PSNR / SSIM",
+                   "white-box PSNR / SSIM", f"before ({PREVIOUS['minutes']} min): white-box / learned",
+                   "best SSIM now / before"):
         table.add_column(header, justify="left" if header in ("cut", "crossing") else "right")
     per_cut = []
     for row in report.rows:
         learned, white = attack(row, "inversion"), attack(row, "optimize")
+        before = PREVIOUS["cuts"].get(row.after)
+        best = row.best_attack()
         per_cut.append({"cut": row.position, "after": row.after, "learned_s": learned.seconds if learned else None,
-                        "white_box_s": white.seconds if white else None})
+                        "white_box_s": white.seconds if white else None,
+                        "best_ssim": best.ssim.mean if best else None,
+                        "previous": None if before is None else {
+                            "white_box_psnr": before[0], "white_box_ssim": before[1], "learned_psnr": before[2],
+                            "learned_ssim": before[3], "best_ssim": max(before[1], before[3])}})
         table.add_row(f"{row.position} {row.after}", crossing_text(row.crossing),
                       f"{learned.seconds:.1f}" if learned else "—", f"{white.seconds:.1f}" if white else "—",
-                      score_text(learned), score_text(white))
+                      score_text(learned), score_text(white),
+                      "—" if before is None else f"{before[0]:.2f}/{before[1]:.4f} · {before[2]:.2f}/{before[3]:.4f}",
+                      ("—" if best is None else f"{best.ssim.mean:.4f}")
+                      + ("" if before is None else f" / {max(before[1], before[3]):.4f}"))
     attacks_s = sum(a.seconds for r in report.rows for a in r.attacks)
     table.add_row("all", "", f"{sum(p['learned_s'] or 0 for p in per_cut):.0f}",
                   f"{sum(p['white_box_s'] or 0 for p in per_cut):.0f}", "", "")
@@ -486,7 +515,9 @@ def main() -> None:
                         help="holds mnist/, kodak/ and set5/ (default ../shared/data from the repository root)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/edgesplit-bench-cache/audit_reference"),
                         help="trained weights (.safetensors) and audit reports, reused by reruns")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (also passed to the CLI run)")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (also passed to the CLI run)")
+    parser.add_argument("--parts", default="1,2,3", help="which parts to run: 1 (He et al. and the full audit's "
+                        "time, with 1b), 2 (MNIST defenses), 3 (photographs); the JSON is written after each")
     parser.add_argument("--quick", action="store_true", help="a few-minute smoke run: tiny training and attacks")
     parser.add_argument("--skip-full", action="store_true",
                         help="skip the full `audit --cut all` timing; part 1 then audits only the comparable cuts")
@@ -521,7 +552,7 @@ def main() -> None:
                                   "their_model": "LeNet: conv1 5×5 8ch → ReLU1 → pool1 → conv2 5×5 16ch → ReLU2 → "
                                                  "pool2 → fc120 → fc84 → fc10 (zechenghe/Inverse_Collaborative_"
                                                  "Inference, net.py)"}}
-    if args.figures.exists():
+    if args.figures.exists() and set(args.parts.split(",")) >= {"1", "2", "3"}:  # a part run alone keeps the rest's
         for old in args.figures.glob("*.png"):
             old.unlink()
 
@@ -533,148 +564,160 @@ def main() -> None:
     result["mnist_model"] = mnist_info
     figures: list[str] = []
 
-    # ---- part 4 + 1: full CLI audit (or the comparable cuts only)
-    comparable_cuts = [c.cut for c in COMPARABLE]
-    if not args.skip_full:
-        full, folder, wall, cached, command = full_cli_audit(weights, mnist_spec, args)
-        console.print(audit_table(full))
-        timing = print_timing(full, wall, command)
-        result["full_audit"] = {"command": " ".join(["edgesplit"] + command[3:]), "cached": cached, **timing,
-                                "threads": args.threads, "cores": os.cpu_count(), "report": full.model_dump()}
-        he_report, he_folder = full, folder
-    else:
-        settings = audit_settings(args)
-        cuts = resolve_cuts(traced, ",".join(comparable_cuts))
+    def write() -> None:
+        """The JSON with every part run so far (written after each, so a part cut short loses only itself)."""
+        git = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "src"], cwd=REPO, capture_output=True,
+                               text=True).stdout.split("\n")
+        result.update({"machine": machine_info().model_dump(), "loadavg_start": loadavg_start,
+                       "loadavg_end": os.getloadavg(), "git_head": git, "src_uncommitted": [d for d in dirty if d],
+                       "code_digest": code_digest(), "reports_from_earlier_source": STALE,
+                       "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+                       "audit_settings": settings_dict(audit_settings(args)), "figures": figures,
+                       "seconds": time.perf_counter() - started})
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2, default=str))
+        console.print(f"{(time.perf_counter() - started) / 60:.1f} min; written to {args.json} and {len(figures)} PNGs "
+                      f"in {args.figures}")
 
-        def run_he(folder: Path) -> AuditReport:
-            log(f"He et al. cuts: {len(cuts)} cuts, every attack")
-            return run_audit(traced, loaded.module, mnist, mnist, cuts=cuts, defenses=parse_defenses([]),
-                             settings=settings, name="small_cnn", model_ref=model_ref, data_spec=mnist_spec,
+    parts = set(args.parts.split(","))
+    he_report = None
+    if "1" in parts:
+        # ---- part 4 + 1: full CLI audit (or the comparable cuts only)
+        comparable_cuts = [c.cut for c in COMPARABLE]
+        if not args.skip_full:
+            full, folder, wall, cached, command = full_cli_audit(weights, mnist_spec, args)
+            console.print(audit_table(full))
+            timing = print_timing(full, wall, command)
+            result["full_audit"] = {"command": " ".join(["edgesplit"] + command[3:]), "cached": cached, **timing,
+                                    "threads": args.threads, "cores": os.cpu_count(), "report": full.model_dump()}
+            he_report, he_folder = full, folder
+        else:
+            settings = audit_settings(args)
+            cuts = resolve_cuts(traced, ",".join(comparable_cuts))
+
+            def run_he(folder: Path) -> AuditReport:
+                log(f"He et al. cuts: {len(cuts)} cuts, every attack")
+                return run_audit(traced, loaded.module, mnist, mnist, cuts=cuts, defenses=parse_defenses([]),
+                                 settings=settings, name="small_cnn", model_ref=model_ref, data_spec=mnist_spec,
+                                 aux_spec=mnist_spec, out_dir=folder, progress=False)
+
+            he_report, he_folder, wall, cached = audited("mnist-he-cuts", {"settings": settings_dict(settings),
+                                                                           "cuts": comparable_cuts,
+                                                                           "weights": weights.name}, args, run_he)
+            console.print(audit_table(he_report))
+            result["he_cuts_audit"] = {"wall_seconds": wall, "cached": cached, "report": he_report.model_dump()}
+        comparison = comparison_rows(he_report)
+        print_comparison(comparison, he_report)
+        result["comparison"] = comparison
+        positions = [r.position for r in he_report.rows if r.after in ("conv1_0", "conv2_2", "pool1", "conv3_2", "pool2")]
+        figures += copy_figures(he_report, he_folder, "mnist", positions, args.figures)
+        budget = step_budget(traced, mnist, weights, args)
+        print_step_budget(budget, he_report)
+        result["white_box_step_budget"] = budget
+        summarize(comparison, he_report, budget)
+
+        write()
+
+    if "2" in parts:
+        # ---- part 2: defenses on MNIST
+        defense_settings = audit_settings(args)
+        defense_specs = parse_defenses(["noise:1", "quant:2", "nopeek:1", "bottleneck:2"] if args.quick
+                                       else expand_defenses(MNIST_DEFENSES))
+        defense_cuts = resolve_cuts(traced, args.defense_cuts)
+
+        def run_defenses(folder: Path) -> AuditReport:
+            log(f"MNIST defenses: {len(defense_specs)} × {len(defense_cuts)} cuts")
+            return run_audit(traced, loaded.module, mnist, mnist, cuts=defense_cuts, defenses=defense_specs,
+                             settings=defense_settings, name="small_cnn", model_ref=model_ref, data_spec=mnist_spec,
                              aux_spec=mnist_spec, out_dir=folder, progress=False)
 
-        he_report, he_folder, wall, cached = audited("mnist-he-cuts", {"settings": settings_dict(settings),
-                                                                       "cuts": comparable_cuts,
-                                                                       "weights": weights.name}, args, run_he)
-        console.print(audit_table(he_report))
-        result["he_cuts_audit"] = {"wall_seconds": wall, "cached": cached, "report": he_report.model_dump()}
-    comparison = comparison_rows(he_report)
-    print_comparison(comparison, he_report)
-    result["comparison"] = comparison
-    positions = [r.position for r in he_report.rows if r.after in ("conv1_0", "conv2_2", "pool1", "conv3_2", "pool2")]
-    figures += copy_figures(he_report, he_folder, "mnist", positions, args.figures)
-    budget = step_budget(traced, mnist, weights, args)
-    print_step_budget(budget, he_report)
-    result["white_box_step_budget"] = budget
-    summarize(comparison, he_report, budget)
+        defended, d_folder, d_wall, d_cached = audited(
+            "mnist-defenses", {"settings": settings_dict(defense_settings), "cuts": args.defense_cuts,
+                               "defenses": [d.text for d in defense_specs], "weights": weights.name}, args, run_defenses)
+        trade = print_defenses(defended, f"small_cnn on MNIST: defenses at {args.defense_cuts} ({defended.victims} "
+                                         f"victims; whole model {defended.model_accuracy:.2%}; chance "
+                                         f"{defended.chance:.1%}; mean-image SSIM {defended.mean_image.ssim.mean:.3f})")
+        result["mnist_defenses"] = {"wall_seconds": d_wall, "cached": d_cached, "table": trade,
+                                    "report": defended.model_dump()}
+        figures += copy_figures(defended, d_folder, "mnist-defenses", [c.position for c in defense_cuts], args.figures,
+                                keep_best=False, keep_leakage=False, keep_tradeoff=True)
+        # The undefended rows here repeat part 1's with the same seeds: a check that the audit is reproducible.
+        repeat = []
+        for row in (r for r in defended.rows if r.defense == "none"):
+            first = he_report.row(row.position) if he_report is not None else None
+            if first is not None:
+                repeat.append({"cut": row.position, "after": row.after,
+                               "same": [(a.attack, a.psnr.mean == b.psnr.mean and a.ssim.mean == b.ssim.mean)
+                                        for a, b in zip(first.attacks, row.attacks)]})
+        result["mnist_defenses"]["repeat_check"] = repeat
+        if repeat:
+            console.print("  undefended rows reproduced exactly (same seeds, separate runs): "
+                          + ", ".join(f"cut {r['after']}: {all(s for _, s in r['same'])}" for r in repeat))
 
-    # ---- part 2: defenses on MNIST
-    defense_settings = audit_settings(args)
-    defense_specs = parse_defenses(["noise:1", "quant:2", "nopeek:1", "bottleneck:2"] if args.quick
-                                   else expand_defenses(MNIST_DEFENSES))
-    defense_cuts = resolve_cuts(traced, args.defense_cuts)
+        write()
 
-    def run_defenses(folder: Path) -> AuditReport:
-        log(f"MNIST defenses: {len(defense_specs)} × {len(defense_cuts)} cuts")
-        return run_audit(traced, loaded.module, mnist, mnist, cuts=defense_cuts, defenses=defense_specs,
-                         settings=defense_settings, name="small_cnn", model_ref=model_ref, data_spec=mnist_spec,
-                         aux_spec=mnist_spec, out_dir=folder, progress=False)
+    if "3" in parts:
+        # ---- part 3: photographs
+        kodak = load_dataset(f"patches:{args.data_dir / 'kodak'}")
+        set5 = load_dataset(f"patches:{args.data_dir / 'set5'}")
+        photo, photo_weights, photo_info = photo_model(args, kodak)
+        # The defender trains (NoPeek) and calibrates (noise) on its own Kodak training patches; the victims are
+        # every Set5 patch, photos that neither the model nor the attacker saw.
+        victims = Dataset("set5-all", kodak.train_images, kodak.train_labels,
+                          torch.cat([set5.train_images, set5.test_images]),
+                          torch.cat([set5.train_labels, set5.test_labels]), kodak.classes)
+        photo_traced = trace(photo.module, photo.example_input)
+        photo_settings = audit_settings(args, victims=len(victims.test_labels))
+        photo_ref = {**photo.ref.to_json(), "weights": photo_weights.name}
+        photo_cuts = resolve_cuts(photo_traced, "stem_2,layers_0_relu" if args.quick else PHOTO_CUTS)
+        data_spec = f"patches:{args.data_dir / 'set5'} (train + test: every Set5 patch)"
+        aux_spec = f"patches:{args.data_dir / 'kodak'}"
 
-    defended, d_folder, d_wall, d_cached = audited(
-        "mnist-defenses", {"settings": settings_dict(defense_settings), "cuts": args.defense_cuts,
-                           "defenses": [d.text for d in defense_specs], "weights": weights.name}, args, run_defenses)
-    trade = print_defenses(defended, f"small_cnn on MNIST: defenses at {args.defense_cuts} ({defended.victims} "
-                                     f"victims; whole model {defended.model_accuracy:.2%}; chance "
-                                     f"{defended.chance:.1%}; mean-image SSIM {defended.mean_image.ssim.mean:.3f})")
-    result["mnist_defenses"] = {"wall_seconds": d_wall, "cached": d_cached, "table": trade,
-                                "report": defended.model_dump()}
-    figures += copy_figures(defended, d_folder, "mnist-defenses", [c.position for c in defense_cuts], args.figures,
-                            keep_best=False, keep_leakage=False, keep_tradeoff=True)
-    # The undefended rows here repeat part 1's with the same seeds: a check that the audit is reproducible.
-    repeat = []
-    for row in (r for r in defended.rows if r.defense == "none"):
-        first = he_report.row(row.position)
-        if first is not None:
-            repeat.append({"cut": row.position, "after": row.after,
-                           "same": [(a.attack, a.psnr.mean == b.psnr.mean and a.ssim.mean == b.ssim.mean)
-                                    for a, b in zip(first.attacks, row.attacks)]})
-    result["mnist_defenses"]["repeat_check"] = repeat
-    if repeat:
-        console.print("  undefended rows reproduced exactly (same seeds, separate runs): "
-                      + ", ".join(f"cut {r['after']}: {all(s for _, s in r['same'])}" for r in repeat))
+        def run_photos(folder: Path) -> AuditReport:
+            log(f"photos: {len(photo_cuts)} cuts, {len(victims.test_labels)} Set5 victims, "
+                f"{min(len(kodak.train_labels), photo_settings.aux_limit)} Kodak aux patches")
+            return run_audit(photo_traced, photo.module, victims, kodak, cuts=photo_cuts, defenses=parse_defenses([]),
+                             settings=photo_settings, name="resnet8", model_ref=photo_ref, data_spec=data_spec,
+                             aux_spec=aux_spec, out_dir=folder, progress=False)
 
-    # ---- part 3: photographs
-    kodak = load_dataset(f"patches:{args.data_dir / 'kodak'}")
-    set5 = load_dataset(f"patches:{args.data_dir / 'set5'}")
-    photo, photo_weights, photo_info = photo_model(args, kodak)
-    # The defender trains (NoPeek) and calibrates (noise) on its own Kodak training patches; the victims are
-    # every Set5 patch, photos that neither the model nor the attacker saw.
-    victims = Dataset("set5-all", kodak.train_images, kodak.train_labels,
-                      torch.cat([set5.train_images, set5.test_images]),
-                      torch.cat([set5.train_labels, set5.test_labels]), kodak.classes)
-    photo_traced = trace(photo.module, photo.example_input)
-    photo_settings = audit_settings(args, victims=len(victims.test_labels))
-    photo_ref = {**photo.ref.to_json(), "weights": photo_weights.name}
-    photo_cuts = resolve_cuts(photo_traced, "stem_2,layers_0_relu" if args.quick else PHOTO_CUTS)
-    data_spec = f"patches:{args.data_dir / 'set5'} (train + test: every Set5 patch)"
-    aux_spec = f"patches:{args.data_dir / 'kodak'}"
+        photos, p_folder, p_wall, p_cached = audited(
+            "photos-cuts", {"settings": settings_dict(photo_settings), "cuts": [c.after for c in photo_cuts],
+                            "weights": photo_weights.name}, args, run_photos)
+        console.print(audit_table(photos))
+        photo_rows = print_defenses(photos, f"resnet8 on photos: decoder trained on Kodak patches, victims all "
+                                            f"{photos.victims} Set5 patches (model {photos.model_accuracy:.1%} on "
+                                            f"them; rotation task, chance {photos.chance:.1%}; mean-image "
+                                            f"{score_text(photos.mean_image)})")
+        figures += copy_figures(photos, p_folder, "photos", [c.position for c in photo_cuts], args.figures)
 
-    def run_photos(folder: Path) -> AuditReport:
-        log(f"photos: {len(photo_cuts)} cuts, {len(victims.test_labels)} Set5 victims, "
-            f"{min(len(kodak.train_labels), photo_settings.aux_limit)} Kodak aux patches")
-        return run_audit(photo_traced, photo.module, victims, kodak, cuts=photo_cuts, defenses=parse_defenses([]),
-                         settings=photo_settings, name="resnet8", model_ref=photo_ref, data_spec=data_spec,
-                         aux_spec=aux_spec, out_dir=folder, progress=False)
+        photo_defense_cut = resolve_cuts(photo_traced, PHOTO_DEFENSE_CUT)
+        photo_specs = parse_defenses(["noise:1", "quant:2", "nopeek:1"] if args.quick
+                                     else expand_defenses(PHOTO_DEFENSES))
 
-    photos, p_folder, p_wall, p_cached = audited(
-        "photos-cuts", {"settings": settings_dict(photo_settings), "cuts": [c.after for c in photo_cuts],
-                        "weights": photo_weights.name}, args, run_photos)
-    console.print(audit_table(photos))
-    photo_rows = print_defenses(photos, f"resnet8 on photos: decoder trained on Kodak patches, victims all "
-                                        f"{photos.victims} Set5 patches (model {photos.model_accuracy:.1%} on "
-                                        f"them; rotation task, chance {photos.chance:.1%}; mean-image "
-                                        f"{score_text(photos.mean_image)})")
-    figures += copy_figures(photos, p_folder, "photos", [c.position for c in photo_cuts], args.figures)
+        def run_photo_defenses(folder: Path) -> AuditReport:
+            log(f"photo defenses: {len(photo_specs)} at {PHOTO_DEFENSE_CUT}")
+            return run_audit(photo_traced, photo.module, victims, kodak, cuts=photo_defense_cut, defenses=photo_specs,
+                             settings=photo_settings, name="resnet8", model_ref=photo_ref, data_spec=data_spec,
+                             aux_spec=aux_spec, out_dir=folder, progress=False)
 
-    photo_defense_cut = resolve_cuts(photo_traced, PHOTO_DEFENSE_CUT)
-    photo_specs = parse_defenses(["noise:1", "quant:2", "nopeek:1"] if args.quick
-                                 else expand_defenses(PHOTO_DEFENSES))
+        photo_defended, pd_folder, pd_wall, pd_cached = audited(
+            "photos-defenses", {"settings": settings_dict(photo_settings), "cut": PHOTO_DEFENSE_CUT,
+                                "defenses": [d.text for d in photo_specs], "weights": photo_weights.name}, args,
+            run_photo_defenses)
+        photo_trade = print_defenses(photo_defended, f"resnet8 on photos: defenses at {PHOTO_DEFENSE_CUT} (Set5 victims, "
+                                                     f"Kodak aux)")
+        figures += copy_figures(photo_defended, pd_folder, "photos-defenses", [c.position for c in photo_defense_cut],
+                                args.figures, keep_best=False, keep_leakage=False, keep_tradeoff=True)
+        result["photos"] = {"model": photo_info, "kodak": repr(kodak), "set5": repr(set5),
+                            "victims": len(victims.test_labels), "aux": min(len(kodak.train_labels),
+                                                                            photo_settings.aux_limit),
+                            "cuts": {"wall_seconds": p_wall, "cached": p_cached, "table": photo_rows,
+                                     "report": photos.model_dump()},
+                            "defenses": {"wall_seconds": pd_wall, "cached": pd_cached, "table": photo_trade,
+                                         "report": photo_defended.model_dump()}}
 
-    def run_photo_defenses(folder: Path) -> AuditReport:
-        log(f"photo defenses: {len(photo_specs)} at {PHOTO_DEFENSE_CUT}")
-        return run_audit(photo_traced, photo.module, victims, kodak, cuts=photo_defense_cut, defenses=photo_specs,
-                         settings=photo_settings, name="resnet8", model_ref=photo_ref, data_spec=data_spec,
-                         aux_spec=aux_spec, out_dir=folder, progress=False)
-
-    photo_defended, pd_folder, pd_wall, pd_cached = audited(
-        "photos-defenses", {"settings": settings_dict(photo_settings), "cut": PHOTO_DEFENSE_CUT,
-                            "defenses": [d.text for d in photo_specs], "weights": photo_weights.name}, args,
-        run_photo_defenses)
-    photo_trade = print_defenses(photo_defended, f"resnet8 on photos: defenses at {PHOTO_DEFENSE_CUT} (Set5 victims, "
-                                                 f"Kodak aux)")
-    figures += copy_figures(photo_defended, pd_folder, "photos-defenses", [c.position for c in photo_defense_cut],
-                            args.figures, keep_best=False, keep_leakage=False, keep_tradeoff=True)
-    result["photos"] = {"model": photo_info, "kodak": repr(kodak), "set5": repr(set5),
-                        "victims": len(victims.test_labels), "aux": min(len(kodak.train_labels),
-                                                                        photo_settings.aux_limit),
-                        "cuts": {"wall_seconds": p_wall, "cached": p_cached, "table": photo_rows,
-                                 "report": photos.model_dump()},
-                        "defenses": {"wall_seconds": pd_wall, "cached": pd_cached, "table": photo_trade,
-                                     "report": photo_defended.model_dump()}}
-
-    # ---- write
-    git = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "src"], cwd=REPO, capture_output=True,
-                           text=True).stdout.split("\n")
-    result.update({"machine": machine_info().model_dump(), "loadavg_start": loadavg_start,
-                   "loadavg_end": os.getloadavg(), "git_head": git, "src_uncommitted": [d for d in dirty if d],
-                   "code_digest": code_digest(), "reports_from_earlier_source": STALE,
-                   "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-                   "audit_settings": settings_dict(audit_settings(args)), "figures": figures,
-                   "seconds": time.perf_counter() - started})
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2, default=str))
-    console.print(f"{(time.perf_counter() - started) / 60:.1f} min; written to {args.json} and {len(figures)} PNGs "
-                  f"in {args.figures}")
+        write()
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@ from edgesplit.model.data import Dataset
 from edgesplit.errors import CutError, EdgesplitError, InputShapeError
 from edgesplit.model.graph import trace
 from edgesplit.model.intake import ModelRef, save_weights
-from edgesplit.privacy.audit import AuditSettings, count_overlap, parse_attacks, resolve_cuts, run_audit
+from edgesplit.privacy.audit import (AuditSettings, _image_scores, count_overlap, parse_attacks, resolve_cuts,
+                                     run_audit)
 from edgesplit.privacy.defenses import parse_defenses
 from edgesplit.plan.leakage import load_leakage
 from edgesplit.privacy.schema import load_audit
@@ -89,6 +90,33 @@ def test_audit_writes_grids_plots_and_a_leakage_table_the_planner_reads(audited,
     assert [c.position for c in table.cuts] == [3, 13]
     assert table.at(3).ssim == pytest.approx(report.row(3).best_attack().ssim.mean)
     assert table.at(13).probe_accuracy == pytest.approx(report.row(13).best_probe().accuracy.mean)
+
+
+def test_white_box_after_pooling_starts_from_the_decoder_and_is_never_weaker_than_it(audited):
+    report, _ = audited
+    late = report.row(13)  # flatten: after the pooling, 256 values cross
+    scores = {a.attack: a for a in late.attacks}
+    learned, white = scores["inversion"], scores["optimize"]
+    # Started at the decoder's reconstructions and keeping, per victim, the image with the lower objective, the
+    # white-box attack does not fall behind the decoder it started from (it fell below the mean image before).
+    assert white.psnr.mean >= learned.psnr.mean - 0.5
+    assert white.psnr.mean > report.mean_image.psnr.mean
+    for row in report.rows:
+        for score in row.attacks:
+            assert score.psnr.median is not None and score.ssim.median is not None
+
+
+def test_median_psnr_beside_the_mean_differs_when_values_are_capped():
+    originals = torch.rand(6, 1, 8, 8)
+    # Four exact reconstructions (PSNR capped at 100 dB) and two noisy ones: the cap pulls the mean, not the median.
+    noisy = (originals + 0.1 * torch.randn_like(originals)).clamp(0, 1)
+    reconstructions = torch.cat([originals[:4], noisy[4:]])
+    score = _image_scores("optimize", reconstructions, originals, 0.0)
+    assert score.psnr.median == pytest.approx(100.0)
+    assert score.psnr.mean < score.psnr.median - 10
+    reconstructions = torch.cat([originals[:2], noisy[2:]])  # now most are noisy: the median is a noisy one's
+    score = _image_scores("optimize", reconstructions, originals, 0.0)
+    assert score.psnr.median < 40 < score.psnr.mean
 
 
 def test_overlapping_aux_and_victims_are_counted_and_warned(trained):

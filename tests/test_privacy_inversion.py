@@ -9,7 +9,8 @@ import torch
 
 from edgesplit.errors import EdgesplitError, InputShapeError
 from edgesplit.model.graph import trace
-from edgesplit.privacy.inversion import (ConvDecoder, FCDecoder, InversionResult, build_decoder, codec_transform,
+from edgesplit.privacy.inversion import (OPTIMIZE_WINDOW, ConvDecoder, FCDecoder, InversionResult, build_decoder,
+                                         codec_transform,
                                          learned_inversion, mean_image_baseline, optimization_inversion,
                                          total_variation)
 from edgesplit.model.train import train_classifier
@@ -228,3 +229,39 @@ def test_total_variation_and_baseline():
     assert total_variation(flat).item() == 0 and total_variation(edge).item() == pytest.approx(4 / 12)
     images = torch.stack([torch.zeros(1, 2, 2), torch.ones(1, 2, 2)])
     assert torch.equal(mean_image_baseline(images, 3), torch.full((3, 1, 2, 2), 0.5))
+
+
+def test_learned_inversion_holds_out_stops_early_and_warm_starts(traced, aux, victims):
+    split = traced.split(EARLY)
+    # An improvement of 99% per epoch is never reached: the second epoch is the first without progress.
+    stopped = learned_inversion(split, aux[:300], victims[:8], epochs=6, held_out=0.2, patience=1,
+                                min_improvement=0.99, seed=0)
+    assert stopped.epochs == 2 and len(stopped.held_out_loss) == 2 == len(stopped.train_loss)
+    assert not stopped.warm_started and stopped.decoder is not None
+    # The cut after the BatchNorm (conv1_1) sends the same 16×8×8 as EARLY: its decoder starts from EARLY's.
+    same_shape = traced.split("conv1_1")
+    warm = learned_inversion(same_shape, aux[:300], victims[:8], epochs=1, init=stopped.decoder)
+    cold = learned_inversion(same_shape, aux[:300], victims[:8], epochs=1)
+    assert warm.warm_started and not cold.warm_started
+    assert warm.train_loss[0] < cold.train_loss[0]  # it starts from a decoder that already works
+    # A cut of other shapes (the logits) cannot start from it and trains from scratch.
+    assert not learned_inversion(traced.split(LOGITS), aux[:300], victims[:8], epochs=1,
+                                 init=stopped.decoder).warm_started
+    with pytest.raises(EdgesplitError, match="held_out"):
+        learned_inversion(split, aux[:300], victims[:8], epochs=1, held_out=1.5)
+
+
+def test_optimization_from_a_prior_keeps_it_where_optimizing_only_makes_things_worse(traced, victims):
+    split = traced.split(LOGITS)
+    few = victims[:6]
+    # Started at the true images (objective 0 without TV), no step can do better: every start is kept.
+    exact = optimization_inversion(split, victim_images=few, init=few, tv_weight=0.0, steps=10, seed=0)
+    assert exact.kept_start == len(few) and exact.warm_started
+    assert torch.equal(exact.reconstructions, few)
+    # A victim stops once its objective no longer improves by the tolerance over OPTIMIZE_WINDOW steps.
+    stopped = optimization_inversion(split, victim_images=few, steps=200, tolerance=0.99, seed=0)
+    assert stopped.epochs == OPTIMIZE_WINDOW and len(stopped.train_loss) == OPTIMIZE_WINDOW + 1
+    full = optimization_inversion(split, victim_images=few, steps=40, seed=0)
+    assert full.epochs == 40 and full.kept_start == 0
+    with pytest.raises(EdgesplitError, match="init holds"):
+        optimization_inversion(split, victim_images=few, init=few[:2], steps=2)

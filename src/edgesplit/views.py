@@ -229,8 +229,9 @@ def audit_table(report: AuditReport) -> Table:
         best = row.best_attack()
         for attack in attacks:
             score = scores.get(attack)
-            text = (f"{score.psnr.mean:.1f} dB / {score.ssim.mean:.2f} ±{(score.ssim.high - score.ssim.low) / 2:.2f}"
-                    if score else "—")
+            text = (f"{score.psnr.mean:.1f} dB" + (f" (median {score.psnr.median:.1f})" if score.psnr.median is not None
+                                                  else "")
+                    + f" / {score.ssim.mean:.2f} ±{(score.ssim.high - score.ssim.low) / 2:.2f}" if score else "—")
             cells.append(f"[bold]{text}[/]" if score is not None and score is best and len(attacks) > 1 else text)
         if "probe" in report.attacks:
             cells.append(" / ".join(f"{p.accuracy.mean:.1%}" for p in row.probes) or "—")

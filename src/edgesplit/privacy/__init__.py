@@ -7,6 +7,7 @@ Modules, lower first (each imports only those above it):
 - ``inversion``: learned (black-box) and optimization (white-box) feature inversion.
 - ``probes``: label probes trained on auxiliary features.
 - ``defenses``: noise, dropout, coarser quantization, NoPeek, bottlenecks, as a defended cut.
+- ``trained``: defenses trained with the model (``trained:`` specs): head and tail fine-tuned under the defense.
 - ``attacks``: the table of attacks the audit can run; a new attack is one row there.
 - ``fisher``: the bound beside the attacks: dFIL, the Fisher information the features carry about the input.
 - ``schema``: the audit's JSON (:class:`AuditReport`).
@@ -26,9 +27,10 @@ from edgesplit.privacy.metrics import distance_correlation, psnr, ssim
 from edgesplit.privacy.probes import ProbeResult, probe_accuracy
 from edgesplit.privacy.query import codec_transform
 from edgesplit.privacy.schema import AuditReport, load_audit
+from edgesplit.privacy.trained import TrainedSpec, build_trained, parse_trained
 
 __all__ = ["ATTACKS", "Attack", "AuditReport", "AuditSettings", "CutLeakage", "DefendedCut", "DefenseSpec",
            "FisherResult", "InversionResult", "LeakageTable", "ProbeResult", "build_defense", "codec_transform",
            "dfil", "distance_correlation", "leakage_table", "learned_inversion", "load_audit", "load_leakage",
            "optimization_inversion", "parse_attacks", "parse_defense", "parse_defenses", "probe_accuracy", "psnr",
-           "resolve_cuts", "run_audit", "ssim", "summary_line"]
+           "resolve_cuts", "run_audit", "ssim", "summary_line", "TrainedSpec", "build_trained", "parse_trained"]

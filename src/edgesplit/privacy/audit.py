@@ -27,7 +27,7 @@ from edgesplit.codecs import parse_codec
 from edgesplit.errors import CutError, EdgesplitError, InputShapeError
 from edgesplit.model.data import Dataset
 from edgesplit.model.graph import Cut, TracedModel
-from edgesplit.privacy.attacks import ATTACK_NAMES, ATTACKS, AttackTarget, attacks_help, parse_attacks
+from edgesplit.privacy.attacks import ATTACK_NAMES, ATTACKS, AttackTarget, Effort, attacks_help, parse_attacks
 from edgesplit.privacy.defenses import (ACCEPTED_FORMS, NOISE_CALIBRATION_IMAGES, DefendedCut, DefenseSpec,
                                         build_defense, feature_stds, parse_defenses)
 from edgesplit.privacy.figures import plot_leakage_by_cut, plot_privacy_utility, plot_reconstructions
@@ -67,6 +67,22 @@ class AuditSettings(BaseModel):
                                   description="decoder training epochs (learned inversion)")
     optimize_steps: int = Field(200, ge=1, validation_alias=AliasChoices("optimize_steps", "steps"),
                                 description="optimization steps per victim batch (white-box inversion)")
+    held_out: float = Field(Effort.held_out, ge=0, lt=1, description="share of the aux images the decoder holds "
+                            "out: the epoch with the lowest held-out MSE is kept (0: none)")
+    patience: int | None = Field(Effort.patience, ge=1, description="decoder epochs without a held-out gain of "
+                                 "min_improvement before it stops (None: all inversion_epochs)")
+    min_improvement: float = Field(Effort.min_improvement, ge=0, lt=1, description="relative held-out gain an "
+                                   "epoch must bring to count as progress")
+    warm_start: bool = Field(Effort.warm_start, description="start each cut's decoder from the previous cut's "
+                             "when the crossing shapes match")
+    decoder_prior: bool = Field(Effort.decoder_prior, description="start the white-box attack from the learned "
+                                "decoder's reconstructions (when both attacks run), keeping per victim the "
+                                "image with the lower objective")
+    prior_weight: float = Field(Effort.prior_weight, ge=0, description="weight of the squared distance to the "
+                                "decoder prior in the white-box objective")
+    optimize_tolerance: float | None = Field(Effort.tolerance, ge=0, lt=1, description="a white-box victim stops "
+                                             "when its objective improved by less than this share over 20 steps "
+                                             "(None: every step)")
     probe_kinds: tuple[ProbeKind, ...] = Field(PROBE_KINDS, min_length=1,
                                                description="the label probes trained: linear, mlp")
     defense_epochs: int = Field(2, ge=1, description="NoPeek / bottleneck training epochs")
@@ -98,6 +114,12 @@ class AuditSettings(BaseModel):
         if value is not None:
             parse_codec(value)
         return value
+
+    def effort(self) -> Effort:
+        """How the image attacks save time and where they start (privacy.attacks.Effort)."""
+        return Effort(held_out=self.held_out, patience=self.patience, min_improvement=self.min_improvement,
+                      warm_start=self.warm_start, decoder_prior=self.decoder_prior, prior_weight=self.prior_weight,
+                      tolerance=self.optimize_tolerance)
 
     def recorded(self) -> dict[str, Any]:
         """How the attacks ran, as the report's ``settings`` records it (lists, not tuples)."""
@@ -139,7 +161,8 @@ def count_overlap(first: torch.Tensor, second: torch.Tensor) -> int:
 
 def defense_misfit(spec: DefenseSpec, cut: Cut) -> str | None:
     """Why ``spec`` cannot be applied at ``cut``, or None when it can."""
-    if spec.kind == "bottleneck" and (len(cut.crossing) != 1 or len(cut.crossing[0].shape) != 4):
+    bottleneck = spec.kind == "bottleneck" or getattr(spec, "channels", None)  # trained:bottleneck= too
+    if bottleneck and (len(cut.crossing) != 1 or len(cut.crossing[0].shape) != 4):
         return "a bottleneck needs one N×C×H×W tensor crossing the cut"
     return None
 
@@ -169,14 +192,16 @@ def _check_images(images: torch.Tensor, what: str, input_shape: tuple[int, ...])
                               f"1,{','.join(map(str, images.shape[1:]))} if the model accepts it")
 
 
-def _score(values: torch.Tensor) -> Score:
+def _score(values: torch.Tensor, median: bool = False) -> Score:
+    """Mean with its 95% interval; with ``median``, the median too (capped PSNRs inflate a mean)."""
     mean, low, high = mean_ci(values) if len(values) > 1 else (float(values.mean()),) * 3
-    return Score(mean=mean, low=low, high=high)
+    return Score(mean=mean, low=low, high=high,
+                 median=float(values.double().quantile(0.5)) if median else None)
 
 
 def _image_scores(attack: str, reconstructions: torch.Tensor, originals: torch.Tensor, seconds: float) -> AttackScore:
-    return AttackScore(attack=attack, psnr=_score(psnr(reconstructions, originals)),
-                       ssim=_score(ssim(reconstructions, originals)), seconds=seconds)
+    return AttackScore(attack=attack, psnr=_score(psnr(reconstructions, originals), median=True),
+                       ssim=_score(ssim(reconstructions, originals), median=True), seconds=seconds)
 
 
 def _accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
@@ -187,8 +212,8 @@ def _accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> f
 
 def _attack_row(defended: DefendedCut, cut: Cut, victims: torch.Tensor, victim_labels: torch.Tensor,
                 aux: torch.Tensor, aux_labels: torch.Tensor, settings: AuditSettings,
-                kept: _Reconstructions, step: Callable[[str], None]) -> AuditRow:
-    """Every chosen attack on what ``defended`` sends at ``cut``."""
+                kept: _Reconstructions, step: Callable[[str], None], carry: dict[str, Any]) -> AuditRow:
+    """Every chosen attack on what ``defended`` sends at ``cut``; ``carry`` passes a decoder to the next cut."""
     spec = defended.spec
     sent = defended.send(victims)
     row = AuditRow(position=cut.position, after=cut.after, defense=spec.text,
@@ -196,12 +221,14 @@ def _attack_row(defended: DefendedCut, cut: Cut, victims: torch.Tensor, victim_l
                    task_accuracy=defended.accuracy(victims, victim_labels),
                    defense_seconds=defended.train_seconds)
     shown = kept.rows.setdefault((cut.position, spec.text), [])
-    target = AttackTarget(defended, sent, victims, victim_labels, aux, aux_labels)
+    target = AttackTarget(defended, sent, victims, victim_labels, aux, aux_labels, effort=settings.effort(),
+                          carry=carry)
     for attack in ATTACKS.values():  # the table's order, whatever order the settings list them in
         if attack.name not in settings.attacks:
             continue
         step(attack.title)
         outcome = attack.run(target, getattr(settings, attack.setting) if attack.setting else None, settings.seed)
+        target.earlier[attack.name] = outcome
         if attack.reconstructs:
             score = _image_scores(attack.name, outcome.reconstructions, victims, outcome.seconds)
             row.attacks.append(score)
@@ -290,6 +317,7 @@ def run_audit(traced: TracedModel, model: nn.Module, data: Dataset, aux: Dataset
     pairs = _applicable(cuts, defenses, warn)
     rows: list[AuditRow] = []
     kept = _Reconstructions()
+    carries: dict[str, dict[str, Any]] = {}  # per defense: what one cut's attacks leave the next (a decoder)
     steps_per_row = len(settings.attacks) + 2  # each attack, then the distance correlation and dFIL
     sigma = resolved_dfil_sigma(settings, defenses)
     calibration = data.train_images[:NOISE_CALIBRATION_IMAGES]  # as the noise defense's scale
@@ -308,7 +336,7 @@ def run_audit(traced: TracedModel, model: nn.Module, data: Dataset, aux: Dataset
                                          epochs=settings.defense_epochs, train_limit=settings.defense_train_limit,
                                          seed=settings.seed)
                 rows.append(_attack_row(defended, cut, victims, victim_labels, aux_images, aux_labels, settings,
-                                        kept, step))
+                                        kept, step, carries.setdefault(spec.text, {})))
                 step("dFIL bound")
                 rows[-1].fisher = _fisher_score(defended, victims[:settings.dfil_victims], calibration, sigma,
                                                 settings)
@@ -326,12 +354,19 @@ def run_audit(traced: TracedModel, model: nn.Module, data: Dataset, aux: Dataset
     return report
 
 
+def _psnr_text(score: AttackScore) -> str:
+    """Mean PSNR, and the median beside it where it differs (capped values inflate a mean)."""
+    median = score.psnr.median
+    shown = median is not None and f"{median:.1f}" != f"{score.psnr.mean:.1f}"
+    return f"{score.psnr.mean:.1f} dB" + (f" (median {median:.1f})" if shown else "")
+
+
 def _write_figures(report: AuditReport, originals: torch.Tensor, kept: _Reconstructions, out_dir: Path) -> None:
     """Reconstruction grids (one per cut, and the best attack at every cut), the leakage and trade-off plots."""
     out_dir.mkdir(parents=True, exist_ok=True)
     best_rows = []
     for position in sorted({r.position for r in report.rows}):
-        rows = [(f"{defense} · {attack} · {score.psnr.mean:.1f} dB / {score.ssim.mean:.2f}", images)
+        rows = [(f"{defense} · {attack} · {_psnr_text(score)} / {score.ssim.mean:.2f}", images)
                 for (at, defense), shown in kept.rows.items() if at == position
                 for attack, images, score in shown]
         if not rows:

@@ -12,6 +12,8 @@ delivers and measures what accuracy the tail still reaches on it.
 - ``nopeek:ALPHA``: head and tail fine-tuned with cross-entropy + ALPHA × distance correlation between the
   inputs and the crossing features (Vepakomma et al. 2020, "NoPeek").
 - ``bottleneck:CHANNELS``: a learned bottleneck of CHANNELS 4-bit code channels; its code is what crosses.
+- ``trained:PART=VALUE[+...]``: head and tail fine-tuned *under* noise, dropout, NoPeek, a narrow quantized
+  bottleneck or quantized features, and their combinations (:mod:`edgesplit.privacy.trained`).
 
 Noise, dropout and quant are applied at inference time to the original tail, without retraining: their
 accuracy is the honest utility cost of adding them to a deployed split. Nopeek and bottleneck train copies;
@@ -39,9 +41,10 @@ from edgesplit.privacy.query import (QUERY_BATCH, Transform, as_tensors, codec_t
                                      query_head)
 from edgesplit.progress import progress_bar
 
-DEFENSE_KINDS = ("none", "noise", "dropout", "quant", "nopeek", "bottleneck")
+DEFENSE_KINDS = ("none", "noise", "dropout", "quant", "nopeek", "bottleneck", "trained")
 ACCEPTED_FORMS = ("none, noise:SIGMA (SIGMA > 0), dropout:P (0 < P < 1), quant:BITS (integer 1 to 8), "
-                  "nopeek:ALPHA (ALPHA > 0), bottleneck:CHANNELS (integer >= 1)")
+                  "nopeek:ALPHA (ALPHA > 0), bottleneck:CHANNELS (integer >= 1), trained:PART=VALUE[+...] "
+                  "(head and tail fine-tuned under noise=, dropout=, nopeek=, bottleneck=, bits=, stride=)")
 NOISE_CALIBRATION_IMAGES = 1024  # training images whose clean features set the noise scale
 BOTTLENECK_BITS = 4
 
@@ -96,6 +99,9 @@ def parse_defense(text: str) -> DefenseSpec:
     if not isinstance(text, str):
         raise _bad_defense(text, f"expected text, got {type(text).__name__}")
     kind, separator, value_text = (part.strip() for part in text.strip().lower().partition(":"))
+    if kind == "trained":  # defenses trained with the model build on this module: imported here, not above
+        from edgesplit.privacy.trained import parse_trained
+        return parse_trained(text)
     if kind == "none":
         if separator:
             raise _bad_defense(text, "none takes no value")
@@ -410,6 +416,10 @@ def build_defense(spec: DefenseSpec | str, split: Split, model: nn.Module, datas
             split, dataset, spec.strength, epochs=epochs, batch_size=batch_size, lr=lr, train_limit=train_limit,
             seed=seed, progress=progress)
         defended.train_seconds = time.perf_counter() - started
+    elif spec.kind == "trained":
+        from edgesplit.privacy.trained import build_trained  # see parse_defense
+        defended = build_trained(spec, split, dataset, input_shape, codec=codec, epochs=epochs,
+                                 batch_size=batch_size, lr=lr, train_limit=train_limit, seed=seed, progress=progress)
     elif spec.kind == "bottleneck":
         channels = feature_shape(split)[0]  # raises BottleneckError unless one N×C×H×W tensor crosses
         config = BottleneckConfig(in_channels=channels, channels=int(spec.strength), stride=1, bits=BOTTLENECK_BITS)

@@ -19,11 +19,12 @@ AUDIT_KIND, AUDIT_VERSION = "edgesplit.audit", 1
 
 
 class Score(BaseModel):
-    """A mean over the victim set with its 95% confidence interval."""
+    """A mean over the victim set with its 95% confidence interval (and, for attack scores, the median)."""
 
     mean: float
     low: float
     high: float
+    median: float | None = None  # attack PSNR/SSIM: per-victim median (PSNRs capped at 100 dB inflate the mean)
 
 
 class AttackScore(BaseModel):

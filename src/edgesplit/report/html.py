@@ -154,7 +154,9 @@ def interval_cell(score: Any, digits: int) -> Cell:
     if score is None:
         return "—"
     return Raw(f'<span class="nw">{score.mean:.{digits}f}</span> '
-               f'<span class="ci">[{score.low:.{digits}f}, {score.high:.{digits}f}]</span>')
+               f'<span class="ci">[{score.low:.{digits}f}, {score.high:.{digits}f}]</span>'
+               + (f' <span class="ci">median {score.median:.{digits}f}</span>'
+                  if getattr(score, "median", None) is not None else ""))
 
 
 def label_cell(label: str) -> Cell:
