@@ -10,20 +10,23 @@ from pathlib import Path
 import httpx
 import pytest
 import torch
+from rich.console import Console
 
 from edgesplit.model.graph import trace
 from edgesplit.model.intake import load_model
-from edgesplit.plan.schema import (ChainEntry, ChainPlanReport, Constraints, HopCost, LinkSummary, MachineSummary,
-                                   SentTensor, TierStage, load_chain_plan)
+from edgesplit.plan.schema import (ChainEntry, ChainPlanReport, ChainSwitchRange, Constraints, HopCost, LinkSummary,
+                                   MachineSummary, SentTensor, TierStage, load_chain_plan)
 from edgesplit.codecs import unpack
 from edgesplit.runtime.client import Client
 from edgesplit.runtime.engine import ServerLimits
 from edgesplit.runtime.errors import ClientError, ServerRejectedError
-from edgesplit.runtime.relay import ChainClient, NextHop, RelayEngine, load_chain_deployment
+from edgesplit.runtime.relay import (ChainClient, NextHop, Relay, RelayEngine, followed_table,
+                                    load_chain_deployment, placements)
 from edgesplit.runtime.server import ServerThread, decode_limits, request_limit
 from edgesplit.runtime.wire import MEDIA_TYPE, Request, Response, Status, new_request_id
 from runtime_plans import write_model
 from test_cli import assert_user_error, edgesplit_in_process
+from test_client import Throttled
 
 TOKENS = ["tier1-token-0123456789abcdef", "tier2-token-0123456789abcdef"]
 # resnet8 on three tiers: the device runs the stem and block 0; tier 1 only block 1's residual branch; tier 2 the
@@ -31,35 +34,57 @@ TOKENS = ["tier1-token-0123456789abcdef", "tier2-token-0123456789abcdef"]
 TIER1 = {"layers_1_conv1_0", "layers_1_conv1_1", "layers_1_conv1_2", "layers_1_conv2_0", "layers_1_conv2_1"}
 
 
-def chain_plan(folder: Path, codec: str = "fp32") -> tuple[ChainPlanReport, Path]:
+# Two more placements, for the switch table: SMALL sends layers_1_relu (32×16×16, half of layers_0_relu) and ends on
+# tier 1; RELAYED sends what "min-cut" sends, and tier 1 runs nothing (it only forwards it to tier 2).
+SMALL, RELAYED, BIG = "small first hop, ends on tier 1", "tier 1 only relays", "min-cut"
+
+
+def _entry(label: str, traced, assignment: dict[str, int], machines, links) -> ChainEntry:
+    """A chain entry for ``assignment`` with what crosses each link (its costs are placeholders)."""
+    last = max(assignment.values())
+    partition = traced.partition(assignment, stages=last + 1)
+    hops = [HopCost(link=links[i].spec, crossing=[SentTensor(**t.model_dump(), payload_bytes=t.nbytes + 16)
+                                                  for t in stage.outputs],
+                    payload_bytes=0, transfer_ms=0.0, rtt_ms=0.0, overhead_ms=0.0, result_ms=0.0)
+            for i, stage in enumerate(partition.stages[:last])]
+    stages = [TierStage(tier=i, machine=machines[i].spec, nodes=len(s.nodes), first=(s.nodes or [None])[0],
+                        last=(s.nodes or [None])[-1], compute_ms=0.0, decode_ms=0.0, encode_ms=0.0, memory_bytes=0,
+                        weight_bytes=0) for i, s in enumerate(partition.stages)]
+    return ChainEntry(label=label, method="test", last_tier=last, assignment=assignment, stages=stages, hops=hops,
+                      latency_ms=1.0, throughput_fps=1.0, bottleneck="tier 0", energy_mj=None, objective=1.0,
+                      feasible=True, violations=[])
+
+
+def chain_plan(folder: Path, codec: str = "fp32", switching: bool = False) -> tuple[ChainPlanReport, Path]:
     """A chain plan of seeded resnet8 over rpi4 > wifi > host/4 > ethernet > edge-gpu with the placement above (the
-    costs are placeholders: serving reads the placement, the crossing tensors and the codec)."""
+    costs are placeholders: serving reads the placements, the crossing tensors and the codec). ``switching`` adds
+    a switch table over link 0: SMALL below 20 Mbit/s, RELAYED to 100, BIG ("min-cut", the chosen) above."""
     weights, _ = write_model(folder, "resnet8")
     loaded = load_model("resnet8", weights=weights)
     traced = trace(loaded.module, loaded.example_input)
     names = [n.name for n in traced.compute_nodes]
-    first = names.index("layers_1_conv1_0")
-    assignment = {name: 0 if i < first else 1 if name in TIER1 else 2 for i, name in enumerate(names)}
-    partition = traced.partition(assignment, stages=3)
+    first, second = names.index("layers_1_conv1_0"), names.index("layers_2_conv1_0")
     machines = [MachineSummary(spec=spec, kind="cpu", model_ms=1.0, memory_bytes=None, active_w=None, idle_w=None,
                                source="test") for spec in ("rpi4", "host/4", "edge-gpu")]
+    rates = (("wifi", 300.0 if switching else 50.0), ("ethernet", 1000.0))
     links = [LinkSummary(spec=spec, uplink_mbps=mbps, downlink_mbps=mbps, rtt_ms=1.0, tx_w=0.0, rx_w=0.0,
-                         source="test") for spec, mbps in (("wifi", 50.0), ("ethernet", 1000.0))]
-    hops = [HopCost(link=links[i].spec, crossing=[SentTensor(**t.model_dump(), payload_bytes=t.nbytes + 16)
-                                                  for t in stage.outputs],
-                    payload_bytes=0, transfer_ms=0.0, rtt_ms=0.0, overhead_ms=0.0, result_ms=0.0)
-            for i, stage in enumerate(partition.stages[:2])]
-    stages = [TierStage(tier=i, machine=machines[i].spec, nodes=len(s.nodes), first=s.nodes[0], last=s.nodes[-1],
-                        compute_ms=0.0, decode_ms=0.0, encode_ms=0.0, memory_bytes=0, weight_bytes=0)
-              for i, s in enumerate(partition.stages)]
-    chosen = ChainEntry(label="min-cut", method="min-cut", last_tier=2, assignment=assignment, stages=stages, hops=hops,
-                        latency_ms=1.0, throughput_fps=1.0, bottleneck="tier 0", energy_mj=None, objective=1.0,
-                        feasible=True, violations=[])
+                         source="test") for spec, mbps in rates]
+    chosen = _entry(BIG, traced, {name: 0 if i < first else 1 if name in TIER1 else 2 for i, name in enumerate(names)},
+                    machines, links)
+    baselines, table = [], []
+    if switching:
+        baselines = [chosen, _entry(SMALL, traced, {name: 0 if i < second else 1 for i, name in enumerate(names)},
+                                    machines, links),
+                     _entry(RELAYED, traced, {name: 0 if i < first else 2 for i, name in enumerate(names)},
+                            machines, links)]
+        table = [ChainSwitchRange(low_mbps=0.1, high_mbps=20.0, label=SMALL),
+                 ChainSwitchRange(low_mbps=20.0, high_mbps=100.0, label=RELAYED),
+                 ChainSwitchRange(low_mbps=100.0, high_mbps=1000.0, label=BIG)]
     plan = ChainPlanReport(model="resnet8", model_ref={**loaded.ref.to_json(), "weights": str(weights)},
                            fingerprint=traced.fingerprint, input_shape=list(loaded.example_input.shape),
                            topology="rpi4 > wifi > host/4 > ethernet > edge-gpu", machines=machines, links=links,
                            hop_ms=1.0, codec=codec, objective="latency", constraints=Constraints(), chosen=chosen,
-                           baselines=[], switch_table=[], min_cut_exact=True, planner_ms=1.0)
+                           baselines=baselines, switch_table=table, min_cut_exact=True, planner_ms=1.0)
     path = folder / "chain.json"
     path.write_text(plan.model_dump_json(indent=2))
     return load_chain_plan(path), path
@@ -228,3 +253,118 @@ def test_serve_refuses_what_a_chain_cannot_serve(chain, tmp_path):
     two_tier = tmp_path / "plan.json"
     two_tier.write_text(json.dumps({"kind": "edgesplit.plan", "version": 1}))
     assert_user_error(edgesplit_in_process("serve", str(two_tier), "--tier", "1"), "two-tier plan")
+
+
+# ---- switching along the chain: every placement of the switch table served, chosen on link 0's bandwidth ----------
+
+
+@pytest.fixture(scope="module")
+def switching(tmp_path_factory):
+    plan, path = chain_plan(tmp_path_factory.mktemp("switching"), switching=True)
+    last, _ = start_tier(plan, 2)
+    relay, engine = start_tier(plan, 1, last.url, TOKENS[1])
+    yield {"plan": plan, "path": path, "last": last, "relay": relay, "engine": engine,
+           "device": load_chain_deployment(plan, 0)}
+    relay.stop()
+    last.stop()
+
+
+def test_every_placement_of_the_table_is_a_route_with_one_id_on_every_tier(switching):
+    device, relay, last = switching["device"], switching["relay"], switching["last"]
+    assert [(r.route_id, r.label, r.last_tier) for r in device.routes] == [(0, BIG, 2), (1, SMALL, 1), (2, RELAYED, 2)]
+    assert [r.route_id for r in relay.engine.models[device.model_id].routes] == [0, 1, 2]
+    served = last.engine.models[device.model_id]
+    assert [r.route_id for r in served.routes] == [0, 2]  # SMALL ends on tier 1
+    assert served.route(2).label == RELAYED  # looked up by id, not by position
+    x = torch.rand(1, 3, 32, 32)
+    small = device.route(1)
+    body = Request(new_request_id(), device.model_id, 1, small.encode(small.device_side(x))).to_bytes()
+    reply = post(last.url, body, TOKENS[1])
+    assert reply.status_code == 404 and "ends before tier 2" in reply.json()["error"]
+    # Tier 1 describes link 0 for every route, as the device does; the ranges are the table's, over link 0.
+    described = httpx.get(relay.url + "/v1/models", headers={"Authorization": f"Bearer {TOKENS[0]}"}).json()
+    model = described["models"][0]
+    assert [row["label"] for row in model["switch_table"]] == [SMALL, RELAYED, BIG]
+    keys = ("route_id", "label", "link", "codecs", "sends", "tensors", "last_tier", "ranges_mbps")
+    assert [{k: r[k] for k in keys} for r in model["routes"]] == [{k: r.describe()[k] for k in keys}
+                                                                   for r in device.routes]
+    assert [(r["link"], r["tensors"], r["last_tier"], r["ranges_mbps"]) for r in model["routes"]] == [
+        (0, ["layers_0_relu"], 2, [[100.0, 1000.0]]), (0, ["layers_1_relu"], 1, [[0.1, 20.0]]),
+        (0, ["layers_0_relu"], 2, [[20.0, 100.0]])]
+    # `serve` lists them at startup: which it answers itself and which it relays.
+    console = Console(width=300, record=True)
+    deployment = switching["engine"].deployment
+    served_here = Relay(deployment, last.url, TOKENS[1], 10.0, 16)
+    console.print(served_here.summary(deployment, relay.url, "token", ServerLimits(), 16))
+    assert (f"routes 0 {BIG} (on to tier 2, 100–1000 Mbit/s on link 0); 1 {SMALL} (answered here, 0.1–20 Mbit/s on "
+            f"link 0); 2 {RELAYED} (on to tier 2, 20–100 Mbit/s on link 0)") in console.export_text()
+    # A table naming one placement is not followed: the chosen one is served alone, as before.
+    one_row = switching["plan"].model_copy(update={"switch_table": [switching["plan"].switch_table[0]]})
+    assert followed_table(one_row) == [] and [e.label for e in placements(one_row)] == [BIG]
+
+
+def test_every_placement_answers_as_the_whole_model_and_ends_where_it_says(switching):
+    """A client pinned on each placement gets the whole model's answer; the one that ends on tier 1 is answered by
+    the relay itself, without a request to tier 2."""
+    device, engine = switching["device"], switching["engine"]
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        expected = device.model(x)
+    forwarded, send = [], engine.next_hop.send
+
+    async def counted(request: Request) -> Response:
+        forwarded.append(request.route_id)
+        return await send(request)
+
+    engine.next_hop.send = counted
+    try:
+        results = {}
+        for label in (BIG, SMALL, RELAYED):
+            with ChainClient(switching["path"], switching["relay"].url, TOKENS[0], route=label, retries=0) as client:
+                results[label] = client.infer(x)
+                assert client.tiers == (2 if label == SMALL else 3)
+            forwarded.append("|")
+    finally:
+        del engine.next_hop.send
+    assert forwarded == [0, "|", "|", 2, "|"]  # SMALL never went past tier 1
+    for label, result in results.items():
+        assert (result.where, result.mode, result.label) == ("server", "route", label)
+        assert torch.allclose(result.logits, expected, atol=1e-5), label
+    assert results[SMALL].bytes_sent < 0.6 * results[BIG].bytes_sent  # layers_1_relu is half of layers_0_relu
+
+
+def test_the_chain_client_switches_placement_on_link_0s_bandwidth(switching):
+    """At 300 Mbit/s on link 0 the client runs BIG (the chosen); when link 0 drops to 4 Mbit/s it moves to SMALL,
+    which sends half as much over it (later links as planned)."""
+    device = switching["device"]
+    x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        expected = device.model(x)
+    link = Throttled(300.0)
+    with ChainClient(switching["path"], switching["relay"].url, TOKENS[0], transport=link, probe_every_s=60) as client:
+        fast = [client.infer(x) for _ in range(4)]
+        assert [r.label for r in fast] == [BIG] * 4
+        link.mbps = 4.0
+        slow = []
+        while len(slow) < 12 and (not slow or slow[-1].label != SMALL):
+            slow.append(client.infer(x))
+        assert slow[-1].label == SMALL, [(r.label, r.mbps) for r in slow]
+        assert 2 < client.mbps < 8 and client.tiers == 2
+        switches = [(s.from_label, s.to_label) for s in client.stats.switches]
+    assert switches == [(BIG, SMALL)]
+    for result in fast + slow:
+        assert result.where == "server" and torch.allclose(result.logits, expected, atol=1e-5)
+
+
+def test_serve_needs_next_where_a_placement_goes_on(tmp_path):
+    """The chosen placement ends on tier 1, the table's BIG on tier 2: tier 1 relays it, so it needs --next."""
+    plan, _ = chain_plan(tmp_path, switching=True)
+    stale = plan.model_copy(update={"chosen": plan.entry(SMALL)})  # the table says BIG at link 0's 300 Mbit/s
+    assert followed_table(stale) == [] and [e.label for e in placements(stale)] == [SMALL]
+    slow = [plan.links[0].model_copy(update={"uplink_mbps": 5.0}), plan.links[1]]
+    path = tmp_path / "small-chosen.json"
+    path.write_text(stale.model_copy(update={"links": slow}).model_dump_json())
+    assert_user_error(edgesplit_in_process("serve", str(path), "--tier", "1"), "middle tier", "--next")
+    assert_user_error(edgesplit_in_process("serve", str(path), "--tier", "2", "--next", "http://127.0.0.1:9"),
+                      "last tier", "leave --next out")
+    assert [r.route_id for r in load_chain_deployment(load_chain_plan(path), 2).routes] == [1, 2]

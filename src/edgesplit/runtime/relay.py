@@ -7,23 +7,33 @@ encodes what crosses link K (tensors that skip it included) and POSTs it on to `
 id and top-k, its own token, a deadline — and answers with the frame that comes back. The last tier answers with
 the model's result, batched like any tail.
 
-* :class:`ChainDeployment` is a chain plan made runnable at one tier (a :class:`Deployment` with one route, so the
-  server's engine, limits, metrics and /v1/models take it as they are); :func:`load_chain_deployment` builds it.
-* :class:`ChainRoute` is that route: what the tier receives (link K − 1) and its codecs, its stage, and what it
-  sends on (link K). Every tensor crossing a link uses the plan's codec.
+Every placement of the plan's switch table is served (one *route* each; the table is over link 0's bandwidth,
+later links as planned), besides the chosen one: route ids are one numbering on every tier (the chosen placement
+first, then the table's in its order; the all-device placement has none), and tier K serves the routes whose last
+tier is K or later. A tier is the last of some routes (it answers them itself, batched) and a middle tier of others
+(it forwards them). The device switches between them on its link-0 estimate (``adapt.SwitchPolicy``). A table that
+names one placement only, or names another than the chosen one at link 0's planned rate, is not followed: the
+chosen placement is served alone.
+
+* :class:`ChainDeployment` is a chain plan made runnable at one tier (a :class:`Deployment` whose routes are the
+  placements that reach the tier, so the server's engine, limits, metrics and /v1/models take it as they are);
+  :func:`load_chain_deployment` builds it.
+* :class:`ChainRoute` is one placement at one tier: what the tier receives (link K − 1) and its codecs, its stage,
+  and what it sends on (link K), or the result where the placement ends. Every tensor crossing a link uses the
+  plan's codec.
 * :class:`NextHop` is the relay's client to the next tier: many requests in flight at once (one asyncio task each,
   a pool of kept-alive connections), each with a deadline; a failure is answered 502 (``Status.BAD_GATEWAY``) with
   a message that names the link that failed, passed back unchanged by the relays before it.
-* :class:`RelayEngine` is the engine of a middle tier; :func:`load_relay` checks `serve`'s --tier and --next and
+* :class:`RelayEngine` is the engine of a server tier; :func:`load_relay` checks `serve`'s --tier and --next and
   builds the engine and its startup summary for `server.serve`.
 * :class:`ChainClient` is the device side (`edgesplit infer` makes one for a chain plan): stage 0 here, the rest through
-  the first hop; when a hop fails, the whole model runs here and ``failure`` says which link failed.
+  the first hop, the placement switched on link 0's bandwidth; when a hop fails, the whole model runs here and
+  ``failure`` says which link failed.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 import time
 from dataclasses import dataclass, field
@@ -35,8 +45,10 @@ import torch
 
 from edgesplit.codecs import Codec, CodecError, DecodeLimits, pack, parse_codec, unpack, unpack_cost
 from edgesplit.errors import CutError, EdgesplitError
-from edgesplit.model.graph import Partition, Stage, TensorSpec, trace
-from edgesplit.plan.schema import ChainPlanReport, PlanReport, load_chain_plan, load_plan, plan_kind
+from edgesplit.model.graph import Partition, Stage, TensorSpec, TracedModel, trace
+from edgesplit.plan.schema import (ChainEntry, ChainPlanReport, ChainSwitchRange, LinkSummary, load_chain_plan,
+                                   plan_kind)
+from edgesplit.runtime.adapt import SwitchPolicy
 from edgesplit.runtime.auth import checked_token, read_token_file
 from edgesplit.runtime.client import Client
 from edgesplit.runtime.deployment import Deployment, DeploymentError, _rebuild
@@ -46,7 +58,8 @@ from edgesplit.runtime.guard import is_loopback
 from edgesplit.runtime.wire import MEDIA_TYPE, Request, Response, Status, WireError, check_model_id, model_id_for
 
 __all__ = ["CHAIN_KIND", "ChainClient", "ChainDeployment", "ChainError", "ChainRoute", "NextHop", "Relay",
-           "RelayEngine", "chain_note", "chain_text", "load_chain_deployment", "load_relay"]
+           "RelayEngine", "chain_note", "chain_text", "followed_table", "load_chain_deployment", "load_relay",
+           "placements"]
 
 CHAIN_KIND = "edgesplit.chainplan"
 _UNBOUNDED = DecodeLimits(max_decoded_bytes=1 << 62)  # decode_cost reports a cost over any limit; decode refuses it
@@ -77,22 +90,30 @@ def _link_name(plan: ChainPlanReport, link: int, url: str | None = None) -> str:
 
 @dataclass
 class ChainRoute:
-    """What one tier of a chain does: decode what crosses link ``tier − 1``, run its stage, encode what crosses
-    link ``tier``. Its requests travel on one link (``wire_link``): link 0 for the device, link ``tier − 1`` for a
-    server; ``sent_shapes``, ``codecs`` and ``describe`` are that link's, the same on both of its ends."""
+    """What one tier does for one placement of a chain: decode what crosses link ``tier − 1``, run its stage, encode
+    what crosses link ``tier`` (or, on the placement's ``last_tier``, answer with the result). Its requests travel on
+    one link (``wire_link``): link 0 for the device, link ``tier − 1`` for a server; ``sent_shapes``, ``codecs`` and
+    ``describe`` are that link's, the same on both of its ends."""
 
     route_id: int
     label: str
     tier: int
     stage: Stage
     in_codecs: list[Codec]  # one per tensor received (link tier − 1); none on the device
-    out_codecs: list[Codec]  # one per tensor sent on (link tier); none on the last tier
+    out_codecs: list[Codec]  # one per tensor sent on (link tier); none on the placement's last tier
+    last_tier: int  # the placement's farthest tier: it computes the result
+    partition: Partition | None = None  # the placement's stages (tiers 0..last_tier)
     kind: str = "chain"
     width: float | None = None
     bottleneck: None = None
     picture: None = None
     ranges: list[tuple[float, float]] = field(default_factory=list)
     vocab: tuple[int | None, ...] = ()
+
+    @property
+    def ends_here(self) -> bool:
+        """Whether this tier is the placement's last: it answers with the result instead of sending on."""
+        return self.tier == self.last_tier
 
     @property
     def wire(self) -> tuple[TensorSpec, ...]:
@@ -174,10 +195,10 @@ class ChainRoute:
 
     def describe(self) -> dict:
         return {"route_id": self.route_id, "label": self.label, "kind": self.kind, "tier": self.tier,
-                "link": self.wire_link, "cut_index": None, "position": None, "head_nodes": None,
-                "codecs": [c.spec for c in self.codecs], "width": None,
+                "last_tier": self.last_tier, "link": self.wire_link, "cut_index": None, "position": None,
+                "head_nodes": None, "codecs": [c.spec for c in self.codecs], "width": None,
                 "sends": [list(s) for s in self.sent_shapes], "tensors": [t.name for t in self.wire],
-                "ranges_mbps": []}
+                "ranges_mbps": [list(r) for r in self.ranges]}
 
 
 # ---- a chain plan made runnable at one tier -------------------------------------------------------------------------
@@ -185,68 +206,148 @@ class ChainRoute:
 
 @dataclass
 class ChainDeployment(Deployment):
-    """A chain plan's model, partition and codecs, at one tier (its one route is that tier's)."""
+    """A chain plan's model and, at one tier, the routes of the placements that reach it (route ids are the same
+    on every tier: see :func:`placements`)."""
 
     tier: int = 0
-    partition: Partition | None = None
-    link_codecs: list[list[Codec]] = field(default_factory=list)  # per link, one codec per crossing tensor
+    partition: Partition | None = None  # the first route's placement (the chosen one, where it reaches this tier)
+    depth: int = 0  # the farthest tier of any placement served
 
     @property
     def last_tier(self) -> int:
-        return self.plan.chosen.last_tier
+        """The farthest tier any served placement reaches (the chain's servers are tiers 1..last_tier)."""
+        return self.depth
+
+    @property
+    def switch_table(self) -> list[ChainSwitchRange]:
+        """The rows of the plan's switch table (first-link Mbit/s) that the device follows."""
+        return followed_table(self.plan)
+
+    def route(self, route_id: int) -> ChainRoute:
+        found = next((r for r in self.routes if r.route_id == route_id), None)
+        if found is not None:
+            return found
+        known = [entry.label for entry in placements(self.plan)]
+        served = ", ".join(str(r.route_id) for r in self.routes) or "none"
+        if 0 <= route_id < len(known):
+            raise WireError(f"route {route_id} ({known[route_id]}) ends before tier {self.tier}; this tier of "
+                            f"model {self.model_id} serves routes {served}", status=Status.NOT_FOUND)
+        raise WireError(f"model {self.model_id} at tier {self.tier} serves routes {served}, not {route_id}; "
+                        "GET /v1/models lists them", status=Status.NOT_FOUND)
+
+    def label_at(self, mbps: float) -> str:
+        """The followed switch table's placement at ``mbps`` on link 0 (the chosen one when the table is not
+        followed)."""
+        table = self.switch_table
+        if not table:
+            return self.plan.chosen.label
+        for row in table:
+            if row.low_mbps <= mbps < row.high_mbps:
+                return row.label
+        return table[0].label if mbps < table[0].low_mbps else table[-1].label
 
     def describe(self) -> dict:
         plan = self.plan
         return {"model_id": self.model_id, "model": plan.model, "fingerprint": plan.fingerprint,
-                "input_shape": plan.input_shape, "chosen": plan.chosen.label, "switch_table": [],
+                "input_shape": plan.input_shape, "chosen": plan.chosen.label,
+                "switch_table": [row.model_dump() for row in self.switch_table],
                 "chain": {"tier": self.tier, "last_tier": self.last_tier, "topology": plan.topology,
                           "machine": plan.machines[self.tier].spec if self.tier < len(plan.machines) else None},
                 "routes": [r.describe() for r in self.routes]}
 
 
+def followed_table(plan: ChainPlanReport) -> list[ChainSwitchRange]:
+    """The rows of ``plan``'s switch table the device switches on: all of them when they name two placements or
+    more and agree with the chosen one (at link 0's planned rate the table's row is the chosen placement); none
+    otherwise: the chosen placement then runs at every bandwidth, as planned (a table of one placement, or one that
+    a plan whose choice was replaced, e.g. by a benchmark, still carries)."""
+    table = list(plan.switch_table)
+    if len({row.label for row in table}) < 2 or not plan.links:
+        return []
+    mbps = plan.links[0].uplink_mbps
+    here = next((row.label for row in table if row.low_mbps <= mbps < row.high_mbps),
+                table[0].label if mbps < table[0].low_mbps else table[-1].label)
+    return table if here == plan.chosen.label else []
+
+
+def all_device_label(plan: ChainPlanReport) -> str:
+    """The label of the placement that runs everything on tier 0 (it has no route: nothing is sent)."""
+    return next((e.label for e in [plan.chosen, *plan.baselines] if e.last_tier == 0), "all on the device")
+
+
+def placements(plan: ChainPlanReport) -> list[ChainEntry]:
+    """The placements served, in route-id order: the chosen one, then each other placement the followed switch table
+    names, in its order; those that keep everything on the device (last tier 0) have no route and are left out."""
+    found: list[ChainEntry] = []
+    for label in dict.fromkeys([plan.chosen.label, *(row.label for row in followed_table(plan))]):
+        try:
+            entry = plan.entry(label)
+        except StopIteration:
+            raise DeploymentError(f"the chain plan's switch table names '{label}', which is not one of its "
+                                  "placements; plan again") from None
+        if entry.last_tier >= 1:
+            found.append(entry)
+    return found
+
+
+def _partition(traced: TracedModel, entry: ChainEntry) -> Partition:
+    """``entry``'s placement cut into stages 0..last_tier, checked against what the plan says crosses each link."""
+    last = entry.last_tier
+    try:
+        partition = traced.partition(entry.assignment, stages=last + 1)
+    except CutError as error:
+        raise DeploymentError(f"the chain plan's placement '{entry.label}' does not partition this model ({error}); "
+                              "plan again") from error
+    if len(entry.hops) < last:
+        raise DeploymentError(f"the chain plan's placement '{entry.label}' has {len(entry.hops)} hops for tiers "
+                              f"0..{last}; plan again")
+    for link, hop in enumerate(entry.hops[:last]):
+        planned = [t.name for t in hop.crossing]
+        actual = [t.name for t in partition.stages[link].outputs]
+        if planned != actual:
+            raise DeploymentError(f"the plan says {', '.join(planned) or 'nothing'} crosses link {link} in "
+                                  f"'{entry.label}', the model's partition sends {', '.join(actual) or 'nothing'}; "
+                                  "plan again with this edgesplit")
+    return partition
+
+
 def load_chain_deployment(plan: ChainPlanReport, tier: int, *, weights: str | Path | None = None,
                           model_id: str | None = None, plan_dir: Path | None = None,
                           model: str | None = None) -> ChainDeployment:
-    """Rebuild ``plan``'s model and partition for tier ``tier`` (0: the device); every link's codecs, calibrated
-    on the stages' outputs for the traced example when the codec needs it (the same on every tier)."""
-    last = plan.chosen.last_tier
-    if not 0 <= tier <= last:
-        raise ChainError(f"this chain plan runs tiers 0..{last}; there is no tier {tier}")
+    """Rebuild ``plan``'s model and, for tier ``tier`` (0: the device), one route per served placement that reaches
+    it (:func:`placements`); each placement's link codecs calibrated on its stages' outputs for the traced example
+    when the codec needs it (the same on every tier)."""
+    served = placements(plan)
+    depth = max((entry.last_tier for entry in served), default=0)
+    if not 0 <= tier <= depth:
+        raise ChainError(f"this chain plan runs tiers 0..{depth}; there is no tier {tier}")
     built, example = _rebuild(plan, weights, plan_dir, model)
     traced = trace(built, example)
     if traced.fingerprint != plan.fingerprint:
         raise DeploymentError(f"the model rebuilt from the plan (graph {traced.fingerprint}) is not the one that was "
                               f"planned (graph {plan.fingerprint}); plan again with this model and weights")
     try:
-        partition = traced.partition(plan.chosen.assignment, stages=last + 1)
-    except CutError as error:
-        raise DeploymentError(f"the chain plan's placement does not partition this model ({error}); plan again") \
-            from error
-    if len(plan.chosen.hops) < last:
-        raise DeploymentError(f"the chain plan's chosen placement has {len(plan.chosen.hops)} hops for tiers "
-                              f"0..{last}; plan again")
-    for link, hop in enumerate(plan.chosen.hops[:last]):
-        planned = [t.name for t in hop.crossing]
-        actual = [t.name for t in partition.stages[link].outputs]
-        if planned != actual:
-            raise DeploymentError(f"the plan says {', '.join(planned) or 'nothing'} crosses link {link}, the model's "
-                                  f"partition sends {', '.join(actual) or 'nothing'}; plan again with this edgesplit")
-    try:
         codec = parse_codec(plan.codec or "fp32")
     except CodecError as error:
         raise DeploymentError(f"the chain plan's codec '{plan.codec}' is not a codec spec ({error})") from error
-    link_codecs: list[list[Codec]] = []
-    with torch.no_grad():
-        values = partition.run(*traced.example_inputs)
-    for link in range(last):
-        link_codecs.append([codec.calibrate(t) if codec.needs_calibration else codec for t in values[link]])
-    stage = partition.stages[tier]
-    routes = [ChainRoute(0, plan.chosen.label, tier, stage, link_codecs[tier - 1] if tier else [],
-                         link_codecs[tier] if tier < last else [])] if last else []
+    table = followed_table(plan)
+    routes = []
+    for route_id, entry in enumerate(served):
+        last = entry.last_tier
+        if last < tier:
+            continue
+        partition = _partition(traced, entry)
+        with torch.no_grad():
+            values = partition.run(*traced.example_inputs)
+        links = [[codec.calibrate(t) if codec.needs_calibration else codec for t in values[link]]
+                 for link in range(last)]
+        routes.append(ChainRoute(route_id, entry.label, tier, partition.stages[tier], links[tier - 1] if tier else [],
+                                 links[tier] if tier < last else [], last, partition,
+                                 ranges=[(row.low_mbps, row.high_mbps) for row in table if row.label == entry.label]))
     if model_id is not None:
         check_model_id(model_id)
     return ChainDeployment(model_id or model_id_for(plan.model), plan, built, traced, routes, tier=tier,
-                           partition=partition, link_codecs=link_codecs)
+                           partition=routes[0].partition if routes else None, depth=depth)
 
 
 # ---- the relay's client to the next tier ----------------------------------------------------------------------------
@@ -333,15 +434,22 @@ class NextHop:
             if theirs is None:
                 raise self._failed(f"it does not serve model '{mine.model_id}'")
             chain = theirs.get("chain") or {}
-            ours = mine.routes[0]
-            route = (theirs.get("routes") or [{}])[0]
-            if theirs.get("fingerprint") != mine.plan.fingerprint or chain.get("tier") != self.link + 1 \
-                    or route.get("codecs") != [c.spec for c in ours.out_codecs] \
-                    or route.get("tensors") != [t.name for t in ours.stage.outputs]:
+            if theirs.get("fingerprint") != mine.plan.fingerprint or chain.get("tier") != self.link + 1:
                 serves = f"tier {chain['tier']} of a chain" if "tier" in chain else "a two-tier plan"
                 raise self._failed(f"it serves {serves} for graph {theirs.get('fingerprint')}, not tier "
                                    f"{self.link + 1} of this plan (graph {mine.plan.fingerprint}); serve the same "
                                    f"plan there with --tier {self.link + 1}")
+            try:
+                routes = {r["route_id"]: r for r in theirs.get("routes") or []}
+            except (KeyError, TypeError) as error:
+                raise self._failed("GET /v1/models lists routes without ids") from error
+            for ours in (r for r in mine.routes if not r.ends_here):  # what this tier sends on, route by route
+                route = routes.get(ours.route_id) or {}
+                if route.get("codecs") != [c.spec for c in ours.out_codecs] \
+                        or route.get("tensors") != [t.name for t in ours.stage.outputs]:
+                    raise self._failed(f"its route {ours.route_id} is not this plan's '{ours.label}' at tier "
+                                       f"{self.link + 1} (it takes {route.get('tensors')} {route.get('codecs')}); "
+                                       f"serve the same plan there with --tier {self.link + 1}")
             self._checked = True
 
     async def ready(self) -> bool:
@@ -362,17 +470,23 @@ class NextHop:
 
 
 class RelayEngine(Engine):
-    """A tier with a next hop: each request decoded, its stage run (one at a time, on the compute thread), what it
-    sends on encoded and forwarded; requests do not wait for each other's answers, so many are in flight through
-    the relay at once. Without a next hop (the last tier) it is the plain engine, batching as a tail does."""
+    """A server tier of a chain. A request on a route that goes on past this tier is decoded, its stage run (one at
+    a time, on the compute thread), what it sends on encoded and forwarded to ``next_hop``; requests do not wait
+    for each other's answers, so many are in flight through the relay at once. A request on a route that ends here
+    is answered here, batched as a tail does (the plain engine). ``next_hop`` is needed exactly when some served
+    route goes on (ChainError otherwise)."""
 
     def __init__(self, deployment: ChainDeployment, limits: ServerLimits | None = None,
                  next_hop: NextHop | None = None, observer: Observer | None = None) -> None:
+        onward = [r for r in deployment.routes if not r.ends_here]
+        if onward and next_hop is None:
+            raise ChainError(f"tier {deployment.tier} relays {', '.join(repr(r.label) for r in onward)} to tier "
+                             f"{deployment.tier + 1}: it needs a next hop")
         super().__init__([deployment], limits or ServerLimits(), observer)
         self.deployment, self.next_hop = deployment, next_hop
 
     async def _answer(self, request: Request, route: ChainRoute, started: float) -> Response:
-        if self.next_hop is None:
+        if route.ends_here:
             return await super()._answer(request, route, started)
         tensors = await self.decoded(request, route)
         began = time.perf_counter()
@@ -384,12 +498,12 @@ class RelayEngine(Engine):
 
     async def warm_up(self, passes: int = 3) -> None:
         await super().warm_up(passes)
-        if self.next_hop is not None:
-            for route in self.deployment.routes:  # the encoder too: its first frames cost more
+        for route in self.deployment.routes:  # the encoder too, where it sends on: its first frames cost more
+            if not route.ends_here:
                 await asyncio.get_running_loop().run_in_executor(self._compute, route.forward, route.warm_inputs())
 
     async def ready(self) -> bool:
-        """Whether requests can go through: the next tier is ready (always, on the last tier)."""
+        """Whether requests can go through: the next tier is ready (always, without a next hop)."""
         return self.next_hop is None or await self.next_hop.ready()
 
     async def close(self) -> None:
@@ -419,7 +533,8 @@ class Relay:
 
     def summary(self, deployment: ChainDeployment, url: str, token_source: str | None, limits: ServerLimits,
                 client_concurrency: int, guards=None):
-        """One screen: the chain, this tier's stage, what it receives and sends on, where, auth and limits."""
+        """One screen: the chain (the first route's placement), this tier's stage, what it receives and sends on,
+        the routes it serves, where, auth and limits."""
         from rich.console import Group
         from rich.markup import escape
         from rich.table import Table
@@ -427,17 +542,20 @@ class Relay:
 
         plan, tier, last = deployment.plan, deployment.tier, deployment.last_tier
         route = deployment.routes[0]
+        ends = route.last_tier
         table = Table(title=escape(f"edgesplit serve — {plan.model} tier {tier} of 0..{last} (model id "
                                    f"{deployment.model_id}, graph {plan.fingerprint})"), title_justify="left")
         for column in ("tier", "machine", "nodes", "receives", "sends on", "codec"):
             table.add_column(column)
-        for index, stage in enumerate(deployment.partition.stages):
+        for index, stage in enumerate(route.partition.stages):
             mark = " ◀ here" if index == tier else ""
             table.add_row(f"{index}{mark}", escape(plan.machines[index].spec if index < len(plan.machines) else "?"),
                           str(len(stage.nodes)), escape(_tensors(stage.inputs) if index else "the input"),
-                          escape(_tensors(stage.outputs) if index < last else "the result"),
-                          escape(plan.codec if index < last else "fp32 result"))
+                          escape(_tensors(stage.outputs) if index < ends else "the result"),
+                          escape(plan.codec if index < ends else "fp32 result"))
         lines = [table, Text.assemble(("listening ", "bold"), url, f"  (receives {_link_name(plan, tier - 1)})")]
+        if len(deployment.routes) > 1:  # the switch table's placements: the device picks one by link 0's bandwidth
+            lines.append(Text.assemble(("routes ", "bold"), "; ".join(map(_route_line, deployment.routes))))
         if self.next_url is None:
             lines.append(Text.assemble(("last tier ", "bold"), "answers with the model's result"))
         else:
@@ -456,8 +574,15 @@ class Relay:
         lines.append(Text.assemble(("limits ", "bold"), f"batch ≤ {limits.max_batch} inputs, request ≤ "
                                    f"{limits.max_request_bytes / 2**20:.3g} MiB, decode ≤ "
                                    f"{limits.decode.max_decoded_bytes / 2**20:.3g} MiB, {client_concurrency} in "
-                                   f"flight per client; {route.label}"))
+                                   f"flight per client"))
         return Group(*lines)
+
+
+def _route_line(route: ChainRoute) -> str:
+    """'2 tier 1 only relays (on to tier 2, 20–100 Mbit/s on link 0)': a served route in the startup summary."""
+    where = "answered here" if route.ends_here else f"on to tier {route.tier + 1}"
+    ranges = ", ".join(f"{low:g}–{high:g}" for low, high in route.ranges)
+    return f"{route.route_id} {route.label} ({where}{f', {ranges} Mbit/s on link 0' if ranges else ''})"
 
 
 def _tensors(specs: tuple[TensorSpec, ...]) -> str:
@@ -472,7 +597,7 @@ def load_relay(plan_path: Path, tier: int | None, *, next_url: str | None = None
         raise ChainError(f"{plan_path} is a two-tier plan; --tier and --next serve chain plans (`edgesplit plan MODEL "
                          "--topology 'A > LINK > B > LINK > C' --json plan.json`): serve it without them")
     plan = load_chain_plan(plan_path)
-    last = plan.chosen.last_tier
+    last = max((entry.last_tier for entry in placements(plan)), default=0)  # the deepest placement served
     if last < 1:
         raise ChainError(f"{plan_path} runs the whole model on tier 0 (the device): there is no tier to serve")
     if tier is None:
@@ -507,38 +632,48 @@ def load_relay(plan_path: Path, tier: int | None, *, next_url: str | None = None
 # ---- the device -----------------------------------------------------------------------------------------------------
 
 
-class _PinnedPolicy:
-    """The switch policy of a chain client: the chosen placement always (the relays serve that one only)."""
+@dataclass
+class _Labelled:
+    label: str
 
-    rows: tuple = ()
-    all_device_label = "all on device"
+
+@dataclass
+class _LinkZero:
+    """The plan as the switch policy reads it (``adapt.SwitchPolicy``, ``adapt.Adapter``): the followed switch table
+    over link 0, the chosen and all-device placements, and link 0 as "the link"."""
+
+    switch_table: list[ChainSwitchRange]
+    chosen: ChainEntry
+    all_device: _Labelled
+    link: LinkSummary
+
+
+class _SwitchView:
+    """A chain deployment as ``SwitchPolicy`` reads a deployment: the switch table over link 0's bandwidth, each
+    placement's route by label (later links as planned)."""
 
     def __init__(self, deployment: ChainDeployment) -> None:
+        plan = deployment.plan
         self.deployment = deployment
-        self.label = deployment.routes[0].label if deployment.routes else self.all_device_label
+        link = plan.links[0] if plan.links else LinkSummary(spec="?", uplink_mbps=1.0, downlink_mbps=1.0, rtt_ms=0.0,
+                                                            tx_w=0.0, rx_w=0.0, source="none")
+        self.plan = _LinkZero(deployment.switch_table, plan.chosen, _Labelled(all_device_label(plan)), link)
 
     def label_at(self, mbps: float) -> str:
-        return self.label
+        return self.deployment.label_at(mbps)
 
-    def holds(self, label: str, mbps: float) -> bool:
-        return True
-
-    def lower(self, label: str, than: str) -> bool:
-        return False
-
-    def next(self, label: str, mbps: float) -> str:
-        return label
-
-    def above(self, label: str) -> str | None:
-        return None
+    def route_for_label(self, label: str) -> ChainRoute | None:
+        return self.deployment.route_for_label(label)
 
 
 class ChainClient(Client):
     """The device of a chain plan: stage 0 here, what crosses link 0 to the first hop (``url``: the tier 1 server),
-    the result back from the last tier through the relays. `edgesplit infer` makes one for a chain plan; it takes
-    ``Client``'s options (timeouts, retries, fallback, stream, TLS) and always runs the plan's chosen placement.
-    When a request fails on every attempt, the whole model runs here (``fallback``) and ``failure`` says which
-    link failed (``failed_link``: 0 for the first hop itself)."""
+    the result back from the placement's last tier through the relays. `edgesplit infer` makes one for a chain
+    plan; it takes ``Client``'s options (timeouts, retries, fallback, stream, TLS). The placement follows the plan's
+    switch table on the link-0 estimate (``adapt.SwitchPolicy`` and ``Adapter``, as the two-tier client; later links
+    as planned); ``route`` pins one placement by its label. A table that is not followed (``followed_table``) leaves
+    the chosen placement running. When a request fails on every attempt, the whole model runs here (``fallback``) and
+    ``failure`` says which link failed (``failed_link``: 0 for the first hop itself)."""
 
     def __init__(self, plan: ChainPlanReport | ChainDeployment | str | Path, url: str, token: str | None = None, *,
                  weights: str | Path | None = None, model_id: str | None = None, plan_dir: str | Path | None = None,
@@ -555,16 +690,14 @@ class ChainClient(Client):
         if not plan.routes:
             raise ClientError(f"the chain plan for {plan.plan.model} runs the whole model on the device (tier 0); "
                               "there is nothing to send")
-        if route is not None and route != plan.routes[0].label:
-            raise ClientError(f"a chain client runs the plan's chosen placement '{plan.routes[0].label}' only")
         self.failure: str | None = None  # why the last outage began, naming the link
         self.failed_link: int | None = None
         first_link = plan.plan.links[0].uplink_mbps if plan.plan.links else 1.0
-        super().__init__(plan, url, token, route=plan.routes[0].label, model_id=model_id,
+        super().__init__(plan, url, token, route=route, model_id=model_id,
                          initial_mbps=initial_mbps if initial_mbps is not None else first_link, **options)
 
-    def _switch_policy(self, hysteresis: float) -> _PinnedPolicy:
-        return _PinnedPolicy(self.deployment)
+    def _switch_policy(self, hysteresis: float) -> SwitchPolicy:
+        return SwitchPolicy(_SwitchView(self.deployment), hysteresis)
 
     def _check_models(self) -> None:
         """As ``Client``'s, and the server must be tier 1 of this chain (not a later tier, not a two-tier tail)."""
@@ -591,7 +724,9 @@ class ChainClient(Client):
 
     @property
     def tiers(self) -> int:
-        return self.deployment.last_tier + 1
+        """The tiers the current placement runs on (1: all on this device)."""
+        route = self.deployment.route_for_label(self.label)
+        return route.last_tier + 1 if route is not None else 1
 
 
 def chain_text(note: dict) -> str:
