@@ -417,7 +417,7 @@ def _used_networks(ip: str) -> list[ipaddress.IPv4Network]:
     nets = [ipaddress.ip_interface(m).network for m in re.findall(r"inet (\S+)", text)]
     routes = _run([ip, "-4", "route", "show", "table", "all"], check=False).stdout
     # A route line starts with its destination, after a type such as "local" or "blackhole" where it has one.
-    destinations = re.findall(r"^(?:[a-z]+ )?([\d.]+(?:/\d+)?) ", routes, re.M)
+    destinations = re.findall(r"^(?:[a-z]+ )?([\d.]+(?:/\d+)?) ", routes, re.MULTILINE)
     return nets + [ipaddress.ip_network(d, strict=False) for d in destinations]
 
 
@@ -663,6 +663,7 @@ class ChainedLinks:
         self._subnets: list[ipaddress.IPv4Network] = []
         self._created: list[str] = []
         self._procs: list[subprocess.Popen[Any]] = []
+        self._fillers: dict[tuple[int, bool], subprocess.Popen[Any]] = {}  # (hop, upper end): its idle filler
         self._closed = False
         _live.add(self)
         try:
@@ -720,9 +721,36 @@ class ChainedLinks:
         _run([ip, "-n", ns, "link", "set", high_dev, "up"])
         _run([ip, "-n", ns, "link", "set", "lo", "up"])
         up, down = self.rates[hop - 1]
-        for command in (_shape(ip, self._tc, low_ns, low_dev, up), _shape(ip, self._tc, ns, high_dev, down)):
+        for upper, command in ((False, _shape(ip, self._tc, low_ns, low_dev, up)),
+                               (True, _shape(ip, self._tc, ns, high_dev, down))):
             if command is not None:
-                self._procs.append(_start_filler(command))
+                self._fillers[(hop, upper)] = _start_filler(command)
+                self._procs.append(self._fillers[(hop, upper)])
+
+    def set_rate(self, hop: int, rate: float | tuple[float, float]) -> None:
+        """Change hop ``hop``'s rate in place (``tc qdisc change``), one number or ``(up, down)``: the namespaces,
+        their addresses and the processes in them stay, so servers need not restart between rates. Each direction
+        gets the tbf of a fresh link at the new rate, and its idle filler is stopped, resized or started."""
+        if not 1 <= hop < len(self._netns):
+            raise ValueError(f"no hop {hop!r} in a chain of hops 1 to {len(self._netns) - 1}")
+        pair = (rate, rate) if not isinstance(rate, (tuple, list)) else tuple(rate)
+        if len(pair) != 2:
+            raise ValueError(f"a hop's rate is one number or a pair (up, down), not {rate!r}")
+        for value in pair:
+            _check_rate(value)
+        for upper, value in ((False, float(pair[0])), (True, float(pair[1]))):
+            netns, dev = self._dev(hop, upper)
+            if (filler := self._fillers.pop((hop, upper), None)) is not None:
+                _stop(filler)
+                self._procs.remove(filler)
+            on = ["-n", netns] if netns else []
+            _run([self._tc, *on, "qdisc", "change", "dev", dev, "root", "handle", "1:", "tbf", *_tbf_args(value)])
+            if fills_idle(value):
+                prefix = [self._ip, "netns", "exec", netns] if netns else []
+                self._fillers[(hop, upper)] = _start_filler(
+                    prefix + _script_command("fill", "--dev", dev, "--frame-bytes", str(fill_frame_bytes(value))))
+                self._procs.append(self._fillers[(hop, upper)])
+        self.rates[hop - 1] = (float(pair[0]), float(pair[1]))
 
     def _route(self) -> None:
         """Routes to the hops beyond a tier's neighbours, through them; forwarding in the tiers between."""

@@ -750,6 +750,25 @@ def test_chain_hops_each_run_at_their_own_rate(netns):
     assert not set(tiers) & set(netns_names())
 
 
+def test_chain_set_rate_changes_a_hop_in_place(netns):
+    """set_rate reshapes a live hop (tc qdisc change): same namespaces and servers, the new rate, fillers to match."""
+    with ChainedLinks([40.0]) as chain:
+        tiers = chain.netns(1)
+        assert not chain._fillers  # 40 Mbit/s: no idle filler
+        chain.set_rate(1, (4.0, 2.0))
+        assert chain.rates == [(4.0, 2.0)] and set(chain._fillers) == {(1, False), (1, True)}
+        ratios = [statistics.median(chain.measure_hop(1, up, down, 2)) / nominal_seconds(up, down, rate)
+                  for up, down, rate in [(40_000, 0, 4.0), (0, 20_000, 2.0)]]
+        fillers = list(chain._fillers.values())
+        chain.set_rate(1, 40.0)
+        assert not chain._fillers and all(proc.poll() is not None for proc in fillers)
+        fast = statistics.median(chain.measure_hop(1, 400_000, 0, 2)) / nominal_seconds(400_000, 0, 40.0)
+        assert chain.netns(1) == tiers and chain.drops() == [{"up": 0, "down": 0}]
+        with pytest.raises(ValueError):
+            chain.set_rate(2, 10.0)
+    assert all(0.97 <= ratio <= 1.25 for ratio in ratios + [fast]), (ratios, fast)
+
+
 def test_chain_hop_delay_adds_its_round_trip(netns):
     """A hop with rtt_ms runs through a TAP delay line: an empty request takes the round trip, a transfer its
     serialization time on top."""
