@@ -1,8 +1,9 @@
-"""The CLI as users run it: real subprocesses, real files, exit codes and one-line errors.
+"""The CLI as users run it: the entry point, real files, exit codes and one-line errors.
 
-User errors stop before a verb's work, so most of them run through the same entry point in this process
-(``edgesplit_in_process``, which saves a new interpreter's ~2 s of imports each); each test file keeps one through
-a new interpreter (``edgesplit_both_ways``, or a plain ``edgesplit``)."""
+User errors stop before a verb's work, and runs are checked by what they print and write, so most of them run
+through the same entry point in this process (``edgesplit_in_process``, which saves a new interpreter's ~3 s of
+imports each); each test file keeps one through a new interpreter (``edgesplit_both_ways``, or a plain
+``edgesplit``), and here `zoo`, a user's `package.module:factory` on PYTHONPATH and mismatched weights run in one."""
 
 import contextlib
 import io
@@ -107,8 +108,9 @@ def test_zoo_lists_every_model(tmp_path):
 
 
 def test_profile_writes_table_json_plot_and_device_profile(tmp_path):
-    result = edgesplit("profile", "resnet8", "--runs", "2", "--warmup", "1", "-q", "--json", str(tmp_path / "p.json"),
-                       "--plot", str(tmp_path / "p.png"), "--save-device", str(tmp_path / "laptop.json"))
+    result = edgesplit_in_process("profile", "resnet8", "--runs", "2", "--warmup", "1", "-q", "--json",
+                                  str(tmp_path / "p.json"), "--plot", str(tmp_path / "p.png"), "--save-device",
+                                  str(tmp_path / "laptop.json"))
     assert result.returncode == 0, result.stderr
     for column in ("head MACs", "tail MACs", "crossing tensors", "crossing bytes", "head ms", "tail ms"):
         assert column in result.stdout
@@ -121,8 +123,8 @@ def test_profile_writes_table_json_plot_and_device_profile(tmp_path):
 
 
 def test_split_writes_halves_that_reload(tmp_path):
-    result = edgesplit("split", "resnet8", "--cut", "layers_0_conv1_0", "--out", str(tmp_path / "s"),
-                       "--json", str(tmp_path / "s.json"))
+    result = edgesplit_in_process("split", "resnet8", "--cut", "layers_0_conv1_0", "--out", str(tmp_path / "s"),
+                                  "--json", str(tmp_path / "s.json"))
     assert result.returncode == 0, result.stderr
     assert "max abs diff 0.00e+00" in result.stdout
     record = json.loads((tmp_path / "s.json").read_text())
@@ -133,13 +135,14 @@ def test_split_writes_halves_that_reload(tmp_path):
 
 def test_train_then_profile_and_split_with_the_weights(tmp_path):
     weights = tmp_path / "w.safetensors"
-    result = edgesplit("train", "small_cnn", "--data", "digits", "--epochs", "2", "--out", str(weights), "-q",
-                       "--json", str(tmp_path / "t.json"))
+    result = edgesplit_in_process("train", "small_cnn", "--data", "digits", "--epochs", "2", "--out", str(weights),
+                                  "-q", "--json", str(tmp_path / "t.json"))
     assert result.returncode == 0, result.stderr
     trained = json.loads((tmp_path / "t.json").read_text())
     assert trained["test_accuracy"] > 0.5 and len(trained["train_loss"]) == 2
     # The weights carry their model's input shape (1×1×8×8) and classes.
-    result = edgesplit("split", "small_cnn", "--weights", str(weights), "--cut", "3", "--out", str(tmp_path / "s"))
+    result = edgesplit_in_process("split", "small_cnn", "--weights", str(weights), "--cut", "3", "--out",
+                                  str(tmp_path / "s"))
     assert result.returncode == 0, result.stderr
     assert json.loads((tmp_path / "s" / "split.json").read_text())["input_shapes"] == [[1, 1, 8, 8]]
 
@@ -195,8 +198,8 @@ def test_mismatched_weights_are_a_user_error(tmp_path):
 def test_small_cnn_reaches_98_percent_on_mnist(tmp_path):
     # One epoch at a higher peak rate (one-cycle) is enough: 98.49%, 98.38%, 98.48% with seeds 0, 1, 2 on the
     # full 10,000 test images, in half the time of two epochs at the default rate.
-    result = edgesplit("train", "small_cnn", "--data", f"mnist:{SHARED_DATA / 'mnist'}", "--epochs", "1",
-                       "--batch-size", "128", "--lr", "3e-3", "--out", str(tmp_path / "w.safetensors"), "-q",
-                       "--json", str(tmp_path / "t.json"))
+    result = edgesplit_in_process("train", "small_cnn", "--data", f"mnist:{SHARED_DATA / 'mnist'}", "--epochs", "1",
+                                  "--batch-size", "128", "--lr", "3e-3", "--out", str(tmp_path / "w.safetensors"), "-q",
+                                  "--json", str(tmp_path / "t.json"), timeout_s=600)
     assert result.returncode == 0, result.stderr
     assert json.loads((tmp_path / "t.json").read_text())["test_accuracy"] >= 0.98

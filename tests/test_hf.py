@@ -209,8 +209,8 @@ def test_every_verb_on_an_hf_folder(tmp_path, digits_vit):
               "compress": {"codecs": ["int8"], "bottleneck": None, "eval_limit": 64},
               "serve": {"images": 16}, "audit": {"cuts": "vit_layers_0_mlp_fc2", "attacks": "probe", "victims": 16}}
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
-    result = edgesplit("run", str(tmp_path / "run.yaml"), "--out", str(tmp_path / "out"), "--json",
-                       str(tmp_path / "run.json"), "-q")
+    result = edgesplit_in_process("run", str(tmp_path / "run.yaml"), "--out", str(tmp_path / "out"), "--json",
+                                  str(tmp_path / "run.json"), "-q", timeout_s=600)
     assert result.returncode == 0, result.stderr[-3000:]
     stages = json.loads((tmp_path / "run.json").read_text())["stages"]
     infer = next(facts for stage, facts in stages.items() if stage.startswith("serve and infer"))
