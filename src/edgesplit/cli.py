@@ -16,6 +16,7 @@ import torch
 import typer
 from pydantic import BaseModel, ValidationError
 from rich.console import Console
+from rich.markup import escape
 
 from edgesplit.errors import EdgesplitError
 from edgesplit.model import zoo
@@ -30,7 +31,7 @@ from edgesplit.pipeline.stages import CompressSettings, PlanSettings, ProfileSet
 from edgesplit.plan.schema import ChainPlanReport, load_any_plan
 from edgesplit.plots import plot_plan, plot_profile, plot_rate_accuracy
 from edgesplit.privacy.audit import AuditSettings
-from edgesplit.profile import device_profile
+from edgesplit.profile import device_profile, onnx_profile, require_onnx_runtime
 from edgesplit.report import report_index, scan, write_report
 from edgesplit.runtime.auth import token_from
 from edgesplit.runtime.client import Client
@@ -107,14 +108,29 @@ def profile(model: ModelArg, input_shape: InputShape = None, weights: Weights = 
             threads: Threads = None, json_out: JsonOut = None,
             plot: Annotated[Optional[Path], typer.Option(help="write the bytes/latency plot (PNG)")] = None,
             save_device: Annotated[Optional[Path], typer.Option(help="write this machine's device profile (JSON)")] = None,
+            runtime: Annotated[str, typer.Option(help="time heads with torch, or under ONNX Runtime: onnx (float32) or "
+                                                      "onnx-int8 (int8, as `export --quantize int8` runs them)")] = "torch",
+            data: Annotated[Optional[str], typer.Option(help="images --runtime onnx-int8 calibrates on (default: photos "
+                                                             "for colour inputs, digits for gray)")] = None,
             quiet: Quiet = False) -> None:
     """Measure every candidate cut: MACs, bytes crossing, head/tail latency and peak memory."""
     settings = settings_of(ProfileSettings, runs=runs, warmup=warmup, measure=measure, measure_cuts=measure_cut)
+    if runtime != "torch":
+        require_onnx_runtime(runtime)
+    if data is not None and runtime != "onnx-int8":
+        raise EdgesplitError("--data is read by --runtime onnx-int8 only (its calibration images); leave it out")
     if threads:
         torch.set_num_threads(threads)
     _, traced = stages.load(model, input_shape=input_shape, weights=weights)
     report = stages.profile(settings, traced, model, progress=not quiet)
+    if runtime != "torch":
+        report = onnx_profile(traced, report, runtime, data=data, runs=settings.runs, warmup=settings.warmup,
+                              threads=threads, progress=not quiet)
     show_profile(out, report)
+    if runtime != "torch":
+        out.print(f"latencies measured under ONNX Runtime ({runtime}): {report.model_ms:.3f} ms for the model, "
+                  f"{report.torch_model_ms:.3f} ms in PyTorch; {sum(c.measured for c in report.cuts)} of "
+                  f"{len(report.cuts)} cuts timed as a whole, node latencies derived from them")
     save_json(json_out, report)
     if plot:
         out.print(f"plot written to {plot_profile(report, plot)}")
@@ -231,6 +247,7 @@ def audit(model: ModelArg, weights: Weights = None, input_shape: InputShape = No
           epochs: int = setting(AuditSettings, "inversion_epochs", "--epochs"),
           steps: int = setting(AuditSettings, "optimize_steps", "--steps"),
           defense_epochs: int = setting(AuditSettings, "defense_epochs"),
+          defense_train_limit: Optional[int] = setting(AuditSettings, "defense_train_limit"),
           dfil_sigma: Optional[float] = setting(AuditSettings, "dfil_sigma"),
           threads: Threads = None,
           seed: int = setting(AuditSettings, "seed"),
@@ -242,7 +259,8 @@ def audit(model: ModelArg, weights: Weights = None, input_shape: InputShape = No
     # Building the settings parses every spec (attacks, defenses, codec) before the slow work starts.
     settings = settings_of(AuditSettings, cuts=cut, attacks=attack, defenses=defense, aux=aux, codec=codec,
                            victims=victims, aux_limit=aux_limit, inversion_epochs=epochs, optimize_steps=steps,
-                           defense_epochs=defense_epochs, dfil_sigma=dfil_sigma, seed=seed)
+                           defense_epochs=defense_epochs, defense_train_limit=defense_train_limit,
+                           dfil_sigma=dfil_sigma, seed=seed)
     if threads:
         torch.set_num_threads(threads)
     victim_data = load_dataset(data)
@@ -459,7 +477,7 @@ def main() -> None:
     try:
         app()
     except EdgesplitError as error:
-        Console(stderr=True).print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+        Console(stderr=True).print(f"[bold red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         sys.exit(130)

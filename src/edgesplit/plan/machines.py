@@ -102,6 +102,7 @@ def measured_machine(profile: DeviceProfile, workload: Workload, spec: MachineSp
         weight_storage_bytes=borrowed.weight_storage_bytes if borrowed else None,
         active_w=borrowed.active_w if borrowed else None, idle_w=borrowed.idle_w if borrowed else None,
         source=(f"measured on {profile.machine.cpu_model} ({profile.machine.threads} threads)"
+                + (f" under ONNX Runtime ({profile.runtime})" if profile.runtime != "torch" else "")
                 + (f", scaled ×{spec.speed:g}" if spec.speed != 1 else "")
                 + (f"; power and memory of preset {borrowed.name}" if borrowed else "")),
     )

@@ -3,7 +3,10 @@
 *Profile once per machine, decide anywhere*: a ``ProfileReport`` is everything measured about one model on
 one machine; ``DeviceProfile`` is its machine-specific part (latencies and machine info), the file a user
 makes on their Raspberry Pi or Jetson for the planner to read on any machine. Both are versioned JSON with
-a ``kind``.
+a ``kind``, and name the ``runtime`` their latencies were measured with: ``torch`` (PyTorch, eager fx), ``onnx``
+or ``onnx-int8`` (ONNX Runtime, float32 or the int8 QDQ model of ``edgesplit export --quantize int8``; see
+``edgesplit.profile.onnx_timing``). ``runtime`` came after version 1 files were first written and defaults to
+``torch``, which is what those files measured, so they still read.
 """
 
 from __future__ import annotations
@@ -18,9 +21,11 @@ from edgesplit.profile.machine import MachineInfo
 from edgesplit.versioned import read_versioned
 
 __all__ = ["PROFILE_VERSION", "Calibration", "CutLatency", "CutProfile", "DeviceProfile", "ModelInfo", "NodeLatency",
-           "NodeProfile", "ProfileReport", "device_profile", "load_device_profile"]
+           "NodeProfile", "ProfileReport", "Runtime", "device_profile", "load_device_profile"]
 
 PROFILE_VERSION = 1
+Runtime = Literal["torch", "onnx", "onnx-int8"]
+"""What ran the model when it was timed: PyTorch, or ONNX Runtime in float32 or int8 (QDQ, as export's)."""
 
 
 class ModelInfo(BaseModel):
@@ -72,6 +77,8 @@ class CutProfile(BaseModel):
     head_peak_bytes: int
     measured: bool = True
     """Head and tail were run as a whole (``head_ms``/``tail_ms`` measured); else they are the summed-node values."""
+    head_ms_torch: float | None = None
+    """In a profile of runtime ``onnx`` or ``onnx-int8``: PyTorch's ``head_ms`` of the same run, to compare."""
 
     @computed_field  # type: ignore[prop-decorator]
     @property
@@ -104,12 +111,19 @@ class ProfileReport(BaseModel):
     machine: MachineInfo
     runs: int
     model_ms: float
+    """The whole model; with runtime ``onnx-int8``, its float32 ONNX model, which a bundle's all-device route and
+    fallback run (``edgesplit export`` quantizes heads only)."""
     uncounted_ops: dict[str, list[str]]
     nodes: list[NodeProfile]
     cuts: list[CutProfile]
     measure: Literal["calibrate", "all"] = "all"
     """``all``: every cut's head and tail measured; ``calibrate``: a few, the rest summed from node latencies."""
     calibration: Calibration | None = None
+    runtime: Runtime = "torch"
+    """What ran the model: PyTorch, or ONNX Runtime (``onnx``, ``onnx-int8``), whose node latencies are then derived
+    from the heads timed under it, ``calibration`` is None and ``head_peak_bytes`` stay PyTorch's liveness."""
+    torch_model_ms: float | None = None
+    """With an ONNX runtime: PyTorch's ``model_ms`` measured in the same profile."""
 
 
 class CutLatency(BaseModel):
@@ -139,6 +153,8 @@ class DeviceProfile(BaseModel):
     model_ms: float
     nodes: list[NodeLatency]
     cuts: list[CutLatency]
+    runtime: Runtime = "torch"
+    """What the latencies were measured with: a device running a bundle's int8 heads is planned with ``onnx-int8``."""
 
 
 def device_profile(report: ProfileReport, name: str) -> DeviceProfile:
@@ -148,6 +164,7 @@ def device_profile(report: ProfileReport, name: str) -> DeviceProfile:
         nodes=[NodeLatency(name=n.name, latency_ms=n.latency_ms) for n in report.nodes],
         cuts=[CutLatency(index=c.index, position=c.position, after=c.after, head_ms=c.head_ms, tail_ms=c.tail_ms,
                          head_peak_bytes=c.head_peak_bytes, measured=c.measured) for c in report.cuts],
+        runtime=report.runtime,
     )
 
 
