@@ -39,7 +39,7 @@ import numpy as np
 
 from edgesplit.device.bundle import Bundle, BundleError, RouteEntry, SwitchRow, load_bundle
 from edgesplit.device.codecs import CodecError, NumpyCodec, codec_from_json, pack, unpack
-from edgesplit.runtime.adapt import Adapter, BandwidthEstimator, ClientStats, Switch, SwitchPolicy
+from edgesplit.runtime.adapt import Adapter, Adapting, ClientStats, Switch, SwitchPolicy
 from edgesplit.runtime.errors import (ClientError, ServerMismatchError, ServerRejectedError, ServerUnreachableError,
                                       ServerUntrustedError, describe_transport_error, error_message, status_hint,
                                       tls_context)
@@ -208,7 +208,7 @@ class BundleView:
 
 # ---- the client ---------------------------------------------------------------------------------------------------
 
-class DeviceClient:
+class DeviceClient(Adapting):
     """Split inference from a device bundle against `edgesplit serve`; a context manager.
 
     ``bundle`` is a bundle folder or a loaded :class:`Bundle`. The keywords are the torch client's: ``route`` pins one
@@ -259,30 +259,6 @@ class DeviceClient:
         self._closed = False
 
     # ---- public -------------------------------------------------------------------------------------------------
-
-    @property
-    def label(self) -> str:
-        return self.adapter.label
-
-    @property
-    def policy(self) -> SwitchPolicy:
-        return self.adapter.policy
-
-    @property
-    def estimator(self) -> BandwidthEstimator:
-        return self.adapter.estimator
-
-    @property
-    def pinned(self) -> bool:
-        return self.adapter.pinned
-
-    @property
-    def mbps(self) -> float | None:
-        return self.estimator.mbps
-
-    @property
-    def fixed_cost_s(self) -> float | None:
-        return self.estimator.fixed_s
 
     @property
     def server_up(self) -> bool:

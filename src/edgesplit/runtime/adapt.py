@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # annotations only: the device client (edgesplit.device, no torch) runs this policy too
     from edgesplit.runtime.deployment import Deployment
 
-__all__ = ["DISTINCT", "Adapter", "BandwidthEstimator", "ClientStats", "Switch", "SwitchPolicy", "distinct_sizes",
+__all__ = ["DISTINCT", "Adapter", "Adapting", "BandwidthEstimator", "ClientStats", "Switch", "SwitchPolicy", "distinct_sizes",
            "theil_sen"]
 
 log = logging.getLogger("edgesplit.client")
@@ -417,3 +417,36 @@ class Adapter:
             self.stats.switches.append(Switch(index + 1, self.label, target, self.estimator.mbps))
             log.info("switching from %s to %s at %.3g Mbit/s", self.label, target, self.estimator.mbps)
             self.label = target
+
+
+class Adapting:
+    """What a client shows of its :class:`Adapter` (``self.adapter``): the torch client's and the device client's."""
+
+    adapter: Adapter
+
+    @property
+    def label(self) -> str:
+        """The switch table's plan that requests run on now."""
+        return self.adapter.label
+
+    @property
+    def policy(self) -> SwitchPolicy:
+        return self.adapter.policy
+
+    @property
+    def estimator(self) -> BandwidthEstimator:
+        return self.adapter.estimator
+
+    @property
+    def pinned(self) -> bool:
+        return self.adapter.pinned
+
+    @property
+    def mbps(self) -> float | None:
+        """The current uplink estimate (Mbit/s); the prior until something was measured."""
+        return self.adapter.estimator.mbps
+
+    @property
+    def fixed_cost_s(self) -> float | None:
+        """What a request costs beyond its transfer and the server's time (round trip, both stacks), as learned."""
+        return self.adapter.estimator.fixed_s

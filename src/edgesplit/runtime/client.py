@@ -35,7 +35,7 @@ from torch.utils import _pytree as pytree
 
 from edgesplit.codecs import CodecError, unpack
 from edgesplit.plan.schema import ChainPlanReport, PlanReport, is_chain_plan, load_plan
-from edgesplit.runtime.adapt import Adapter, BandwidthEstimator, ClientStats, Switch, SwitchPolicy
+from edgesplit.runtime.adapt import Adapter, Adapting, ClientStats, Switch, SwitchPolicy
 from edgesplit.runtime.deployment import Deployment, Route, load_deployment
 from edgesplit.runtime.errors import (ClientError, ServerMismatchError, ServerRejectedError, ServerUnreachableError,
                                       ServerUntrustedError, describe_transport_error, error_message, status_hint,
@@ -76,7 +76,7 @@ class Result:
 
 # ---- the client ---------------------------------------------------------------------------------------------------
 
-class Client:
+class Client(Adapting):
     """Split inference against an edgesplit tail server (`edgesplit serve`); a context manager.
 
     ``plan`` is a plan (PlanReport), the path of its JSON, or a Deployment already built from one. ``weights``
@@ -149,34 +149,7 @@ class Client:
 
     # ---- public -------------------------------------------------------------------------------------------------
 
-    @property
-    def label(self) -> str:
-        """The switch table's plan that requests run on now."""
-        return self.adapter.label
-
-    @property
-    def policy(self) -> SwitchPolicy:
-        return self.adapter.policy
-
-    @property
-    def estimator(self) -> BandwidthEstimator:
-        return self.adapter.estimator
-
-    @property
-    def pinned(self) -> bool:
-        return self.adapter.pinned
-
-    @property
-    def mbps(self) -> float | None:
-        """The current uplink estimate (Mbit/s); the prior until something was measured."""
-        return self.estimator.mbps
-
-    @property
-    def fixed_cost_s(self) -> float | None:
-        """What a request costs beyond its transfer and the server's time (round trip, both stacks), as learned."""
-        return self.estimator.fixed_s
-
-    rtt_floor_s = fixed_cost_s  # the name of earlier releases
+    rtt_floor_s = Adapting.fixed_cost_s  # the name of earlier releases
 
     @property
     def server_up(self) -> bool:
