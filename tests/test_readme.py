@@ -2,19 +2,10 @@
 
 `edgesplit serve` lines start a server in the background (waited for on /readyz) that stops when the block
 ends; every other command must exit 0. This is what a newcomer pastes; if it breaks, the README is wrong.
-
-A server is the installed `edgesplit` from PATH in a shell, as pasted. A plain `edgesplit ARGS` line (no pipe,
-redirection or `&&`) runs through the same entry point in this process (``edgesplit_in_process``: its exit code,
-a new interpreter's threads and warnings) and a plain `python -c CODE` line runs CODE here, in the folder: each
-saves a new interpreter's seconds of imports; any other line goes to bash. An `edgesplit` line that a block before ran
-on the same folder contents (the same train and plan in two blocks) is not run again: its output files are copied.
 """
 
-import contextlib
-import hashlib
 import os
 import re
-import shlex
 import shutil
 import signal
 import subprocess
@@ -24,8 +15,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-
-from test_cli import edgesplit_in_process
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -60,43 +49,6 @@ def test_the_readme_has_console_blocks_that_use_every_verb():
     assert documented >= verbs | {"demo", "zoo"}
 
 
-def _words(command: str) -> list[str] | None:
-    """A line's words as the shell splits them (comments dropped), or None when it pipes, redirects, chains
-    (`&&`, `||`, `;`) or backgrounds (`&`): such a line is the shell's to run."""
-    lexer = shlex.shlex(command, posix=True, punctuation_chars=True)
-    lexer.whitespace_split, lexer.commenters = True, "#"
-    words = list(lexer)
-    return None if any(set(word) <= set("();<>|&") for word in words) else words
-
-
-def _run(command: str, folder: Path, env: dict) -> subprocess.CompletedProcess:
-    """One line, run in the folder: a plain `edgesplit` or `python -c` line in this process, any other in bash."""
-    words = _words(command)
-    if words and words[0] == "edgesplit":
-        return edgesplit_in_process(*words[1:], cwd=folder, timeout_s=600)
-    if words and words[:2] == ["python", "-c"] and len(words) == 3:
-        with contextlib.chdir(folder):
-            exec(compile(words[2], f"$ {command}", "exec"), {"__name__": "__main__"})  # an error fails the test
-        return subprocess.CompletedProcess(words, 0, "", "")
-    return subprocess.run(["bash", "-o", "pipefail", "-c", command], cwd=folder, env=env, capture_output=True,
-                          text=True, timeout=600)
-
-
-# (line, the folder's contents before it) → the files it wrote or changed, with their modes (None: removed).
-_RAN: dict[tuple[str, str], dict[str, tuple[bytes, int] | None]] = {}
-
-
-def _contents(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-def _digest(contents: dict[str, bytes]) -> str:
-    digest = hashlib.sha256()
-    for name, data in contents.items():
-        digest.update(b"%d:%s%d:" % (len(name), name.encode(), len(data)) + data)
-    return digest.hexdigest()
-
-
 def _start_server(command: str, folder: Path, env: dict) -> subprocess.Popen:
     port = int(re.search(r"--port (\d+)", command).group(1))
     process = subprocess.Popen(command.rstrip("& "), shell=True, cwd=folder, env=env, stdout=subprocess.DEVNULL,
@@ -127,28 +79,9 @@ def test_every_readme_console_block_runs(tmp_path, index):
             if command.startswith("edgesplit serve"):
                 servers.append(_start_server(command, tmp_path, env))
                 continue
-            before = _contents(tmp_path)
-            # Only `edgesplit` lines (a token line is random), while no server runs: then what the line does depends
-            # on nothing but the line and the folder.
-            words = _words(command)
-            key = None if servers or not words or words[0] != "edgesplit" else (command, _digest(before))
-            if key in _RAN:  # the same line on the same files, in a block before: its outputs, not a rerun
-                for name, written in _RAN[key].items():
-                    path = tmp_path / name
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    if written is None:
-                        path.unlink()
-                    else:
-                        path.write_bytes(written[0])
-                        path.chmod(written[1])
-                continue
-            result = _run(command, tmp_path, env)
+            result = subprocess.run(["bash", "-o", "pipefail", "-c", command], cwd=tmp_path, env=env,
+                                    capture_output=True, text=True, timeout=600)
             assert result.returncode == 0, f"$ {command}\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
-            if key is not None:
-                after = _contents(tmp_path)
-                _RAN[key] = {**{name: (data, (tmp_path / name).stat().st_mode & 0o777) for name, data in after.items()
-                                if before.get(name) != data},
-                             **{name: None for name in before.keys() - after.keys()}}
     finally:
         for server in servers:
             os.killpg(server.pid, signal.SIGTERM)  # the shell and the server it started
