@@ -229,7 +229,7 @@ def worker_main() -> None:
 
     from edgesplit.model.intake import ModelRef, build_model, load_weights, read_weights
     from edgesplit.plan.schema import load_chain_plan
-    from edgesplit.runtime.relay import ChainClient
+    from edgesplit.runtime.chain_client import ChainClient
 
     torch.set_num_threads(1)
     models: dict[str, torch.nn.Module] = {}
@@ -294,7 +294,7 @@ def worker_main() -> None:
 
 
 def throughput(plan, url: str, token: str, x, concurrency: int, seconds: float) -> dict:
-    from edgesplit.runtime.relay import ChainClient
+    from edgesplit.runtime.chain_client import ChainClient
 
     done, stop_at, errors, clients = [0] * concurrency, [0.0], [], []
     for _ in range(concurrency):

@@ -20,8 +20,8 @@ from edgesplit.codecs import unpack
 from edgesplit.runtime.client import Client
 from edgesplit.runtime.engine import ServerLimits
 from edgesplit.runtime.errors import ClientError, ServerRejectedError
-from edgesplit.runtime.relay import (ChainClient, NextHop, Relay, RelayEngine, followed_table,
-                                    load_chain_deployment, placements)
+from edgesplit.runtime.chain_client import ChainClient
+from edgesplit.runtime.relay import NextHop, Relay, RelayEngine, followed_table, load_chain_deployment, placements
 from edgesplit.runtime.server import ServerThread, decode_limits, request_limit
 from edgesplit.runtime.wire import MEDIA_TYPE, Request, Response, Status, new_request_id
 from runtime_plans import write_model

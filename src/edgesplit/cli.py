@@ -36,7 +36,7 @@ from edgesplit.report import report_index, scan, write_report
 from edgesplit.runtime.auth import token_from
 from edgesplit.runtime.client import Client
 from edgesplit.runtime.infer import load_inputs, read_token, run_inference
-from edgesplit.runtime.relay import ChainClient, chain_note, chain_text
+from edgesplit.runtime.chain_client import ChainClient, chain_note, chain_text
 from edgesplit.runtime.summary import summary_table
 from edgesplit.versioned import write_json
 from edgesplit.views import zoo_table
@@ -366,13 +366,17 @@ def serve(plan_path: Annotated[Path, typer.Argument(metavar="PLAN.json", help="a
                                                                   "server's token (default: none)")] = None,
           next_timeout: Annotated[float, typer.Option(min=0.001, help="seconds the next tier may take to answer a "
                                                       "request")] = 10.0,
-          ) -> None:
+          threads: Threads = None) -> None:
     """Serve the tails of every route in PLAN's switch table (or one tier of a chain plan, --tier K, relaying to
     --next): binary frames over HTTP and WebSocket."""
     # Imported here: the server's FastAPI and uvicorn (0.3 s) are needed by this verb only, and Ray is an extra.
     from edgesplit.runtime.server import Guards, serve as run_server
     if ray and (tier is not None or next_url is not None):
         raise EdgesplitError("--ray serves two-tier plans; serve a chain plan's tier (--tier, --next) without --ray")
+    if ray and threads:
+        raise EdgesplitError("--threads sets this process's torch threads; with --ray give replicas --num-cpus instead")
+    if threads:
+        torch.set_num_threads(threads)
     if ray:
         from edgesplit.runtime.ray_serve import run as run_ray  # Ray is an optional extra
         run_ray(plan_path, host=host, port=port, token=token_from(token_file)[0], weights=weights, model_id=model_id,
@@ -426,8 +430,10 @@ def infer(plan_path: Annotated[Path, typer.Argument(metavar="PLAN.json", help="a
           ca_file: Annotated[Optional[Path], typer.Option(help="PEM file of the CA (or self-signed certificate) that "
                                                           "signed an https:// server's certificate (default: the "
                                                           "system's trusted roots)")] = None,
-          json_out: JsonOut = None, quiet: Quiet = False) -> None:
+          threads: Threads = None, json_out: JsonOut = None, quiet: Quiet = False) -> None:
     """Run PLAN's head here and its tail on a server: adapts the cut to the uplink, falls back when it is down."""
+    if threads:
+        torch.set_num_threads(threads)
     token = read_token(token_file)
     report = load_any_plan(plan_path)  # a chain plan: this device is its tier 0, --server its tier 1
     inputs = load_inputs(report.input_shape, images=images, data=data, limit=limit)

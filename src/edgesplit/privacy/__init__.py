@@ -6,8 +6,10 @@ Modules, lower first (each imports only those above it):
 - ``query``: what the server receives when the device's head is queried (head, then the wire's transform).
 - ``inversion``: learned (black-box) and optimization (white-box) feature inversion.
 - ``probes``: label probes trained on auxiliary features.
-- ``defenses``: noise, dropout, coarser quantization, NoPeek, bottlenecks, as a defended cut.
+- ``defended``: the defended cut (head, transform on the way, tail) and the transforms defenses are made of.
 - ``trained``: defenses trained with the model (``trained:`` specs): head and tail fine-tuned under the defense.
+- ``defenses``: the defense specs (noise, dropout, coarser quantization, NoPeek, bottlenecks, ``trained:``) and
+  :func:`build_defense`.
 - ``attacks``: the table of attacks the audit can run; a new attack is one row there.
 - ``fisher``: the bound beside the attacks: dFIL, the Fisher information the features carry about the input.
 - ``schema``: the audit's JSON (:class:`AuditReport`).

@@ -18,7 +18,7 @@ deterministic part, before any noise, so it cannot be met by noise alone. Noise 
 features the fine-tuned head sends (per batch while training, over training images when deployed), so the head
 cannot win against it by growing its outputs.
 
-:func:`build_trained` returns the fine-tuned copies as a :class:`~edgesplit.privacy.defenses.DefendedCut`, which
+:func:`build_trained` returns the fine-tuned copies as a :class:`~edgesplit.privacy.defended.DefendedCut`, which
 the audit attacks like any other defense (`edgesplit audit MODEL --defense trained:noise=1+nopeek=2`). The model
 and the split passed in are left as they were; training is seeded and leaves torch's global random state as is.
 """
@@ -38,8 +38,8 @@ from edgesplit.compress.bottleneck import SlimmableBottleneck, bottleneck_config
 from edgesplit.errors import EdgesplitError
 from edgesplit.model.data import Dataset
 from edgesplit.model.graph import Split
-from edgesplit.privacy.defenses import (NOISE_CALIBRATION_IMAGES, DefendedCut, DefenseSpec, GaussianNoise,
-                                        RandomDropout, distance_correlation_torch, feature_stds)
+from edgesplit.privacy.defended import (NOISE_CALIBRATION_IMAGES, DefendedCut, DefenseSpec, GaussianNoise,
+                                       RandomDropout, chain, distance_correlation_torch, feature_stds)
 from edgesplit.privacy.query import Transform, as_tensors, codec_transform
 from edgesplit.progress import progress_bar
 
@@ -264,15 +264,7 @@ def _deployed_transform(spec: TrainedSpec, head: TrainedHead, dataset: Dataset, 
         steps.append(RandomDropout(spec.dropout, seed + 1))
     if codec and spec.channels is None and spec.bits is None:
         steps.append(codec_transform(codec))
-    if not steps:
-        return None, noise_std
-
-    def through(features: list[torch.Tensor]) -> list[torch.Tensor]:
-        for step in steps:
-            features = step(features)
-        return features
-
-    return through, noise_std
+    return chain(*steps), noise_std
 
 
 def build_trained(spec: TrainedSpec, split: Split, dataset: Dataset, input_shape: tuple[int, int, int], *,

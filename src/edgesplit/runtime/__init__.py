@@ -9,6 +9,8 @@ The modules, from the wire up:
 * ``auth``: bearer tokens, read one way for both ends (``token_from``).
 * ``client``: :class:`Client`, the device side (``transport``: its sockets; ``adapt``: its bandwidth estimate and
   choice of route per request, shared with the torch-free device client; ``errors``: what it raises).
+* ``relay``: a chain plan's server tiers (`serve --tier K --next URL`); ``chain_client``: :class:`ChainClient`, the
+  device of a chain plan.
 * ``infer`` and ``summary``: `edgesplit infer` (its inputs, the run, the summary file's schema and table).
 
 The names below are imported on first use (``edgesplit.runtime.Client``): importing the package imports neither
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 import importlib
 
-__all__ = ["Adapter", "BandwidthEstimator", "Client", "ClientError", "ClientStats", "Deployment", "Engine", "InferSummary",
+__all__ = ["Adapter", "BandwidthEstimator", "ChainClient", "Client", "ClientError", "ClientStats", "Deployment", "Engine", "InferSummary",
            "Inputs", "Result", "Route", "ServerLimits", "ServerMismatchError", "ServerRejectedError", "ServerThread",
            "ServerUnreachableError", "ServerUntrustedError", "Switch", "SwitchPolicy", "TokenError",
            "load_deployment", "load_infer_summary", "load_inputs", "run_inference", "serve", "summary_table",
@@ -28,6 +30,7 @@ __all__ = ["Adapter", "BandwidthEstimator", "Client", "ClientError", "ClientStat
 _HOMES = {
     "adapt": ("Adapter", "BandwidthEstimator", "ClientStats", "Switch", "SwitchPolicy"),
     "auth": ("TokenError", "token_from"),
+    "chain_client": ("ChainClient",),
     "client": ("Client", "Result"),
     "deployment": ("Deployment", "Route", "load_deployment"),
     "engine": ("Engine", "ServerLimits"),

@@ -91,7 +91,7 @@ class Client(Adapting):
     certificate is checked against ``ca_file`` (PEM; default: the system's trusted roots); one that does not verify
     raises :class:`ServerUntrustedError` rather than falling back to the device.
 
-    A chain plan (`edgesplit plan --topology`) has its own client, :class:`~edgesplit.runtime.relay.ChainClient`
+    A chain plan (`edgesplit plan --topology`) has its own client, :class:`~edgesplit.runtime.chain_client.ChainClient`
     (stage 0 here, ``url`` the tier 1 server), which takes the same options.
     """
 
@@ -551,12 +551,13 @@ def _deployment(plan: PlanReport | Deployment | str | Path, weights: str | Path 
     if isinstance(plan, (str, Path)):
         if is_chain_plan(plan):
             raise ClientError(f"{plan} is a chain plan (`edgesplit plan --topology`); its device side is "
-                              "edgesplit.runtime.relay.ChainClient(plan, url, token), which `edgesplit infer` uses")
+                              "edgesplit.runtime.chain_client.ChainClient(plan, url, token), which `edgesplit infer` "
+                              "uses")
         plan_dir = plan_dir or Path(plan).parent
         plan = load_plan(plan)
     if isinstance(plan, ChainPlanReport):
-        raise ClientError("a chain plan (`edgesplit plan --topology`) is run by edgesplit.runtime.relay.ChainClient, "
-                          "with the same options")
+        raise ClientError("a chain plan (`edgesplit plan --topology`) is run by "
+                          "edgesplit.runtime.chain_client.ChainClient, with the same options")
     if model_id is not None:
         check_model_id(model_id)
     return load_deployment(plan, weights=weights, model_id=model_id, plan_dir=Path(plan_dir) if plan_dir else None,

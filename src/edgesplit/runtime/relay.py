@@ -26,9 +26,7 @@ chosen placement is served alone.
   a message that names the link that failed, passed back unchanged by the relays before it.
 * :class:`RelayEngine` is the engine of a server tier; :func:`load_relay` checks `serve`'s --tier and --next and
   builds the engine and its startup summary for `server.serve`.
-* :class:`ChainClient` is the device side (`edgesplit infer` makes one for a chain plan): stage 0 here, the rest through
-  the first hop, the placement switched on link 0's bandwidth; when a hop fails, the whole model runs here and
-  ``failure`` says which link failed.
+* The device side, :class:`~edgesplit.runtime.chain_client.ChainClient`, is in :mod:`edgesplit.runtime.chain_client`.
 """
 
 from __future__ import annotations
@@ -46,24 +44,21 @@ import torch
 from edgesplit.codecs import Codec, CodecError, DecodeLimits, pack, parse_codec, unpack, unpack_cost
 from edgesplit.errors import CutError, EdgesplitError
 from edgesplit.model.graph import Partition, Stage, TensorSpec, TracedModel, trace
-from edgesplit.plan.schema import (ChainEntry, ChainPlanReport, ChainSwitchRange, LinkSummary, load_chain_plan,
-                                   plan_kind)
-from edgesplit.runtime.adapt import SwitchPolicy
+from edgesplit.plan.schema import ChainEntry, ChainPlanReport, ChainSwitchRange, load_chain_plan, plan_kind
 from edgesplit.runtime.auth import checked_token, read_token_file
-from edgesplit.runtime.client import Client
 from edgesplit.runtime.deployment import Deployment, DeploymentError, _rebuild
 from edgesplit.runtime.engine import Engine, Observer, ServerLimits
-from edgesplit.runtime.errors import ClientError, ServerMismatchError, describe_transport_error, error_message
+from edgesplit.runtime.errors import describe_transport_error, error_message
 from edgesplit.runtime.guard import is_loopback
 from edgesplit.runtime.wire import MEDIA_TYPE, Request, Response, Status, WireError, check_model_id, model_id_for
 
-__all__ = ["CHAIN_KIND", "ChainClient", "ChainDeployment", "ChainError", "ChainRoute", "NextHop", "Relay",
-           "RelayEngine", "chain_note", "chain_text", "followed_table", "load_chain_deployment", "load_relay",
+__all__ = ["CHAIN_KIND", "FAILED_LINK", "ChainDeployment", "ChainError", "ChainRoute", "NextHop", "Relay",
+           "RelayEngine", "all_device_label", "followed_table", "link_name", "load_chain_deployment", "load_relay",
            "placements"]
 
 CHAIN_KIND = "edgesplit.chainplan"
 _UNBOUNDED = DecodeLimits(max_decoded_bytes=1 << 62)  # decode_cost reports a cost over any limit; decode refuses it
-_FAILED_LINK = re.compile(r"\blink (\d+)\b[^;]*? failed")
+FAILED_LINK = re.compile(r"\blink (\d+)\b[^;]*? failed")  # a relay's 502 message naming the link that failed
 
 
 class ChainError(EdgesplitError):
@@ -78,7 +73,7 @@ def _tier_name(plan: ChainPlanReport, tier: int) -> str:
     return f"tier {tier} {machine}"
 
 
-def _link_name(plan: ChainPlanReport, link: int, url: str | None = None) -> str:
+def link_name(plan: ChainPlanReport, link: int, url: str | None = None) -> str:
     """How messages name a link: 'link 1 ethernet (tier 1 host/4 → tier 2 edge-gpu at URL)'."""
     spec = plan.links[link].spec if link < len(plan.links) else "?"
     where = f" at {url}" if url else ""
@@ -363,7 +358,7 @@ class NextHop:
         self.deployment, self.url, self.token = deployment, url.rstrip("/"), token
         self.timeout_s, self.concurrency = timeout_s, concurrency
         self.link = deployment.tier
-        self.name = _link_name(deployment.plan, self.link, self.url)
+        self.name = link_name(deployment.plan, self.link, self.url)
         self._client = None  # httpx.AsyncClient, made in the server's event loop
         self._slots: asyncio.Semaphore | None = None
         self._checked = False
@@ -400,7 +395,7 @@ class NextHop:
         except httpx.TransportError as error:
             self._checked = False  # it may come back as something else
             raise self._failed(describe_transport_error(error)) from error
-        if reply.status_code == Status.BAD_GATEWAY.http and _FAILED_LINK.search(message := error_message(reply)):
+        if reply.status_code == Status.BAD_GATEWAY.http and FAILED_LINK.search(message := error_message(reply)):
             raise WireError(message, Status.BAD_GATEWAY)  # a later link failed, and its relay says which
         if reply.status_code != 200:
             raise self._failed(f"HTTP {reply.status_code}: {error_message(reply)}")
@@ -553,14 +548,14 @@ class Relay:
                           str(len(stage.nodes)), escape(_tensors(stage.inputs) if index else "the input"),
                           escape(_tensors(stage.outputs) if index < ends else "the result"),
                           escape(plan.codec if index < ends else "fp32 result"))
-        lines = [table, Text.assemble(("listening ", "bold"), url, f"  (receives {_link_name(plan, tier - 1)})")]
+        lines = [table, Text.assemble(("listening ", "bold"), url, f"  (receives {link_name(plan, tier - 1)})")]
         if len(deployment.routes) > 1:  # the switch table's placements: the device picks one by link 0's bandwidth
             lines.append(Text.assemble(("routes ", "bold"), "; ".join(map(_route_line, deployment.routes))))
         if self.next_url is None:
             lines.append(Text.assemble(("last tier ", "bold"), "answers with the model's result"))
         else:
             lines.append(Text.assemble(("next hop ", "bold"), self.next_url,
-                                       f"  ({_link_name(plan, tier)}; token "
+                                       f"  ({link_name(plan, tier)}; token "
                                        f"{'on' if self.next_token else 'none'}, {self.next_timeout_s:g} s deadline, "
                                        f"{self.next_concurrency} in flight)"))
             if self.next_url.startswith("http://") and not is_loopback(urlsplit(self.next_url).hostname or ""):
@@ -627,120 +622,3 @@ def load_relay(plan_path: Path, tier: int | None, *, next_url: str | None = None
     deployment = load_chain_deployment(plan, tier, weights=weights, model_id=model_id,
                                        plan_dir=Path(plan_path).parent, model=model)
     return Relay(deployment, next_url, token, next_timeout_s, next_concurrency)
-
-
-# ---- the device -----------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class _Labelled:
-    label: str
-
-
-@dataclass
-class _LinkZero:
-    """The plan as the switch policy reads it (``adapt.SwitchPolicy``, ``adapt.Adapter``): the followed switch table
-    over link 0, the chosen and all-device placements, and link 0 as "the link"."""
-
-    switch_table: list[ChainSwitchRange]
-    chosen: ChainEntry
-    all_device: _Labelled
-    link: LinkSummary
-
-
-class _SwitchView:
-    """A chain deployment as ``SwitchPolicy`` reads a deployment: the switch table over link 0's bandwidth, each
-    placement's route by label (later links as planned)."""
-
-    def __init__(self, deployment: ChainDeployment) -> None:
-        plan = deployment.plan
-        self.deployment = deployment
-        link = plan.links[0] if plan.links else LinkSummary(spec="?", uplink_mbps=1.0, downlink_mbps=1.0, rtt_ms=0.0,
-                                                            tx_w=0.0, rx_w=0.0, source="none")
-        self.plan = _LinkZero(deployment.switch_table, plan.chosen, _Labelled(all_device_label(plan)), link)
-
-    def label_at(self, mbps: float) -> str:
-        return self.deployment.label_at(mbps)
-
-    def route_for_label(self, label: str) -> ChainRoute | None:
-        return self.deployment.route_for_label(label)
-
-
-class ChainClient(Client):
-    """The device of a chain plan: stage 0 here, what crosses link 0 to the first hop (``url``: the tier 1 server),
-    the result back from the placement's last tier through the relays. `edgesplit infer` makes one for a chain
-    plan; it takes ``Client``'s options (timeouts, retries, fallback, stream, TLS). The placement follows the plan's
-    switch table on the link-0 estimate (``adapt.SwitchPolicy`` and ``Adapter``, as the two-tier client; later links
-    as planned); ``route`` pins one placement by its label. A table that is not followed (``followed_table``) leaves
-    the chosen placement running. When a request fails on every attempt, the whole model runs here (``fallback``) and
-    ``failure`` says which link failed (``failed_link``: 0 for the first hop itself)."""
-
-    def __init__(self, plan: ChainPlanReport | ChainDeployment | str | Path, url: str, token: str | None = None, *,
-                 weights: str | Path | None = None, model_id: str | None = None, plan_dir: str | Path | None = None,
-                 model: str | None = None, onnx_dir: str | Path | None = None, route: str | None = None,
-                 initial_mbps: float | None = None, **options) -> None:
-        if onnx_dir is not None:
-            raise ClientError("--onnx exports two-tier heads; a chain plan's stage 0 runs with PyTorch (leave it out)")
-        if isinstance(plan, (str, Path)):
-            plan_dir = plan_dir or Path(plan).parent
-            plan = load_chain_plan(plan)
-        if isinstance(plan, ChainPlanReport):
-            plan = load_chain_deployment(plan, 0, weights=weights, model_id=model_id, model=model,
-                                         plan_dir=Path(plan_dir) if plan_dir else None)
-        if not plan.routes:
-            raise ClientError(f"the chain plan for {plan.plan.model} runs the whole model on the device (tier 0); "
-                              "there is nothing to send")
-        self.failure: str | None = None  # why the last outage began, naming the link
-        self.failed_link: int | None = None
-        first_link = plan.plan.links[0].uplink_mbps if plan.plan.links else 1.0
-        super().__init__(plan, url, token, route=route, model_id=model_id,
-                         initial_mbps=initial_mbps if initial_mbps is not None else first_link, **options)
-
-    def _switch_policy(self, hysteresis: float) -> SwitchPolicy:
-        return SwitchPolicy(_SwitchView(self.deployment), hysteresis)
-
-    def _check_models(self) -> None:
-        """As ``Client``'s, and the server must be tier 1 of this chain (not a later tier, not a two-tier tail)."""
-        super()._check_models()
-        reply = self._http.get("/v1/models")
-        try:
-            theirs = {m["model_id"]: m for m in reply.json()["models"]}[self.deployment.model_id]
-        except (ValueError, KeyError, TypeError) as error:
-            raise ServerMismatchError(f"{self.url}/v1/models changed while connecting; try again") from error
-        tier = (theirs.get("chain") or {}).get("tier")
-        if tier != 1:
-            serves = f"tier {tier} of the chain" if tier is not None else "a two-tier plan"
-            self._connected = False
-            raise ServerMismatchError(f"the server at {self.url} serves {serves}; point --server at the first hop "
-                                      "(`edgesplit serve PLAN --tier 1 --next URL`)")
-
-    def _give_up(self, why: str) -> None:
-        found = _FAILED_LINK.search(why)
-        self.failed_link = int(found.group(1)) if found else 0
-        # A relay's message names the link ("… (last: HTTP 502: link 1 … failed: …)"); else the first hop failed.
-        self.failure = why[found.start():].removesuffix(")") if found else \
-            f"{_link_name(self.deployment.plan, 0, self.url)} failed: {why}"
-        return super()._give_up(self.failure)
-
-    @property
-    def tiers(self) -> int:
-        """The tiers the current placement runs on (1: all on this device)."""
-        route = self.deployment.route_for_label(self.label)
-        return route.last_tier + 1 if route is not None else 1
-
-
-def chain_text(note: dict) -> str:
-    """``chain_note`` as the line `edgesplit infer` prints under its summary."""
-    line = f"chain: tiers 0..{note['tiers'] - 1} ({note['topology']}), stage 0 on this device"
-    if note["failure"] is None:
-        return line + "; every answer came through the chain"
-    return (f"{line}; {note['failure']} — {note['fallbacks']} result(s) computed on this device instead (the whole "
-            "model, as a fallback)")
-
-
-def chain_note(client: Client) -> dict | None:
-    """What `edgesplit infer` adds for a chain plan: the tiers, and the link that failed if one did."""
-    if not isinstance(client, ChainClient):
-        return None
-    return {"tiers": client.tiers, "topology": client.deployment.plan.topology, "failed_link": client.failed_link,
-            "failure": client.failure, "fallbacks": client.stats.fallbacks}

@@ -714,7 +714,7 @@ def serve(plan_path: Path, *, host: str = "127.0.0.1", port: int = 8000, token_f
     serves one tier: ``tier`` K ≥ 1, with ``next_url`` (the tier K + 1 server) below the last (``relay.load_relay``)."""
     from rich.console import Console
 
-    from edgesplit.runtime.relay import load_relay  # a chain plan's tiers (imports the client)
+    from edgesplit.runtime.relay import load_relay  # a chain plan's tiers
 
     console = console or Console()
     if log_level.lower() not in LOG_LEVELS:
