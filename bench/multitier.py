@@ -21,7 +21,7 @@ times every placement; between grid cells the links are reshaped in place (`Chai
 Needs root, `ip` and `tc` (the emulated links) and cgroup v1's cpu controller; run it alone on a quiet machine:
 
     flock -x /tmp/es.lock .venv/bin/python bench/multitier.py [--models mobilenetv3_large] [--rates1 3,30]
-        [--rates2 20,200] [--slow 8,2] [--requests 8] [--pipeline-model vit_s16] [--pipeline-slow 2,4,2.5,5]
+        [--rates2 20,200] [--slow 8,2] [--requests 8] [--pipeline-model vit_s16] [--pipeline-slow 4,8,5,10] [--stage-seconds 4]
         [--pipeline-memory 8,4,4,4] [--skip chain|pipeline] [--json bench/results/multitier.json]
 """
 
@@ -181,11 +181,13 @@ class Worker:
     answers timing commands (whole forwards, requests through a chain) over its stdin and stdout, so one process
     serves every cell of the grid, in the same cgroup and on the same one torch thread throughout."""
 
-    def __init__(self, cap: Path | None, log: Path) -> None:
+    def __init__(self, cap: Path | None, log: Path, prepare: dict | None = None) -> None:
         self._log = open(log, "w")  # noqa: SIM115 - the process writes it
         self.process = subprocess.Popen([sys.executable, __file__, "worker"], env=_env(), stdin=subprocess.PIPE,
                                         stdout=subprocess.PIPE, stderr=self._log, text=True, bufsize=1)
         self._reply()
+        if prepare is not None:  # e.g. building stages: done uncapped, like a server's start
+            self(**prepare)
         place(self.process, cap)
 
     def _reply(self) -> dict:
@@ -198,7 +200,14 @@ class Worker:
         raise RuntimeError(f"worker exited ({self.process.wait()}); see {self._log.name}")
 
     def __call__(self, **command) -> dict:
+        self.send(**command)
+        return self._reply()
+
+    def send(self, **command) -> None:
+        """Send a command without waiting for its reply (``reply`` reads it): several workers run at once."""
         self.process.stdin.write(json.dumps(command) + "\n")  # type: ignore[union-attr]
+
+    def reply(self) -> dict:
         return self._reply()
 
     def close(self) -> None:
@@ -253,8 +262,40 @@ def worker_main() -> None:
             times.append((time.perf_counter() - start) * 1e3)
         return times
 
+    stages: dict[str, object] = {}
+
+    def stage_call(path: str, tier: int):  # noqa: ANN202 - a closure
+        """What tier ``tier`` of the served chain plan at ``path`` does per request: stage 0 and its encoding on
+        the device, a middle tier's stage and encoding, the last tier's stage (on warm inputs of the right shape)."""
+        from edgesplit.runtime.relay import load_chain_deployment
+
+        plan = load_chain_plan(path)
+        route = load_chain_deployment(plan, tier).routes[0]
+        if tier == 0:
+            x0 = torch.rand(*plan.input_shape)
+            return lambda: route.encode(route.device_side(x0))
+        inputs = route.warm_inputs()
+        if route.ends_here:
+            return lambda: route.server_side(inputs)
+        return lambda: route.forward(inputs)
+
     def handle(command: dict) -> dict:
         op = command["op"]
+        if op == "load_stages":
+            for path in command["plans"]:
+                stages[path] = stage_call(path, command["tier"])
+                stages[path]()  # warm
+            return {"loaded": len(command["plans"])}
+        if op == "stage":  # a stage run back to back for ``seconds``: its time per request in this cap
+            call, times = stages[command["plan"]], []
+            end = time.perf_counter() + command["seconds"]
+            with torch.no_grad():
+                call()
+                while time.perf_counter() < end or len(times) < 2:
+                    start = time.perf_counter()
+                    call()
+                    times.append((time.perf_counter() - start) * 1e3)
+            return {"ms": times}
         if op == "forward":
             model, x = model_of(command["ref"]), torch.rand(*command["shape"])
             with torch.no_grad():
@@ -524,6 +565,33 @@ def nearest_cuts(workload, targets: list[float]) -> list[int]:
     return chosen
 
 
+def stage_times(entries: dict, paths: dict[str, Path], caps: list[Path | None], folder: Path,
+                seconds: float) -> dict[str, dict]:
+    """Each partition's stages timed in their caps, with no HTTP between them: each stage alone (the other tiers
+    idle), then all of a partition's stages at once, each back to back for ``seconds``. Alone against the plan's
+    stage time checks the calibrated basis; together against alone shows how much the capped processes slow each
+    other down on this host's 2 cores (a cap's quota unused in its period while it waits for a core is lost)."""
+    k = len(caps)
+    served = {t: [str(paths[label]) for label, entry in entries.items() if entry.last_tier >= t] for t in range(k)}
+    found: dict[str, dict] = {}
+    with ExitStack() as stack:
+        workers = [stack.enter_context(Worker(caps[t], folder / f"stages-{t}.log",
+                                              prepare={"op": "load_stages", "plans": served[t], "tier": t}))
+                   for t in range(k)]
+        for label, entry in entries.items():
+            path, used = str(paths[label]), range(entry.last_tier + 1)
+            alone = [statistics.median(workers[t](op="stage", plan=path, seconds=seconds)["ms"]) for t in used]
+            for t in used:
+                workers[t].send(op="stage", plan=path, seconds=seconds * 1.5)
+            together = [statistics.median(workers[t].reply()["ms"]) for t in used]
+            planned = [s.compute_ms + s.encode_ms + s.decode_ms for s in entry.stages]
+            found[label] = {"planned_stage_ms": [round(x, 1) for x in planned],
+                            "alone_ms": [round(x, 1) for x in alone], "together_ms": [round(x, 1) for x in together]}
+            print(f"stages of {label}: planned {found[label]['planned_stage_ms']} ms, each alone in its cap "
+                  f"{found[label]['alone_ms']} ms, all at once {found[label]['together_ms']} ms", flush=True)
+    return found
+
+
 def bench_pipeline(model_name: str, traced, profile: Path, ref: dict, args, folder: Path,
                    token_file: Path, json_out) -> tuple[list[dict], dict]:
     """A pipeline of unequal devices (the topology YAML gives each its memory), planned for throughput; the
@@ -581,10 +649,18 @@ def bench_pipeline(model_name: str, traced, profile: Path, ref: dict, args, fold
             placement = Placement(label, "baseline", contiguous_placement(names, bounds), k - 1)
             placement.last_tier = max(placement.tier_of.values())
             entries[label] = _entry(model, model.breakdown(placement), objective, Constraints())
+        paths = {label: with_chosen(plan, entry, folder / f"{model_name}-pipeline-{index}.json")
+                 for index, (label, entry) in enumerate(entries.items())}
+        stages: dict[str, dict] = {}
+        if args.stage_seconds > 0:
+            try:
+                stages = stage_times(entries, paths, caps, folder, args.stage_seconds)
+            except RuntimeError as error:  # a diagnostic: the throughput measurement goes on without it
+                print(f"stage timing failed: {error}", flush=True)
         device = stack.enter_context(Worker(caps[0], folder / "pipeline-device.log"))
         rows = []
         for index, (label, entry) in enumerate(entries.items()):
-            path = with_chosen(plan, entry, folder / f"{model_name}-pipeline-{index}.json")
+            path = paths[label]
             processes = []
             try:
                 url, processes = serve_chain(links, path, entry.last_tier, token_file, caps, port=8800 + index)
@@ -601,7 +677,8 @@ def bench_pipeline(model_name: str, traced, profile: Path, ref: dict, args, fold
                          "bytes_per_link": [h.payload_bytes for h in entry.hops], "bottleneck": entry.bottleneck,
                          "predicted_fps": entry.throughput_fps, "measured_fps": measured["throughput"],
                          "predicted_latency_ms": entry.latency_ms, "measured_latency_ms": single,
-                         "completed": measured["completed"], "errors": measured["errors"]})
+                         "completed": measured["completed"], "errors": measured["errors"],
+                         "caps_cores": round(sum(1 / f for f in factors), 3), **stages.get(label, {})})
             print(f"{model_name} pipeline {label}: nodes {[s.nodes for s in entry.stages]}, compute/tier "
                   f"{[round(s.compute_ms, 1) for s in entry.stages]} ms, predicted {entry.throughput_fps:.2f}/s, "
                   f"measured {measured['throughput']:.2f}/s ({measured['completed']} in {measured['seconds']:.1f} s, "
@@ -630,7 +707,9 @@ def main() -> None:
     parser.add_argument("--hop-ms", type=float, default=1.0, help="the planner's fixed cost per hop and message")
     parser.add_argument("--requests", type=int, default=8)
     parser.add_argument("--pipeline-model", default="vit_s16")
-    parser.add_argument("--pipeline-slow", type=floats, default=[2.0, 4.0, 2.5, 5.0],
+    parser.add_argument("--stage-seconds", type=float, default=4.0,
+                        help="each pipeline stage timed alone and all at once in its cap for this long (0: not)")
+    parser.add_argument("--pipeline-slow", type=floats, default=[4.0, 8.0, 5.0, 10.0],
                         help="per device (1/F of a core each; the shares should sum to well under the 2 cores)")
     parser.add_argument("--pipeline-memory", type=floats, default=[8.0, 4.0, 4.0, 4.0], help="GB, per device")
     parser.add_argument("--pipeline-mbps", type=float, default=200.0)

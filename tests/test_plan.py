@@ -180,6 +180,37 @@ def test_roofline_node_time():
     assert preset_machine(preset, workload).node_ms[node.name] == pytest.approx(expected)
 
 
+@settings(max_examples=30, deadline=None)
+@given(size=st.integers(2, 80), seed=st.integers(0, 10_000), block=st.integers(1, 4),
+       device=st.sampled_from(["rpi4", "jetson-nano", "mcu"]), link=st.sampled_from(["wifi", "lte", "3g"]),
+       measured=st.booleans())
+def test_batch_costs_equal_one_by_one(size, seed, block, device, link, measured):
+    """The planner costs every prefix split at once (``evaluate_many``, numpy); each figure must be the very float
+    the one-by-one path (``evaluate``) gives, on random residual DAGs, with several codecs, power figures and, where
+    ``measured``, measured prefix heads and tails overriding the node sums at some cuts."""
+    from edgesplit.plan.planner import candidates
+
+    workload = synthetic_workload(size, block_size=block, seed=seed)
+    codecs = [PlanCodec(parse_codec("fp16")), PlanCodec(parse_codec("int8"))]
+
+    def model():
+        built = _cost_model(workload, device, "edge-gpu", link)
+        if measured:  # as a measured device profile gives them: a few cuts timed whole
+            positions = [cut.position for cut in workload.prefix_cuts][::3]
+            built.device.prefix_head_ms = {p: 0.5 + p * 0.25 for p in positions}
+            built.device.prefix_tail_ms = {p: 7.0 + p * 0.125 for p in positions[::2]}
+        return built
+
+    fast, slow = model(), model()  # separate models: no cache is shared between the two paths
+    found = candidates(fast, parse_objective("latency"), [], codecs=codecs)
+    assert sum(c.kind == "split" and c.head is None for c in found) >= len(workload.prefix_cuts) - 2
+    batch = fast.evaluate_many(found)
+    one_by_one = [slow.evaluate(c) for c in found]
+    assert [c.model_dump() for c in batch] == [c.model_dump() for c in one_by_one]
+    assert all(type(a) is type(b) for x, y in zip(batch, one_by_one)
+               for a, b in zip(x.model_dump().values(), y.model_dump().values()))
+
+
 def test_costs_add_up(resnet8):
     traced, _ = resnet8
     report = plan_model(traced, device="rpi4", server="edge-gpu", link="lte", progress=False)

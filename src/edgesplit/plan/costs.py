@@ -110,6 +110,7 @@ class CostModel:
     _sent_costs: dict = field(default_factory=dict, init=False, repr=False, compare=False)
     _sent_tensors: dict = field(default_factory=dict, init=False, repr=False, compare=False)
     _cuts: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+    _crossings: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def payload_bytes(self, codec: PlanCodec, tensor: TensorSpec) -> int:
         """``codec.payload_bytes(tensor)``, remembered: working out a frame header takes ~20 µs, and the planner
@@ -169,6 +170,12 @@ class CostModel:
         if candidate.kind != "split":
             return []
         codec = candidate.codec or self.codec
+        if candidate.head is None:  # a prefix cut: its list made once per codec (a plan lists each cut 1–2 times)
+            key = (codec, candidate.position)
+            found = self._crossings.get(key)
+            if found is None:
+                found = self._crossings[key] = [self._sent_tensor(codec, t) for t in self.crossing_tensors(candidate)]
+            return list(found)
         return [self._sent_tensor(codec, t) for t in self.crossing_tensors(candidate)]
 
     def crossing_tensors(self, candidate: Candidate) -> list[TensorSpec]:
@@ -211,6 +218,82 @@ class CostModel:
         return self._costs(
             device_ms=device_ms, encode_ms=encode_ms, uplink_bytes=uplink_bytes, decode_ms=decode_ms,
             server_ms=server_ms, downlink_bytes=workload.output_bytes, link=link, networked=True, memory=memory)
+
+    def evaluate_many(self, candidates: list[Candidate]) -> list[Costs]:
+        """``[self.evaluate(c) for c in candidates]`` over the model's link, with every prefix split costed at once.
+
+        A plan costs every prefix cut (a thousand on a 1,000-node model); one by one, that is most of the
+        planner's time after the min-cut sweep. The prefix splits of each codec are costed here as arrays, with the
+        same operations in the same order as ``evaluate`` element by element, so every figure is the same float
+        (``tests/test_plan.py::test_batch_costs_equal_one_by_one`` checks it on random DAGs).
+        """
+        found: list[Costs | None] = [None] * len(candidates)
+        groups: dict[int, tuple[PlanCodec, list[int]]] = {}
+        for i, candidate in enumerate(candidates):
+            if candidate.kind == "split" and candidate.head is None:
+                codec = candidate.codec or self.codec
+                groups.setdefault(id(codec), (codec, []))[1].append(i)
+            else:
+                found[i] = self.evaluate(candidate)
+        for codec, indices in groups.values():
+            costs = self._prefix_costs(codec, [candidates[i].position for i in indices])  # type: ignore[misc]
+            for i, cost in zip(indices, costs):
+                found[i] = cost
+        return found  # type: ignore[return-value]
+
+    def _prefix_costs(self, codec: PlanCodec, positions: list[int]) -> list[Costs]:
+        """``evaluate`` of the prefix splits at ``positions`` with ``codec``, as arrays (see ``evaluate_many``)."""
+        workload, device, server, link = self.workload, self.device, self.server, self.link
+        sent_of: dict[str, tuple[int, float, float]] = {}
+        encode, size, decode = [], [], []
+        for position in positions:
+            cached = self._cuts.get((codec, position))
+            if cached is None:
+                sent = []
+                for tensor in workload.cut_at[position].crossing:
+                    terms = sent_of.get(tensor.name)
+                    if terms is None:
+                        terms = sent_of[tensor.name] = self._sent(codec, tensor)
+                    sent.append(terms)
+                # summed as _cut_terms sums them (in the crossing list's order, from 0)
+                cached = self._cuts[(codec, position)] = (sum(e for _, e, _ in sent), sum(b for b, _, _ in sent),
+                                                          sum(d for _, _, d in sent))
+            encode.append(cached[0])
+            size.append(cached[1])
+            decode.append(cached[2])
+        at = np.array(positions, dtype=np.int64)
+        encode_ms, decode_ms = np.array(encode, dtype=float), np.array(decode, dtype=float)
+        uplink_bytes = np.array(size, dtype=np.int64)
+        device_ms = device.prefix_ms_many(at, workload)[0]
+        server_ms = server.prefix_ms_many(at, workload)[1]
+        downlink_bytes = workload.output_bytes
+        uplink_ms, downlink_ms = link.uplink_ms(uplink_bytes), link.downlink_ms(downlink_bytes)
+        rtt_ms = link.rtt_ms
+        latency = device_ms + encode_ms + uplink_ms + rtt_ms + decode_ms + server_ms + downlink_ms
+        slowest = np.maximum(np.maximum(device_ms + encode_ms, np.maximum(uplink_ms, downlink_ms)),
+                             decode_ms + server_ms)
+        with np.errstate(divide="ignore"):
+            throughput = np.where(slowest > 0, 1e3 / np.where(slowest > 0, slowest, 1.0), math.inf)
+        none = [None] * len(positions)
+        compute_mj = radio_mj = idle_mj = energy_mj = none
+        if self.device.knows_power:
+            compute = self.device.active_w * (device_ms + encode_ms)  # type: ignore[operator]
+            radio = link.tx_w * uplink_ms + link.rx_w * downlink_ms
+            idle = self.device.idle_w * (rtt_ms + decode_ms + server_ms)  # type: ignore[operator]
+            compute_mj, radio_mj, idle_mj = compute.tolist(), radio.tolist(), idle.tolist()
+            energy_mj = (compute + radio + idle).tolist()
+        uplink_list = uplink_ms.tolist()
+        downlink = float(downlink_ms)
+        columns = zip(device_ms.tolist(), encode_ms.tolist(), uplink_list, decode_ms.tolist(), server_ms.tolist(),
+                      latency.tolist(), throughput.tolist(), uplink_bytes.tolist(), compute_mj, radio_mj, idle_mj,
+                      energy_mj, workload.prefix_peak_bytes[at].tolist(), workload.prefix_weight_bytes[at].tolist())
+        construct = Costs.model_construct
+        rtt = float(rtt_ms)
+        return [construct(device_ms=d, encode_ms=e, uplink_ms=u, rtt_ms=rtt, decode_ms=x, server_ms=s,
+                          downlink_ms=downlink, latency_ms=lat, throughput_fps=fps, uplink_bytes=b,
+                          downlink_bytes=downlink_bytes, device_compute_mj=c, radio_mj=r, idle_mj=i, energy_mj=en,
+                          head_memory_bytes=peak, head_weight_bytes=weights)
+                for d, e, u, x, s, lat, fps, b, c, r, i, en, peak, weights in columns]
 
     def _costs(self, *, device_ms: float, encode_ms: float, uplink_bytes: int, decode_ms: float, server_ms: float,
                downlink_bytes: int, link: Link, networked: bool, memory: tuple[int, int]) -> Costs:

@@ -196,10 +196,9 @@ def make_plan(model: CostModel, objective: Objective, *, formats: list[InputForm
     if objective.additive:  # one flow graph for the sweep and for checking the scan against the min-cut
         graph = FlowGraph(model.placement_problem(objective))
         heads, at_link = _sweep_heads(model, objective, graph, method)
-    scored = []
-    for candidate in candidates(model, objective, formats, method, codecs, reported, heads):
-        costs = model.evaluate(candidate)
-        scored.append(Scored(candidate, costs, violations(model, candidate, costs, constraints, leakage)))
+    found = candidates(model, objective, formats, method, codecs, reported, heads)
+    scored = [Scored(candidate, costs, violations(model, candidate, costs, constraints, leakage))
+              for candidate, costs in zip(found, model.evaluate_many(found))]
     allowed = [s for s in scored if not s.violations]
     if not allowed:
         raise PlanError(_nothing_fits(scored))
@@ -276,7 +275,10 @@ def _entry(model: CostModel, objective: Objective, scored: Scored) -> PlanEntry:
         after = workload.nodes[candidate.position - 1].name if candidate.position else None
         cut = workload.cut_at.get(candidate.position)  # type: ignore[arg-type]
         cut_index = cut.index if cut is not None and candidate.kind != "all-device" else None
-    return PlanEntry(
+    drop = getattr(candidate.codec, "accuracy_drop", None)
+    # built without re-validation: every field comes from the cost model with its schema type (Costs too). Whether
+    # this is faster than validating was not measured apart (pydantic's model_construct loops in Python).
+    return PlanEntry.model_construct(
         label=candidate.label, kind=candidate.kind, position=candidate.position,  # type: ignore[arg-type]
         cut_index=cut_index, after=after, head_nodes=head_nodes,
         input_format=(candidate.input_format.name if candidate.input_format else
@@ -284,7 +286,7 @@ def _entry(model: CostModel, objective: Objective, scored: Scored) -> PlanEntry:
         crossing=model.crossing(candidate), costs=scored.costs, objective=objective.value(scored.costs),
         codec=(candidate.codec or model.codec).name if candidate.kind == "split" or (
             candidate.kind == "all-server" and candidate.input_format is None) else None,
-        accuracy_drop=getattr(candidate.codec, "accuracy_drop", None),
+        accuracy_drop=None if drop is None else float(drop),
         feasible=not scored.violations, violations=scored.violations)
 
 
