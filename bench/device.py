@@ -13,7 +13,10 @@ resnet50 at 224×224, random-init weights, seed 0):
             --images images one at a time over one route with a head (the plan's chosen one where it has a head)
             to a real `edgesplit serve` on 127.0.0.1: the torch client (`edgesplit infer PLAN --route L
             --no-check`) against the bundle client (`python -m edgesplit.device BUNDLE --route L --no-check`);
-            both with --threads torch/onnxruntime threads (OMP_NUM_THREADS too), and their wall time
+            both with --threads torch/onnxruntime threads (OMP_NUM_THREADS too), and their wall time; and the
+            bundle client pinned to the all-device plan (its whole model.onnx loaded, as in an outage); and the
+            bundle client with only the edgesplit-device wheel's dependencies importable (the rest installed here
+            blocked at import: httpx imports its command line, click, when it is installed)
   start-up  wall time and peak RSS of `python -c "import edgesplit.runtime.client"` (the torch client's import)
             against `python -c "import edgesplit.device.client"`, median of 3 (once, not per model)
   heads     at each of the planner's cuts: the PyTorch head (fx, fp32), the bundle's float ONNX head under
@@ -248,6 +251,51 @@ def _route(manifest: dict, plan: dict) -> dict | None:
     return (chosen or with_head or [None])[0]
 
 
+def _outside_device_wheel() -> list[str]:
+    """Top-level modules installed here whose distributions are outside the edgesplit-device wheel's dependency
+    closure (device-dist/pyproject.toml, markers without extras), and that the bundle client would import here
+    only because they are installed: httpx imports its command line (click, pygments, rich) when it can. A device
+    that installed the wheel has none of them."""
+    import re
+    import tomllib
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    todo = list(tomllib.loads((ROOT / "device-dist" / "pyproject.toml").read_text())["project"]["dependencies"])
+    closure: set[str] = set()
+    while todo:
+        requirement = Requirement(todo.pop())
+        if requirement.marker is not None and not requirement.marker.evaluate({"extra": ""}):
+            continue
+        name = canonicalize_name(requirement.name)
+        if name not in closure:
+            closure.add(name)
+            try:
+                todo.extend(metadata.requires(name) or [])
+            except metadata.PackageNotFoundError:
+                pass
+    outside = []
+    for module, dists in metadata.packages_distributions().items():
+        if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", module) and module not in sys.stdlib_module_names and \
+                module != "edgesplit" and not any(canonicalize_name(d) in closure for d in dists):
+            outside.append(module)
+    return sorted(outside)
+
+
+_BLOCK = """import importlib.abc, sys
+class _NotOnDevice(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in BLOCKED:
+            raise ImportError(name + ' is not installed on the device')
+sys.meta_path.insert(0, _NotOnDevice())
+sys.argv = ['edgesplit.device', *sys.argv[1:]]
+import runpy
+runpy.run_module('edgesplit.device', run_name='__main__')
+"""
+
+
 def clients(prepared: dict, images: Path, args: argparse.Namespace, token_file: Path) -> dict:
     manifest = json.loads((prepared["bundle"] / "manifest.json").read_text())
     plan = json.loads(prepared["plan"].read_text())
@@ -266,13 +314,36 @@ def clients(prepared: dict, images: Path, args: argparse.Namespace, token_file: 
         result["bundle_client"] = measured_process(
             [sys.executable, "-m", "edgesplit.device", str(prepared["bundle"]), *common, "--threads",
              str(args.threads), "--json", str(device_json)], args.threads)
-    for name, path in (("torch_client", torch_json), ("bundle_client", device_json)):
+        # The same client pinned to the table's all-device plan: the bundle's whole model (model.onnx, what a
+        # fallback runs) loaded and run for every image, the memory a device needs while the server is gone.
+        local_json = prepared["folder"] / "infer-device-local.json"
+        local = [*common]
+        local[local.index("--route") + 1] = _all_device_label(plan)
+        # The same run as bundle_client, with only the edgesplit-device wheel's dependencies importable (what a
+        # device that installed that wheel has): everything else installed here is blocked at import.
+        blocked = f"BLOCKED = {set(_outside_device_wheel())!r}\n" + _BLOCK
+        result["bundle_client_device_deps"] = measured_process(
+            [sys.executable, "-c", blocked, str(prepared["bundle"]), *common, "--threads", str(args.threads)],
+            args.threads)
+        result["bundle_client_all_device"] = measured_process(
+            [sys.executable, "-m", "edgesplit.device", str(prepared["bundle"]), *local, "--threads",
+             str(args.threads), "--json", str(local_json)], args.threads)
+    for name, path in (("torch_client", torch_json), ("bundle_client", device_json),
+                       ("bundle_client_all_device", local_json)):
         summary = json.loads(path.read_text())
         summary = summary.get("summary", summary)
         result[name]["summary"] = {k: summary.get(k) for k in ("images", "requests", "routes", "server_results", "device_results", "fallbacks", "seconds",
                                                                  "accuracy", "bytes_sent") if k in summary}
     result["ratio"] = result["bundle_client"]["peak_rss_mb"] / result["torch_client"]["peak_rss_mb"]
+    result["ratio_all_device"] = (result["bundle_client_all_device"]["peak_rss_mb"] /
+                                  result["torch_client"]["peak_rss_mb"])
+    result["ratio_device_deps"] = (result["bundle_client_device_deps"]["peak_rss_mb"] /
+                                   result["torch_client"]["peak_rss_mb"])
     return result
+
+
+def _all_device_label(plan: dict) -> str:
+    return next((row["label"] for row in plan["switch_table"] if row["kind"] == "all-device"), "all on device")
 
 
 # ---- head latencies -----------------------------------------------------------------------------------------------
@@ -293,8 +364,9 @@ def heads(prepared: dict, args: argparse.Namespace, data: Path) -> list[dict]:
     manifest = json.loads((bundle / "manifest.json").read_text())
     deployment = load_deployment(load_plan(prepared["plan"]), plan_dir=prepared["plan"].parent)
     x = deployment.example(seed=0)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads, options.inter_op_num_threads, options.log_severity_level = args.threads, 1, 3
+    from edgesplit.device.client import session_options
+
+    options = session_options(args.threads)  # the bundle client's own session options
 
     def session(path: Path):
         s = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
@@ -362,14 +434,20 @@ def _print_tables(result: dict) -> None:
     print(f"\nstart-up ({result['threads']} thread(s)): import edgesplit.runtime.client "
           f"{s['torch_client']['import_s']:.2f} s, {s['torch_client']['peak_rss_mb']:.0f} MB; import "
           f"edgesplit.device.client {s['bundle_client']['import_s']:.2f} s, {s['bundle_client']['peak_rss_mb']:.0f} MB")
-    print("\npeak RSS of the device process (MB), wall time (s)")
-    print(f"{'model':<24}{'route':<34}{'torch client':>14}{'bundle client':>15}{'bundle/torch':>14}")
+    print("\npeak RSS of the device process (MB), wall time (s); 'all on device': the bundle client running the whole "
+          "model (the fallback) for every image")
+    print(f"{'model':<24}{'route':<34}{'torch client':>14}{'bundle client':>15}{'bundle/torch':>14}"
+          f"{'all on device':>15}{'/torch':>8}{'wheel deps only':>17}{'/torch':>8}")
     for m in result["models"]:
         c = m.get("clients")
         if not c or c.get("route") is None:
             continue
+        local = c["bundle_client_all_device"]
         print(f"{m['key']:<24}{c['route'][:33]:<34}{c['torch_client']['peak_rss_mb']:>8.0f} ({c['torch_client']['wall_s']:.1f})"
-              f"{c['bundle_client']['peak_rss_mb']:>9.0f} ({c['bundle_client']['wall_s']:.1f}){c['ratio']:>13.0%}")
+              f"{c['bundle_client']['peak_rss_mb']:>9.0f} ({c['bundle_client']['wall_s']:.1f}){c['ratio']:>13.0%}"
+              f"{local['peak_rss_mb']:>9.0f} ({local['wall_s']:.1f}){c['ratio_all_device']:>7.0%}"
+              f"{c['bundle_client_device_deps']['peak_rss_mb']:>11.0f} ({c['bundle_client_device_deps']['wall_s']:.1f})"
+              f"{c['ratio_device_deps']:>7.1%}")
     print("\nhead latency at the planner's cuts (ms, batch 1, median)")
     print(f"{'model':<24}{'cut':<30}{'torch fp32':>11}{'ORT fp32':>10}{'ORT int8':>10}{'int8 × ORT fp32':>17}")
     for m in result["models"]:

@@ -141,11 +141,14 @@ def test_int8_heads_are_measured_against_their_float_routes(exported):
 
 def test_an_int8_head_that_loses_too_much_keeps_the_float_head(exported, tmp_path):
     """Labels the model has not learnt (the digits, labels shuffled) leave top-1 agreement with the float route as
-    the measure; allowing no loss at all, an int8 route that disagrees on any image keeps its float head."""
+    the measure; allowing no loss at all, an int8 route that disagrees on any image keeps its float head. The 4
+    calibration images are dimmed to half their brightness, so the int8 ranges clip the held-out images: without
+    that, whether int8 disagrees on any of them depends on the CPU (none did on one with AVX-512 VNNI)."""
     plan_path, _, _ = exported
     digits = load_dataset("digits")
     shuffled = np.random.default_rng(0).permutation(digits.test_labels.numpy()).astype(np.uint8)
     images = (digits.test_images[:, 0].numpy() * 255).round().astype(np.uint8)
+    images[:4] //= 2  # the calibration images (the first 4)
     for split in ("train", "t10k"):
         write_idx(tmp_path / f"{split}-images-idx3-ubyte", images)
         write_idx(tmp_path / f"{split}-labels-idx1-ubyte", shuffled)
@@ -155,7 +158,7 @@ def test_an_int8_head_that_loses_too_much_keeps_the_float_head(exported, tmp_pat
         quantize="int8", data=f"idx:{tmp_path}", max_accuracy_drop=0.0, calibration=4))
     q = manifest.routes[0].int8
     assert q.metric == "agreement" and q.float_score == 1.0 and q.int8_score == q.agreement
-    assert 0.9 < q.agreement < 1.0 and q.drop == pytest.approx(1.0 - q.agreement)
+    assert q.agreement < 1.0 and q.drop == pytest.approx(1.0 - q.agreement)
     assert not q.used and q.file is None and manifest.routes[0].runs == "float32"
     assert "keeps its float head" in q.note and manifest.routes[0].device_bytes == manifest.routes[0].head.bytes
     assert not (tmp_path / "bundle" / "route0-head.int8.onnx").exists()  # not shipped

@@ -14,6 +14,8 @@ where it is torch-free:
   429 raises :class:`ServerRejectedError` (a wrong token among them). When every attempt fails and ``fallback`` is
   on, the whole model runs locally (the bundle's ``model.onnx``); ``/readyz`` is asked every ``probe_every_s`` and
   the server used again as soon as it answers.
+* Memory: an onnxruntime session is made for a file on its first use only (a pinned route's head on connect, the
+  whole model on the first outage or all-device request), so a device holds in memory what it runs.
 * On connect: the server must serve the bundle's model id, graph fingerprint and routes (label, codecs, width, what
   is sent), else :class:`ServerMismatchError`.
 
@@ -47,7 +49,7 @@ from edgesplit.runtime.transport import KeepAliveTransport
 from edgesplit.runtime.wire import MEDIA_TYPE, Request, Response, Status, WireError, new_request_id
 
 __all__ = ["ALL_DEVICE_LABEL", "BundleView", "DeviceClient", "DeviceResult", "DeviceRoute", "DeviceStats",
-           "DeviceSwitch", "run_device_inference"]
+           "DeviceSwitch", "run_device_inference", "session_options"]
 
 log = logging.getLogger("edgesplit.device")
 
@@ -84,7 +86,14 @@ DeviceStats = ClientStats
 
 # ---- the bundle as the policy and the client read it ---------------------------------------------------------------
 
-def _session(path: Path, threads: int | None):
+def session_options(threads: int | None):
+    """The onnxruntime options every session of the device client runs with: ``threads`` intra-op threads (one
+    inter-op thread; None keeps onnxruntime's own choice), everything else onnxruntime's defaults.
+
+    The memory options were measured (bench/README.md, "device"): without the CPU memory arena and the memory
+    pattern a session's peak resident memory was no lower (ResNet-50's whole model 315 MB against 308 MB, its int8
+    head 80 MB against 72 MB) and the int8 head ran 1.06–1.6× slower (two runs); not preparing weights ahead
+    (``disable_prepacking``) saved nothing either. What saves memory is not loading a file at all (:class:`_Onnx` loads on first use)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -92,22 +101,48 @@ def _session(path: Path, threads: int | None):
     if threads is not None:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+    return options
+
+
+def _session(path: Path, threads: int | None):
+    import onnxruntime as ort
+
     try:
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
     except Exception as error:  # onnxruntime raises its own exception types for a file it cannot load
         raise BundleError(f"onnxruntime cannot load {path.name} ({' '.join(str(error).split())[:200]}); export "
                           "the bundle again") from error
 
 
 class _Onnx:
-    """One ONNX file of the bundle under onnxruntime: arrays in (in the file's input order), arrays out."""
+    """One ONNX file of the bundle under onnxruntime: arrays in (in the file's input order), arrays out.
+
+    The session is made on the first call, not before: a device holds in memory only the files it runs (a pinned
+    route's head, the whole model once the server is gone or the table says all-device). ``load()`` makes it now."""
 
     def __init__(self, path: Path, threads: int | None):
-        self.session = _session(path, threads)
-        self.inputs = [i.name for i in self.session.get_inputs()]
+        self.path, self.threads = path, threads
+        self._session = None
+        self.inputs: list[str] = []
+
+    @property
+    def loaded(self) -> bool:
+        return self._session is not None
+
+    def load(self):
+        if self._session is None:
+            session = _session(self.path, self.threads)
+            self.inputs = [i.name for i in session.get_inputs()]
+            self._session = session
+        return self._session
+
+    @property
+    def session(self):
+        return self.load()
 
     def __call__(self, *arrays: np.ndarray) -> list[np.ndarray]:
-        return self.session.run(None, dict(zip(self.inputs, arrays)))
+        session = self.load()
+        return session.run(None, dict(zip(self.inputs, arrays)))
 
 
 @dataclass
@@ -487,10 +522,14 @@ class DeviceClient(Adapting):
         return (rng.random(shape, dtype=np.float32),)
 
     def _warm_up(self) -> None:
-        """Run every head, encoder and the whole model once, untimed (a first run costs many times a later one)."""
+        """Run the heads and encoders this client may send through once, untimed (a first run costs many times a
+        later one): a pinned route's, else every route's. The whole model is not loaded here: its session is made on
+        the first request that runs on the device (an outage, or the table's all-device plan)."""
         example = self._example()
-        self.deployment.model(*example)
-        for route in self.deployment.routes:
+        routes = self.deployment.routes
+        if self.pinned:
+            routes = [r for r in routes if r.label == self.label]
+        for route in routes:
             route.encode(route.device_side(*example))
 
     def _calibrate(self) -> None:

@@ -5,11 +5,13 @@ match the server's), exports each route's device part to ONNX (the head with ``o
 route's encoder beside it), checks every file against PyTorch (``verify_head``), adds the whole model as ONNX for
 local fallback, and writes the manifest (``edgesplit.device.bundle.Manifest``). With ``quantize="int8"`` each head
 is also quantized with ONNX Runtime's static quantization (QDQ: int8 weights, per channel, and uint8 activations,
-which ran 1.4× faster than float32 where int8 activations ran 1.4× slower on this x86 CPU) calibrated on images
-of ``data``; every quantized route is then run end to end (head, codec, the server's tail) on held-out images of
-that data against its float route, and runs int8 only if it loses at most ``max_accuracy_drop`` (accuracy on the
-data's labels, or top-1 agreement with the float route when the labels do not fit the model or it does no better
-than chance). :func:`load_bundle` reads a bundle back (``edgesplit.device.bundle``, without torch).
+MinMax calibration) calibrated on images of ``data`` (bench/device_int8.py compares this with QOperator, per-tensor,
+U8U8/S8S8, reduce_range, Entropy/Percentile calibration: none was clearly faster or more accurate on the
+planner's early cuts, and S8S8 left MobileNet convolutions in float); every quantized route is then run end to
+end (head, codec, the server's tail) on held-out images of that data against its float route, and runs int8 only
+if it loses at most ``max_accuracy_drop`` (accuracy on the data's labels, or top-1 agreement with the float route
+when the labels do not fit the model or it does no better than chance). :func:`load_bundle` reads a bundle back
+(``edgesplit.device.bundle``, without torch).
 """
 
 from __future__ import annotations
