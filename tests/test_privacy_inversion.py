@@ -251,6 +251,45 @@ def test_learned_inversion_holds_out_stops_early_and_warm_starts(traced, aux, vi
         learned_inversion(split, aux[:300], victims[:8], epochs=1, held_out=1.5)
 
 
+def test_warm_started_decoders_stop_on_their_own_patience_cold_ones_run_on(traced, aux, victims):
+    first = learned_inversion(traced.split(EARLY), aux[:300], victims[:8], epochs=1, seed=0)
+    same_shape = traced.split("conv1_1")
+    # With a 99% gain required, every epoch after the first is one without progress.
+    rule = dict(epochs=5, held_out=0.2, min_improvement=0.99, warm_patience=1, seed=0)
+    warm = learned_inversion(same_shape, aux[:300], victims[:8], init=first.decoder, **rule)
+    assert warm.warm_started and warm.epochs == 2 and len(warm.held_out_loss) == 2
+    # A cold decoder (no init, or one of other shapes) is not held to warm_patience: patience None runs all epochs.
+    cold = learned_inversion(same_shape, aux[:300], victims[:8], **rule)
+    assert not cold.warm_started and cold.epochs == 5
+    assert learned_inversion(traced.split(LOGITS), aux[:300], victims[:8], init=first.decoder, **rule).epochs == 5
+    # Without warm_patience a warm decoder falls back on patience (here None: every epoch).
+    assert learned_inversion(same_shape, aux[:300], victims[:8], init=first.decoder,
+                             **{**rule, "warm_patience": None}).epochs == 5
+    with pytest.raises(EdgesplitError, match="warm_patience"):
+        learned_inversion(same_shape, aux[:300], victims[:8], epochs=1, warm_patience=0)
+
+
+def test_decoders_train_in_bf16_where_native_and_still_reconstruct(traced, aux, victims, baseline, monkeypatch):
+    from edgesplit.privacy import inversion
+    calls = []
+    real = torch.autocast
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs.get("enabled", True))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(inversion.torch, "autocast", spy)
+    monkeypatch.setattr(inversion, "_NATIVE_BF16", True)
+    fast = learned_inversion(traced.split(EARLY), aux, victims, **LEARNED, bf16=True)
+    assert calls and all(calls)  # every training step under bf16 autocast
+    assert fast.reconstructions.dtype == torch.float32
+    assert mse(fast.reconstructions, victims) < 0.5 * baseline
+    calls.clear()
+    monkeypatch.setattr(inversion, "_NATIVE_BF16", False)  # emulated bf16 is slower than float32: not used
+    learned_inversion(traced.split(EARLY), aux[:100], victims[:4], epochs=1, bf16=True)
+    assert calls and not any(calls)
+
+
 def test_optimization_from_a_prior_keeps_it_where_optimizing_only_makes_things_worse(traced, victims):
     split = traced.split(LOGITS)
     few = victims[:6]

@@ -75,6 +75,11 @@ class AuditSettings(BaseModel):
                                    "epoch must bring to count as progress")
     warm_start: bool = Field(Effort.warm_start, description="start each cut's decoder from the previous cut's "
                              "when the crossing shapes match")
+    warm_patience: int | None = Field(Effort.warm_patience, ge=1, description="epochs without a held-out gain of "
+                                      "min_improvement before a warm-started decoder stops (None: patience)")
+    bf16: bool = Field(Effort.bf16, description="where the CPU computes bf16 natively (AMX / AVX512-BF16): train "
+                       "the decoders under bfloat16 autocast (the white-box attack and the probes stay "
+                       "float32)")
     decoder_prior: bool = Field(Effort.decoder_prior, description="start the white-box attack from the learned "
                                 "decoder's reconstructions (when both attacks run), keeping per victim the "
                                 "image with the lower objective")
@@ -118,7 +123,8 @@ class AuditSettings(BaseModel):
     def effort(self) -> Effort:
         """How the image attacks save time and where they start (privacy.attacks.Effort)."""
         return Effort(held_out=self.held_out, patience=self.patience, min_improvement=self.min_improvement,
-                      warm_start=self.warm_start, decoder_prior=self.decoder_prior, prior_weight=self.prior_weight,
+                      warm_start=self.warm_start, warm_patience=self.warm_patience, bf16=self.bf16,
+                      decoder_prior=self.decoder_prior, prior_weight=self.prior_weight,
                       tolerance=self.optimize_tolerance)
 
     def recorded(self) -> dict[str, Any]:

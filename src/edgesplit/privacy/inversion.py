@@ -22,6 +22,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -115,7 +116,10 @@ def build_decoder(crossing_shapes: Sequence[tuple[int, ...]], input_shape: tuple
 
     ``crossing_shapes`` are the crossing tensors' shapes batch first (as ``Cut.crossing`` lists them);
     ``input_shape`` is one image's (C, H, W), or (1, C, H, W). All 4-D tensors: an upsampling conv decoder on
-    their channel concatenation at the largest spatial size; anything else: a fully connected decoder.
+    their channel concatenation at the largest spatial size (one upsampling stage per factor 2 of stride); N×T×D
+    token features whose tokens lay out as the image's patch grid (after up to 8 leading class/register tokens):
+    a :class:`~edgesplit.privacy.decoders.TokenDecoder` that maps each token back to its patch; anything else: a
+    fully connected decoder.
     """
     shapes = [tuple(int(d) for d in s) for s in crossing_shapes]
     image = _image_shape(input_shape)
@@ -126,6 +130,9 @@ def build_decoder(crossing_shapes: Sequence[tuple[int, ...]], input_shape: tuple
                              "shapes Cut.crossing lists")
     if all(len(s) == 4 for s in shapes):
         return ConvDecoder(shapes, image)
+    from edgesplit.privacy.decoders import TokenDecoder, is_token_cut  # decoders imports this module
+    if is_token_cut(shapes, image):
+        return TokenDecoder(shapes, image)
     return FCDecoder(shapes, image)
 
 
@@ -205,10 +212,31 @@ def warm_start(decoder: nn.Module, previous: nn.Module | None) -> bool:
     return True
 
 
+def native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AMX or AVX512-BF16), where bf16 autocast pays (2-3x on the
+    decoders' convolutions); elsewhere it is emulated and slower than float32."""
+    global _NATIVE_BF16
+    if _NATIVE_BF16 is None:
+        try:
+            flags = Path("/proc/cpuinfo").read_text().split()
+        except OSError:
+            flags = []
+        _NATIVE_BF16 = "amx_bf16" in flags or "avx512_bf16" in flags
+    return _NATIVE_BF16
+
+
+_NATIVE_BF16: bool | None = None
+
+
+def _channels_last(features: list[torch.Tensor]) -> list[torch.Tensor]:
+    return [f.contiguous(memory_format=torch.channels_last) if f.ndim == 4 else f for f in features]
+
+
 def learned_inversion(head: Any, aux_images: torch.Tensor, victim_images: torch.Tensor, *,
                       transform: Transform | None = None, epochs: int = 30, batch_size: int = 64,
                       lr: float = 3e-3, tv_weight: float = 0.0, seed: int = 0, held_out: float = 0.0,
                       patience: int | None = None, min_improvement: float = 0.0, init: nn.Module | None = None,
+                      warm_patience: int | None = None, bf16: bool = False,
                       progress: bool = False) -> InversionResult:
     """Black-box attack: train a decoder on the head's features of ``aux_images``, apply it to the victim's.
 
@@ -219,7 +247,13 @@ def learned_inversion(head: Any, aux_images: torch.Tensor, victim_images: torch.
     epoch with the lowest held-out MSE is the one applied, and with ``patience`` training stops after that many
     epochs whose held-out MSE improved on the best by less than ``min_improvement`` (relative). ``init`` is a
     decoder to start from (another cut's, ``result.decoder``): its weights are copied when this cut's decoder
-    has the same shapes (``result.warm_started``), else training starts from scratch.
+    has the same shapes (``result.warm_started``), else training starts from scratch. ``warm_patience``, with
+    ``held_out``, is the patience of a warm-started decoder (which starts near its optimum), in place of
+    ``patience`` (which then applies to cold-started ones only).
+
+    With ``bf16`` the decoder trains under bfloat16 autocast (its weights and the applied decoder stay float32)
+    where the CPU computes bf16 natively (:func:`native_bf16`; elsewhere the flag is ignored); conv decoders
+    always train in channels-last layout (1.4-1.7x faster on CPU; equal results up to float rounding).
     """
     module = _head_module(head)
     expected = head_input_shape(module)
@@ -227,8 +261,9 @@ def learned_inversion(head: Any, aux_images: torch.Tensor, victim_images: torch.
     victims = _check_images(victim_images, "victim images", expected or tuple(aux.shape[1:]),
                             "the model's input is" if expected else "the auxiliary images are")
     _check_counts(epochs=epochs, batch_size=batch_size)
-    if patience is not None:
-        _check_counts(patience=patience)
+    for name, value in (("patience", patience), ("warm_patience", warm_patience)):
+        if value is not None:
+            _check_counts(**{name: value})
     _check_rates(lr, tv_weight)
     if not 0 <= held_out < 1 or not 0 <= min_improvement < 1:
         raise EdgesplitError(f"held_out and min_improvement are fractions in [0, 1), got {held_out!r} and "
@@ -242,8 +277,9 @@ def learned_inversion(head: Any, aux_images: torch.Tensor, victim_images: torch.
                              "batch_size >= 2")
 
     start = time.perf_counter()
-    aux_features = query_head(module, aux, transform, "auxiliary images")
-    victim_features = query_head(module, victims, transform, "victim images")
+    aux_features = _channels_last(query_head(module, aux, transform, "auxiliary images"))
+    victim_features = _channels_last(query_head(module, victims, transform, "victim images"))
+    autocast = bf16 and native_bf16()
     losses: list[float] = []
     held_out_losses: list[float] = []
     with torch.random.fork_rng(devices=[]):
@@ -251,6 +287,8 @@ def learned_inversion(head: Any, aux_images: torch.Tensor, victim_images: torch.
         generator = torch.Generator().manual_seed(seed)
         decoder = build_decoder([tuple(f.shape) for f in aux_features], tuple(aux.shape[1:]))
         warm = warm_start(decoder, init)
+        decoder = decoder.to(memory_format=torch.channels_last)
+        stop_after = warm_patience if warm and warm_patience is not None else patience
         optimizer = torch.optim.Adam(decoder.parameters(), lr=lr)
         # The held-out images: a seeded draw (none drawn without held_out, so results match earlier ones).
         split = torch.randperm(len(aux), generator=generator) if validation else torch.arange(len(aux))
@@ -268,8 +306,9 @@ def learned_inversion(head: Any, aux_images: torch.Tensor, victim_images: torch.
                 for step in range(steps_per_epoch):
                     idx = order[step * batch_size:(step + 1) * batch_size]
                     target = aux[idx]
-                    output = decoder(*(f[idx] for f in aux_features))
-                    loss = F.mse_loss(output, target)
+                    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                        output = decoder(*(f[idx] for f in aux_features))
+                    loss = F.mse_loss(output.float(), target)
                     if tv_weight:
                         loss = loss + tv_weight * total_variation(output).mean()
                     optimizer.zero_grad(set_to_none=True)
@@ -293,12 +332,12 @@ def learned_inversion(head: Any, aux_images: torch.Tensor, victim_images: torch.
                     else:
                         stale += 1
                 bar.update(task, status=status)
-                if patience is not None and validation and stale >= patience:
+                if stop_after is not None and validation and stale >= stop_after:
                     break
         if best_state is not None:
             decoder.load_state_dict(best_state)
         decoder.eval()
-        with torch.no_grad():
+        with torch.inference_mode():
             reconstructions = torch.cat([
                 decoder(*(f[i:i + QUERY_BATCH] for f in victim_features))
                 for i in range(0, len(victims), QUERY_BATCH)])
@@ -309,7 +348,7 @@ def learned_inversion(head: Any, aux_images: torch.Tensor, victim_images: torch.
 def _decoder_mse(decoder: nn.Module, features: list[torch.Tensor], images: torch.Tensor) -> float:
     """The decoder's mean pixel MSE on ``images`` from their ``features`` (eval mode, no gradients)."""
     decoder.eval()
-    with torch.no_grad():
+    with torch.inference_mode():
         total = sum(F.mse_loss(decoder(*(f[i:i + QUERY_BATCH] for f in features)), images[i:i + QUERY_BATCH],
                                reduction="sum").item() for i in range(0, len(images), QUERY_BATCH))
     return total / images.numel()
@@ -471,4 +510,5 @@ def _optimize_chunk(module: Callable[..., Any], target: list[torch.Tensor], star
 
 # codec_transform is defined in edgesplit.privacy.query and re-exported: attackers build their transform here.
 __all__ = ["OPTIMIZE_WINDOW", "ConvDecoder", "FCDecoder", "InversionResult", "build_decoder", "codec_transform",
-           "learned_inversion", "mean_image_baseline", "optimization_inversion", "total_variation", "warm_start"]
+           "learned_inversion", "mean_image_baseline", "native_bf16", "optimization_inversion", "total_variation",
+           "warm_start"]
