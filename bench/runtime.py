@@ -498,7 +498,7 @@ def lone_client(plan_path: Path, folder: Path, deployment, route, threads: int, 
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return sock, f"POST /v1/infer HTTP/1.1\r\nHost: {host}:{port}\r\nAuthorization: Bearer {TOKEN}\r\n".encode()
 
-    def one(sock: socket.socket, head: bytes) -> None:
+    def one(sock: socket.socket, head: bytes, server_ms: list[float] | None = None) -> None:
         frame = Request(new_request_id(), deployment.model_id, route.route_id, payload, route.width).to_bytes()
         sock.sendall(head + f"Content-Length: {len(frame)}\r\n\r\n".encode() + frame)
         data = b""
@@ -510,8 +510,11 @@ def lone_client(plan_path: Path, folder: Path, deployment, route, threads: int, 
             body += sock.recv(65536)
         if not top.startswith(b"HTTP/1.1 200"):
             raise RuntimeError(f"the server answered {top.splitlines()[0]!r}")
+        if server_ms is not None:  # the server's own time for it (the same engine path on both servers)
+            server_ms.append(Response.from_bytes(body).server_ms)
 
     samples: dict[str, list[float]] = {"batching": [], "no batching": []}
+    server_ms: dict[str, list[float]] = {"batching": [], "no batching": []}
     # In one run with both servers at max batch 32, the one started first was 9% slower (its place on the 2 cores,
     # not batching): half the rounds with each start order, pooled, so that the order favours neither.
     for order in (("batching", "no batching"), ("no batching", "batching")):
@@ -525,14 +528,15 @@ def lone_client(plan_path: Path, folder: Path, deployment, route, threads: int, 
                 for name in order if round_ % 2 == 0 else order[::-1]:
                     for _ in range(20):  # warm: the other server ran last
                         one(*sockets[name])
-                    samples[name] += timed(lambda: one(*sockets[name]), requests)
+                    samples[name] += timed(lambda: one(*sockets[name], server_ms[name]), requests)
             for sock, _ in sockets.values():
                 sock.close()
         finally:
             for server in servers.values():
                 server.close()
     rows = [{"server": name, "transport": "http", "route": route.label, "requests": len(values),
-             "median_ms": median_ms(values), "mean_ms": statistics.fmean(values) * 1e3} for name, values in samples.items()]
+             "median_ms": median_ms(values), "mean_ms": statistics.fmean(values) * 1e3,
+             "server_ms_median": statistics.median(server_ms[name])} for name, values in samples.items()]
     rows[0]["ratio_vs_no_batching"] = rows[0]["median_ms"] / rows[1]["median_ms"]
     return rows
 
@@ -688,7 +692,7 @@ def main() -> None:
                                rounds=4 if args.quick else 10)
             results["lone_client"] = lone
             show("2b. one client, one request at a time: batching server vs none (alternating blocks, ms)", lone,
-                 ["server", "transport", "requests", "median_ms", "mean_ms", "ratio_vs_no_batching"])
+                 ["server", "transport", "requests", "median_ms", "mean_ms", "server_ms_median", "ratio_vs_no_batching"])
         if 3 in parts:
             slow = f"host/{args.device_slowdown:g}"
             planned = make_plan(weights, "resnet8", slow, None)

@@ -81,6 +81,48 @@ def test_a_slow_tail_runs_alone_on_the_compute_thread(deployment, monkeypatch) -
     assert threads and all(name.startswith("edgesplit-tail") for name in threads)
 
 
+def test_a_tail_slow_only_while_the_server_started_moves_to_the_event_loop(deployment, monkeypatch) -> None:
+    """warm_up saw 20 ms passes (a busy machine at start): lone requests hop to the compute thread until
+    ``promote_after`` passes in a row were fast, then run on the event loop; a pass that is slow again resets the
+    count before that."""
+    route = deployment.routes[0]
+    slow = [True]
+    seen, original = [], route.server_side
+
+    def recording(tensors):  # noqa: ANN001, ANN202
+        seen.append(threading.current_thread().name)
+        if slow[0]:
+            time.sleep(0.02)
+        return original(tensors)
+
+    monkeypatch.setattr(route, "server_side", recording)
+
+    async def main() -> list[Response]:
+        engine = Engine([deployment], ServerLimits(max_batch=32, max_wait_ms=2.0))
+        await engine.warm_up()
+        assert id(route) not in engine._inline
+        slow[0] = False
+        seen.clear()
+        try:
+            responses = [await engine.handle(_frame(deployment, seed)) for seed in range(engine.promote_after - 1)]
+            slow[0] = True  # one slow pass: the count starts again
+            responses.append(await engine.handle(_frame(deployment, 100)))
+            slow[0] = False
+            responses += [await engine.handle(_frame(deployment, 200 + seed)) for seed in range(engine.promote_after)]
+            assert id(route) in engine._inline
+            responses += [await engine.handle(_frame(deployment, 300 + seed)) for seed in range(3)]
+            return responses
+        finally:
+            await engine.close()
+
+    responses = asyncio.run(main())
+    assert all(r.status == Status.OK and r.batch_size == 1 for r in responses)
+    loop_thread = threading.current_thread().name
+    promote = len(responses) - 3
+    assert all(name.startswith("edgesplit-tail") for name in seen[:promote]), seen
+    assert seen[promote:] == [loop_thread] * 3, seen
+
+
 def test_requests_that_arrive_together_share_a_pass_even_after_lone_ones(deployment, monkeypatch) -> None:
     counts = []
 

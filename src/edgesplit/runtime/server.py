@@ -37,7 +37,6 @@ from fastapi.responses import JSONResponse, Response as HttpResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.requests import ClientDisconnect
-from starlette.websockets import WebSocketDisconnect
 
 from edgesplit.codecs import DecodeLimits
 from edgesplit.errors import EdgesplitError
@@ -362,62 +361,11 @@ def create_app(engine: Engine, token: str | None, *,
 
     app.openapi = openapi
 
-    @app.websocket("/v1/stream")
-    async def stream(websocket: WebSocket) -> None:
-        """A continuous stream (video): binary request frames in, response frames out, several in flight."""
-        started = time.perf_counter()
-        client = client_of(websocket)
-        await websocket.accept()
-        if (problem := token_error(websocket.headers.get("authorization", ""))) is not None:
-            observer.request(RequestRecord("-", "-", "-", Status.UNAUTHORIZED, time.perf_counter() - started, 0, 0,
-                                           client=client))
-            await websocket.close(code=1008, reason=problem[:120])  # policy violation
-            return
-        send_lock, tasks = asyncio.Lock(), set()
-
-        async def reply(response: Response) -> None:
-            with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
-                async with send_lock:
-                    await websocket.send_bytes(response.to_bytes())
-
-        async def answer(frame: bytes) -> None:
-            metrics.in_flight.inc()
-            try:
-                await reply(await engine.handle(frame, client))
-            finally:
-                metrics.in_flight.dec()
-                limiter.release(client)
-
-        def refused(status: Status, frame: bytes, message: str) -> Response:
-            observer.request(RequestRecord("-", "-", "-", status, 0.0, len(frame), 32 + len(message), client=client))
-            return Response.error(peek_request_id(frame), status, message)
-
-        try:
-            while True:
-                try:
-                    message = await _within(guards.stream_idle_s, websocket.receive())
-                except asyncio.TimeoutError:  # idle, or a message trickling in: the slot goes to someone else
-                    with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
-                        await websocket.close(code=1001, reason=f"no complete message for {guards.stream_idle_s:g} s")
-                    break
-                if message["type"] == "websocket.disconnect":
-                    break
-                frame = message.get("bytes")
-                if frame is None:
-                    text = (message.get("text") or "").encode()
-                    await reply(refused(Status.BAD_REQUEST, text, "send request frames as binary messages"))
-                    continue
-                if len(frame) > max_bytes:
-                    await reply(refused(Status.TOO_LARGE, frame, f"message of {len(frame):,} bytes is over this "
-                                                                 f"server's limit of {max_bytes:,}"))
-                    continue
-                await limiter.acquire(client)  # a stream waits for a slot: TCP slows the sender down
-                task = asyncio.create_task(answer(frame))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
-        finally:
-            if tasks:
-                await asyncio.gather(*tasks, return_exceptions=True)
+    # WebSocket /v1/stream is a plain ASGI endpoint too (starlette's WebSocket wrappers and a timer per message
+    # cost more per frame than the engine's bookkeeping); like /v1/infer it is taken before the middleware stack.
+    stream = _StreamEndpoint(engine, token_error, observer, metrics, limiter, max_bytes, guards.stream_idle_s)
+    app.router.add_websocket_route("/v1/stream", stream)
+    app.stream_fast_path = (BrowserGuard(None, hosts=hosts, origins=guards.allow_origins), stream)
 
     @app.get("/v1/models", summary="The models, their routes (cut, codec, width) and switch tables")
     async def models(request: HttpRequest, _: HTTPAuthorizationCredentials | None = Security(bearer)) -> JSONResponse:
@@ -451,20 +399,127 @@ def create_app(engine: Engine, token: str | None, *,
 
 class _App(FastAPI):
     """FastAPI, with POST /v1/infer taken before its middleware stack and router when ``infer_fast_path`` is set
-    (the Host/Origin guard, then the endpoint): they cost 0.1–0.2 ms a request, as much as decoding the frame.
-    Everything else (other paths and methods, WebSockets, lifespan) goes the usual way."""
+    (the Host/Origin guard, then the endpoint): they cost 0.1–0.2 ms a request, as much as decoding the frame; the
+    same for WebSocket /v1/stream (``stream_fast_path``). Everything else (other paths and methods, lifespan) goes
+    the usual way."""
 
     infer_fast_path: tuple[BrowserGuard, _InferEndpoint] | None = None
+    stream_fast_path: tuple[BrowserGuard, _StreamEndpoint] | None = None
 
     async def __call__(self, scope, receive, send) -> None:  # noqa: ANN001
-        fast = self.infer_fast_path
-        if fast is not None and scope["type"] == "http" and scope["path"] == "/v1/infer" \
-                and scope["method"] == "POST" and not scope.get("root_path"):
-            guard, endpoint = fast
-            if not await guard.refused(scope, send):
-                await endpoint(scope, receive, send)
-            return
+        kind = scope["type"]
+        if kind == "http":
+            fast = self.infer_fast_path
+            if fast is not None and scope["path"] == "/v1/infer" and scope["method"] == "POST" \
+                    and not scope.get("root_path"):
+                guard, endpoint = fast
+                if not await guard.refused(scope, send):
+                    await endpoint(scope, receive, send)
+                return
+        elif kind == "websocket":  # CORS never applies to WebSockets: the Host/Origin check, then the endpoint
+            fast = self.stream_fast_path
+            if fast is not None and scope["path"] == "/v1/stream" and not scope.get("root_path"):
+                guard, endpoint = fast
+                if not await guard.refused(scope, send):
+                    await endpoint(scope, receive, send)
+                return
         await super().__call__(scope, receive, send)
+
+
+class _StreamEndpoint:
+    """WebSocket /v1/stream: a continuous stream (video) of binary request frames in, response frames out, several
+    in flight. The bearer token is checked after the handshake (close 1008); a text message or one over the size
+    cap is answered with an error frame; the client's requests in flight are capped (the stream then waits for a
+    slot: TCP slows the sender down); a stream with no complete message for ``idle_s`` is closed (1001)."""
+
+    def __init__(self, engine: Engine, token_error, observer: Observer, metrics: ServerMetrics,  # noqa: ANN001
+                 limiter: ClientLimiter, max_bytes: int, idle_s: float) -> None:
+        self.engine, self.token_error, self.observer, self.metrics = engine, token_error, observer, metrics
+        self.limiter, self.max_bytes, self.idle_s = limiter, max_bytes, idle_s
+
+    async def __call__(self, scope, receive, send) -> None:  # noqa: ANN001
+        started = time.perf_counter()
+        client = scope["client"][0] if scope.get("client") else "-"
+        authorization = ""
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                authorization = value.decode("latin-1")
+        if (await receive())["type"] != "websocket.connect":
+            return
+        await send({"type": "websocket.accept"})
+        if (problem := self.token_error(authorization)) is not None:
+            self.observer.request(RequestRecord("-", "-", "-", Status.UNAUTHORIZED, time.perf_counter() - started,
+                                                0, 0, client=client))
+            with contextlib.suppress(RuntimeError, OSError):
+                await send({"type": "websocket.close", "code": 1008, "reason": problem[:120]})  # policy violation
+            return
+        engine, limiter, metrics, observer, max_bytes = self.engine, self.limiter, self.metrics, self.observer, \
+            self.max_bytes
+        send_lock, tasks = asyncio.Lock(), set()
+
+        async def reply(response: Response) -> None:
+            with contextlib.suppress(RuntimeError, OSError):  # the client has gone: nobody to answer
+                async with send_lock:
+                    await send({"type": "websocket.send", "bytes": response.to_bytes()})
+
+        async def answer(frame: bytes) -> None:
+            metrics.in_flight.inc()
+            try:
+                await reply(await engine.handle(frame, client))
+            finally:
+                metrics.in_flight.dec()
+                limiter.release(client)
+
+        def refused(status: Status, frame: bytes, message: str) -> Response:
+            observer.request(RequestRecord("-", "-", "-", status, 0.0, len(frame), 32 + len(message), client=client))
+            return Response.error(peek_request_id(frame), status, message)
+
+        # One idle timer per stream, not one per message: it checks when the current wait for a message began,
+        # and only a wait of ``idle_s`` or more (not answers being computed) ends the stream.
+        loop, me, waiting = asyncio.get_running_loop(), asyncio.current_task(), [None, False]  # since, timed out
+
+        def watch() -> None:
+            since = waiting[0]
+            if since is not None and loop.time() - since >= self.idle_s:
+                waiting[1] = True
+                me.cancel()
+                return
+            timer[0] = loop.call_later(self.idle_s - (loop.time() - since if since is not None else 0.0), watch)
+
+        timer = [loop.call_later(self.idle_s, watch)]
+        try:
+            while True:
+                waiting[0] = loop.time()
+                try:
+                    message = await receive()
+                except asyncio.CancelledError:
+                    if not waiting[1]:
+                        raise  # the server is stopping
+                    me.uncancel()
+                    with contextlib.suppress(RuntimeError, OSError):
+                        await send({"type": "websocket.close", "code": 1001,
+                                    "reason": f"no complete message for {self.idle_s:g} s"})
+                    break
+                waiting[0] = None
+                if message["type"] != "websocket.receive":
+                    break  # websocket.disconnect
+                frame = message.get("bytes")
+                if frame is None:
+                    text = (message.get("text") or "").encode()
+                    await reply(refused(Status.BAD_REQUEST, text, "send request frames as binary messages"))
+                    continue
+                if len(frame) > max_bytes:
+                    await reply(refused(Status.TOO_LARGE, frame, f"message of {len(frame):,} bytes is over this "
+                                                                 f"server's limit of {max_bytes:,}"))
+                    continue
+                await limiter.acquire(client)  # a stream waits for a slot: TCP slows the sender down
+                task = asyncio.create_task(answer(frame))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+        finally:
+            timer[0].cancel()
+            if tasks:
+                await asyncio.gather(*tasks, return_exceptions=True)
 
 
 class _InferEndpoint:
