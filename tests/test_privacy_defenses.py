@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from conftest import trained_small_cnn
 from edgesplit.compress.bottleneck import BottleneckError
 from edgesplit.model.data import load_dataset
 from edgesplit.errors import EdgesplitError, InputShapeError
@@ -12,8 +13,8 @@ from edgesplit.model.graph import trace
 from edgesplit.privacy.defenses import (DEFENSE_KINDS, DefendedCut, DefenseSpec, GaussianNoise, build_defense,
                                         distance_correlation_torch, parse_defense, parse_defenses)
 from edgesplit.privacy.metrics import distance_correlation
-from edgesplit.model.train import evaluate, train_classifier
-from edgesplit.model.zoo import ZOO, small_cnn
+from edgesplit.model.train import evaluate
+from edgesplit.model.zoo import ZOO
 
 CUT = "pool1"  # small_cnn after conv2 and the first pooling: one 32×4×4 tensor crosses
 FLAT_CUT = "flatten"  # one flat 256-vector crosses
@@ -24,14 +25,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def model(digits):
-    """small_cnn trained two epochs on digits (about 97% test accuracy)."""
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        net = small_cnn()
-        result = train_classifier(net, digits, epochs=2, batch_size=64, lr=3e-3, seed=0, progress=False)
-    assert result.test_accuracy > 0.9
-    return net
+def model(small_cnn_on_digits_state):
+    """small_cnn trained two epochs on digits (about 97% test accuracy; trained once per session, in conftest.py)."""
+    return trained_small_cnn(small_cnn_on_digits_state)
 
 
 @pytest.fixture(scope="module")

@@ -8,10 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import trained_small_cnn
 from edgesplit.errors import EdgesplitError
 from edgesplit.model.graph import trace
-from edgesplit.model.train import train_classifier
-from edgesplit.model.zoo import small_cnn
 from edgesplit.privacy.audit import AuditSettings, defense_misfit, resolve_cuts, run_audit
 from edgesplit.privacy.defenses import build_defense, parse_defense, parse_defenses
 from edgesplit.privacy.metrics import distance_correlation
@@ -24,13 +23,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def model(digits):
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        net = small_cnn()
-        result = train_classifier(net, digits, epochs=2, batch_size=64, lr=3e-3, seed=0, progress=False)
-    assert result.test_accuracy > 0.9
-    return net
+def model(small_cnn_on_digits_state):
+    """small_cnn trained two epochs on digits (about 97% test accuracy; trained once per session, in conftest.py)."""
+    return trained_small_cnn(small_cnn_on_digits_state)
 
 
 @pytest.fixture(scope="module")
