@@ -175,6 +175,7 @@ def corrupt_idx(tmp_path_factory):
     (["split", "small_cnn", "--cut", "nope", "--out", "x"], ["no candidate cut after a node named 'nope'"]),
     (["train", "small_cnn", "--data", "nowhere:abc", "--out", "w.safetensors"], ["nowhere"]),
     (["split", "small_cnn", "--cut", "1", "--out", "s", "--json", "/proc/forbidden/s.json"], ["cannot write"]),
+    (["serve", "plan.json", "--ray", "--threads", "1"], ["--threads sets this process's torch threads", "--num-cpus"]),
 ])
 def test_user_errors_exit_2_with_one_line(tmp_path, args, fragments):
     assert_user_error(edgesplit_in_process(*args, cwd=tmp_path), *fragments)
