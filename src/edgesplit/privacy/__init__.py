@@ -4,6 +4,7 @@ Modules, lower first (each imports only those above it):
 
 - ``metrics``: PSNR, SSIM, distance correlation, confidence intervals.
 - ``query``: what the server receives when the device's head is queried (head, then the wire's transform).
+- ``decoders``: the learned attack's decoders (conv, fully connected, token), chosen from the cut's shapes.
 - ``inversion``: learned (black-box) and optimization (white-box) feature inversion.
 - ``probes``: label probes trained on auxiliary features.
 - ``defended``: the defended cut (head, transform on the way, tail) and the transforms defenses are made of.

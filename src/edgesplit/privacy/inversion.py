@@ -31,15 +31,11 @@ from torch import nn
 
 from edgesplit.errors import EdgesplitError, InputShapeError
 from edgesplit.model.graph import Split
+from edgesplit.privacy.decoders import ConvDecoder, FCDecoder, build_decoder, image_chw
 from edgesplit.privacy.query import (QUERY_BATCH, Transform, as_tensors, codec_transform, eval_mode, head_input_shape,
                                      query_head, run_head)
 from edgesplit.progress import progress_bar
 
-MIN_WIDTH = 16
-BASE_WIDTH = 32
-MAX_WIDTH = 128
-FC_HIDDEN_MIN = 256
-FC_HIDDEN_MAX = 1024
 
 
 @dataclass
@@ -54,95 +50,6 @@ class InversionResult:
     decoder: nn.Module | None = None  # learned: the trained decoder (its best held-out epoch), for a warm start
     warm_started: bool = False  # learned: started from another cut's decoder; optimization: from given images
     kept_start: int = 0  # optimization: victims whose starting image beat the optimized one by the objective
-
-
-# ------------------------------------------------------------------------------------------- decoder
-
-
-class ConvDecoder(nn.Module):
-    """Decodes image-like crossing tensors (N×C×h×w, several concatenated by channel) to N×C×H×W images."""
-
-    def __init__(self, crossing_shapes: list[tuple[int, ...]], input_shape: tuple[int, int, int]):
-        super().__init__()
-        channels = sum(s[1] for s in crossing_shapes)
-        self.feature_size = (max(s[2] for s in crossing_shapes), max(s[3] for s in crossing_shapes))
-        out_c, out_h, out_w = input_shape
-        h, w = self.feature_size
-        steps = max(0, math.ceil(math.log2(max(out_h / h, out_w / w))))
-        # Wider at the cut's resolution, halving per upsampling step, as in a mirrored encoder.
-        width = min(max(channels, 2 ** steps * BASE_WIDTH, BASE_WIDTH), MAX_WIDTH)
-        layers: list[nn.Module] = [_conv_bn_relu(channels, width)]
-        for step in range(1, steps + 1):
-            # Intermediate sizes ceil(H / 2^k) end exactly at the input size, whatever H is.
-            size = (math.ceil(out_h / 2 ** (steps - step)), math.ceil(out_w / 2 ** (steps - step)))
-            narrower = max(width // 2, MIN_WIDTH)
-            layers += [nn.Upsample(size=size, mode="bilinear", align_corners=False), _conv_bn_relu(width, narrower)]
-            width = narrower
-        if steps == 0 and (h, w) != (out_h, out_w):
-            layers.append(nn.Upsample(size=(out_h, out_w), mode="bilinear", align_corners=False))
-        layers += [_conv_bn_relu(width, width), nn.Conv2d(width, out_c, 3, padding=1), nn.Sigmoid()]
-        self.body = nn.Sequential(*layers)
-
-    def forward(self, *features: torch.Tensor) -> torch.Tensor:
-        maps = [f.float() if f.shape[2:] == self.feature_size
-                else F.interpolate(f.float(), size=self.feature_size, mode="bilinear", align_corners=False)
-                for f in features]
-        return self.body(torch.cat(maps, dim=1))
-
-
-class FCDecoder(nn.Module):
-    """Decodes flat (or otherwise non-image) crossing tensors, flattened and concatenated, to N×C×H×W images."""
-
-    def __init__(self, crossing_shapes: list[tuple[int, ...]], input_shape: tuple[int, int, int]):
-        super().__init__()
-        features = sum(math.prod(s[1:]) for s in crossing_shapes)
-        pixels = math.prod(input_shape)
-        hidden = min(max(2 * pixels, FC_HIDDEN_MIN), FC_HIDDEN_MAX)
-        self.body = nn.Sequential(
-            nn.Linear(features, hidden), nn.BatchNorm1d(hidden), nn.ReLU(),
-            nn.Linear(hidden, hidden), nn.BatchNorm1d(hidden), nn.ReLU(),
-            nn.Linear(hidden, pixels), nn.Sigmoid(), nn.Unflatten(1, input_shape))
-
-    def forward(self, *features: torch.Tensor) -> torch.Tensor:
-        return self.body(torch.cat([f.float().reshape(f.shape[0], -1) for f in features], dim=1))
-
-
-def _conv_bn_relu(c_in: int, c_out: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU())
-
-
-def build_decoder(crossing_shapes: Sequence[tuple[int, ...]], input_shape: tuple[int, ...]) -> nn.Module:
-    """A decoder sized to the cut: ``decoder(*crossing_tensors)`` returns images of ``input_shape`` in [0, 1].
-
-    ``crossing_shapes`` are the crossing tensors' shapes batch first (as ``Cut.crossing`` lists them);
-    ``input_shape`` is one image's (C, H, W), or (1, C, H, W). All 4-D tensors: an upsampling conv decoder on
-    their channel concatenation at the largest spatial size (one upsampling stage per factor 2 of stride); N×T×D
-    token features whose tokens lay out as the image's patch grid (after up to 8 leading class/register tokens):
-    a :class:`~edgesplit.privacy.decoders.TokenDecoder` that maps each token back to its patch; anything else: a
-    fully connected decoder.
-    """
-    shapes = [tuple(int(d) for d in s) for s in crossing_shapes]
-    image = _image_shape(input_shape)
-    if not shapes:
-        raise EdgesplitError("a decoder needs at least one crossing tensor; pick a cut that sends something")
-    if any(len(s) < 1 or any(d < 1 for d in s) for s in shapes):
-        raise EdgesplitError(f"crossing shapes must be batch-first with positive sizes, got {shapes}; pass the "
-                             "shapes Cut.crossing lists")
-    if all(len(s) == 4 for s in shapes):
-        return ConvDecoder(shapes, image)
-    from edgesplit.privacy.decoders import TokenDecoder, is_token_cut  # decoders imports this module
-    if is_token_cut(shapes, image):
-        return TokenDecoder(shapes, image)
-    return FCDecoder(shapes, image)
-
-
-def _image_shape(shape: Sequence[int]) -> tuple[int, int, int]:
-    dims = tuple(int(d) for d in shape)
-    if len(dims) == 4 and dims[0] == 1:
-        dims = dims[1:]
-    if len(dims) != 3 or any(d < 1 for d in dims):
-        raise InputShapeError(f"input shape must be an image's (C, H, W), got {tuple(shape)}; pass e.g. (1, 8, 8)")
-    return dims  # type: ignore[return-value]
 
 
 # ------------------------------------------------------------------------------------------- helpers
@@ -386,7 +293,7 @@ def optimization_inversion(head: Any, *, victim_images: torch.Tensor | None = No
     if tolerance is not None and not 0 <= tolerance < 1:
         raise EdgesplitError(f"tolerance is a fraction in [0, 1), got {tolerance!r}; pass e.g. 1e-3 or None")
     if victim_images is not None:
-        given = traced_shape or (_image_shape(input_shape) if input_shape is not None else None)
+        given = traced_shape or (image_chw(input_shape) if input_shape is not None else None)
         images = _check_images(victim_images, "victim images", given)
         shape = tuple(images.shape[1:])
         targets = query_head(module, images, transform, "victim images")
@@ -395,8 +302,8 @@ def optimization_inversion(head: Any, *, victim_images: torch.Tensor | None = No
         if given is None:
             raise InputShapeError("optimization inversion from features needs the model's input shape; pass "
                                   "input_shape=(C, H, W) or a traced head")
-        shape = _image_shape(given)
-        if traced_shape is not None and input_shape is not None and _image_shape(input_shape) != shape:
+        shape = image_chw(given)
+        if traced_shape is not None and input_shape is not None and image_chw(input_shape) != shape:
             raise InputShapeError(f"input_shape {tuple(input_shape)} differs from the head's traced input {shape}; "
                                   "drop input_shape or trace the model on that shape")
         targets = [f.detach().float() for f in as_tensors(victim_features)]
