@@ -30,6 +30,13 @@ _RESULT_CODEC = parse_codec("fp32")
 
 
 
+# A pass over this many rows or more feeds the tail's 4-D float inputs in channels-last layout when warm_up found
+# that faster for the route (oneDNN's NHWC convolutions: resnet8's whole tail, 1 thread, 0.55 → 0.45 ms a row at 16
+# rows, 0.65 → 0.43 at 32; no gain at 1 row, so a lone request keeps the plain layout).
+_CHANNELS_LAST_ROWS = 8
+_CHANNELS_LAST_GAIN = 0.9  # adopted when a trial pass in channels-last takes at most this fraction of the plain one
+_CHANNELS_LAST_TRIAL_MS = 10.0  # only tails whose 1-row warm pass is at most this fast get the trial (warm-up time)
+
 _INLINE_DECODE_COST = 384 << 10  # ~0.15 ms of decoding here (0.4 ns a cost unit): a thread hop costs ~0.11 ms
 
 
@@ -143,6 +150,7 @@ class Engine:
         self._crowd_until = -math.inf  # until when requests are batched even when one is alone
         self._inline: set[int] = set()  # id() of the routes whose tail a lone request runs on the event loop
         self._fast_passes: dict[int, int] = {}  # id() of a route not inline -> its lone passes in a row ≤ the bound
+        self._channels_last: set[int] = set()  # id() of the routes whose big passes run in channels-last layout
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -264,11 +272,12 @@ class Engine:
         self._passes += 1
         inline = id(route) in self._inline
         try:
+            layout = id(route) in self._channels_last
             if inline:
-                payloads = run_batch(route, [tensors], [request.top_k])
+                payloads = run_batch(route, [tensors], [request.top_k], layout)
             else:
                 payloads = await asyncio.get_running_loop().run_in_executor(
-                    self._compute, run_batch, route, [tensors], [request.top_k])
+                    self._compute, run_batch, route, [tensors], [request.top_k], layout)
         finally:
             self._passes -= 1
         seconds = time.perf_counter() - started
@@ -338,8 +347,9 @@ class Engine:
         started = time.perf_counter()
         self._passes += 1
         try:
-            payloads = await loop.run_in_executor(self._compute, run_batch, jobs[0].route,
-                                                  [j.tensors for j in jobs], [j.request.top_k for j in jobs])
+            route = jobs[0].route
+            payloads = await loop.run_in_executor(self._compute, run_batch, route, [j.tensors for j in jobs],
+                                                  [j.request.top_k for j in jobs], id(route) in self._channels_last)
         except Exception as error:  # noqa: BLE001 - every waiting request gets the error, the loop goes on
             log.exception("forward pass failed on %s", jobs[0].route.label)
             for job in jobs:
@@ -372,6 +382,9 @@ class Engine:
                     times.append(time.perf_counter() - started)
                 if min(times) * 1e3 <= self.inline_pass_ms:
                     self._inline.add(id(route))
+                if isinstance(route, Route) and min(times) * 1e3 <= _CHANNELS_LAST_TRIAL_MS \
+                        and await loop.run_in_executor(self._compute, _channels_last_pays, route, zeros):
+                    self._channels_last.add(id(route))
 
     async def drain(self, timeout_s: float = 30.0) -> bool:
         """Wait until no request is in flight (graceful shutdown); False if ``timeout_s`` passed first."""
@@ -410,10 +423,52 @@ def _timed(response: Response, started: float) -> Response:
                     response.batch_size)  # not dataclasses.replace: a few µs less per request
 
 
+def _channels_last_input(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The 4-D floating-point tensors of a pass in channels-last layout (same values, NHWC strides); others as is."""
+    return [t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 and t.is_floating_point() else t
+            for t in tensors]
+
+
+def _channels_last_pays(route: Route, zeros: list[torch.Tensor], rows: int = 16, passes: int = 3) -> bool:
+    """Whether ``route``'s tail runs a pass of ``rows`` rows faster with channels-last inputs (at most
+    ``_CHANNELS_LAST_GAIN`` of the time) and gives the same outputs; False for tails without 4-D float inputs, or
+    that fail on that layout (a ``view`` that needs the plain strides)."""
+    if not any(t.dim() == 4 and t.is_floating_point() for t in zeros):
+        return False
+    generator = torch.Generator().manual_seed(0)
+    try:
+        plain = [torch.rand((rows, *t.shape[1:]), generator=generator) if t.is_floating_point()
+                 else t[:1].expand(rows, *t.shape[1:]).contiguous() for t in zeros]
+        nhwc = _channels_last_input(plain)
+        with torch.no_grad():
+            expected, got = route.server_side(plain), route.server_side(nhwc)
+            times: dict[bool, list[float]] = {False: [], True: []}
+            for _ in range(passes):
+                for layout, tensors in ((False, plain), (True, nhwc)):
+                    started = time.perf_counter()
+                    route.server_side(tensors)
+                    times[layout].append(time.perf_counter() - started)
+    except Exception:  # noqa: BLE001 - a tail that cannot take the layout keeps the plain one
+        return False
+    want = [leaf for leaf in pytree.tree_leaves(expected) if isinstance(leaf, torch.Tensor)]
+    have = [leaf for leaf in pytree.tree_leaves(got) if isinstance(leaf, torch.Tensor)]
+    same = len(want) == len(have) and all(
+        a.shape == b.shape and a.dtype == b.dtype and (torch.equal(a, b) if not a.is_floating_point()
+                                                       else torch.allclose(a, b, rtol=1e-4, atol=1e-5))
+        for a, b in zip(want, have))
+    return same and min(times[True]) <= _CHANNELS_LAST_GAIN * min(times[False])
+
+
 @torch.no_grad()
-def run_batch(route: Route, inputs: list[list[torch.Tensor]], top_ks: list[int]) -> list[bytes]:
-    """One forward pass of ``route``'s tail over several requests' tensors; each request's result payload."""
+def run_batch(route: Route, inputs: list[list[torch.Tensor]], top_ks: list[int],
+              channels_last: bool = False) -> list[bytes]:
+    """One forward pass of ``route``'s tail over several requests' tensors; each request's result payload.
+
+    ``channels_last``: a pass of ``_CHANNELS_LAST_ROWS`` rows or more gets its 4-D float inputs in that layout
+    (``Engine.warm_up`` decides per route)."""
     joined = [torch.cat(parts) if len(inputs) > 1 else parts[0] for parts in zip(*inputs)]
+    if channels_last and joined[0].dim() and joined[0].shape[0] >= _CHANNELS_LAST_ROWS:
+        joined = _channels_last_input(joined)
     output = route.server_side(joined)
     leaves = [leaf for leaf in pytree.tree_leaves(output) if isinstance(leaf, torch.Tensor)]
     payloads, start = [], 0
