@@ -32,6 +32,16 @@ Preparation (training, planning, exporting) is cached in --work and needs no exc
     .venv/bin/python bench/device.py --prepare-only          # plans and bundles, under flock -s if you like
     flock -x /tmp/es.lock .venv/bin/python bench/device.py   # measures; writes bench/results/device.json
 
+Optional part, where ExecuTorch imports (`pip install 'edgesplit[pte]'`, in a separate venv: bench/README.md):
+
+  --pte     only this part, on the cached plans and bundles: at each of the planner's cuts, the head lowered to an
+            ExecuTorch program as `edgesplit export --format pte` lowers it (XNNPACK partitioner, batch 1), checked
+            against PyTorch, and timed interleaved with the PyTorch head and the bundle's ONNX head under
+            onnxruntime (--rounds rounds, median; one thread each: torch, the ORT session, ExecuTorch's
+            threadpool); writes --pte-json (bench/results/device_pte.json)
+
+        /tmp/es-excl /tmp/etvenv/bin/python bench/device.py --pte --models small_cnn,mobilenetv3_small,resnet50
+
 Needs MNIST, Fashion-MNIST and Kodak from --data-dir (default ../shared/data beside the checkout); the package does
 not, only this benchmark.
 """
@@ -70,6 +80,8 @@ def _args() -> argparse.Namespace:
     parser.add_argument("--train-limit", type=int, default=30000, help="train images (one epoch)")
     parser.add_argument("--prepare-only", action="store_true")
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "device.json")
+    parser.add_argument("--pte", action="store_true", help="only the ExecuTorch heads (needs executorch)")
+    parser.add_argument("--pte-json", type=Path, default=ROOT / "bench" / "results" / "device_pte.json")
     return parser.parse_args()
 
 
@@ -408,6 +420,89 @@ def heads(prepared: dict, args: argparse.Namespace, data: Path) -> list[dict]:
     return rows
 
 
+def pte_heads(prepared: dict, args: argparse.Namespace) -> list[dict]:
+    """The optional ExecuTorch part: each planner's-cut head as a .pte program against PyTorch and ORT fp32."""
+    import onnxruntime as ort
+    import torch
+    from executorch.extension.pybindings.portable_lib import _threadpool_get_thread_count, _unsafe_reset_threadpool
+
+    from edgesplit.device.client import session_options
+    from edgesplit.plan.schema import load_plan
+    from edgesplit.profile.timing import Sampler
+    from edgesplit.runtime.deployment import load_deployment
+    from edgesplit.runtime.pte_head import PteHead, export_pte, verify_pte
+
+    torch.set_num_threads(args.threads)
+    _unsafe_reset_threadpool(args.threads)
+    bundle = prepared["bundle"]
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    deployment = load_deployment(load_plan(prepared["plan"]), plan_dir=prepared["plan"].parent)
+    x = deployment.example(seed=0)
+    checks = [deployment.example(seed=seed) for seed in range(1, 4)]
+    options = session_options(args.threads)
+    rows, samplers, seen = [], [], set()
+    for route in manifest["routes"]:
+        if route["head"] is None or route["cut_index"] in seen:
+            continue
+        seen.add(route["cut_index"])
+        head = deployment.route_for_label(route["label"]).split.head
+        path = prepared["folder"] / f"pte-{Path(route['head']['name']).stem}.pte"
+        started = time.perf_counter()
+        export_pte(head, (x,), path)
+        export_s = time.perf_counter() - started
+        program = PteHead(path)
+        diff = max(verify_pte(head, program, (c,)) for c in [x, *checks])
+        s = ort.InferenceSession(str(bundle / route["head"]["name"]), options, providers=["CPUExecutionProvider"])
+        feed, names = {"input_0": x.numpy()}, [o.name for o in s.get_outputs()]
+        samplers.append([Sampler(head, (x,), 3), Sampler(lambda s=s, f=feed, n=names: s.run(n, f), (), 3),
+                         Sampler(program, (x,), 3)])
+        rows.append({"route": route["label"], "cut_index": route["cut_index"], "position": route["position"],
+                     "pte_bytes": path.stat().st_size, "onnx_fp32_bytes": route["head"]["bytes"],
+                     "export_s": export_s, "pte_max_abs_diff_vs_torch": diff,
+                     "executorch_threads": _threadpool_get_thread_count()})
+    for _ in range(args.rounds):
+        for trio in samplers:
+            for sampler in trio:
+                sampler.sample()
+    for row, (torch_head, onnx_fp32, pte) in zip(rows, samplers):
+        row.update(torch_ms=torch_head.median_ms, ort_fp32_ms=onnx_fp32.median_ms, executorch_ms=pte.median_ms)
+        row["executorch_speedup_vs_ort_fp32"] = row["ort_fp32_ms"] / row["executorch_ms"]
+        row["executorch_speedup_vs_torch"] = row["torch_ms"] / row["executorch_ms"]
+    return rows
+
+
+def pte_main(args: argparse.Namespace, data: Path, models: list[str]) -> None:
+    import executorch
+    import onnxruntime
+    import torch
+
+    from edgesplit.profile import machine_info
+    from edgesplit.runtime.pte_head import executorch_version
+
+    del executorch  # imported first: a missing ExecuTorch stops here, before any work
+    started = time.perf_counter()
+    result = {"machine": machine_info().model_dump(), "torch_version": torch.__version__,
+              "onnxruntime_version": onnxruntime.__version__, "executorch_version": executorch_version(),
+              "threads": args.threads, "rounds": args.rounds, "batch": 1, "models": []}
+    for model in models:
+        p = prepare(model, "mnist", args.work, data, args)
+        print(f"ExecuTorch heads of {p['key']} …", flush=True)
+        result["models"].append({"key": p["key"], "model": p["model"], "heads": pte_heads(p, args)})
+    result["seconds"] = time.perf_counter() - started
+    print(f"\nhead latency at the planner's cuts (ms, batch 1, median of {args.rounds}; {args.threads} thread(s))")
+    print(f"{'model':<20}{'cut':<40}{'torch fp32':>11}{'ORT fp32':>10}{'ExecuTorch':>11}{'ET × ORT':>10}"
+          f"{'.pte kB':>9}{'.onnx kB':>10}{'max |diff|':>12}")
+    for m in result["models"]:
+        for h in m["heads"]:
+            print(f"{m['key']:<20}{h['route'][:39]:<40}{h['torch_ms']:>11.3f}{h['ort_fp32_ms']:>10.3f}"
+                  f"{h['executorch_ms']:>11.3f}{h['executorch_speedup_vs_ort_fp32']:>9.2f}×"
+                  f"{h['pte_bytes'] / 1e3:>9.1f}{h['onnx_fp32_bytes'] / 1e3:>10.1f}"
+                  f"{h['pte_max_abs_diff_vs_torch']:>12.2e}")
+    args.pte_json.parent.mkdir(parents=True, exist_ok=True)
+    args.pte_json.write_text(json.dumps(result, indent=2, default=str))
+    print(f"\nwritten to {args.pte_json} ({result['seconds']:.0f} s)")
+
+
 def sizes(prepared: dict) -> dict:
     bundle = prepared["bundle"]
     manifest = json.loads((bundle / "manifest.json").read_text())
@@ -474,6 +569,9 @@ def main() -> None:
     data = _data_dir(args.data_dir)
     args.work.mkdir(parents=True, exist_ok=True)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
+    if args.pte:
+        pte_main(args, data, models)
+        return
     jobs = [(m, "mnist") for m in models]
     if "small_cnn" in models:
         jobs.append(("small_cnn", "fashion-mnist"))  # accuracy only

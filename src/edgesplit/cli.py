@@ -462,6 +462,9 @@ def export_command(
                                                          "at most this much accuracy (0.01 = 1 point)")] = 0.01,
         calibration: Annotated[int, typer.Option(min=1, help="images the int8 ranges are calibrated on")] = 128,
         holdout: Annotated[int, typer.Option(min=1, help="further images the int8 routes are measured on")] = 1000,
+        formats: Annotated[str, typer.Option("--format", help="onnx (always written), or pte / onnx,pte: also "
+                                             "ExecuTorch programs of the heads (needs pip install "
+                                             "'edgesplit[pte]')")] = "onnx",
         weights: Weights = None, model: TrustedModel = None,
         model_id: Annotated[Optional[str], typer.Option(help="the id the server serves the plan under "
                                                         "(default: from the plan's model)")] = None,
@@ -470,8 +473,10 @@ def export_command(
     the whole model for fallback)."""
     # Imported here: the ONNX exporter and onnxruntime's quantization are needed by this verb only.
     from edgesplit.runtime.export import ExportSettings, export_bundle, summary_lines
+    chosen = ["onnx", *(f.strip() for f in formats.split(",") if f.strip())]  # ONNX files are always written
     settings = ExportSettings(weights=weights, model=model, model_id=model_id, quantize=quantize, data=data,
-                              max_accuracy_drop=max_accuracy_drop, calibration=calibration, holdout=holdout)
+                              max_accuracy_drop=max_accuracy_drop, calibration=calibration, holdout=holdout,
+                              formats=tuple(dict.fromkeys(chosen)))
     manifest = export_bundle(plan_path, out_dir, settings)
     for line in summary_lines(out_dir, manifest):
         out.print(line, markup=False, highlight=False, soft_wrap=True)

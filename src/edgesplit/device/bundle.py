@@ -1,7 +1,8 @@
 """A device bundle's manifest: what `edgesplit export` writes and a device reads, checked without PyTorch.
 
 A bundle is one folder: ``manifest.json`` (:class:`Manifest`, ``kind: edgesplit.bundle``) and the ONNX files it
-names (each route's head, a bottleneck route's encoder, int8 heads, the whole model for local fallback). Every file
+names (each route's head, a bottleneck route's encoder, int8 heads, the whole model for local fallback, and with
+``export --format pte`` each head's and encoder's ExecuTorch program, :class:`PteProgram`). Every file
 is named by a bare file name inside the folder: :func:`load_bundle` refuses a manifest naming anything else (``..``,
 a folder, an absolute path, a link that leads out of the bundle) before any file is opened, and checks each file's
 size and SHA-256 against the manifest. Routes are numbered as ``edgesplit serve`` numbers them, so a device names
@@ -23,7 +24,8 @@ from edgesplit.errors import EdgesplitError
 from edgesplit.versioned import read_versioned
 
 __all__ = ["BUNDLE_KIND", "BUNDLE_VERSION", "MANIFEST_NAME", "Bundle", "BundleError", "BundleFile", "InputSpec",
-           "Manifest", "QuantizedHead", "RouteEntry", "SwitchRow", "check_file_name", "file_record", "load_bundle"]
+           "Manifest", "PteProgram", "QuantizedHead", "RouteEntry", "SwitchRow", "check_file_name", "file_record",
+           "load_bundle"]
 
 BUNDLE_KIND = "edgesplit.bundle"
 BUNDLE_VERSION = 1
@@ -103,6 +105,19 @@ class QuantizedHead(BaseModel):
     note: str
 
 
+class PteProgram(BaseModel):
+    """A route's device part as ExecuTorch programs (``export --format pte``), beside its ONNX files: the head
+    (and a bottleneck route's encoder) lowered with the XNNPACK partitioner; method ``forward`` takes the ONNX file's
+    inputs in order and returns its outputs in order, for a batch of exactly ``batch`` (1: one input at a time)."""
+
+    head: BundleFile
+    encoder: BundleFile | None = None
+    method: Literal["forward"] = "forward"
+    backend: Literal["xnnpack"] = "xnnpack"  # the partitioner; operators XNNPACK lacks run in portable kernels
+    batch: int = Field(ge=1)  # fixed (ExecuTorch's XNNPACK delegate bounded dynamic batches; pte_head.py)
+    max_abs_diff: float  # the programs against PyTorch on the check inputs (ExecuTorch's Python runtime)
+
+
 class RouteEntry(BaseModel):
     """One route of the plan's switch table, numbered as ``edgesplit serve`` numbers it."""
 
@@ -121,10 +136,11 @@ class RouteEntry(BaseModel):
     head: BundleFile | None  # the float head; None for all-server routes (only the input's encoding runs here)
     encoder: BundleFile | None = None  # a bottleneck route's encoder, run on the head's output
     int8: QuantizedHead | None = None
+    pte: PteProgram | None = None  # the ExecuTorch programs of the head (and encoder), with --format pte
     runs: Literal["float32", "int8"] = "float32"  # which head the device runs
     max_abs_diff: float | None  # the float ONNX files against PyTorch on the check inputs
     device_bytes: int  # bytes on disk of the files this route runs (head or int8 head, encoder)
-    bytes_on_disk: int  # bytes on disk of every file of this route (float head, int8 head, encoder)
+    bytes_on_disk: int  # bytes on disk of every file of this route (float head, int8 head, encoder, .pte files)
 
     @model_validator(mode="after")
     def _consistent(self) -> RouteEntry:
@@ -141,7 +157,8 @@ class RouteEntry(BaseModel):
 
     def files(self) -> list[BundleFile]:
         """The files of this route that the bundle holds."""
-        return [f for f in (self.head, self.encoder, self.int8.file if self.int8 else None) if f is not None]
+        pte = (self.pte.head, self.pte.encoder) if self.pte else ()
+        return [f for f in (self.head, self.encoder, self.int8.file if self.int8 else None, *pte) if f is not None]
 
 
 class Manifest(BaseModel):
@@ -161,6 +178,7 @@ class Manifest(BaseModel):
     fallback: BundleFile  # the whole model, for when the server is gone (or the table says all-device)
     onnx_io: dict[str, str]  # the ONNX files' tensor names: inputs input_0.., outputs crossing_0..
     quantization: dict | None = None  # the settings of --quantize: data, samples, max_accuracy_drop
+    executorch: dict | None = None  # with --format pte: executorch's version, method, backend, batch
     edgesplit_version: str
 
     @model_validator(mode="after")

@@ -10,8 +10,10 @@ U8U8/S8S8, reduce_range, Entropy/Percentile calibration: none was clearly faster
 planner's early cuts, and S8S8 left MobileNet convolutions in float); every quantized route is then run end to
 end (head, codec, the server's tail) on held-out images of that data against its float route, and runs int8 only
 if it loses at most ``max_accuracy_drop`` (accuracy on the data's labels, or top-1 agreement with the float route
-when the labels do not fit the model or it does no better than chance). :func:`load_bundle` reads a bundle back
-(``edgesplit.device.bundle``, without torch).
+when the labels do not fit the model or it does no better than chance). With ``formats`` holding ``"pte"``, each
+head and encoder is also lowered to an ExecuTorch program (``pte_head.export_pte``, XNNPACK partitioner) and checked
+against PyTorch with ExecuTorch's runtime; ``executorch`` is imported only then. :func:`load_bundle` reads a bundle
+back (``edgesplit.device.bundle``, without torch).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from torch import nn
 import edgesplit
 from edgesplit.codecs import DecodeLimits
 from edgesplit.device.bundle import (MANIFEST_NAME, Bundle, BundleError, BundleFile, InputSpec, Manifest,
-                                     QuantizedHead, RouteEntry, SwitchRow, file_record, load_bundle)
+                                     PteProgram, QuantizedHead, RouteEntry, SwitchRow, file_record, load_bundle)
 from edgesplit.errors import EdgesplitError
 from edgesplit.plan.schema import PlanReport, is_chain_plan, load_plan
 from edgesplit.runtime.deployment import Deployment, Route, load_deployment
@@ -42,6 +44,7 @@ __all__ = ["DEFAULT_CALIBRATION", "DEFAULT_HOLDOUT", "DEFAULT_MAX_ACCURACY_DROP"
 DEFAULT_MAX_ACCURACY_DROP = 0.01
 DEFAULT_CALIBRATION = 128  # images that calibrate the int8 activations' ranges
 DEFAULT_HOLDOUT = 1000  # further images the int8 routes are measured on
+FORMATS = ("onnx", "pte")  # ONNX files are always written (the device client and the fallback run them)
 CHECK_BATCH = 3  # seeded inputs every ONNX file is checked on against PyTorch (a batch, not the planned 1)
 TOLERANCE = 1e-4
 _EVAL_BATCH = 64
@@ -65,6 +68,7 @@ class ExportSettings:
     calibration: int = DEFAULT_CALIBRATION
     holdout: int = DEFAULT_HOLDOUT
     per_channel: bool = True
+    formats: tuple[str, ...] = ("onnx",)  # "pte" adds ExecuTorch programs of the heads and encoders
 
 
 def export_bundle(plan_path: str | Path, out: str | Path, settings: ExportSettings = ExportSettings()) -> Manifest:
@@ -101,12 +105,13 @@ def _export(plan: PlanReport, plan_path: Path, out: Path, settings: ExportSettin
     quantization = None
     if data is not None:
         quantization = _quantize_routes(deployment, entries, out, data, settings)
+    executorch = _export_pte_routes(deployment, entries, out, check) if "pte" in settings.formats else None
     manifest = Manifest(
         model=plan.model, model_id=deployment.model_id, fingerprint=plan.fingerprint,
         input=_input_spec(deployment), outputs=outputs, uplink_mbps=plan.link.uplink_mbps,
         chosen=plan.chosen.label, switch_table=_switch_rows(plan, deployment), routes=entries, fallback=fallback,
         onnx_io={"inputs": f"{INPUT_PREFIX}0..", "outputs": f"{OUTPUT_PREFIX}0..", "batch": "dimension 0, any size"},
-        quantization=quantization, edgesplit_version=edgesplit.__version__)
+        quantization=quantization, executorch=executorch, edgesplit_version=edgesplit.__version__)
     write_json(out / MANIFEST_NAME, manifest)
     return manifest
 
@@ -124,6 +129,13 @@ def _read_plan(path: Path) -> PlanReport:
 
 
 def _check_settings(settings: ExportSettings) -> None:
+    unknown = [f for f in settings.formats if f not in FORMATS]
+    if unknown or not settings.formats:
+        raise ExportError(f"--format {','.join(settings.formats)}: the formats are onnx (always written) and pte "
+                          "(ExecuTorch programs beside the ONNX files); give onnx, pte or onnx,pte")
+    if "pte" in settings.formats:
+        from edgesplit.runtime.pte_head import require_executorch
+        require_executorch()  # a missing ExecuTorch is a user error before any work
     if settings.quantize not in (None, "int8"):
         raise ExportError(f"--quantize {settings.quantize!r}: the bundle's heads are quantized to int8 only; "
                           "use --quantize int8 or leave it out")
@@ -240,6 +252,42 @@ def _switch_rows(plan: PlanReport, deployment: Deployment) -> list[SwitchRow]:
         rows.append(SwitchRow(low_mbps=row.low_mbps, high_mbps=row.high_mbps, label=row.label, kind=row.kind,
                               route_id=route.route_id if route is not None else None))
     return rows
+
+
+# ---- ExecuTorch programs ------------------------------------------------------------------------------------------
+
+
+def _export_pte_routes(deployment: Deployment, entries: list[RouteEntry], out: Path, check: torch.Tensor) -> dict:
+    """Each route's head (and encoder) as an ExecuTorch program beside its ONNX file, checked against PyTorch."""
+    from edgesplit.runtime.pte_head import BATCH, PteHead, executorch_version, export_pte, verify_pte
+
+    def lowered(module: nn.Module, inputs: tuple[torch.Tensor, ...], path: Path) -> tuple[BundleFile, float]:
+        """The program of ``module`` for a batch of BATCH, checked on every check input, BATCH at a time."""
+        export_pte(module, tuple(t[:BATCH] for t in inputs), path)
+        program = PteHead(path)
+        worst = max(verify_pte(module, program, tuple(t[i:i + BATCH] for t in inputs), atol=TOLERANCE,
+                               rtol=TOLERANCE) for i in range(0, len(inputs[0]), BATCH))
+        return file_record(path), worst
+
+    heads: dict[str, tuple[BundleFile, float]] = {}  # by ONNX head file: routes sharing a head share its program
+    for route, entry in zip(deployment.routes, entries):
+        if entry.head is None:
+            continue
+        if entry.head.name not in heads:
+            heads[entry.head.name] = lowered(route.split.head, (check,),
+                                             out / entry.head.name.replace("-head.onnx", "-head.pte"))
+        head, worst = heads[entry.head.name]
+        encoder = None
+        if entry.encoder is not None:
+            with torch.no_grad():
+                features = route.split.head(check)[0]
+            encoder, diff = lowered(_Encoder(route).eval(), (features,),
+                                    out / entry.encoder.name.replace("-encoder.onnx", "-encoder.pte"))
+            worst = max(worst, diff)
+        entry.pte = PteProgram(head=head, encoder=encoder, batch=BATCH, max_abs_diff=worst)
+        entry.bytes_on_disk = sum(f.bytes for f in entry.files())
+    return {"version": executorch_version(), "method": "forward", "backend": "xnnpack", "batch": BATCH,
+            "io": "inputs and outputs in the ONNX files' order, as a flat list"}
 
 
 # ---- int8 -----------------------------------------------------------------------------------------------------------
@@ -389,6 +437,8 @@ def summary_lines(out: Path, manifest: Manifest) -> list[str]:
         parts = [f"head {route.head.name} {_size_text(route.head.bytes)}"]
         if route.encoder is not None:
             parts.append(f"encoder {_size_text(route.encoder.bytes)}")
+        if route.pte is not None:
+            parts.append(f"ExecuTorch {route.pte.head.name} {_size_text(route.pte.head.bytes)}")
         if route.int8 is not None:
             size = f" {_size_text(route.int8.file.bytes)}" if route.int8.file else ""
             parts.append(f"int8{size}: {route.int8.note}")
