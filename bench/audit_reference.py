@@ -9,15 +9,15 @@ finds is worse than none, so the target is: ours at least as strong as theirs at
 In one run:
   1. He et al. comparison (MNIST): small_cnn trained on MNIST (weights cached in --work as .safetensors); the
      audit at every cut (from part 4's run), or with --skip-full at the comparable cuts only.
-  1b. The white-box attack's step budget: the CLI's 200 optimization steps against 1,000 at the cuts after pool1
-     where its default result falls behind (first 64 victims).
+  1b. The white-box attack's step budget from gray (no decoder prior): 200 optimization steps (the CLI's default
+     before it started from the decoder prior; 60 since) against 1,000 at the cuts after pool1 (first 64 victims).
   2. Defense trade-offs (MNIST) at --defense-cuts (default conv2_2, pool1): noise, dropout, quant, nopeek,
      bottleneck at several strengths: task accuracy, best attack's SSIM, best probe's accuracy, dCor.
   3. Photographs: resnet8 trained on Kodak patches (rotation task); the attacker's decoder is trained on Kodak
      patches (train split) and the victims are every Set5 patch (another set of photos); several cuts, and a
      small defense sweep (noise, quant, nopeek) at one cut.
   4. The run time of a full `edgesplit audit --cut all` on MNIST with the CLI's defaults (256 victims, 2,000
-     auxiliary images, 10 decoder epochs, 200 optimization steps, every attack, no defense), run as a
+     auxiliary images, 10 decoder epochs, at most 60 optimization steps, every attack, no defense), run as a
      subprocess, with the per-cut seconds of each attack.
 
 Reports are cached in --work under a key of their settings and the audit's source; a rerun with the same settings
@@ -27,7 +27,8 @@ ones); so are the trained classifiers.
     python bench/audit_reference.py [--quick] [--skip-full] [--threads 2] [--parts 1,2,3] [--data-dir ../shared/data]
         [--work DIR] [--defense-cuts conv2_2,pool1] [--photo-epochs 60] [--rerun]
 
-The JSON is written after each part; --parts 1 runs part 1 (with 4 and 1b) alone and keeps the other parts' PNGs.
+The JSON is written after each part; --parts 1 runs part 1 (with 4 and 1b) alone and keeps the other parts' PNGs
+and results (merged into the existing JSON; `part_runs` records each part's source and time).
 """
 
 from __future__ import annotations
@@ -129,8 +130,8 @@ COMPARABLE = (
                "and 2 pools: harder than theirs"),
 )
 
-# Part 1b: the white-box attack with the CLI's 200 steps and with more, on the first victims, at the cuts where
-# its default result falls below the learned attack's (and below the mean image).
+# Part 1b: the white-box attack from gray with 200 steps (the CLI's default before the decoder prior) and with more,
+# on the first victims, at the cuts where that result falls below the learned attack's (and below the mean image).
 BUDGET_CUTS = ("conv3_0", "conv3_2", "pool2")
 BUDGET_STEPS = (200, 1000)
 BUDGET_VICTIMS = 64
@@ -581,13 +582,27 @@ def main() -> None:
             if isinstance(name, str) and Path(name).name == name and name.endswith(".png"):
                 (args.figures / name).unlink(missing_ok=True)
 
+    parts = set(args.parts.split(","))
+    part_runs: dict = {}
+    if not parts >= {"1", "2", "3"} and args.json.exists():
+        # A part run alone merges into the JSON: the other parts' results, figures and provenance stay as they were.
+        try:
+            kept = json.loads(args.json.read_text())
+        except (OSError, ValueError):
+            kept = {}
+        if isinstance(kept, dict):
+            result.update({key: value for key, value in kept.items() if key not in result})
+            part_runs = kept.get("part_runs") or {
+                part: {"git_head": kept.get("git_head"), "code_digest": kept.get("code_digest")}
+                for part in ("1", "2", "3")}
+
     # ---- MNIST model
     mnist = load_dataset(mnist_spec)
     loaded, weights, mnist_info = mnist_model(args, mnist)
     traced = trace(loaded.module, loaded.example_input)
     model_ref = {**loaded.ref.to_json(), "weights": weights.name}
     result["mnist_model"] = mnist_info
-    figures: list[str] = []
+    figures: list[str] = [name for name in result.get("figures", []) if isinstance(name, str)]
 
     def write() -> None:
         """The JSON with every part run so far (written after each, so a part cut short loses only itself)."""
@@ -598,14 +613,18 @@ def main() -> None:
                        "loadavg_end": os.getloadavg(), "git_head": git, "src_uncommitted": [d for d in dirty if d],
                        "code_digest": code_digest(), "reports_from_earlier_source": STALE,
                        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-                       "audit_settings": settings_dict(audit_settings(args)), "figures": figures,
-                       "seconds": time.perf_counter() - started})
+                       "audit_settings": settings_dict(audit_settings(args)), "figures": list(dict.fromkeys(figures)),
+                       "seconds": time.perf_counter() - started,
+                       "part_runs": {**part_runs, **{part: {"git_head": git, "code_digest": code_digest(),
+                                                             "finished": time.strftime("%Y-%m-%d %H:%M UTC",
+                                                                                       time.gmtime())}
+                                                     for part in parts & done}}})
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2, default=str))
         console.print(f"{(time.perf_counter() - started) / 60:.1f} min; written to {args.json} and {len(figures)} PNGs "
                       f"in {args.figures}")
 
-    parts = set(args.parts.split(","))
+    done: set[str] = set()  # the parts of this run written so far
     he_report = None
     if "1" in parts:
         # ---- part 4 + 1: full CLI audit (or the comparable cuts only)
@@ -642,6 +661,7 @@ def main() -> None:
         result["white_box_step_budget"] = budget
         summarize(comparison, he_report, budget)
 
+        done.add("1")
         write()
 
     if "2" in parts:
@@ -680,6 +700,7 @@ def main() -> None:
             console.print("  undefended rows reproduced exactly (same seeds, separate runs): "
                           + ", ".join(f"cut {r['after']}: {all(s for _, s in r['same'])}" for r in repeat))
 
+        done.add("2")
         write()
 
     if "3" in parts:
@@ -742,6 +763,7 @@ def main() -> None:
                             "defenses": {"wall_seconds": pd_wall, "cached": pd_cached, "table": photo_trade,
                                          "report": photo_defended.model_dump()}}
 
+        done.add("3")
         write()
 
 

@@ -1,6 +1,7 @@
 """The privacy audit end to end: real trained model, real attacks, per-cut and per-defense results, the CLI."""
 
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -247,3 +248,29 @@ def test_a_cut_inside_a_residual_block_sends_two_tensors_and_is_attacked(one_thr
                        progress=False)
     assert [len(r.crossing) for r in report.rows] == [2, 2]
     assert all(len(r.attacks) == 2 and len(r.probes) == 1 for r in report.rows)
+
+
+@pytest.mark.parametrize("crossing, factor, expected", [
+    ([(8, 10)], 3, 12),  # fully connected features: the cheap decoder trains 3x the epochs
+    ([(8, 10), (8, 4)], 2, 8),  # several flat tensors: still flat
+    ([(8, 4, 2, 2)], 3, 4),  # an image-like cut keeps the epochs asked for
+    ([(8, 10), (8, 4, 2, 2)], 3, 4),  # one image-like tensor among them: not flat
+    ([(8, 5, 16)], 3, 4),  # token features keep them too (a token decoder is not cheap)
+])
+def test_flat_cuts_train_their_decoder_longer(monkeypatch, crossing, factor, expected):
+    from edgesplit.privacy import attacks
+
+    asked = {}
+
+    def learned_inversion(*args, epochs, **kwargs):
+        asked["epochs"] = epochs
+        return SimpleNamespace(decoder=None)
+
+    monkeypatch.setattr(attacks, "learned_inversion", learned_inversion)
+    target = attacks.AttackTarget(defended=SimpleNamespace(head=None, transform=None),
+                                  sent=[torch.zeros(shape) for shape in crossing], victims=torch.zeros(8, 1, 8, 8),
+                                  victim_labels=torch.zeros(8), aux=torch.zeros(8, 1, 8, 8),
+                                  aux_labels=torch.zeros(8), effort=attacks.Effort(flat_epoch_factor=factor))
+    attacks._learned(target, 4, seed=0)
+    assert asked["epochs"] == expected
+    assert AuditSettings(flat_epoch_factor=factor).effort().flat_epoch_factor == factor

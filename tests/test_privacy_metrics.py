@@ -17,7 +17,8 @@ from edgesplit.errors import EdgesplitError
 from edgesplit.model.graph import trace
 from edgesplit.privacy.metrics import (PSNR_CAP_DB, SSIM_CHUNK, bootstrap_ci, distance_correlation, gaussian_window,
                                        mean_ci, psnr, ssim, ssim_window_size)
-from edgesplit.privacy.probes import ProbeResult, probe_accuracy
+from edgesplit.privacy.probes import (DEFAULT_EPOCHS, MLP_MIN_IMPROVEMENT, MLP_PATIENCE, ProbeResult, mlp_progress,
+                                      probe_accuracy)
 from edgesplit.model.train import train_classifier
 from edgesplit.model.zoo import ZOO
 
@@ -342,6 +343,25 @@ def test_mlp_probe_reads_labels_from_early_features(digits, cut_features) -> Non
     assert result.kind == "mlp"
     assert result.accuracy > 0.8
     assert result.ci_low <= result.accuracy <= result.ci_high
+    # Early stopping ends it once the held-out accuracy and loss have settled, well before the cap.
+    assert MLP_PATIENCE < result.epochs < DEFAULT_EPOCHS["mlp"]
+
+
+def test_mlp_early_stopping_counts_real_loss_gains_only() -> None:
+    assert mlp_progress(0.5, best_loss=float("inf"))  # the first epoch
+    assert mlp_progress(1.0 * (1 - 2 * MLP_MIN_IMPROVEMENT), best_loss=1.0)
+    # The held-out loss creeping down under weight decay while the accuracy stands still is no progress.
+    assert not mlp_progress(1.0 * (1 - MLP_MIN_IMPROVEMENT / 2), best_loss=1.0)
+    assert not mlp_progress(1.1, best_loss=1.0)
+
+
+def test_mlp_probe_stops_when_only_the_loss_creeps_down(digits) -> None:
+    # Raw pixels of the digits: the held-out accuracy settles within a few passes while weight decay keeps shaving
+    # the held-out loss; counting every lower loss as progress (patience 5) ran 43 passes, this stops after 14.
+    aux, victim = digits.train_images, digits.test_images
+    result = probe_accuracy(aux, digits.train_labels, victim, digits.test_labels, kind="mlp", epochs=60)
+    assert result.accuracy > 0.9
+    assert result.epochs <= 25
 
 
 @pytest.mark.parametrize("kind", ["linear", "mlp"])

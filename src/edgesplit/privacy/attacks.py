@@ -41,7 +41,9 @@ class Effort:
     has it natively (2-3x faster). The white-box attack starts from the learned decoder's
     reconstructions (``decoder_prior``, when the learned attack ran) with ``prior_weight`` × the mean squared
     distance to them in its objective, and a victim stops when its objective improved by less than
-    ``tolerance`` over 20 steps.
+    ``tolerance`` over 20 steps. Where every crossing tensor is flat (fully connected features), the decoder
+    trains ``flat_epoch_factor`` times the epochs: an epoch costs ~0.25 s there, and at the audit's 10 epochs it
+    underfits (MNIST small_cnn fc2, measured: SSIM 0.460 at 10 epochs, 0.483 at 20, 0.499 at 30).
     """
 
     held_out: float = 0.1
@@ -53,6 +55,7 @@ class Effort:
     decoder_prior: bool = True
     prior_weight: float = 0.0
     tolerance: float | None = 1e-3
+    flat_epoch_factor: int = 3
 
 
 @dataclass(frozen=True)
@@ -93,6 +96,8 @@ class Attack:
 
 def _learned(target: AttackTarget, epochs: int, seed: int) -> InversionResult:
     defended, effort = target.defended, target.effort
+    if target.sent and all(t.dim() == 2 for t in target.sent):
+        epochs *= effort.flat_epoch_factor
     result = learned_inversion(defended.head, target.aux, target.victims, transform=defended.transform, epochs=epochs,
                                seed=seed, held_out=effort.held_out, patience=effort.patience,
                                min_improvement=effort.min_improvement,

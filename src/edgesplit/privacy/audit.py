@@ -65,7 +65,7 @@ class AuditSettings(BaseModel):
     aux_limit: int = Field(2000, ge=2, description="auxiliary images the attacker holds")
     inversion_epochs: int = Field(10, ge=1, validation_alias=AliasChoices("inversion_epochs", "epochs"),
                                   description="decoder training epochs (learned inversion)")
-    optimize_steps: int = Field(200, ge=1, validation_alias=AliasChoices("optimize_steps", "steps"),
+    optimize_steps: int = Field(60, ge=1, validation_alias=AliasChoices("optimize_steps", "steps"),
                                 description="optimization steps per victim batch (white-box inversion)")
     held_out: float = Field(Effort.held_out, ge=0, lt=1, description="share of the aux images the decoder holds "
                             "out: the epoch with the lowest held-out MSE is kept (0: none)")
@@ -88,6 +88,9 @@ class AuditSettings(BaseModel):
     optimize_tolerance: float | None = Field(Effort.tolerance, ge=0, lt=1, description="a white-box victim stops "
                                              "when its objective improved by less than this share over 20 steps "
                                              "(None: every step)")
+    flat_epoch_factor: int = Field(Effort.flat_epoch_factor, ge=1, description="where every crossing tensor is "
+                                   "flat (fully connected features), the decoder trains this many times "
+                                   "inversion_epochs (cheap there, and it underfits at 10)")
     probe_kinds: tuple[ProbeKind, ...] = Field(PROBE_KINDS, min_length=1,
                                                description="the label probes trained: linear, mlp")
     defense_epochs: int = Field(2, ge=1, description="NoPeek / bottleneck training epochs")
@@ -125,7 +128,7 @@ class AuditSettings(BaseModel):
         return Effort(held_out=self.held_out, patience=self.patience, min_improvement=self.min_improvement,
                       warm_start=self.warm_start, warm_patience=self.warm_patience, bf16=self.bf16,
                       decoder_prior=self.decoder_prior, prior_weight=self.prior_weight,
-                      tolerance=self.optimize_tolerance)
+                      tolerance=self.optimize_tolerance, flat_epoch_factor=self.flat_epoch_factor)
 
     def recorded(self) -> dict[str, Any]:
         """How the attacks ran, as the report's ``settings`` records it (lists, not tuples)."""
