@@ -33,6 +33,7 @@ from safetensors.torch import load_file, save_model
 from edgesplit.errors import EdgesplitError, InputShapeError, ModelNotFoundError, WeightsError
 from edgesplit.model import hf
 from edgesplit.model.limits import check_input_shape, max_activation_bytes, max_model_bytes
+from edgesplit.model.nodynamo import without_dynamo
 from edgesplit.model.zoo import ZOO, get_entry
 
 __all__ = ["METADATA_KEY", "LoadedModel", "ModelRef", "ModelRefError", "ModelSizeError", "build_model",
@@ -238,13 +239,17 @@ def _check_size(factory: Any, kwargs: dict[str, Any], name: str, shapes: list[tu
     can be such code, since zoo models all build on meta. A model whose forward pass cannot run on meta (it
     branches on values) has only its parameters checked."""
     try:
-        with torch.device("meta"):
-            model = factory(**kwargs)
+        model = without_dynamo(_build_on_meta, factory, kwargs)  # meta initializers are Python references too
     except Exception:  # noqa: BLE001 - the real build below reports what is wrong with the factory
         return
     if not isinstance(model, torch.nn.Module):
         return
     _check_module_size(model, name, kwargs, shapes)
+
+
+def _build_on_meta(factory: Any, kwargs: dict[str, Any]) -> Any:
+    with torch.device("meta"):
+        return factory(**kwargs)
 
 
 def _check_module_size(model: torch.nn.Module, name: str, kwargs: dict[str, Any],
@@ -269,7 +274,12 @@ def _check_module_size(model: torch.nn.Module, name: str, kwargs: dict[str, Any]
 
 def _forward_bytes(model: torch.nn.Module, shapes: list[tuple[int, ...]]) -> int | None:
     """Bytes of every tensor a forward pass on meta inputs produces (views and in-place results once); None if the
-    model cannot run on meta."""
+    model cannot run on meta. Meta kernels are torch's Python references, whose wrappers would import
+    ``torch._dynamo`` (a second or more) for nothing: ``nodynamo.without_dynamo`` runs them without it."""
+    return without_dynamo(_meta_forward_bytes, model, shapes)
+
+
+def _meta_forward_bytes(model: torch.nn.Module, shapes: list[tuple[int, ...]]) -> int | None:
     from torch.utils._python_dispatch import TorchDispatchMode
 
     class Count(TorchDispatchMode):

@@ -21,6 +21,8 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry, sdpa_flop_count, shape_wrapper
 
+from edgesplit.model.nodynamo import without_dynamo
+
 __all__ = ["ELEMENTWISE", "MAC_FORMULAS", "REDUCTIONS", "ZERO_COST", "count_macs", "is_counted"]
 
 aten = torch.ops.aten
@@ -171,6 +173,10 @@ def count_macs(graph_module: fx.GraphModule, *inputs: torch.Tensor) -> tuple[dic
     A large graph runs on fake tensors (shapes only, no arithmetic), so counting costs far less than a forward;
     a small one (activations under ``REAL_RUN_ELEMENTS`` values in all) runs for real, which is then cheaper than
     fake tensors' fixed cost, as does a graph that fake tensors cannot run (data-dependent shapes)."""
+    return without_dynamo(_count_macs, graph_module, inputs)  # the counting mode and fake kernels need no compiler
+
+
+def _count_macs(graph_module: fx.GraphModule, inputs: tuple[Any, ...]) -> tuple[dict[str, int], dict[str, set[str]]]:
     if _activation_elements(graph_module) < REAL_RUN_ELEMENTS:
         return _count(graph_module, inputs)
     try:
