@@ -422,13 +422,15 @@ def with_chosen(plan, entry, path: Path) -> Path:
     return path
 
 
-def tier_profile(host: Path, whole_ms: float, path: Path) -> str:
+def tier_profile(host: Path, whole_ms: float, path: Path, slowdown: float = 1.0) -> str:
     """The host's profile as one emulated machine: every node's in-context latency scaled so that they sum to
     ``whole_ms`` (the whole forward timed in the tier's cap, :func:`calibrate`), and every cut's head and tail
     the scaled sums. The profiler's node latencies sum to well under a whole forward (mobilenetv3_large: 37.7
     against 52.0 ms measured whole in the same profile, and ~70 ms in a serving process), and the planner takes
     node sums for most stages but measured heads and tails at a few cuts, so scaling the profile by the cap's
-    factor alone mixes two bases; here every stage is priced on the one basis of a timed whole forward."""
+    factor alone mixes two bases; here every stage is priced on the one basis of a timed whole forward. The
+    profile's memory bandwidth is divided by ``slowdown`` (the cap's measured factor): the planner scales codec
+    and per-message work (framing, the socket) by it, and the cap slows that work as it slows compute."""
     from edgesplit.profile import load_device_profile
     from edgesplit.versioned import write_json
 
@@ -440,8 +442,12 @@ def tier_profile(host: Path, whole_ms: float, path: Path) -> str:
         prefix.append(prefix[-1] + node.latency_ms)
     cuts = [cut.model_copy(update={"head_ms": prefix[cut.position], "tail_ms": prefix[-1] - prefix[cut.position],
                                    "measured": False}) for cut in profile.cuts]
+    from edgesplit.profile import memory_bandwidth_gb_s
+
+    machine = profile.machine.model_copy(
+        update={"memory_gb_s": (profile.machine.memory_gb_s or memory_bandwidth_gb_s()) / slowdown})
     write_json(path, profile.model_copy(update={"name": path.stem, "model_ms": whole_ms, "nodes": nodes,
-                                                "cuts": cuts}))
+                                                "cuts": cuts, "machine": machine}))
     return str(path)
 
 
@@ -484,7 +490,8 @@ def bench_chain(model_name: str, traced, profile: Path, ref: dict, args, folder:
                 stack.enter_context(cpu_cap("gateway", slow_gateway)), stack.enter_context(cpu_cap("cloud", 1.0))]
         calibration = calibrate(ref, {n: (f, c) for n, f, c in zip(names, (slow_device, slow_gateway, 1.0), caps)},
                                 folder, args.calibrate_runs)
-        machines = [tier_profile(profile, calibration[n]["forward_ms"], folder / f"{model_name}-{n}.json")
+        machines = [tier_profile(profile, calibration[n]["forward_ms"], folder / f"{model_name}-{n}.json",
+                                 calibration[n]["measured"])
                     for n in names]
         links = stack.enter_context(ChainedLinks(list(cells[0])))
         planned, served = [], {}
@@ -602,7 +609,7 @@ def bench_pipeline(model_name: str, traced, profile: Path, ref: dict, args, fold
 
     from edgesplit.codecs import parse_codec
     from edgesplit.compress.payload import PlanCodec
-    from edgesplit.plan.chain import ChainModel, Placement, _entry, plan_chain
+    from edgesplit.plan.chain import ChainModel, Placement, _entry, message_host_ms_per_byte, plan_chain
     from edgesplit.plan.costs import parse_objective
     from edgesplit.plan.hardware import parse_link
     from edgesplit.plan.machines import resolve_machine
@@ -617,7 +624,8 @@ def bench_pipeline(model_name: str, traced, profile: Path, ref: dict, args, fold
         caps = [stack.enter_context(cpu_cap(f"p{t}", f)) for t, f in enumerate(factors)]
         calibration = calibrate(ref, {f"p{t}": (f, c) for t, (f, c) in enumerate(zip(factors, caps))}, folder,
                                 args.calibrate_runs)
-        machines = [tier_profile(profile, calibration[f"p{t}"]["forward_ms"], folder / f"{model_name}-p{t}.json")
+        machines = [tier_profile(profile, calibration[f"p{t}"]["forward_ms"], folder / f"{model_name}-p{t}.json",
+                                 calibration[f"p{t}"]["measured"])
                     for t in range(k)]
         links = stack.enter_context(ChainedLinks([args.pipeline_mbps] * (k - 1)))
         rtt = statistics.median(hop_rtts_ms(links))
@@ -633,7 +641,8 @@ def bench_pipeline(model_name: str, traced, profile: Path, ref: dict, args, fold
         workload = workload_of(traced, model_name)
         resolved = [resolve_machine(m, workload, lambda: None, memory_bandwidth_gb_s) for m in machines]
         model = ChainModel(workload, resolved, [parse_link(link)] * (k - 1), PlanCodec(parse_codec("fp32")),
-                           memory_bandwidth_gb_s(), hop_ms=plan.hop_ms, memory_limits=list(topology.memory_bytes))
+                           memory_bandwidth_gb_s(), hop_ms=plan.hop_ms, memory_limits=list(topology.memory_bytes),
+                           message_ms_per_byte=message_host_ms_per_byte())  # what plan_chain used (cached)
         names = workload.node_names
         even = nearest_cuts(workload, [len(names) * t / k for t in range(1, k)])
         weights = [sum(n.params.values()) for n in workload.nodes]
@@ -678,7 +687,9 @@ def bench_pipeline(model_name: str, traced, profile: Path, ref: dict, args, fold
                          "predicted_fps": entry.throughput_fps, "measured_fps": measured["throughput"],
                          "predicted_latency_ms": entry.latency_ms, "measured_latency_ms": single,
                          "completed": measured["completed"], "errors": measured["errors"],
-                         "caps_cores": round(sum(1 / f for f in factors), 3), **stages.get(label, {})})
+                         "caps_cores": round(sum(1 / f for f in factors), 3),
+                         "message_host_ms_per_mb": [round(x * 1e6, 3) for x in message_host_ms_per_byte()],
+                         **stages.get(label, {})})
             print(f"{model_name} pipeline {label}: nodes {[s.nodes for s in entry.stages]}, compute/tier "
                   f"{[round(s.compute_ms, 1) for s in entry.stages]} ms, predicted {entry.throughput_fps:.2f}/s, "
                   f"measured {measured['throughput']:.2f}/s ({measured['completed']} in {measured['seconds']:.1f} s, "

@@ -6,6 +6,7 @@ import itertools
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -33,11 +34,15 @@ def traced():
     return trace(resnet8(), torch.randn(1, 3, 32, 32))
 
 
-def chain_model(workload, topology: str, codec: str = "fp32") -> ChainModel:  # noqa: ANN001
+MESSAGE = (2e-5, 1e-5)  # ms per byte on the host, sender and receiver: 20 and 10 ms per MB, enough to move plans
+
+
+def chain_model(workload, topology: str, codec: str = "fp32", message: tuple[float, float] = (0.0, 0.0),  # noqa: ANN001
+                ) -> ChainModel:
     chain = parse_topology(topology)
     machines = [preset_machine(PRESETS[m], workload) for m in chain.machines]
     return ChainModel(workload, machines, [parse_link(l) for l in chain.links], PlanCodec(parse_codec(codec)), 10.0,
-                      hop_ms=chain.hop_ms)
+                      hop_ms=chain.hop_ms, message_ms_per_byte=message)
 
 
 def plan_of(model: ChainModel, topology: str, objective: str = "latency", constraints: Constraints | None = None):  # noqa: ANN201
@@ -60,10 +65,13 @@ def monotone_assignments(model: ChainModel):  # noqa: ANN201
                                       "mcu > 3g > rpi4 > lte > edge-gpu",
                                       "rpi4 > ethernet > rpi4 > ethernet > rpi4"])
 @pytest.mark.parametrize("objective", ["latency", "energy"])
-def test_the_chosen_placement_is_the_best_of_every_monotone_assignment(topology: str, objective: str) -> None:
+@pytest.mark.parametrize("message", [(0.0, 0.0), MESSAGE])
+def test_the_chosen_placement_is_the_best_of_every_monotone_assignment(topology: str, objective: str,
+                                                                       message: tuple[float, float]) -> None:
     """Brute force over all 3^7 assignments of a 7-node residual workload, each costed by the same evaluation the
-    report uses (not by the min-cut's sums): the planner's choice is never beaten, and its min-cut is exact."""
-    model = chain_model(synthetic_workload(7, block_size=2), topology)
+    report uses (not by the min-cut's sums): the planner's choice is never beaten, and its min-cut is exact; with
+    and without the per-message work of each byte sent and received."""
+    model = chain_model(synthetic_workload(7, block_size=2), topology, message=message)
     model.memory_limits = [None] * model.tiers
     goal = parse_objective(objective)
     best = math.inf
@@ -76,9 +84,10 @@ def test_the_chosen_placement_is_the_best_of_every_monotone_assignment(topology:
     assert all(report.chosen.objective <= entry.objective + 1e-9 for entry in report.baselines if entry.feasible)
 
 
-def test_throughput_is_the_best_contiguous_pipeline() -> None:
+@pytest.mark.parametrize("message", [(0.0, 0.0), MESSAGE])
+def test_throughput_is_the_best_contiguous_pipeline(message: tuple[float, float]) -> None:
     topology = "rpi4 > ethernet > rpi4 > ethernet > rpi4"
-    model = chain_model(synthetic_workload(9, block_size=3), topology)
+    model = chain_model(synthetic_workload(9, block_size=3), topology, message=message)
     goal = parse_objective("throughput")
     end = len(model.workload.nodes)
     positions = sorted({cut.position for cut in model.workload.prefix_cuts if cut.position < end})
@@ -89,8 +98,46 @@ def test_throughput_is_the_best_contiguous_pipeline() -> None:
         best = min(best, model.costs(parts, goal)[4])
     report = plan_of(model, topology, "throughput")
     assert 1e3 / report.chosen.throughput_fps == pytest.approx(best, rel=1e-9)
-    # three equal machines on fast links: the slowest stage is about a third of the whole model's time
-    assert report.chosen.throughput_fps > 2 * report.entry("all on the device").throughput_fps
+    # three equal machines on fast links: the slowest stage is about a third of the whole model's time (less
+    # gained when every byte a stage sends and receives costs it time)
+    gain = report.chosen.throughput_fps / report.entry("all on the device").throughput_fps
+    assert gain > (2 if message == (0.0, 0.0) else 1.5)
+
+
+def test_each_byte_sent_and_received_costs_its_tier() -> None:
+    """The per-message work, priced apart from the model's code: on every link of every monotone assignment, the
+    sender's encode time grows by payload × host ms per byte × host bandwidth / its bandwidth, the receiver's
+    decode time likewise; latency by their sum, and the slowest stage is the largest busy time (compute +
+    decode + encode) or airtime. With it, the throughput plan of a pipeline of slow machines moves: it sends fewer
+    bytes over fewer hops."""
+    topology = "rpi4 > ethernet > rpi4 > ethernet > rpi4"
+    workload = synthetic_workload(7, block_size=2)
+    plain, priced = chain_model(workload, topology), chain_model(workload, topology, message=MESSAGE)
+    goal = parse_objective("throughput")
+    checked = 0
+    for tier_of in monotone_assignments(plain):
+        placement = Placement("x", "brute force", tier_of, max(tier_of.values()))
+        before, after = plain.breakdown(placement), priced.breakdown(placement)
+        extra_encode = np.zeros(placement.last_tier + 1)
+        extra_decode = np.zeros(placement.last_tier + 1)
+        for l, nbytes in enumerate(after.payload_bytes):
+            assert nbytes == before.payload_bytes[l] and nbytes > 0
+            extra_encode[l] = nbytes * MESSAGE[0] * 10.0 / priced.machines[l].memory_gb_s
+            extra_decode[l + 1] = nbytes * MESSAGE[1] * 10.0 / priced.machines[l + 1].memory_gb_s
+        assert after.encode_ms == pytest.approx(before.encode_ms + extra_encode, rel=1e-9, abs=1e-12)
+        assert after.decode_ms == pytest.approx(before.decode_ms + extra_decode, rel=1e-9, abs=1e-12)
+        latency, fps, _, _, value = priced.costs(after, goal)
+        assert latency == pytest.approx(plain.costs(before, goal)[0] + extra_encode.sum() + extra_decode.sum(),
+                                        rel=1e-9)
+        busy = after.compute_ms + after.decode_ms + after.encode_ms
+        airtime = [max(priced.links[l].uplink_ms(b), priced.links[l].downlink_ms(after.result_bytes))
+                   for l, b in enumerate(after.payload_bytes)]
+        assert value == pytest.approx(max([*busy, *airtime]), rel=1e-9) and fps == pytest.approx(1e3 / value)
+        checked += 1
+    assert checked >= 30  # every monotone assignment of the 7 nodes to 3 tiers
+    free, paid = plan_of(plain, topology, "throughput"), plan_of(priced, topology, "throughput")
+    assert paid.chosen.assignment != free.chosen.assignment
+    assert sum(h.payload_bytes for h in paid.chosen.hops) < sum(h.payload_bytes for h in free.chosen.hops)
 
 
 def test_a_tier_memory_limit_is_respected(traced, tmp_path) -> None:  # noqa: ANN001

@@ -211,6 +211,37 @@ def test_batch_costs_equal_one_by_one(size, seed, block, device, link, measured)
                for a, b in zip(x.model_dump().values(), y.model_dump().values()))
 
 
+def test_trusted_equals_model_construct():
+    """The planner's quick builder (costs.trusted) makes the instance model_construct makes: the same __dict__ in the
+    same order (JSON key order), the same fields set, equal, the same dump; given the fields in another order it
+    puts them in the schema's; a missing field is an error, not a silently incomplete plan."""
+    from edgesplit.plan.costs import trusted
+    from edgesplit.plan.schema import Costs, PlanEntry, SentTensor
+
+    figures = dict(device_ms=1.5, encode_ms=0.25, uplink_ms=3.0, rtt_ms=20.0, decode_ms=0.5, server_ms=2.0,
+                   downlink_ms=0.125, latency_ms=27.375, throughput_fps=333.3, uplink_bytes=4096,
+                   downlink_bytes=40, device_compute_mj=None, radio_mj=1.0, idle_mj=None, energy_mj=None,
+                   head_memory_bytes=10, head_weight_bytes=20)
+    sent = dict(name="x", shape=(1, 8), dtype="float32", nbytes=32, payload_bytes=60)
+    costs = Costs(**figures)
+    entry = dict(label="cut 1 after a", kind="split", position=1, cut_index=0, after="a", head_nodes=None,
+                 input_format=None, crossing=[SentTensor(**sent)], costs=costs, objective=27.375, feasible=True,
+                 violations=[], codec="fp32", accuracy_drop=None)
+    for cls, values in ((Costs, figures), (SentTensor, sent), (PlanEntry, entry)):
+        quick, slow = trusted(cls)(**values), cls.model_construct(**values)
+        assert type(quick) is cls and quick == slow
+        assert list(quick.__dict__) == list(slow.__dict__) == list(cls.model_fields)
+        assert quick.model_fields_set == slow.model_fields_set
+        assert quick.model_dump_json() == slow.model_dump_json() == cls(**values).model_dump_json()
+        backwards = trusted(cls)(**dict(reversed(list(values.items()))))
+        assert backwards.model_dump_json() == slow.model_dump_json()
+        with pytest.raises(KeyError):
+            trusted(cls)(**{k: v for k, v in values.items() if k != "label" and k != "name" and k != "rtt_ms"})
+    quick = trusted(PlanEntry)(**entry)
+    quick.objective = 1.0  # assignment marks its own instance's fields, not the next one's
+    assert trusted(PlanEntry)(**entry).objective == 27.375
+
+
 def test_costs_add_up(resnet8):
     traced, _ = resnet8
     report = plan_model(traced, device="rpi4", server="edge-gpu", link="lte", progress=False)

@@ -7,6 +7,10 @@ Costs of one inference on the chain ``M0 > L0 > M1 > … > MK`` when the farthes
     device energy = active × (compute₀ + encode₀) + tx₀ × airtime₀ + rx₀ × result time₀ + idle × the rest
     throughput = 1 / the slowest stage: a tier's busy time (compute + decode + encode) or a link's airtime
 
+Encode and decode include, besides the codec, the per-byte work of every message (framing, the socket) on the
+sender and the receiver, measured on this host (:func:`message_host_ms_per_byte`) and scaled to each machine
+as codec times are: a slow relay that receives and sends megabytes per request pays for them in its busy time.
+
 For each J, latency and energy are sums over nodes and tensors, so the exact placement over all monotone
 assignments of the DAG is one layered min-cut (:func:`edgesplit.plan.tiers.min_cost_tiers`); the chosen plan is the
 best over J. The pipeline's throughput (a maximum) and per-tier memory limits (a peak) are not sums: for those the
@@ -16,6 +20,7 @@ partitions) is used, and every min-cut placement is checked against the limits a
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from dataclasses import dataclass
@@ -35,7 +40,7 @@ from edgesplit.plan.tiers import TierProblem, best_contiguous, best_contiguous_s
 from edgesplit.plan.topology import Topology, parse_topology
 from edgesplit.plan.workload import OUTPUT, Workload, workload_of
 
-__all__ = ["ChainModel", "plan_chain", "plan_chain_workload"]
+__all__ = ["ChainModel", "message_host_ms_per_byte", "plan_chain", "plan_chain_workload"]
 
 _SWEEP = (0.1, 1000.0)  # first-link Mbit/s covered by the switch table
 _SWEEP_POINTS = 400
@@ -66,6 +71,62 @@ class Breakdown:
     result_bytes: int
 
 
+@functools.cache
+def message_host_ms_per_byte(repeats: int = 5) -> tuple[float, float]:
+    """This host's ms per payload byte of handling a message on a hop, beyond the codec: (sender, receiver).
+
+    What a tier does with every byte it sends or receives, whatever it computes: the sender frames the tensor as
+    it is sent (the fp32 frame: header and a copy) and writes it to a socket; the receiver reads it from the
+    socket and decodes the frame. Timed here on tensors of 0.25–4 MB through a local socket pair and fitted as
+    fixed + per byte over the quickest of each size's repeats (the fixed part is ``hop_ms``'s);
+    :class:`ChainModel` scales the slopes to each machine as it scales codec times (:meth:`CostModel.on_machine`).
+    Measured once per process (about 50 ms), so chain plans depend on this host's figures as on its profile.
+    """
+    import socket
+    import threading
+
+    import torch
+
+    from edgesplit.codecs import decode, parse_codec
+    from edgesplit.compress.payload import _fit
+
+    codec = parse_codec("fp32")
+    samples = []
+    sender, receiver = socket.socketpair()
+    try:
+        for size in (1 << 18, 1 << 20, 1 << 22):
+            x = torch.rand(1, size // 4)
+            framer = codec.calibrate(x)
+            timed: list[tuple[float, float]] = []
+            for attempt in range(repeats + 1):  # the first of each size warms up (allocations, the thread)
+                got: list[bytes] = []
+
+                def read(count: int) -> None:
+                    buffer, done = bytearray(count), 0
+                    view = memoryview(buffer)
+                    while done < count:
+                        done += receiver.recv_into(view[done:], count - done)
+                    got.append(bytes(buffer))
+
+                start = time.perf_counter()
+                payload = framer.encode(x)
+                reader = threading.Thread(target=read, args=(len(payload),))
+                reader.start()
+                sender.sendall(payload)
+                sent = time.perf_counter()
+                reader.join()
+                decode(got[0])
+                done = time.perf_counter()
+                if attempt:  # the receiver's share: the read that outlasts the send, and the decode
+                    timed.append(((sent - start) * 1e3, (done - sent) * 1e3))
+            # the quickest of the repeats: other processes on the host only ever add to a time
+            samples.append((len(payload), min(t[0] for t in timed), min(t[1] for t in timed)))
+    finally:
+        sender.close()
+        receiver.close()
+    return _fit(samples, 1)[1], _fit(samples, 2)[1]
+
+
 class ChainModel:
     """Costs of any placement of ``workload`` on a chain of machines joined by links, with one codec on every hop.
 
@@ -74,8 +135,13 @@ class ChainModel:
     """
 
     def __init__(self, workload: Workload, machines: list[Machine], links: list[Link], codec: PlanCodec,
-                 host_gb_s: float, *, hop_ms: float, memory_limits: list[int | None] | None = None) -> None:
+                 host_gb_s: float, *, hop_ms: float, memory_limits: list[int | None] | None = None,
+                 message_ms_per_byte: tuple[float, float] = (0.0, 0.0)) -> None:
+        """``message_ms_per_byte``: this host's ms per payload byte that the sender and the receiver of a hop
+        spend on the message beyond the codec (framing, the socket; :func:`message_host_ms_per_byte` measures it),
+        added to each tier's encode and decode time, scaled to that machine."""
         self.workload, self.machines, self.links, self.codec, self.hop_ms = workload, machines, links, codec, hop_ms
+        self.message_ms_per_byte = message_ms_per_byte
         self.tiers = len(machines)
         self.memory_limits = [limit if limit is not None else machine.memory_bytes
                               for limit, machine in zip(memory_limits or [None] * self.tiers, machines)]
@@ -97,6 +163,12 @@ class ChainModel:
                                  for s in specs]) for hop in hops]
         self.decode = [np.array([hop.codec_ms(codec, s, hop.server, encode=False) if s is not None else math.inf
                                  for s in specs]) for hop in hops]
+        send_ms, receive_ms = message_ms_per_byte
+        if send_ms or receive_ms:  # every byte of a message: framed and written by the sender, read by the receiver
+            payload = np.where(self.is_tensor, self.payload, 0.0)
+            for l, hop in enumerate(hops):
+                self.encode[l] = self.encode[l] + hop.on_machine(payload * send_ms, hop.device)
+                self.decode[l] = self.decode[l] + hop.on_machine(payload * receive_ms, hop.server)
         self.node_ms = np.array([[m.node_ms[n] for n in workload.node_names] for m in machines])
         self.result_bytes = workload.output_bytes
         # the value graph as two arrays: value index -> reader (a value index, or ``count`` for the output)
@@ -574,7 +646,7 @@ def plan_chain(traced: TracedModel, topology: Topology | str, *, codec: str = "f
     if constraints.device_memory_bytes is not None:
         limits[0] = constraints.device_memory_bytes  # --device-memory: tier 0's
     model = ChainModel(workload, machines, links, PlanCodec(codecs[0]), host.memory_gb_s(), hop_ms=topology.hop_ms,
-                       memory_limits=limits)
+                       memory_limits=limits, message_ms_per_byte=message_host_ms_per_byte())
     return plan_chain_workload(model, parse_objective(objective), constraints, model_name=name,
                                model_ref=model_ref, topology=topology, codec_name=codecs[0].spec,
                                input_shape=list(traced.example_inputs[0].shape), leakage=leakage)

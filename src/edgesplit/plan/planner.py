@@ -20,7 +20,7 @@ import numpy as np
 
 from edgesplit.compress.payload import InputFormat, PlanCodec, ReportedCodec
 from edgesplit.errors import EdgesplitError
-from edgesplit.plan.costs import Candidate, CostModel, LinkSweep, Objective, TransferCosts
+from edgesplit.plan.costs import Candidate, CostModel, LinkSweep, Objective, TransferCosts, trusted
 from edgesplit.plan.hardware import Link
 from edgesplit.plan.leakage import LeakageTable, bounded, leakage_violations
 from edgesplit.plan.mincut import FlowGraph
@@ -37,11 +37,12 @@ class PlanError(EdgesplitError):
     """No plan satisfies the constraints."""
 
 
-@dataclass
+@dataclass(slots=True)
 class Scored:
     candidate: Candidate
     costs: Costs
     violations: list[str]
+    value: float  # the objective's value of ``costs``, worked out once
 
 
 def candidates(model: CostModel, objective: Objective, formats: list[InputFormat], method: str = "scipy",
@@ -197,16 +198,17 @@ def make_plan(model: CostModel, objective: Objective, *, formats: list[InputForm
         graph = FlowGraph(model.placement_problem(objective))
         heads, at_link = _sweep_heads(model, objective, graph, method)
     found = candidates(model, objective, formats, method, codecs, reported, heads)
-    scored = [Scored(candidate, costs, violations(model, candidate, costs, constraints, leakage))
+    value = objective.value
+    scored = [Scored(candidate, costs, violations(model, candidate, costs, constraints, leakage), value(costs))
               for candidate, costs in zip(found, model.evaluate_many(found))]
     allowed = [s for s in scored if not s.violations]
     if not allowed:
         raise PlanError(_nothing_fits(scored))
-    ranked = sorted(scored, key=lambda s: (bool(s.violations), objective.value(s.costs), s.costs.latency_ms))
+    ranked = sorted(scored, key=lambda s: (bool(s.violations), s.value, s.costs.latency_ms))
     chosen = ranked[0]
     all_device = next(s for s in scored if s.candidate.kind == "all-device")
     servers = [s for s in scored if s.candidate.kind == "all-server"]
-    all_server = min(servers, key=lambda s: objective.value(s.costs))
+    all_server = min(servers, key=lambda s: s.value)
 
     min_cut_agrees = True
     if objective.additive:
@@ -254,13 +256,16 @@ def _problem_costs(model: CostModel, problem, scored: list[Scored]) -> list[floa
     device = np.concatenate([[0.0], np.cumsum([problem.device_cost.get(n, 0.0) for n in workload.node_names])])
     server = np.concatenate([[0.0], np.cumsum([problem.server_cost.get(n, 0.0) for n in workload.node_names])])
     costs = []
+    sent_at: dict[int, float] = {}  # a cut's transfer cost, once per position (codecs repeat positions)
     for s in scored:
         candidate = s.candidate
         if candidate.head is not None:
             costs.append(problem.cost(candidate.head | frozenset(workload.inputs)))
         elif (cut := workload.cut_at.get(candidate.position)) is not None:  # type: ignore[arg-type]
-            sent = sum(problem.transfer_cost.get(t.name, math.inf) for t in cut.crossing)
             p = candidate.position
+            sent = sent_at.get(p)  # type: ignore[arg-type]
+            if sent is None:
+                sent = sent_at[p] = sum(problem.transfer_cost.get(t.name, math.inf) for t in cut.crossing)
             costs.append(float(device[p] + server[-1] - server[p] + sent))
     return costs
 
@@ -276,18 +281,21 @@ def _entry(model: CostModel, objective: Objective, scored: Scored) -> PlanEntry:
         cut = workload.cut_at.get(candidate.position)  # type: ignore[arg-type]
         cut_index = cut.index if cut is not None and candidate.kind != "all-device" else None
     drop = getattr(candidate.codec, "accuracy_drop", None)
-    # built without re-validation: every field comes from the cost model with its schema type (Costs too). Whether
-    # this is faster than validating was not measured apart (pydantic's model_construct loops in Python).
-    return PlanEntry.model_construct(
+    # built without re-validation: every field comes from the cost model with its schema type (Costs too), passed
+    # in the schema's order (see costs.trusted: model_construct itself took longer than validating)
+    return _build_entry(
         label=candidate.label, kind=candidate.kind, position=candidate.position,  # type: ignore[arg-type]
         cut_index=cut_index, after=after, head_nodes=head_nodes,
         input_format=(candidate.input_format.name if candidate.input_format else
                       ("tensor" if candidate.kind == "all-server" else None)),
-        crossing=model.crossing(candidate), costs=scored.costs, objective=objective.value(scored.costs),
+        crossing=model.crossing(candidate), costs=scored.costs, objective=scored.value,
+        feasible=not scored.violations, violations=scored.violations,
         codec=(candidate.codec or model.codec).name if candidate.kind == "split" or (
             candidate.kind == "all-server" and candidate.input_format is None) else None,
-        accuracy_drop=None if drop is None else float(drop),
-        feasible=not scored.violations, violations=scored.violations)
+        accuracy_drop=None if drop is None else float(drop))
+
+
+_build_entry = trusted(PlanEntry)
 
 
 def pareto_front(allowed: list[Scored]) -> list[str]:
