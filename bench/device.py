@@ -409,15 +409,21 @@ def heads(prepared: dict, args: argparse.Namespace, data: Path) -> list[dict]:
         rows.append({"route": route["label"], "cut_index": route["cut_index"], "position": route["position"],
                      "runs": route["runs"], "int8_file": source, "int8_used": bool(int8.get("used")),
                      "fp32_bytes": route["head"]["bytes"], "int8_bytes": int8_file.stat().st_size})
-    for _ in range(args.rounds):
-        for trio in samplers:
-            for sampler in trio:
-                sampler.sample()
-    for row, (torch_head, onnx_fp32, onnx_int8) in zip(rows, samplers):
-        row.update(torch_ms=torch_head.median_ms, ort_fp32_ms=onnx_fp32.median_ms, ort_int8_ms=onnx_int8.median_ms)
+    for row, (torch_ms, fp32_ms, int8_ms) in zip(rows, sampled_medians(samplers, args.rounds)):
+        row.update(torch_ms=torch_ms, ort_fp32_ms=fp32_ms, ort_int8_ms=int8_ms)
         row["int8_speedup_vs_ort_fp32"] = row["ort_fp32_ms"] / row["ort_int8_ms"]
         row["ort_fp32_speedup_vs_torch"] = row["torch_ms"] / row["ort_fp32_ms"]
     return rows
+
+
+def sampled_medians(samplers: list[list], rounds: int) -> list[list[float]]:
+    """Each group's samplers' median ms after ``rounds`` interleaved rounds (one sample of each sampler a round, so
+    the machine's drift falls on all of them alike)."""
+    for _ in range(rounds):
+        for group in samplers:
+            for sampler in group:
+                sampler.sample()
+    return [[sampler.median_ms for sampler in group] for group in samplers]
 
 
 def pte_heads(prepared: dict, args: argparse.Namespace) -> list[dict]:
@@ -460,12 +466,8 @@ def pte_heads(prepared: dict, args: argparse.Namespace) -> list[dict]:
                      "pte_bytes": path.stat().st_size, "onnx_fp32_bytes": route["head"]["bytes"],
                      "export_s": export_s, "pte_max_abs_diff_vs_torch": diff,
                      "executorch_threads": _threadpool_get_thread_count()})
-    for _ in range(args.rounds):
-        for trio in samplers:
-            for sampler in trio:
-                sampler.sample()
-    for row, (torch_head, onnx_fp32, pte) in zip(rows, samplers):
-        row.update(torch_ms=torch_head.median_ms, ort_fp32_ms=onnx_fp32.median_ms, executorch_ms=pte.median_ms)
+    for row, (torch_ms, fp32_ms, pte_ms) in zip(rows, sampled_medians(samplers, args.rounds)):
+        row.update(torch_ms=torch_ms, ort_fp32_ms=fp32_ms, executorch_ms=pte_ms)
         row["executorch_speedup_vs_ort_fp32"] = row["ort_fp32_ms"] / row["executorch_ms"]
         row["executorch_speedup_vs_torch"] = row["torch_ms"] / row["executorch_ms"]
     return rows
