@@ -78,7 +78,7 @@ def test_pte_programs_are_in_the_manifest_and_compute_what_pytorch_and_onnx_do(p
                                   str(tmp_path / "export.json"))
     assert result.returncode == 0, result.stderr
     manifest = load_bundle(folder).manifest  # checks every named file's size and SHA-256, the .pte ones included
-    assert manifest.executorch["version"] == executorch_version() and manifest.executorch["batch"] == BATCH == 1
+    assert manifest.executorch.version == executorch_version() and manifest.executorch.batch == BATCH == 1
     names = {f.name for f in manifest.files()}
     assert {"route1-head.pte", "route2-head.pte"} <= names and "route3-head.pte" not in names  # 1 and 3 share
     assert {p.name for p in folder.iterdir()} == names | {"manifest.json"}

@@ -289,3 +289,21 @@ def test_the_bounds_can_be_raised_for_one_run(tiny_plan, monkeypatch):
     monkeypatch.setenv("EDGESPLIT_MAX_INPUT_ELEMENTS", "lots")
     with pytest.raises(InputShapeError, match="EDGESPLIT_MAX_INPUT_ELEMENTS='lots' is not a positive integer"):
         PlanReport.model_validate(data)
+
+
+@pytest.mark.parametrize("rows, fragment", [
+    ([(10.0, 1e6), (0.1, 10.0)], "must rise without overlapping"),  # out of order
+    ([(0.1, 20.0), (10.0, 1e6)], "must rise without overlapping"),  # overlapping
+    ([(5.0, 5.0)], "has an empty range"),
+])
+def test_a_plan_whose_switch_table_a_client_would_misread_is_refused(tmp_path, tiny_plan, rows, fragment):
+    """The client looks its uplink up row by row: a table out of order or overlapping would run a wrong plan
+    without a word, so the plan's reader refuses it (one line, exit 2)."""
+    row = tiny_plan[1]["switch_table"][0]
+    table = [{**row, "low_mbps": low, "high_mbps": high} for low, high in rows]
+    path = hostile(tmp_path / "p", tiny_plan[1], switch_table=table)
+    with pytest.raises(EdgesplitError, match=fragment):
+        load_plan(path)
+    result = edgesplit_in_process("serve", str(path), "--port", "0", cwd=tmp_path)
+    assert_user_error(result, "switch_table", fragment)
+    load_plan(tiny_plan[0])  # the real plan reads

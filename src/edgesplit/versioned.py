@@ -45,8 +45,9 @@ def read_versioned(path: str | Path, model: type[Model], *, kind: str, version: 
     try:
         return model.model_validate(data)
     except ValidationError as cause:
-        raise error(f"{what} {path} is malformed ({cause.error_count()} errors, first at "
-                    f"{cause.errors()[0]['loc']}); {again}") from cause
+        first = cause.errors()[0]
+        raise error(f"{what} {path} is malformed ({cause.error_count()} errors, first at {first['loc']}: "
+                    f"{first['msg'][:200]}); {again}") from cause
 
 
 def write_json(path: str | Path, result: Any) -> Path:

@@ -75,6 +75,19 @@ class SwitchRange(BaseModel):
     codec: str | None = None
 
 
+def _rising(table: list) -> list:
+    """A switch table's rows in rising, disjoint [low, high) ranges: a client looks its rate up row by row, so rows
+    out of order or overlapping would pick a wrong plan without a word."""
+    for row in table:
+        if not row.low_mbps < row.high_mbps:
+            raise ValueError(f"switch-table row '{row.label}' has an empty range [{row.low_mbps}, {row.high_mbps})")
+    for lower, upper in zip(table, table[1:]):
+        if lower.high_mbps > upper.low_mbps:
+            raise ValueError(f"switch-table rows must rise without overlapping: '{lower.label}' ends at "
+                             f"{lower.high_mbps} Mbit/s after '{upper.label}' starts at {upper.low_mbps}")
+    return table
+
+
 class MachineSummary(BaseModel):
     spec: str
     kind: str
@@ -133,6 +146,8 @@ class PlanReport(BaseModel):
     min_cut_agrees: bool  # the min-cut's best head costs the same as the best of all candidates under the objective
     candidates: int
     planner_ms: float
+
+    _rising_table = field_validator("switch_table")(_rising)
 
     @field_validator("input_shape")
     @classmethod
@@ -226,6 +241,8 @@ class ChainPlanReport(BaseModel):
     switch_table: list[ChainSwitchRange]
     min_cut_exact: bool  # the layered min-cut's value equals its placement's evaluated objective
     planner_ms: float
+
+    _rising_table = field_validator("switch_table")(_rising)
 
     @field_validator("input_shape")
     @classmethod

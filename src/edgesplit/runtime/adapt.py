@@ -24,13 +24,13 @@ import math
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:  # annotations only: the device client (edgesplit.device, no torch) runs this policy too
     from edgesplit.runtime.deployment import Deployment
 
 __all__ = ["DISTINCT", "Adapter", "Adapting", "BandwidthEstimator", "ClientStats", "Switch", "SwitchPolicy", "distinct_sizes",
-           "theil_sen"]
+           "row_label_at", "theil_sen"]
 
 log = logging.getLogger("edgesplit.client")
 
@@ -40,6 +40,21 @@ DISTINCT = 1.25  # frames this many times larger count as another size
 def distinct_sizes(a: float, b: float) -> bool:
     """Whether frames of ``a`` and ``b`` bytes (or bits) count as two sizes: one is ``DISTINCT``× the other."""
     return max(a, b) >= DISTINCT * min(a, b)
+
+
+class _Row(Protocol):
+    low_mbps: float
+    high_mbps: float
+    label: str
+
+
+def row_label_at(table: Sequence[_Row], mbps: float) -> str:
+    """The label of the switch-table row whose [low, high) Mbit/s range holds ``mbps``; the first row's below the
+    table, the last row's above it. Rows are in rising, disjoint ranges (as plans and bundles are checked to be)."""
+    for row in table:
+        if row.low_mbps <= mbps < row.high_mbps:
+            return row.label
+    return table[0].label if mbps < table[0].low_mbps else table[-1].label
 
 
 class BandwidthEstimator:

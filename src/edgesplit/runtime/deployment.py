@@ -24,6 +24,7 @@ from edgesplit.errors import EdgesplitError
 from edgesplit.model.graph import Split, TracedModel, trace
 from edgesplit.model.intake import ModelRef, build_model, example_input, load_weights, read_weights
 from edgesplit.plan.schema import PlanEntry, PlanReport, SwitchRange
+from edgesplit.runtime.adapt import row_label_at
 from edgesplit.runtime.wire import Status, WireError, model_id_for
 
 __all__ = ["Deployment", "DeploymentError", "PictureCodec", "Route", "load_deployment"]
@@ -226,11 +227,7 @@ class Deployment:
 
     def label_at(self, mbps: float) -> str:
         """The switch table's best plan at ``mbps`` uplink (its first or last row outside the table)."""
-        table = self.plan.switch_table
-        for row in table:
-            if row.low_mbps <= mbps < row.high_mbps:
-                return row.label
-        return table[0].label if mbps < table[0].low_mbps else table[-1].label
+        return row_label_at(self.plan.switch_table, mbps)
 
     def route_for_label(self, label: str) -> Route | None:
         """The route that runs the plan labelled ``label``; None for all-device (nothing to send)."""
