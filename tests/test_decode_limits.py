@@ -412,24 +412,29 @@ def _on_the_loop() -> bool:
 
 @contextlib.contextmanager
 def _recording(*routes) -> list[tuple[int, bool]]:
-    """Record (route id, whether on an event loop's thread) for every ``decode`` of ``routes``."""
+    """Record (route id, whether on an event loop's thread) for every decode of ``routes`` (``Route.decode`` and
+    the engine's ``Route.decoding`` both decode through the call ``decoding`` returns)."""
     seen: list[tuple[int, bool]] = []
 
     def recorder(route):
-        original = route.decode
+        original = route.decoding
 
-        def decode(*args):
-            seen.append((route.route_id, _on_the_loop()))
-            return original(*args)
-        return decode
+        def decoding(*args):
+            cost, decode = original(*args)
+
+            def recorded():
+                seen.append((route.route_id, _on_the_loop()))
+                return decode()
+            return cost, recorded
+        return decoding
 
     for route in routes:
-        route.decode = recorder(route)
+        route.decoding = recorder(route)
     try:
         yield seen
     finally:
         for route in routes:
-            del route.decode
+            del route.decoding
 
 
 def _threads_that_decode(engine: Engine, deployment, route, payloads: list[bytes]) -> list[bool]:

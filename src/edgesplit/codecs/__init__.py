@@ -20,11 +20,12 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from edgesplit.codecs.frame import (CodecError, DecodeCost, DecodeLimits, PayloadError, decode, decode_cost,
-                                        pack, pack_count, unpack, unpack_bytes, unpack_cost)
+                                        pack, pack_count, unpack, unpack_bytes, unpack_cost, unpacking)
     from edgesplit.codecs.spec import SPEC_HELP, Codec, codec_from_json, parse_codec
 
 __all__ = ["SPEC_HELP", "Codec", "CodecError", "DecodeCost", "DecodeLimits", "PayloadError", "codec_from_json",
-           "decode", "decode_cost", "pack", "pack_count", "parse_codec", "unpack", "unpack_bytes", "unpack_cost"]
+           "decode", "decode_cost", "pack", "pack_count", "parse_codec", "unpack", "unpack_bytes", "unpack_cost",
+           "unpacking"]
 
 _HOMES = {name: "edgesplit.codecs.spec" if name in ("SPEC_HELP", "Codec", "codec_from_json", "parse_codec")
           else "edgesplit.codecs.frame" for name in __all__}

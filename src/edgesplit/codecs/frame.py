@@ -35,8 +35,8 @@ from edgesplit.codecs.layout import (MAX_NDIM, RANGE_BYTES, STEP, AnsRecord, Cas
                                      pack, pack_count, range_bytes, unpack_bytes)
 
 __all__ = ["MAX_NDIM", "RANGE_BYTES", "AnsRecord", "CastRecord", "CodecError", "DecodeCost", "DecodeLimits", "Frame",
-           "PayloadError", "QuantRecord", "StageRecord", "ZstdRecord", "decode", "decode_cost", "header", "pack",
-           "pack_count", "range_bytes", "read", "unpack", "unpack_bytes", "unpack_cost", "write"]
+           "PayloadError", "QuantRecord", "StageRecord", "Unpacking", "ZstdRecord", "decode", "decode_cost", "header",
+           "pack", "pack_count", "range_bytes", "read", "unpack", "unpack_bytes", "unpack_cost", "unpacking", "write"]
 
 DTYPES: dict[int, torch.dtype] = {code: getattr(torch, name) for code, name in enumerate(layout.DTYPE_NAMES)}
 DTYPE_CODES = {dtype: code for code, dtype in DTYPES.items()}
@@ -150,16 +150,52 @@ def unpack(data: bytes, limits: DecodeLimits = DecodeLimits(), max_frames: int =
     """The tensors ``pack`` bundled, decoded under ``limits`` all together: each frame's decode gets what the
     tensors before it left, so the limit bounds the most the whole unpack holds at once. ``float_dtype`` as in
     ``decode``."""
+    return unpacking(data, limits, max_frames, float_dtype).decode()
+
+
+class Unpacking:
+    """A payload whose headers have been read and checked (once): what decoding it holds and does (``cost``, as
+    ``unpack_cost`` counts it) and ``decode()``, the tensors ``unpack`` gives. A server reads the cost to choose
+    where to decode (the event loop or a thread), then decodes without parsing the headers again."""
+
+    __slots__ = ("cost", "_frames")
+
+    def __init__(self, frames: list[tuple[Frame, layout.Plan]], cost: DecodeCost) -> None:
+        self._frames, self.cost = frames, cost
+
+    def decode(self) -> list[torch.Tensor]:
+        tensors = []
+        for frame, plan in self._frames:
+            try:
+                tensors.append(_decode(frame, plan))
+            except ValueError as error:
+                raise PayloadError(f"tensor {len(tensors) + 1} of {len(self._frames)}: payload corrupt: {error}"
+                                   + (" (the limit left after the tensors before it)" if tensors else "")) from error
+        return tensors
+
+
+def unpacking(data: bytes, limits: DecodeLimits = DecodeLimits(), max_frames: int = 64,
+              float_dtype: torch.dtype | None = None) -> Unpacking:
+    """``unpack``'s first half: every frame's header read and checked under ``limits`` as ``unpack`` does (the
+    same ``PayloadError``s), nothing decoded yet."""
+    if float_dtype is not None and not (isinstance(float_dtype, torch.dtype) and float_dtype.is_floating_point):
+        raise CodecError(f"float_dtype must be a floating-point torch dtype, not {float_dtype}")
     frames = layout.bundled(data, max_frames, "tensors")
-    tensors: list[torch.Tensor] = []
-    for frame in frames:
-        left = limits.max_decoded_bytes - sum(t.numel() * t.element_size() for t in tensors)
+    planned: list[tuple[Frame, layout.Plan]] = []
+    held = peak = converted = symbols = 0
+    for data_ in frames:
         try:
-            tensors.append(decode(frame, DecodeLimits(left, limits.max_ndim), float_dtype))
+            left = DecodeLimits(limits.max_decoded_bytes - held, limits.max_ndim)
+            frame = read(data_, left)
+            plan = layout.plan(frame, float_dtype, left)
         except PayloadError as error:
-            raise PayloadError(f"tensor {len(tensors) + 1} of {len(frames)}: {error}"
-                               + (" (the limit left after the tensors before it)" if tensors else "")) from error
-    return tensors
+            raise PayloadError(f"tensor {len(planned) + 1} of {len(frames)}: {error}"
+                               + (" (the limit left after the tensors before it)" if planned else "")) from error
+        planned.append((frame, plan))
+        cost = plan.cost
+        peak, held = max(peak, held + cost.peak_bytes), held + cost.tensor_bytes
+        converted, symbols = converted + cost.converted_values, symbols + cost.ans_symbols
+    return Unpacking(planned, DecodeCost(peak, held, converted, symbols))
 
 
 def unpack_cost(data: bytes, max_frames: int = 64, float_dtype: torch.dtype | None = None,

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from edgesplit.compress import fastpng
+
 __all__ = ["PICTURE_BYTES_PER_PIXEL", "PictureRoundTrip", "decode_picture", "encode_picture", "round_trip_pictures"]
 
 
@@ -46,10 +48,15 @@ def round_trip_pictures(images: torch.Tensor, options: dict) -> PictureRoundTrip
 
 
 def encode_picture(image: torch.Tensor, options: dict) -> bytes:
-    """One C×H×W image in [0, 1] (C = 1 or 3) as the bytes Pillow writes with ``options``."""
+    """One C×H×W image in [0, 1] (C = 1 or 3) as the bytes Pillow writes with ``options``; plain PNG
+    (``{"format": "PNG"}``) as ``fastpng.encode`` writes it, a standard PNG that Pillow and every reader open."""
+    # numpy, not torch, for a picture this small: the same float32 clamp, product and round half to even
+    pixels = np.rint(np.clip(image.detach().cpu().float().numpy(), 0, 1) * np.float32(255)).astype(np.uint8)
+    pixels = pixels.transpose(1, 2, 0)
+    if options == {"format": "PNG"}:  # a standard PNG that fastpng also reads: ~2x faster both ways
+        return fastpng.encode(pixels)
     from PIL import Image
 
-    pixels = (image.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
     buffer = io.BytesIO()
     Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels).save(buffer, **options)
     return buffer.getvalue()
@@ -74,10 +81,13 @@ def decode_picture(data: bytes, shape: tuple[int, int, int], out: torch.Tensor |
     chunks, which Pillow would inflate). With ``out`` (a float32 C×H×W tensor), the pixels are written there and
     nothing of the image's size is held but Pillow's own (``PICTURE_BYTES_PER_PIXEL``).
     """
-    from PIL import Image, UnidentifiedImageError
-
     channels, height, width = shape
     _check_png_chunks(data)
+    array = fastpng.read_pixels(data, shape)  # a PNG as encode_picture writes it: without Pillow
+    if array is not None:
+        return _to_float(array, shape, out)
+    from PIL import Image, UnidentifiedImageError
+
     try:
         with Image.open(io.BytesIO(data), formats=("PNG", "JPEG")) as opened:
             if opened.size != (width, height):
@@ -91,6 +101,11 @@ def decode_picture(data: bytes, shape: tuple[int, int, int], out: torch.Tensor |
         raise ValueError(f"picture declares a huge image, the model takes {width}×{height}") from error
     except (OSError, SyntaxError) as error:
         raise ValueError(f"not a readable PNG or JPEG ({error})") from error
+    return _to_float(array, shape, out)
+
+
+def _to_float(array: np.ndarray, shape: tuple[int, int, int], out: torch.Tensor | None) -> torch.Tensor:
+    channels, height, width = shape
     if out is None:
         out = torch.empty(shape, dtype=torch.float32)
     # the same float32 division as array.astype(float32) / 255, written straight into the C×H×W tensor

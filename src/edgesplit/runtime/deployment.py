@@ -9,14 +9,16 @@ from __future__ import annotations
 import copy
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from edgesplit.codecs import (Codec, CodecError, DecodeLimits, codec_from_json, pack, pack_count, parse_codec, unpack,
-                              unpack_bytes, unpack_cost)
+from edgesplit.codecs import (Codec, CodecError, DecodeLimits, codec_from_json, pack, pack_count, parse_codec,
+                              unpack_bytes, unpack_cost, unpacking)
+from edgesplit.codecs.frame import Unpacking
 from edgesplit.compress.bottleneck import SlimmableBottleneck, bottleneck_config, load_checkpoint
 from edgesplit.compress.pictures import PICTURE_BYTES_PER_PIXEL, decode_picture, encode_picture
 from edgesplit.compress.rate import CompressReport, code_codec, load_compress
@@ -144,13 +146,40 @@ class Route:
         allocated: floating-point tensors are decoded straight into the float32 the tail takes (no second copy).
         Integer tensors must arrive in the crossing tensor's own dtype, and token ids inside the vocabulary.
         """
+        return self.decoding(payload, limits, max_batch)[1]()
+
+    def decoding(self, payload: bytes, limits: DecodeLimits,
+                 max_batch: int) -> tuple[int, Callable[[], list[torch.Tensor]]]:
+        """``decode`` in two steps, the headers read once: roughly how much work the decode is (``decode_cost``'s
+        figure; 0 for headers that do not parse or are over ``limits``, which the call refuses at once), and the
+        call that decodes (raising what ``decode`` raises). A server reads the first to choose where to run the
+        second."""
         if self.picture is not None:
-            images = self.picture.decode(payload, self.sent_shapes[0], max_batch, limits)
-            if not 1 <= len(images) <= max_batch:
-                raise WireError(f"batch of {len(images)} is outside 1..{max_batch} for this server")
-            return [images]
+            return self.decode_cost(payload), lambda: self._pictures(payload, limits, max_batch)
         try:
-            tensors = unpack(payload, limits, max_frames=len(self.codecs), float_dtype=torch.float32)
+            unpacked = unpacking(payload, limits, max_frames=len(self.codecs), float_dtype=torch.float32)
+        except CodecError as error:
+            failure = WireError(f"payload for route {self.route_id} ({self.label}): {error}")
+            failure.__cause__ = error
+
+            def refuse() -> list[torch.Tensor]:
+                raise failure
+
+            return 0, refuse
+        cost = unpacked.cost
+        return (cost.peak_bytes + 16 * cost.converted_values + 32 * cost.ans_symbols,
+                lambda: self._checked(unpacked, max_batch))
+
+    def _pictures(self, payload: bytes, limits: DecodeLimits, max_batch: int) -> list[torch.Tensor]:
+        images = self.picture.decode(payload, self.sent_shapes[0], max_batch, limits)
+        if not 1 <= len(images) <= max_batch:
+            raise WireError(f"batch of {len(images)} is outside 1..{max_batch} for this server")
+        return [images]
+
+    def _checked(self, unpacked: Unpacking, max_batch: int) -> list[torch.Tensor]:
+        """The tensors of a payload whose headers ``unpacking`` read, decoded and checked against this route."""
+        try:
+            tensors = unpacked.decode()
         except CodecError as error:
             raise WireError(f"payload for route {self.route_id} ({self.label}): {error}") from error
         expected = self.sent_shapes

@@ -8,9 +8,11 @@ request id seen recently is answered from memory, so a client's retry never runs
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 import math
+import sys
 import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
@@ -20,6 +22,7 @@ import torch
 from torch.utils import _pytree as pytree
 
 from edgesplit.codecs import DecodeLimits, pack, parse_codec
+from edgesplit.codecs.frame import MAX_NDIM, header as frame_header
 from edgesplit.runtime.deployment import Deployment, Route
 from edgesplit.runtime.wire import REQUEST_MAGIC, Request, Response, Status, WireError
 
@@ -302,10 +305,15 @@ class Engine:
             raise WireError(f"route {route.route_id} ({route.label}) runs at width "
                             f"{route.width if route.width is not None else 'none'}, the request says "
                             f"{request.width if request.width is not None else 'none'}")
-        if _decodes_fast(route, request.payload):
-            return route.decode(request.payload, self.limits.decode, self.limits.max_rows)
-        return await asyncio.get_running_loop().run_in_executor(None, route.decode, request.payload,
-                                                                self.limits.decode, self.limits.max_rows)
+        decoding = getattr(route, "decoding", None)  # a Route reads the headers once for the cost and the decode
+        if decoding is None:
+            cost, decode = route.decode_cost(request.payload), functools.partial(
+                route.decode, request.payload, self.limits.decode, self.limits.max_rows)
+        else:
+            cost, decode = decoding(request.payload, self.limits.decode, self.limits.max_rows)
+        if cost <= _INLINE_DECODE_COST:
+            return decode()
+        return await asyncio.get_running_loop().run_in_executor(None, decode)
 
     # ---- batching ---------------------------------------------------------------------------------------------
 
@@ -485,4 +493,24 @@ def result_payload(outputs: list[torch.Tensor], top_k: int) -> bytes:
     if top_k:
         values, indices = outputs[0].float().topk(min(top_k, outputs[0].shape[-1]), dim=-1)
         outputs = [values, indices]
-    return pack([_RESULT_CODEC.encode(t.contiguous()) for t in outputs])
+    return pack([_result_frame(t) for t in outputs])
+
+
+_FRAME_HEADERS: dict[tuple[torch.dtype, tuple[int, ...]], bytes] = {}  # (dtype, shape) -> an fp32 frame's header
+_RAW_DTYPES = frozenset({torch.float32, torch.float16, torch.float64, torch.uint8, torch.int8, torch.int16,
+                         torch.int32, torch.int64, torch.bool}) if sys.byteorder == "little" else frozenset()
+
+
+def _result_frame(tensor: torch.Tensor) -> bytes:
+    """What ``_RESULT_CODEC.encode(tensor)`` writes (the fp32 codec sends a tensor as it is: its header, then its
+    bytes), with the header looked up rather than built: a pass answers each of its requests with one."""
+    if tensor.dtype not in _RAW_DTYPES or tensor.dim() > MAX_NDIM or tensor.requires_grad \
+            or tensor.device.type != "cpu":
+        return _RESULT_CODEC.encode(tensor)
+    key = (tensor.dtype, tuple(tensor.shape))
+    head = _FRAME_HEADERS.get(key)
+    if head is None:
+        head = frame_header(tensor.dtype, key[1], [])
+        if len(_FRAME_HEADERS) < 4096:
+            _FRAME_HEADERS[key] = head
+    return head + tensor.contiguous().numpy().tobytes()
