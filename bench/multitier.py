@@ -57,8 +57,24 @@ SHARES = 16384  # cpu.shares of every group here: 16× a lone task's, so that ot
 # (each weighing 1024) hardly delay a tier within its quota; the quota, not the load, sets each tier's speed
 
 
+CPUSET_ROOT = Path("/sys/fs/cgroup/cpuset")
+_pinned: dict[Path, tuple[Path, int, float]] = {}  # a capped cpu group -> its cpuset group, that CPU, its share
+
+
+def _cpus() -> list[int]:
+    return sorted(os.sched_getaffinity(0))
+
+
+def _pick_cpu(share: float) -> int:
+    """The CPU with the least capped share pinned to it so far (ties: the lowest number)."""
+    load = {cpu: 0.0 for cpu in _cpus()}
+    for _, cpu, taken in _pinned.values():
+        load[cpu] = load.get(cpu, 0.0) + taken
+    return min(load, key=lambda cpu: (load[cpu], cpu))
+
+
 @contextmanager
-def cpu_cap(name: str, factor: float, quota_us: int = QUOTA_US):
+def cpu_cap(name: str, factor: float, quota_us: int = QUOTA_US, pin: bool = True):
     """A cgroup whose processes get 1/``factor`` of one core (factor 1: no quota); removed afterwards.
 
     CFS enforces a quota per period: a capped process runs at full speed until it has used ``quota_us`` of CPU,
@@ -66,22 +82,46 @@ def cpu_cap(name: str, factor: float, quota_us: int = QUOTA_US):
     stalls for tens of ms, so the slowdown is bursty, not proportional. Here the quota is the kernel's 1 ms
     minimum and the period ``factor`` × that (8 ms for 1/8 of a core): a stage of a few ms is already slowed
     about ``factor`` times (:func:`calibrate` checks it). The group's high ``cpu.shares`` make it win the CPU
-    from other processes while it has quota left, so its speed does not follow the host's load."""
+    from other processes while it has quota left, so its speed does not follow the host's load.
+
+    A capped group is also **pinned to one CPU** (a cpuset group; ``pin``), the one with the least capped share
+    so far, so that all of a tier's threads (a relay's event loop, decoder and compute threads; the device's
+    client threads) share one run queue, as on a one-core device: unpinned, each CPU's run queue takes its own
+    slice of the group's quota and may keep up to 1 ms of it (``min_cfs_rq_runtime``), all of a 1 ms quota. Its
+    effect was not measured apart (one forward per setting, 2026-12-07: 194 ms of CPU per forward pinned against
+    239 unpinned at 1/10 of a core, 164 against 154 at 1/4)."""
     group = CGROUP_ROOT / f"es_{os.getpid()}_{name}"
     group.mkdir()
+    cpuset = None
     try:
         if factor > 1.0:  # else no quota: one thread cannot take more than its core anyway
             (group / "cpu.cfs_period_us").write_text(str(round(quota_us * factor)))
             (group / "cpu.cfs_quota_us").write_text(str(quota_us))
+            if pin and (CPUSET_ROOT / "cpuset.cpus").exists():
+                cpu = _pick_cpu(1 / factor)
+                cpuset = CPUSET_ROOT / group.name
+                cpuset.mkdir()
+                (cpuset / "cpuset.cpus").write_text(str(cpu))
+                (cpuset / "cpuset.mems").write_text((CPUSET_ROOT / "cpuset.mems").read_text().strip())
+                _pinned[group] = (cpuset, cpu, 1 / factor)
         (group / "cpu.shares").write_text(str(SHARES))
         yield group
     finally:
-        for pid in (group / "cgroup.procs").read_text().split():
-            try:
-                (CGROUP_ROOT / "cgroup.procs").write_text(pid)
-            except OSError:
-                pass
-        group.rmdir()
+        _pinned.pop(group, None)
+        for folder, root in ((group, CGROUP_ROOT), (cpuset, CPUSET_ROOT)):
+            if folder is None:
+                continue
+            for pid in (folder / "cgroup.procs").read_text().split():
+                try:
+                    (root / "cgroup.procs").write_text(pid)
+                except OSError:
+                    pass
+            folder.rmdir()
+
+
+def pinned_cpu(group: Path | None) -> int | None:
+    """The CPU a capped group is pinned to (None: not pinned)."""
+    return _pinned[group][1] if group in _pinned else None
 
 
 def cap_unavailable() -> str | None:
@@ -93,23 +133,27 @@ def cap_unavailable() -> str | None:
 
 
 def remove_stale_caps() -> list[str]:
-    """Delete the cgroups of earlier runs whose process is gone (a killed run leaves them behind)."""
+    """Delete the cgroups (cpu and cpuset) of earlier runs whose process is gone (a killed run leaves them)."""
     removed = []
-    for group in CGROUP_ROOT.glob("es_*"):
-        pid = group.name.split("_")[1]
-        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
-            for task in (group / "cgroup.procs").read_text().split():
-                try:
-                    (CGROUP_ROOT / "cgroup.procs").write_text(task)
-                except OSError:
-                    pass
-            group.rmdir()
-            removed.append(group.name)
+    for root in (CGROUP_ROOT, CPUSET_ROOT):
+        for group in root.glob("es_*"):
+            pid = group.name.split("_")[1]
+            if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+                for task in (group / "cgroup.procs").read_text().split():
+                    try:
+                        (root / "cgroup.procs").write_text(task)
+                    except OSError:
+                        pass
+                group.rmdir()
+                removed.append(f"{root.name}/{group.name}")
     return removed
 
 
 def place(process: subprocess.Popen, group: Path | None) -> None:
+    """Move ``process`` (all its threads) into ``group``, and onto its CPU where the group is pinned."""
     if group is not None:
+        if group in _pinned:
+            (_pinned[group][0] / "cgroup.procs").write_text(str(process.pid))
         (group / "cgroup.procs").write_text(str(process.pid))
 
 
@@ -137,31 +181,32 @@ def _wait_ready(url: str, token: str, process: subprocess.Popen, timeout_s: floa
 
 def serve_chain(links, plan_path: Path, last_tier: int, token_file: Path, caps: list[Path | None],
                 port: int = 8700) -> tuple[str, list[subprocess.Popen]]:
-    """Start tiers ``last_tier`` … 1 of a chain plan in their namespaces; the URL of tier 1. Each server starts
-    uncapped (importing torch and loading the model at 1/8 of a core took about a minute) and joins its tier's
-    cgroup once it answers /readyz, before any timed request."""
+    """Start tiers ``last_tier`` … 1 of a chain plan in their namespaces; the URL of tier 1. The servers start
+    all at once (each one's import of torch and load of the model took up to a minute on this busy host, one
+    after another most of a partition's time), uncapped (at 1/8 of a core the import took about a minute), and
+    each joins its tier's cgroup once it answers /readyz (the last tier first: a relay is ready when its next hop
+    is), before any timed request."""
     exe = shutil.which("edgesplit") or str(Path(sys.executable).parent / "edgesplit")
     token = token_file.read_text().strip()
     processes: list[subprocess.Popen] = []
-    next_url = None
+    urls = {tier: f"http://{links.address(tier)}:{port}" for tier in range(1, last_tier + 1)}
     for tier in range(last_tier, 0, -1):
-        address = links.address(tier)
-        args = [exe, "serve", str(plan_path), "--tier", str(tier), "--host", address, "--port", str(port),
-                "--token-file", str(token_file), "--log-level", "warning", "--max-batch", "1"]
-        if next_url is not None:
-            args += ["--next", next_url, "--next-token-file", str(token_file), "--next-timeout", "60"]
+        args = [exe, "serve", str(plan_path), "--tier", str(tier), "--host", links.address(tier), "--port",
+                str(port), "--token-file", str(token_file), "--log-level", "warning", "--max-batch", "1"]
+        if tier < last_tier:
+            args += ["--next", urls[tier + 1], "--next-token-file", str(token_file), "--next-timeout", "60"]
         log = open(plan_path.with_suffix(f".tier{tier}.log"), "w")  # noqa: SIM115 - the process writes it
-        process = links.popen(tier, args, env=_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        processes.append(process)
-        next_url = f"http://{address}:{port}"
+        processes.append(links.popen(tier, args, env=_env(), stdout=log, stderr=subprocess.STDOUT,
+                                     start_new_session=True))
+    for tier, process in zip(range(last_tier, 0, -1), processes):
         try:
-            _wait_ready(next_url, token, process)
+            _wait_ready(urls[tier], token, process, timeout_s=240.0)
         except RuntimeError as error:
             stop(processes)
             tail = plan_path.with_suffix(f".tier{tier}.log").read_text()[-1500:]
             raise RuntimeError(f"{error}; tier {tier} said:\n{tail}") from error
         place(process, caps[tier])
-    return next_url, processes  # type: ignore[return-value]
+    return urls[1], processes
 
 
 def stop(processes: list[subprocess.Popen]) -> None:
@@ -320,7 +365,8 @@ def worker_main() -> None:
                 encode_ms = timed(lambda: head.encode(head.device_side(x)), command["requests"], 0)
             return {"ms": times, "server_ms": server_ms[2:], "head_ms": head_ms, "head_encode_ms": encode_ms}
         if op == "throughput":
-            return throughput(plan, command["url"], token, x, command["concurrency"], command["seconds"])
+            return throughput(plan, command["url"], token, x, command["concurrency"], command["seconds"],
+                              command.get("pids", []), command.get("groups", []), command.get("warm_s", 0.0))
         raise ValueError(f"unknown op {op!r}")
 
     print(REPLY + json.dumps({"ready": True}), flush=True)
@@ -334,10 +380,31 @@ def worker_main() -> None:
         client.close()
 
 
-def throughput(plan, url: str, token: str, x, concurrency: int, seconds: float) -> dict:
+def cpu_ms(pid: int | str) -> float:
+    """CPU time (user + system, all threads, ms) that process ``pid`` ("self": this one) has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) * 1e3 / os.sysconf("SC_CLK_TCK")
+
+
+def throttling(group: str) -> dict[str, int]:
+    """A cgroup v1 cpu group's counters: periods, periods throttled, ns throttled."""
+    return {k: int(v) for k, v in (line.split() for line in Path(group, "cpu.stat").read_text().splitlines())
+            if k in ("nr_periods", "nr_throttled", "throttled_time")}
+
+
+def throughput(plan, url: str, token: str, x, concurrency: int, seconds: float, pids: list | None = None,
+               groups: list | None = None, warm_s: float = 0.0) -> dict:
+    """Requests answered per second by ``concurrency`` clients with one request in flight each: the clients run
+    for ``warm_s`` + ``seconds``, and the answers that arrive in the last ``seconds`` are counted (the pipeline
+    is full by then; the whole run's completed / elapsed, which counts its filling and draining, is kept
+    beside it); with ``pids``
+    (tier 0 being "self") the CPU each tier's process used per request over exactly that window (from the moment
+    the clients start, none in flight, to the moment the last one's final request is answered), and with
+    ``groups`` (their cgroups) how often each was throttled."""
     from edgesplit.runtime.chain_client import ChainClient
 
     done, stop_at, errors, clients = [0] * concurrency, [0.0], [], []
+    finished: list[float] = []  # when each request was answered (list.append is atomic)
     for _ in range(concurrency):
         client = ChainClient(plan, url, token, timeout_s=120, fallback=False)
         client.infer(x)  # connects and warms up
@@ -348,6 +415,7 @@ def throughput(plan, url: str, token: str, x, concurrency: int, seconds: float) 
             barrier.wait()
             while time.perf_counter() < stop_at[0]:
                 clients[index].infer(x)
+                finished.append(time.perf_counter())
                 done[index] += 1
         except Exception as error:  # noqa: BLE001 - reported in the result
             errors.append(repr(error))
@@ -356,27 +424,45 @@ def throughput(plan, url: str, token: str, x, concurrency: int, seconds: float) 
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(concurrency)]
     for thread in threads:
         thread.start()
+    pids, groups = pids or [], groups or []
+    cpu_before = [cpu_ms(pid) for pid in pids]
+    throttled_before = [throttling(g) for g in groups]
     start = time.perf_counter()
-    stop_at[0] = start + seconds
+    stop_at[0] = start + warm_s + seconds
     barrier.wait()
     for thread in threads:
         thread.join()
     elapsed = time.perf_counter() - start
+    cpu = [cpu_ms(pid) - before for pid, before in zip(pids, cpu_before)]
+    throttled = [{k: v - before[k] for k, v in throttling(g).items()} for g, before in zip(groups, throttled_before)]
     for client in clients:
         client.close()
-    return {"completed": sum(done), "seconds": elapsed, "throughput": sum(done) / elapsed, "errors": errors}
+    completed = sum(done)
+    window = start + warm_s
+    steady = [t for t in finished if window < t <= stop_at[0]]
+    return {"completed": completed, "seconds": elapsed, "throughput": len(steady) / seconds,
+            "throughput_whole_run": completed / elapsed, "steady_seconds": seconds, "steady_completed": len(steady),
+            "errors": errors,
+            "cpu_ms_per_request": [c / max(completed, 1) for c in cpu],
+            "cpu_share": [c / (elapsed * 1e3) for c in cpu], "throttled": throttled}
 
 
 def calibrate(ref: dict, caps: dict[str, tuple[float, Path | None]], folder: Path, runs: int) -> dict[str, dict]:
     """Each cap's real slowdown: whole forwards of the model in a worker inside the cap, against a worker with no
-    cap; printed beside the nominal factor. The planner is given ``host profile / measured factor``."""
+    cap; printed beside the nominal factor. The caps are timed all at once (each pinned to its CPU), as the tiers
+    run in the pipeline: a capped forward's CPU time depends on what else runs on its CPU between its slices."""
     shape = [1, 3, 224, 224]
     with cpu_cap("free", 1.0) as one_core, Worker(one_core, folder / "calibrate-free.log") as free:
         base = statistics.median(free(op="forward", ref=ref, shape=shape, runs=runs)["ms"])
     out = {}
+    with ExitStack() as stack:  # every cap at once, as they run in the pipeline (each on its pinned CPU)
+        workers = {name: stack.enter_context(Worker(cap, folder / f"calibrate-{name}.log"))
+                   for name, (_, cap) in caps.items()}
+        for worker in workers.values():
+            worker.send(op="forward", ref=ref, shape=shape, runs=max(3, runs // 2))
+        replies = {name: worker.reply()["ms"] for name, worker in workers.items()}
     for name, (factor, cap) in caps.items():
-        with Worker(cap, folder / f"calibrate-{name}.log") as capped:
-            times = capped(op="forward", ref=ref, shape=shape, runs=max(3, runs // 2))["ms"]
+        times = replies[name]
         measured = statistics.median(times) / base
         out[name] = {"nominal": factor, "measured": measured, "forward_ms": statistics.median(times),
                      "spread_ms": [min(times), max(times)]}
@@ -572,6 +658,63 @@ def nearest_cuts(workload, targets: list[float]) -> list[int]:
     return chosen
 
 
+def message_costs(links, folder: Path, token_file: Path, concurrency: int, seconds: float = 4.0) -> dict:
+    """The serving stack's CPU per message on this host, apart from any model's compute: (sender, receiver) ms.
+
+    A tiny model (resnet8 at 32×32, stages of well under a millisecond) is served as a three-tier chain in the
+    first namespaces (uncapped: this host's figures, which the planner scales to each machine), requests are sent
+    with ``concurrency`` in flight as in (b), and each process's CPU per request is read over the run: the last
+    tier's, less its stage, is what a **receiver** spends on a message (parse, check, decode, answer); the
+    relay's, less its stage and the receiver's share, what a **sender** spends (post the request, read its answer,
+    pass it back); the device's, less stage 0, is printed beside it (its client is synchronous httpx, the
+    relay's asynchronous)."""
+    import torch
+
+    from edgesplit.model.graph import trace
+    from edgesplit.model.intake import ModelRef, save_weights
+    from edgesplit.model.zoo import resnet8
+    from edgesplit.plan.chain import plan_chain
+
+    torch.manual_seed(0)
+    module = resnet8().eval()
+    weights = folder / "message-resnet8.safetensors"
+    save_weights(module, weights, ModelRef("resnet8"), (1, 3, 32, 32))
+    traced = trace(module, torch.rand(1, 3, 32, 32))
+    plan = plan_chain(traced, "host > ethernet > host > ethernet > host", objective="throughput", name="resnet8",
+                      progress=False, model_ref={"name": "resnet8", "kwargs": {}, "weights": str(weights)})
+    entry = next(e for e in [plan.chosen, *plan.baselines] if e.last_tier == 2)
+    path = with_chosen(plan, entry, folder / "message-chain.json")
+    processes = []
+    try:
+        url, processes = serve_chain(links, path, 2, token_file, [None] * links.tiers, port=8790)
+        with Worker(None, folder / "message-device.log") as device:
+            stage = []
+            for tier in range(3):  # each tier's stage alone, on this host, as the servers run it
+                device(op="load_stages", plans=[str(path)], tier=tier)
+                stage.append(statistics.median(device(op="stage", plan=str(path), seconds=0.5)["ms"]))
+            pids = ["self", *[process.pid for process in reversed(processes)]]
+            before, began = [cpu_ms(pid if pid != "self" else device.process.pid) for pid in pids], time.perf_counter()
+            time.sleep(2.0)  # idle: what the processes use with no request (timers, polling), per second
+            idle = [(cpu_ms(pid if pid != "self" else device.process.pid) - b) / (time.perf_counter() - began) / 1e3
+                    for pid, b in zip(pids, before)]
+            measured = device(op="throughput", plan=str(path), url=url, concurrency=concurrency, seconds=seconds,
+                              token_file=str(token_file), pids=pids)
+    finally:
+        stop(processes)
+    cpu = measured["cpu_ms_per_request"]
+    receive = max(cpu[2] - stage[2], 0.0)
+    send = max(cpu[1] - stage[1] - receive, 0.0)
+    found = {"send_ms": round(send, 3), "receive_ms": round(receive, 3),
+             "device_send_ms": round(max(cpu[0] - stage[0], 0.0), 3), "cpu_ms_per_request": [round(c, 3) for c in cpu],
+             "stage_ms": [round(x, 3) for x in stage], "requests": measured["completed"],
+             "throughput": round(measured["throughput"], 1), "idle_share": [round(x, 4) for x in idle]}
+    print(f"serving stack per message on this host: sender {send:.2f} ms, receiver {receive:.2f} ms of CPU (device's "
+          f"client {found['device_send_ms']:.2f} ms; CPU per request per tier {found['cpu_ms_per_request']}, stages "
+          f"{found['stage_ms']} ms, {measured['completed']} requests at {measured['throughput']:.0f}/s; idle, share "
+          f"of a core per tier {found['idle_share']})", flush=True)
+    return found
+
+
 def stage_times(entries: dict, paths: dict[str, Path], caps: list[Path | None], folder: Path,
                 seconds: float) -> dict[str, dict]:
     """Each partition's stages timed in their caps, with no HTTP between them: each stage alone (the other tiers
@@ -637,12 +780,18 @@ def bench_pipeline(model_name: str, traced, profile: Path, ref: dict, args, fold
         topology_file.write_text(yaml.safe_dump({"chain": chain, "memory": [f"{m:g}GB" for m in memories],
                                                  "hop_ms": args.hop_ms}))
         topology = load_topology(topology_file)
-        plan = plan_chain(traced, topology, objective="throughput", name=model_name, progress=False, model_ref=ref)
+        message = {"send_ms": 0.0, "receive_ms": 0.0}
+        if args.message_cost:
+            message = message_costs(links, folder, token_file, args.concurrency)
+        message_ms = (message["send_ms"], message["receive_ms"])
+        plan = plan_chain(traced, topology, objective="throughput", name=model_name, progress=False, model_ref=ref,
+                          message_ms=message_ms)
         workload = workload_of(traced, model_name)
         resolved = [resolve_machine(m, workload, lambda: None, memory_bandwidth_gb_s) for m in machines]
         model = ChainModel(workload, resolved, [parse_link(link)] * (k - 1), PlanCodec(parse_codec("fp32")),
                            memory_bandwidth_gb_s(), hop_ms=plan.hop_ms, memory_limits=list(topology.memory_bytes),
-                           message_ms_per_byte=message_host_ms_per_byte())  # what plan_chain used (cached)
+                           message_ms_per_byte=message_host_ms_per_byte(),  # what plan_chain used (cached)
+                           message_ms=message_ms)
         names = workload.node_names
         even = nearest_cuts(workload, [len(names) * t / k for t in range(1, k)])
         weights = [sum(n.params.values()) for n in workload.nodes]
@@ -669,14 +818,18 @@ def bench_pipeline(model_name: str, traced, profile: Path, ref: dict, args, fold
         device = stack.enter_context(Worker(caps[0], folder / "pipeline-device.log"))
         rows = []
         for index, (label, entry) in enumerate(entries.items()):
+            if args.partitions and index not in args.partitions:
+                continue
             path = paths[label]
             processes = []
             try:
                 url, processes = serve_chain(links, path, entry.last_tier, token_file, caps, port=8800 + index)
                 single = statistics.median(device(op="latency", plan=str(path), url=url, requests=3,
                                                   token_file=str(token_file))["ms"])
+                pids = ["self", *[process.pid for process in reversed(processes)]]  # tiers 0, 1, … last
                 measured = device(op="throughput", plan=str(path), url=url, concurrency=args.concurrency,
-                                  seconds=args.seconds, token_file=str(token_file))
+                                  seconds=args.seconds, token_file=str(token_file), pids=pids,
+                                  groups=[str(cap) for cap in caps[:entry.last_tier + 1]], warm_s=args.warm_seconds)
             finally:
                 stop(processes)
             rows.append({"model": model_name, "placement": label, "factors": factors,
@@ -685,16 +838,28 @@ def bench_pipeline(model_name: str, traced, profile: Path, ref: dict, args, fold
                          "compute_ms_per_tier": [round(s.compute_ms, 1) for s in entry.stages],
                          "bytes_per_link": [h.payload_bytes for h in entry.hops], "bottleneck": entry.bottleneck,
                          "predicted_fps": entry.throughput_fps, "measured_fps": measured["throughput"],
+                         "measured_fps_whole_run": measured["throughput_whole_run"],
+                         "steady_seconds": measured["steady_seconds"], "steady_completed": measured["steady_completed"],
                          "predicted_latency_ms": entry.latency_ms, "measured_latency_ms": single,
                          "completed": measured["completed"], "errors": measured["errors"],
                          "caps_cores": round(sum(1 / f for f in factors), 3),
                          "message_host_ms_per_mb": [round(x * 1e6, 3) for x in message_host_ms_per_byte()],
+                         "message_host_ms": message,
+                         "planned_busy_ms": [round(s.compute_ms + s.encode_ms + s.decode_ms, 1) for s in entry.stages],
+                         "pinned_cpus": [pinned_cpu(cap) for cap in caps],
+                         "cpu_ms_per_request": [round(x, 2) for x in measured["cpu_ms_per_request"]],
+                         "cpu_share": [round(x, 4) for x in measured["cpu_share"]],
+                         "throttled": measured["throttled"],
                          **stages.get(label, {})})
             print(f"{model_name} pipeline {label}: nodes {[s.nodes for s in entry.stages]}, compute/tier "
                   f"{[round(s.compute_ms, 1) for s in entry.stages]} ms, predicted {entry.throughput_fps:.2f}/s, "
-                  f"measured {measured['throughput']:.2f}/s ({measured['completed']} in {measured['seconds']:.1f} s, "
+                  f"measured {measured['throughput']:.2f}/s ({measured['steady_completed']} answers in the last "
+                  f"{measured['steady_seconds']:g} s; whole run {measured['throughput_whole_run']:.2f}/s, "
+                  f"{measured['completed']} in {measured['seconds']:.1f} s, "
                   f"{len(measured['errors'])} errors); one request alone {single:.0f} ms (predicted "
-                  f"{entry.latency_ms:.0f})", flush=True)
+                  f"{entry.latency_ms:.0f}); CPU per request per tier "
+                  f"{[round(x, 1) for x in measured['cpu_ms_per_request']]} ms, share of a core "
+                  f"{[round(x, 3) for x in measured['cpu_share']]}", flush=True)
             json_out(rows)
     return rows, calibration
 
@@ -724,13 +889,19 @@ def main() -> None:
                         help="per device (1/F of a core each; the shares should sum to well under the 2 cores)")
     parser.add_argument("--pipeline-memory", type=floats, default=[8.0, 4.0, 4.0, 4.0], help="GB, per device")
     parser.add_argument("--pipeline-mbps", type=float, default=200.0)
-    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--no-message-cost", dest="message_cost", action="store_false",
+                        help="(b): do not measure the serving stack's CPU per message (the planner then takes 0)")
+    parser.add_argument("--concurrency", type=int, default=8, help="(b): requests in flight")
+    parser.add_argument("--warm-seconds", type=float, default=8.0,
+                        help="(b): requests flow this long before the --seconds whose answers are counted")
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--profile-runs", type=int, default=5)
     parser.add_argument("--calibrate-runs", type=int, default=10)
     parser.add_argument("--skip-over", type=float, default=3.0,
                         help="placements predicted this many times slower than the choice are not measured")
     parser.add_argument("--skip", default="", help="comma list of parts to skip: chain, pipeline")
+    parser.add_argument("--partitions", type=lambda t: [int(x) for x in t.split(",") if x], default=[],
+                        help="(b): measure only these partitions (0 planned, 1 even, 2 memory-proportional)")
     parser.add_argument("--json", type=Path, default=RESULTS / "multitier.json")
     args = parser.parse_args()
     from linkemu import link_emulation_unavailable, remove_stale_links

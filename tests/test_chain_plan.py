@@ -15,7 +15,7 @@ from edgesplit.compress.payload import PlanCodec
 from edgesplit.errors import EdgesplitError
 from edgesplit.model.graph import max_abs_diff, trace
 from edgesplit.model.zoo import resnet8
-from edgesplit.plan.chain import ChainModel, Placement, plan_chain, plan_chain_workload
+from edgesplit.plan.chain import ChainModel, Placement, message_host_ms_per_byte, plan_chain, plan_chain_workload
 from edgesplit.plan.costs import parse_objective
 from edgesplit.plan.hardware import HardwareError, PRESETS, parse_link
 from edgesplit.plan.leakage import CutLeakage, LeakageTable
@@ -35,14 +35,17 @@ def traced():
 
 
 MESSAGE = (2e-5, 1e-5)  # ms per byte on the host, sender and receiver: 20 and 10 ms per MB, enough to move plans
+FIXED = (0.3, 0.2)  # host CPU ms per message, sender and receiver, whatever its size
+NO_MESSAGE = ((0.0, 0.0), (0.0, 0.0))
+MESSAGES = [NO_MESSAGE, (MESSAGE, (0.0, 0.0)), (MESSAGE, FIXED)]  # (per byte, per message)
 
 
-def chain_model(workload, topology: str, codec: str = "fp32", message: tuple[float, float] = (0.0, 0.0),  # noqa: ANN001
-                ) -> ChainModel:
+def chain_model(workload, topology: str, codec: str = "fp32",  # noqa: ANN001
+                message: tuple[tuple[float, float], tuple[float, float]] = NO_MESSAGE) -> ChainModel:
     chain = parse_topology(topology)
     machines = [preset_machine(PRESETS[m], workload) for m in chain.machines]
     return ChainModel(workload, machines, [parse_link(l) for l in chain.links], PlanCodec(parse_codec(codec)), 10.0,
-                      hop_ms=chain.hop_ms, message_ms_per_byte=message)
+                      hop_ms=chain.hop_ms, message_ms_per_byte=message[0], message_ms=message[1])
 
 
 def plan_of(model: ChainModel, topology: str, objective: str = "latency", constraints: Constraints | None = None):  # noqa: ANN201
@@ -65,12 +68,12 @@ def monotone_assignments(model: ChainModel):  # noqa: ANN201
                                       "mcu > 3g > rpi4 > lte > edge-gpu",
                                       "rpi4 > ethernet > rpi4 > ethernet > rpi4"])
 @pytest.mark.parametrize("objective", ["latency", "energy"])
-@pytest.mark.parametrize("message", [(0.0, 0.0), MESSAGE])
+@pytest.mark.parametrize("message", MESSAGES)
 def test_the_chosen_placement_is_the_best_of_every_monotone_assignment(topology: str, objective: str,
-                                                                       message: tuple[float, float]) -> None:
+                                                                       message: tuple) -> None:
     """Brute force over all 3^7 assignments of a 7-node residual workload, each costed by the same evaluation the
     report uses (not by the min-cut's sums): the planner's choice is never beaten, and its min-cut is exact; with
-    and without the per-message work of each byte sent and received."""
+    and without the per-message work of each byte sent and received, and of each message."""
     model = chain_model(synthetic_workload(7, block_size=2), topology, message=message)
     model.memory_limits = [None] * model.tiers
     goal = parse_objective(objective)
@@ -84,8 +87,8 @@ def test_the_chosen_placement_is_the_best_of_every_monotone_assignment(topology:
     assert all(report.chosen.objective <= entry.objective + 1e-9 for entry in report.baselines if entry.feasible)
 
 
-@pytest.mark.parametrize("message", [(0.0, 0.0), MESSAGE])
-def test_throughput_is_the_best_contiguous_pipeline(message: tuple[float, float]) -> None:
+@pytest.mark.parametrize("message", MESSAGES)
+def test_throughput_is_the_best_contiguous_pipeline(message: tuple) -> None:
     topology = "rpi4 > ethernet > rpi4 > ethernet > rpi4"
     model = chain_model(synthetic_workload(9, block_size=3), topology, message=message)
     goal = parse_objective("throughput")
@@ -101,7 +104,7 @@ def test_throughput_is_the_best_contiguous_pipeline(message: tuple[float, float]
     # three equal machines on fast links: the slowest stage is about a third of the whole model's time (less
     # gained when every byte a stage sends and receives costs it time)
     gain = report.chosen.throughput_fps / report.entry("all on the device").throughput_fps
-    assert gain > (2 if message == (0.0, 0.0) else 1.5)
+    assert gain > (2 if message == NO_MESSAGE else 1.5)
 
 
 def test_each_byte_sent_and_received_costs_its_tier() -> None:
@@ -112,7 +115,7 @@ def test_each_byte_sent_and_received_costs_its_tier() -> None:
     bytes over fewer hops."""
     topology = "rpi4 > ethernet > rpi4 > ethernet > rpi4"
     workload = synthetic_workload(7, block_size=2)
-    plain, priced = chain_model(workload, topology), chain_model(workload, topology, message=MESSAGE)
+    plain, priced = chain_model(workload, topology), chain_model(workload, topology, message=(MESSAGE, (0.0, 0.0)))
     goal = parse_objective("throughput")
     checked = 0
     for tier_of in monotone_assignments(plain):
@@ -273,3 +276,56 @@ def test_bad_chain_targets_in_a_run_config(target: str, fragment: str, tmp_path)
     (tmp_path / "run.yaml").write_text(f"model: small_cnn\nuntrained: true\ntargets:\n  - {target}\n")
     assert_user_error(edgesplit_in_process("run", str(tmp_path / "run.yaml"), "--out", str(tmp_path / "out")),
                       fragment)
+
+
+def test_each_message_costs_its_tiers_a_fixed_cpu_time() -> None:
+    """The serving stack's fixed work per message (HTTP, the event loop, thread hand-offs), priced apart from the
+    model's code: on every monotone assignment, every hop used adds the sender's share (scaled to its machine as
+    codec times are) to its encode time and the receiver's to its decode time, whatever the payload, so a middle
+    tier pays both; latency grows by their sum and the slowest stage is still the largest busy time. Made large
+    against the stages, it moves the throughput plan onto fewer tiers."""
+    topology = "rpi4 > ethernet > rpi4 > ethernet > rpi4"
+    workload = synthetic_workload(7, block_size=2)
+    plain, priced = chain_model(workload, topology), chain_model(workload, topology, message=((0.0, 0.0), FIXED))
+    goal = parse_objective("throughput")
+    checked = 0
+    for tier_of in monotone_assignments(plain):
+        placement = Placement("x", "brute force", tier_of, max(tier_of.values()))
+        before, after = plain.breakdown(placement), priced.breakdown(placement)
+        extra_encode = np.zeros(placement.last_tier + 1)
+        extra_decode = np.zeros(placement.last_tier + 1)
+        for l in range(placement.last_tier):
+            extra_encode[l] = FIXED[0] * 10.0 / priced.machines[l].memory_gb_s
+            extra_decode[l + 1] = FIXED[1] * 10.0 / priced.machines[l + 1].memory_gb_s
+        assert after.encode_ms == pytest.approx(before.encode_ms + extra_encode, rel=1e-9, abs=1e-12)
+        assert after.decode_ms == pytest.approx(before.decode_ms + extra_decode, rel=1e-9, abs=1e-12)
+        if placement.last_tier == 2:  # the middle tier pays for the message it receives and the one it sends
+            assert after.encode_ms[1] + after.decode_ms[1] - before.encode_ms[1] - before.decode_ms[1] == \
+                pytest.approx((FIXED[0] + FIXED[1]) * 10.0 / priced.machines[1].memory_gb_s)
+        latency, fps, _, _, value = priced.costs(after, goal)
+        assert latency == pytest.approx(plain.costs(before, goal)[0] + extra_encode.sum() + extra_decode.sum(),
+                                        rel=1e-9)
+        busy = after.compute_ms + after.decode_ms + after.encode_ms
+        airtime = [max(priced.links[l].uplink_ms(b), priced.links[l].downlink_ms(after.result_bytes))
+                   for l, b in enumerate(after.payload_bytes)]
+        assert value == pytest.approx(max([*busy, *airtime]), rel=1e-9) and fps == pytest.approx(1e3 / value)
+        checked += 1
+    assert checked >= 30
+    whole = float(plain.node_ms[0].sum())  # the whole model on one rpi4
+    free = plan_of(plain, topology, "throughput").chosen
+    heavy = chain_model(workload, topology, message=((0.0, 0.0), (whole * 0.4, whole * 0.4)))
+    scale = 10.0 / heavy.machines[0].memory_gb_s
+    heavy = chain_model(workload, topology, message=((0.0, 0.0), (whole * 0.4 / scale, whole * 0.4 / scale)))
+    paid = plan_of(heavy, topology, "throughput").chosen
+    assert free.last_tier == 2 and paid.last_tier < free.last_tier  # a middle tier would pay 0.8 of the model
+
+
+def test_timing_the_message_work_has_a_deadline() -> None:
+    """Every wait of the host's per-byte measurement (the reader thread, the socket, the join) is bounded: past its
+    deadline it is a one-line error, not a hang; within it, two non-negative slopes."""
+    with pytest.raises(EdgesplitError, match="took over") as error:
+        message_host_ms_per_byte(1, 1e-6)
+    assert "\n" not in str(error.value)
+    send, receive = message_host_ms_per_byte(1, 30.0)
+    assert 0.0 <= send < 1e-3 and 0.0 <= receive < 1e-3  # under a second per MB: a socket pair on this host
+

@@ -12,7 +12,8 @@ from edgesplit.codecs import Codec, CodecError, decode, parse_codec
 from edgesplit.compress.pictures import round_trip_pictures
 from edgesplit.model.graph import TensorSpec
 
-__all__ = ["InputFormat", "PlanCodec", "ReportedCodec", "measure_codec", "measure_input_formats", "node_outputs", "parse_codecs"]
+__all__ = ["InputFormat", "PlanCodec", "ReportedCodec", "fit_fixed_per_byte", "measure_codec", "measure_input_formats",
+           "node_outputs", "parse_codecs"]
 
 
 class PlanCodec:
@@ -121,11 +122,13 @@ def measure_codec(codec: Codec, traced, inputs: torch.Tensor, values: list[str])
             continue  # e.g. NaN or inf in this value: the plan costs it as sent uncompressed
         if not codec.fixed_rate:
             sizes[name] = float(np.mean(payloads))
-    return PlanCodec(codec, sizes, _fit(samples, 1), _fit(samples, 2))
+    return PlanCodec(codec, sizes, fit_fixed_per_byte(samples, 1), fit_fixed_per_byte(samples, 2))
 
 
-def _fit(samples: list[tuple[int, float, float]], column: int) -> tuple[float, float]:
-    """Least-squares ms = fixed + per_byte × bytes, both kept non-negative."""
+def fit_fixed_per_byte(samples: list[tuple[int, float, float]], column: int) -> tuple[float, float]:
+    """Least-squares ms = fixed + per_byte × bytes over ``samples`` (bytes, then times in ms; ``column`` picks the
+    time), both kept non-negative: (fixed ms, ms per byte). Codec timings and the chain planner's per-message work
+    are fitted with it."""
     if not samples:
         return (0.0, 0.0)
     nbytes = np.array([s[0] for s in samples], dtype=float)

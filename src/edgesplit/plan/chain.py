@@ -10,6 +10,9 @@ Costs of one inference on the chain ``M0 > L0 > M1 > … > MK`` when the farthes
 Encode and decode include, besides the codec, the per-byte work of every message (framing, the socket) on the
 sender and the receiver, measured on this host (:func:`message_host_ms_per_byte`) and scaled to each machine
 as codec times are: a slow relay that receives and sends megabytes per request pays for them in its busy time.
+They also include the serving stack's fixed CPU per message (``message_ms``: HTTP, the event loop, thread
+hand-offs; sender and receiver), once per hop used, scaled likewise: a middle tier pays for the message it
+receives and the one it sends on, whatever their size, in its busy time and in the latency.
 
 For each J, latency and energy are sums over nodes and tensors, so the exact placement over all monotone
 assignments of the DAG is one layered min-cut (:func:`edgesplit.plan.tiers.min_cost_tiers`); the chosen plan is the
@@ -71,16 +74,21 @@ class Breakdown:
     result_bytes: int
 
 
+_MESSAGE_TIMING_S = 10.0  # the whole measurement's deadline (it takes about 50 ms on an idle host)
+
+
 @functools.cache
-def message_host_ms_per_byte(repeats: int = 5) -> tuple[float, float]:
+def message_host_ms_per_byte(repeats: int = 5, deadline_s: float = _MESSAGE_TIMING_S) -> tuple[float, float]:
     """This host's ms per payload byte of handling a message on a hop, beyond the codec: (sender, receiver).
 
     What a tier does with every byte it sends or receives, whatever it computes: the sender frames the tensor as
     it is sent (the fp32 frame: header and a copy) and writes it to a socket; the receiver reads it from the
     socket and decodes the frame. Timed here on tensors of 0.25–4 MB through a local socket pair and fitted as
-    fixed + per byte over the quickest of each size's repeats (the fixed part is ``hop_ms``'s);
+    fixed + per byte over the quickest of each size's repeats (the fixed part is ``message_ms``'s, measured with
+    the serving stack);
     :class:`ChainModel` scales the slopes to each machine as it scales codec times (:meth:`CostModel.on_machine`).
     Measured once per process (about 50 ms), so chain plans depend on this host's figures as on its profile.
+    Every wait has a deadline: past ``deadline_s`` in all it raises EdgesplitError (a host too busy to measure).
     """
     import socket
     import threading
@@ -88,10 +96,19 @@ def message_host_ms_per_byte(repeats: int = 5) -> tuple[float, float]:
     import torch
 
     from edgesplit.codecs import decode, parse_codec
-    from edgesplit.compress.payload import _fit
+    from edgesplit.compress.payload import fit_fixed_per_byte
 
     codec = parse_codec("fp32")
     samples = []
+    until = time.monotonic() + deadline_s
+
+    def left() -> float:
+        remaining = until - time.monotonic()
+        if remaining <= 0:
+            raise EdgesplitError(f"timing this host's message handling took over {deadline_s:g} s (a busy host?); "
+                                 "plan again when it is quieter")
+        return remaining
+
     sender, receiver = socket.socketpair()
     try:
         for size in (1 << 18, 1 << 20, 1 << 22):
@@ -100,21 +117,38 @@ def message_host_ms_per_byte(repeats: int = 5) -> tuple[float, float]:
             timed: list[tuple[float, float]] = []
             for attempt in range(repeats + 1):  # the first of each size warms up (allocations, the thread)
                 got: list[bytes] = []
+                failed: list[BaseException] = []
 
                 def read(count: int) -> None:
                     buffer, done = bytearray(count), 0
                     view = memoryview(buffer)
-                    while done < count:
-                        done += receiver.recv_into(view[done:], count - done)
+                    try:
+                        while done < count:
+                            receiver.settimeout(max(until - time.monotonic(), 1e-3))
+                            received = receiver.recv_into(view[done:], count - done)
+                            if not received:
+                                raise ConnectionError("the socket pair closed")
+                            done += received
+                    except (OSError, ConnectionError) as error:  # socket.timeout is an OSError
+                        failed.append(error)
+                        return
                     got.append(bytes(buffer))
 
                 start = time.perf_counter()
                 payload = framer.encode(x)
-                reader = threading.Thread(target=read, args=(len(payload),))
+                reader = threading.Thread(target=read, args=(len(payload),), daemon=True)
                 reader.start()
-                sender.sendall(payload)
+                sender.settimeout(left())
+                try:
+                    sender.sendall(payload)
+                except OSError:
+                    left()  # a timeout past the deadline says so; anything else is the reader's failure below
                 sent = time.perf_counter()
-                reader.join()
+                reader.join(left())
+                if reader.is_alive() or failed or not got:
+                    left()
+                    raise EdgesplitError(f"timing this host's message handling failed: "
+                                         f"{failed[0] if failed else 'the reader did not finish'}")
                 decode(got[0])
                 done = time.perf_counter()
                 if attempt:  # the receiver's share: the read that outlasts the send, and the decode
@@ -124,7 +158,7 @@ def message_host_ms_per_byte(repeats: int = 5) -> tuple[float, float]:
     finally:
         sender.close()
         receiver.close()
-    return _fit(samples, 1)[1], _fit(samples, 2)[1]
+    return fit_fixed_per_byte(samples, 1)[1], fit_fixed_per_byte(samples, 2)[1]
 
 
 class ChainModel:
@@ -136,12 +170,19 @@ class ChainModel:
 
     def __init__(self, workload: Workload, machines: list[Machine], links: list[Link], codec: PlanCodec,
                  host_gb_s: float, *, hop_ms: float, memory_limits: list[int | None] | None = None,
-                 message_ms_per_byte: tuple[float, float] = (0.0, 0.0)) -> None:
+                 message_ms_per_byte: tuple[float, float] = (0.0, 0.0),
+                 message_ms: tuple[float, float] = (0.0, 0.0)) -> None:
         """``message_ms_per_byte``: this host's ms per payload byte that the sender and the receiver of a hop
         spend on the message beyond the codec (framing, the socket; :func:`message_host_ms_per_byte` measures it),
-        added to each tier's encode and decode time, scaled to that machine."""
+        added to each tier's encode and decode time, scaled to that machine. ``message_ms``: this host's CPU ms
+        per message, whatever its size, that the sender (posting the request and reading its answer) and the
+        receiver (parsing it, checking it, answering) of a hop spend in the serving stack (HTTP, the event loop,
+        thread hand-offs): added once per hop used to the sender's encode and the receiver's decode time, scaled to
+        that machine, so it counts in each tier's busy time (the pipeline's slowest stage) as well as in the
+        latency. ``hop_ms`` stays a wait (latency only, not scaled)."""
         self.workload, self.machines, self.links, self.codec, self.hop_ms = workload, machines, links, codec, hop_ms
         self.message_ms_per_byte = message_ms_per_byte
+        self.message_ms = message_ms
         self.tiers = len(machines)
         self.memory_limits = [limit if limit is not None else machine.memory_bytes
                               for limit, machine in zip(memory_limits or [None] * self.tiers, machines)]
@@ -169,6 +210,9 @@ class ChainModel:
             for l, hop in enumerate(hops):
                 self.encode[l] = self.encode[l] + hop.on_machine(payload * send_ms, hop.device)
                 self.decode[l] = self.decode[l] + hop.on_machine(payload * receive_ms, hop.server)
+        # per hop: the fixed CPU of one message on the sender (tier l) and on the receiver (tier l + 1)
+        self.send_fixed = np.array([hop.on_machine(message_ms[0], hop.device) for hop in hops], dtype=float)
+        self.receive_fixed = np.array([hop.on_machine(message_ms[1], hop.server) for hop in hops], dtype=float)
         self.node_ms = np.array([[m.node_ms[n] for n in workload.node_names] for m in machines])
         self.result_bytes = workload.output_bytes
         # the value graph as two arrays: value index -> reader (a value index, or ``count`` for the output)
@@ -232,6 +276,8 @@ class ChainModel:
         for l in range(last_tier):
             link = self.links[l]
             result = link.downlink_ms(self.result_bytes)
+            encode_w, _, decode_w = self.link_weights(objective, l)
+            total += encode_w * self.send_fixed[l] + decode_w * self.receive_fixed[l]  # per message, any placement
             total += (lw + ew * idle) * (link.rtt_ms + self.hop_ms)
             total += lw * result + ew * (link.rx_w if l == 0 else idle) * result
         return total
@@ -259,8 +305,8 @@ class ChainModel:
         for l in range(last):
             mask = (made <= l) & (reach > l)
             crossing.append([self.values[i] for i in np.flatnonzero(mask)])
-            encode[l] = np.where(mask, self.encode[l], 0.0).sum()
-            decode[l + 1] = np.where(mask, self.decode[l], 0.0).sum()
+            encode[l] = np.where(mask, self.encode[l], 0.0).sum() + self.send_fixed[l]
+            decode[l + 1] = np.where(mask, self.decode[l], 0.0).sum() + self.receive_fixed[l]
             payload[l] = np.where(mask, self.payload, 0.0).sum()
         memory = [self._tier_memory(tier, reach, t) for t in range(last + 1)]
         weights = [int(np.bincount(node_tier, weights=self._weights, minlength=last + 1)[t])
@@ -381,8 +427,8 @@ class ChainModel:
         nbytes = self._per_position(np.where(self.is_tensor, self.payload, 0.0))[positions]
         for l in range(last_tier):
             link = self.links[l]
-            enc = self._per_position(np.where(self.is_tensor, self.encode[l], 0.0))[positions]
-            dec = self._per_position(np.where(self.is_tensor, self.decode[l], 0.0))[positions]
+            enc = self._per_position(np.where(self.is_tensor, self.encode[l], 0.0))[positions] + self.send_fixed[l]
+            dec = self._per_position(np.where(self.is_tensor, self.decode[l], 0.0))[positions] + self.receive_fixed[l]
             air = nbytes * 8 / (link.uplink_mbps * 1e6) * 1e3
             if bottleneck:
                 cost = np.maximum(air, link.downlink_ms(self.result_bytes))
@@ -630,9 +676,12 @@ def _machine_summary(spec: str, machine: Machine) -> MachineSummary:
 
 def plan_chain(traced: TracedModel, topology: Topology | str, *, codec: str = "fp32", objective: str = "latency",
                constraints: Constraints | None = None, name: str = "model", model_ref: dict | None = None,
-               host_runs: int = 10, progress: bool = True, leakage: LeakageTable | None = None) -> ChainPlanReport:
+               host_runs: int = 10, progress: bool = True, leakage: LeakageTable | None = None,
+               message_ms: tuple[float, float] = (0.0, 0.0)) -> ChainPlanReport:
     """Plan ``traced`` on a chain of machines (see :mod:`edgesplit.plan.topology` for the grammar); ``leakage``
-    (an audit's table) bounds what crosses the first link, as ``constraints`` say."""
+    (an audit's table) bounds what crosses the first link, as ``constraints`` say. ``message_ms``: this host's
+    CPU ms per message of the serving stack, (sender, receiver) of a hop (:class:`ChainModel`); 0 unless measured
+    (``bench/multitier.py`` measures it on the real relays)."""
     topology = parse_topology(topology) if isinstance(topology, str) else topology
     workload = workload_of(traced, name)
     host = HostProfiler(traced, name, host_runs, progress)
@@ -646,7 +695,7 @@ def plan_chain(traced: TracedModel, topology: Topology | str, *, codec: str = "f
     if constraints.device_memory_bytes is not None:
         limits[0] = constraints.device_memory_bytes  # --device-memory: tier 0's
     model = ChainModel(workload, machines, links, PlanCodec(codecs[0]), host.memory_gb_s(), hop_ms=topology.hop_ms,
-                       memory_limits=limits, message_ms_per_byte=message_host_ms_per_byte())
+                       memory_limits=limits, message_ms_per_byte=message_host_ms_per_byte(), message_ms=message_ms)
     return plan_chain_workload(model, parse_objective(objective), constraints, model_name=name,
                                model_ref=model_ref, topology=topology, codec_name=codecs[0].spec,
                                input_shape=list(traced.example_inputs[0].shape), leakage=leakage)
