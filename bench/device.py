@@ -361,6 +361,16 @@ def _all_device_label(plan: dict) -> str:
 # ---- head latencies -----------------------------------------------------------------------------------------------
 
 
+def sampled_medians(samplers: list[list], rounds: int) -> list[list[float]]:
+    """Each group's samplers' median ms after ``rounds`` interleaved rounds (one sample of each sampler a round, so
+    the machine's drift falls on all of them alike)."""
+    for _ in range(rounds):
+        for group in samplers:
+            for sampler in group:
+                sampler.sample()
+    return [[sampler.median_ms for sampler in group] for group in samplers]
+
+
 def heads(prepared: dict, args: argparse.Namespace, data: Path) -> list[dict]:
     import onnxruntime as ort
     import torch
@@ -414,16 +424,6 @@ def heads(prepared: dict, args: argparse.Namespace, data: Path) -> list[dict]:
         row["int8_speedup_vs_ort_fp32"] = row["ort_fp32_ms"] / row["ort_int8_ms"]
         row["ort_fp32_speedup_vs_torch"] = row["torch_ms"] / row["ort_fp32_ms"]
     return rows
-
-
-def sampled_medians(samplers: list[list], rounds: int) -> list[list[float]]:
-    """Each group's samplers' median ms after ``rounds`` interleaved rounds (one sample of each sampler a round, so
-    the machine's drift falls on all of them alike)."""
-    for _ in range(rounds):
-        for group in samplers:
-            for sampler in group:
-                sampler.sample()
-    return [[sampler.median_ms for sampler in group] for group in samplers]
 
 
 def pte_heads(prepared: dict, args: argparse.Namespace) -> list[dict]:

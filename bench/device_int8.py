@@ -14,9 +14,19 @@ bench/device.py prepares (run ``bench/device.py --prepare-only`` first; they liv
             codec, server tail: export's own measurement) on the same 1000 held-out test images
   memory    peak RSS of a process holding one session (plus 13 runs) per session-option set: default, no CPU
             memory arena, no memory pattern, both, no weight prepacking, initializers in their own allocation
+  curve     the int8 speed-up along the graph: resnet50 and mobilenetv3_large (the bundles' plans, 224×224) cut at
+            CURVE_CUTS (conv1 to layer4; first conv to the last 1×1 conv), each head exported as export exports
+            one and quantized in 4 variants (QDQ/QOperator × per-channel/per-tensor, U8S8, MinMax on the 12
+            calibration photos), timed with the bundle client's session options against ORT fp32; and head +
+            encode for an int8-codec route: fp32 head + the numpy int8 codec, export's int8 head + the codec, and
+            export's int8 head with its last DequantizeLinear removed, its uint8 tensor framed directly as an int8
+            codec frame (``emit_quantized``, ``quantized_frame``), with what the server decodes from that frame
+            against the other two; ``curve-prepare`` makes the files only (cached in WORK/curve, no timing)
 
     flock -x /tmp/es.lock .venv/bin/python bench/device_int8.py speed profile memory   # timings: exclusive
     .venv/bin/python bench/device_int8.py accuracy                                     # no timing
+    .venv/bin/python bench/device_int8.py curve-prepare                                # files, no timing
+    flock -x /tmp/es.lock .venv/bin/python bench/device_int8.py curve                  # timings: exclusive
 Writes bench/results/device_int8.json (one key per part run; parts not run keep their earlier result).
 """
 
@@ -226,6 +236,143 @@ def accuracy(work: Path, data: Path) -> dict:
     return result
 
 
+# ---- the speed curve along the graph, and head + encode (issue 20, int8 heads) ---------------------------------------
+
+# Candidate cuts the curve times (each sends one tensor): resnet50 after conv1's ReLU (112×112), after the stem's
+# maxpool (the planner's cut 4), after layer1's first block, after layer1, layer2, layer3 and layer4;
+# mobilenetv3_large after its first conv, its first hard-swish, block 1, the planner's cut 16 (inside block 2), after
+# blocks 3, 4 (inside), 6, 10, 12, 15 and the last 1×1 conv.
+CURVE_CUTS = {"resnet50": [3, 4, 16, 36, 78, 140, 172],
+              "mobilenetv3_large": [1, 3, 9, 16, 26, 39, 70, 105, 134, 178, 181]}
+CURVE_VARIANTS = [("QDQ U8S8 per-channel (export's)", "QDQ", True), ("QDQ U8S8 per-tensor", "QDQ", False),
+                  ("QOperator U8S8 per-channel", "QOperator", True), ("QOperator U8S8 per-tensor", "QOperator", False)]
+EXPORTS = CURVE_VARIANTS[0][0]
+
+
+def _curve_prepare(work: Path, data: Path, models: list[str]) -> dict:
+    """Each curve cut's float head exported as `edgesplit export` exports a head, and quantized in each variant
+    (calibrated on the 12 Kodak images export calibrated the bundles on); cached under WORK/curve/."""
+    import onnx
+    import torch
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from edgesplit.plan.schema import load_plan
+    from edgesplit.runtime.deployment import load_deployment
+    from edgesplit.runtime.export import emit_quantized
+    from edgesplit.runtime.onnx_head import export_head
+
+    torch.set_num_threads(1)
+    prepared = {}
+    for key in models:
+        folder = work / "curve" / key
+        folder.mkdir(parents=True, exist_ok=True)
+        calibration = _calibration(work, key, data)
+        deployment = None
+        for index in CURVE_CUTS[key]:
+            files = {"fp32": folder / f"cut{index}.onnx"}
+            files.update({name: folder / f"cut{index}.{fmt}.{'channel' if pc else 'tensor'}.onnx"
+                          for name, fmt, pc in CURVE_VARIANTS})
+            files["export's, quantized tensor out"] = folder / f"cut{index}.QDQ.channel.uint8-out.onnx"
+            if not all(p.exists() for p in files.values()):
+                if deployment is None:
+                    deployment = load_deployment(load_plan(work / key / "plan.json"), plan_dir=work / key)
+                split = deployment.traced.split(index)
+                if not files["fp32"].exists():
+                    export_head(split.head, (torch.from_numpy(calibration[:1]),), files["fp32"])
+                scratch = Path(tempfile.mkdtemp())
+                quant_pre_process(str(files["fp32"]), str(scratch / "prepared.onnx"), skip_symbolic_shape=False)
+                for name, fmt, per_channel in CURVE_VARIANTS:
+                    quantize_static(str(scratch / "prepared.onnx"), str(files[name]), _Reader(calibration),
+                                    quant_format=getattr(QuantFormat, fmt), activation_type=QuantType.QUInt8,
+                                    weight_type=QuantType.QInt8, per_channel=per_channel,
+                                    calibrate_method=CalibrationMethod.MinMax)
+                emit_quantized(files[EXPORTS], files["export's, quantized tensor out"])  # as export does
+            prepared[(key, index)] = files
+            node = onnx.load(str(files["fp32"])).graph.output[0]
+            shape = [d.dim_value or d.dim_param for d in node.type.tensor_type.shape.dim]
+            print(f"{key:<18} cut {index:<4} {str(shape):<22}" + " ".join(f"{p.stat().st_size / 1e3:8.1f} kB"
+                                                                       for p in files.values()), flush=True)
+    return prepared
+
+
+def _dq_params(path: Path) -> tuple[float, int]:
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(path)).graph
+    initializers = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    producer = next(n for n in graph.node if graph.output[0].name in n.output)
+    return float(initializers[producer.input[1]].reshape(())), int(initializers[producer.input[2]].reshape(()))
+
+
+def curve(work: Path, data: Path, rounds: int, models: list[str]) -> dict:
+    """(1) every variant's head latency against ORT fp32 at each curve cut; (2) head + encode for an int8 codec
+    route: fp32 head + the numpy int8 codec, export's int8 head + the codec, and export's int8 head emitting its
+    quantized tensor framed directly (no DequantizeLinear, no re-quantization)."""
+    import onnxruntime as ort
+
+    from edgesplit.device.client import session_options
+    from edgesplit.device.codecs import decode, parse_codec, quantized_frame
+    from edgesplit.profile.timing import Sampler
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    from device import sampled_medians
+
+    prepared = _curve_prepare(work, data, models)
+    options = session_options(1)  # the bundle client's own
+    codec = parse_codec("int8")
+    groups, rows = [], []
+    for (key, index), files in prepared.items():
+        x = _calibration(work, key, data)[:1].copy()
+        feed = {"input_0": x}
+        sessions = {name: ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+                    for name, path in files.items()}
+        runs = {name: (lambda s=s, f=feed: s.run(None, f)[0]) for name, s in sessions.items()}
+        scale, zero = _dq_params(files[EXPORTS])
+        fp32_out, int8_out, symbols = runs["fp32"](), runs[EXPORTS](), runs["export's, quantized tensor out"]()
+        framed = quantized_frame(symbols, scale, zero)
+        decoded = decode(framed)
+        # what the server reads from the direct frame, against what the int8 head + codec route would send
+        via_codec = decode(codec.encode(int8_out))
+        head, int8_head, direct_head = runs["fp32"], runs[EXPORTS], runs["export's, quantized tensor out"]
+        group = [Sampler(run, (), 3) for run in runs.values() if run is not direct_head]
+        group += [Sampler(lambda h=head: codec.encode(h()), (), 3),
+                  Sampler(lambda h=int8_head: codec.encode(h()), (), 3),
+                  Sampler(lambda h=direct_head, s=scale, z=zero: quantized_frame(h(), s, z), (), 3),
+                  Sampler(lambda y=fp32_out: codec.encode(y), (), 3)]
+        groups.append(group)
+        rows.append({"model": key, "cut_index": index, "shape": list(fp32_out.shape),
+                     "fp32_bytes": files["fp32"].stat().st_size, "int8_bytes": files[EXPORTS].stat().st_size,
+                     "direct_frame_bytes": len(framed), "codec_frame_bytes": len(codec.encode(fp32_out)),
+                     "direct_vs_dequantized_max_abs": float(np.abs(decoded - int8_out).max()),
+                     "direct_vs_int8_codec_max_abs": float(np.abs(decoded - via_codec).max()),
+                     "direct_vs_fp32_max_abs": float(np.abs(decoded - fp32_out).max()),
+                     "int8_codec_of_fp32_vs_fp32_max_abs": float(np.abs(decode(codec.encode(fp32_out)) - fp32_out)
+                                                                 .max()),
+                     "scale": scale, "zero_point": zero})
+    print(f"timing {sum(len(g) for g in groups)} samplers in {rounds} interleaved rounds", flush=True)
+    medians = sampled_medians(groups, rounds)
+    names = [n for n in CURVE_VARIANTS]
+    for row, ms in zip(rows, medians):
+        fp32_ms, variants = ms[0], ms[1:1 + len(CURVE_VARIANTS)]
+        enc_fp32, enc_int8, direct, encode_only = ms[1 + len(CURVE_VARIANTS):]
+        row["heads_ms"] = {"fp32": fp32_ms, **{n[0]: v for n, v in zip(names, variants)}}
+        row["speedup_vs_fp32"] = {n[0]: fp32_ms / v for n, v in zip(names, variants)}
+        best = max(row["speedup_vs_fp32"], key=row["speedup_vs_fp32"].get)
+        row["best_variant"], row["best_speedup"] = best, row["speedup_vs_fp32"][best]
+        row["head_plus_encode_ms"] = {"fp32 head + numpy int8 codec": enc_fp32,
+                                      "export's int8 head + numpy int8 codec": enc_int8,
+                                      "export's int8 head, quantized tensor framed directly": direct}
+        row["numpy_int8_encode_ms"] = encode_only
+        row["direct_speedup_vs_fp32_head_plus_codec"] = enc_fp32 / direct
+        print(f"{row['model']:<18} cut {row['cut_index']:<4} {str(row['shape']):<20} fp32 {fp32_ms:8.3f} ms  "
+              f"export's {row['speedup_vs_fp32'][EXPORTS]:5.2f}×  best {row['best_speedup']:5.2f}× ({best})  "
+              f"| +encode: fp32 {enc_fp32:8.3f}  int8 {enc_int8:8.3f}  direct {direct:8.3f} ms "
+              f"({enc_fp32 / direct:5.2f}×; encode alone {encode_only:.3f} ms)", flush=True)
+    return {"cuts": CURVE_CUTS, "variants": [n[0] for n in CURVE_VARIANTS], "rounds": rounds, "rows": rows}
+
+
 MEMORY_CHILD = r'''
 import json, sys, time
 import numpy as np, onnxruntime as ort
@@ -273,7 +420,9 @@ def memory(work: Path) -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("parts", nargs="+", choices=["speed", "profile", "accuracy", "memory"])
+    parser.add_argument("parts", nargs="+", choices=["speed", "profile", "accuracy", "memory", "curve-prepare",
+                                                     "curve"])
+    parser.add_argument("--curve-models", default=",".join(CURVE_CUTS), help="models of the curve parts")
     parser.add_argument("--work", type=Path, default=Path("/tmp/edgesplit-device-bench"))
     parser.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data")
     parser.add_argument("--rounds", type=int, default=15)
@@ -281,6 +430,9 @@ def main() -> None:
     args = parser.parse_args()
     if not (args.work / "resnet50" / "bundle" / "manifest.json").exists():
         sys.exit(f"no bundles under {args.work}: run `python bench/device.py --prepare-only --work {args.work}` first")
+    if set(args.parts) == {"curve-prepare"}:  # files only: nothing measured, the JSON stays as it is
+        _curve_prepare(args.work, args.data_dir, args.curve_models.split(","))
+        return
     import onnxruntime
 
     from edgesplit.profile import machine_info
@@ -295,6 +447,11 @@ def main() -> None:
             result["profile"] = profile(args.work)
         elif part == "accuracy":
             result["accuracy"] = accuracy(args.work, args.data_dir)
+        elif part == "curve-prepare":  # files only (no timing): cached for `curve`, nothing written to the JSON
+            _curve_prepare(args.work, args.data_dir, args.curve_models.split(","))
+            continue
+        elif part == "curve":
+            result["curve"] = curve(args.work, args.data_dir, args.rounds, args.curve_models.split(","))
         else:
             result["memory"] = memory(args.work)
         result[f"{part}_seconds"] = time.perf_counter() - started

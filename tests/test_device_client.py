@@ -303,15 +303,41 @@ def test_a_route_the_manifest_runs_in_int8_runs_its_int8_head(setup, server, tmp
     bundle = load_bundle(tmp_path / "int8")
     entry = bundle.manifest.routes[2]
     assert entry.runs == "int8" and entry.int8.file.name != entry.head.name
+    # Route 2 sends int8: its int8 head returns the uint8 tensor of its last QuantizeLinear, sent as it is.
+    direct = entry.int8.quantized_output
+    assert direct is not None and entry.run_file == direct.file
     x = _inputs(4)
     with DeviceClient(bundle, server.url, TOKEN, route=entry.label, fallback=False) as client:
         sent = client.deployment.routes[2].device_side(x)[0]
+        payload = client.deployment.routes[2].encode([sent])
         answer = client.infer(x)
-    int8 = ort.InferenceSession(str(bundle.path(entry.int8.file)), providers=["CPUExecutionProvider"])
-    floats = ort.InferenceSession(str(bundle.path(entry.head)), providers=["CPUExecutionProvider"])
-    assert np.array_equal(sent, int8.run(None, {"input_0": x})[0])
-    assert not np.array_equal(sent, floats.run(None, {"input_0": x})[0])
+    dequantized, floats, emitted = (
+        ort.InferenceSession(str(bundle.path(f)), providers=["CPUExecutionProvider"]).run(None, {"input_0": x})[0]
+        for f in (entry.int8.file, entry.head, direct.file))
+    assert sent.dtype == np.uint8 and np.array_equal(sent, emitted)
     assert answer.where == "server" and answer.logits.shape == (4, 10)
+    # What the server reads from those bytes is the int8 head's dequantized output; its answer is its tail's on it.
+    plan_path, _, deployment = setup
+    route = deployment.route_for_label(entry.label)
+    received = route.decode(payload, decode_limits([deployment], 64), 64)[0].numpy()
+    assert np.abs(received - dequantized).max() <= 1e-6 * max(1.0, float(np.abs(dequantized).max()))
+
+    def tail(features: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return torch.utils._pytree.tree_leaves(route.server_side([torch.from_numpy(features)]))[0].numpy()
+
+    assert np.abs(answer.logits - tail(dequantized)).max() <= TOLERANCE
+    # The float route (the torch client: float head, then the int8 codec) within the int8 codec's tolerance: no
+    # further from it than the int8 head's output sent through the codec again (the route before this change), with
+    # half a codec step of slack.
+    with Client(plan_path, server.url, TOKEN, route=entry.label, fallback=False) as client:
+        float_route = client.infer(torch.from_numpy(x)).logits.numpy()
+    codec = route.codecs[0]
+    recoded = route.decode(route.encode([torch.from_numpy(dequantized)]), decode_limits([deployment], 64), 64)[0]
+    before = np.abs(tail(recoded.numpy()) - float_route).max()
+    step = float(floats.max() - floats.min()) / 255
+    slack = np.abs(tail(dequantized + step / 2) - tail(dequantized)).max()
+    assert codec.spec == "int8" and np.abs(answer.logits - float_route).max() <= before + slack + TOLERANCE
 
 
 def _closure(requirements: list[str]) -> set[str]:

@@ -15,6 +15,9 @@ import torch
 
 from edgesplit.device import codec_from_json
 from edgesplit.device.bundle import BundleError, Manifest, load_bundle
+from edgesplit.codecs import DecodeLimits
+from edgesplit.codecs.layout import pack as pack_frames
+from edgesplit.device.codecs import CodecError, decode, quantized_frame
 from edgesplit.model.data import load_dataset, write_idx
 from edgesplit.model.intake import ModelRef, build_model, save_weights
 from edgesplit.model.train import train_classifier
@@ -122,21 +125,84 @@ def test_int8_heads_are_measured_against_their_float_routes(exported):
     _, folder, _ = exported
     bundle = load_bundle(folder)
     quantization = bundle.manifest.quantization
-    assert quantization["data"] == "digits" and quantization["max_accuracy_drop"] == 0.01
-    x = load_dataset("digits").test_images[quantization["calibration_samples"]:]
+    assert quantization.data == "digits" and quantization.max_accuracy_drop == 0.01
+    x = load_dataset("digits").test_images[quantization.calibration_samples:]
     for entry in bundle.manifest.routes[1:]:
         q = entry.int8
         assert q is not None and q.metric == "accuracy" and q.float_score > 0.8  # a trained model: labels count
-        assert q.samples == quantization["holdout_samples"] == len(x)
+        assert q.samples == quantization.holdout_samples == len(x)
         assert q.drop == pytest.approx(max(0.0, q.float_score - q.int8_score))
         assert q.used == (q.drop <= 0.01) and entry.runs == ("int8" if q.used else "float32")
         if q.used:  # the file the device runs: smaller, quantized (not the float values), yet close to them
-            assert q.file.bytes < entry.head.bytes and entry.device_bytes == q.file.bytes
+            assert q.file.bytes < entry.head.bytes and entry.device_bytes == entry.run_file.bytes
             int8 = ort.InferenceSession(str(bundle.path(q.file)), providers=["CPUExecutionProvider"])
             fp32 = ort.InferenceSession(str(bundle.path(entry.head)), providers=["CPUExecutionProvider"])
             a, b = (s.run(None, {"input_0": x.numpy()})[0] for s in (int8, fp32))
             assert 0 < np.abs(a - b).mean() < 0.25 * np.abs(b).mean()
     assert any(e.runs == "int8" for e in bundle.manifest.routes)
+
+
+def test_an_int8_codec_route_runs_a_head_that_emits_its_quantized_tensor(exported):
+    """Routes 1 and 2 send int8: the device runs their int8 head without its last DequantizeLinear, whose uint8
+    tensor, framed as an int8 codec frame, decodes to what that DequantizeLinear gives and is as large as the codec's
+    frame; route 3 (fp16, the head of route 2) runs the int8 head itself."""
+    _, folder, _ = exported
+    bundle = load_bundle(folder)
+    x = load_dataset("digits").test_images[:8].numpy()
+    routes = [e for e in bundle.manifest.routes[1:] if e.runs == "int8"]
+    assert any(e.codecs[0]["spec"] == "int8" for e in routes)
+    for entry in routes:
+        q, direct = entry.int8, entry.int8.quantized_output
+        if entry.codecs[0]["spec"] != "int8":
+            assert direct is None and entry.run_file == q.file
+            continue
+        assert direct is not None and entry.run_file == direct.file and direct.file in entry.files()
+        full = ort.InferenceSession(str(bundle.path(q.file)), providers=["CPUExecutionProvider"])
+        emits = ort.InferenceSession(str(bundle.path(direct.file)), providers=["CPUExecutionProvider"])
+        dequantized = full.run(None, {"input_0": x})[0]
+        symbols = emits.run(None, {"input_0": x})[0]
+        assert symbols.dtype == np.uint8 and symbols.shape == dequantized.shape
+        frame = quantized_frame(symbols, direct.scales[0], direct.zero_points[0])
+        decoded = decode(frame)
+        assert np.abs(decoded - dequantized).max() <= 1e-6 * max(1.0, float(np.abs(dequantized).max()))
+        codec = codec_from_json(entry.codecs[0])
+        assert len(frame) == len(codec.encode(dequantized))
+        step = float(dequantized.max() - dequantized.min()) / 255  # the codec's own step on this tensor
+        assert np.abs(decoded - decode(codec.encode(dequantized))).max() <= step / 2 + 1e-6
+    with pytest.raises(CodecError, match="uint8"):
+        quantized_frame(x, 0.1, 0)
+
+
+def test_a_route_that_frames_its_uint8_tensor_is_measured_as_it_runs(exported):
+    """The accuracy recorded for a route whose device sends the int8 head's uint8 tensor is that path's, end to end
+    on the server's tail: recomputed here from the frames the device sends, it is the manifest's int8 score."""
+    plan_path, folder, _ = exported
+    bundle = load_bundle(folder)
+    quantization = bundle.manifest.quantization
+    digits = load_dataset("digits")
+    x = digits.test_images[quantization.calibration_samples:]
+    labels = digits.test_labels[quantization.calibration_samples:]
+    deployment = load_deployment(load_plan(plan_path))
+    checked = 0
+    for entry in bundle.manifest.routes:
+        direct = entry.int8.quantized_output if entry.int8 is not None else None
+        if direct is None:
+            continue
+        emits = ort.InferenceSession(str(bundle.path(direct.file)), providers=["CPUExecutionProvider"])
+        route = deployment.routes[entry.route_id]
+        predictions = []
+        for batch in x.split(64):
+            symbols = emits.run(None, {"input_0": batch.numpy()})
+            payload = pack_frames([quantized_frame(t, s, z) for t, s, z in zip(symbols, direct.scales,
+                                                                                 direct.zero_points)])
+            with torch.no_grad():
+                received = route.decode(payload, DecodeLimits(), len(batch))
+                predictions.append(torch.utils._pytree.tree_leaves(route.server_side(received))[0].argmax(-1))
+        accuracy = (torch.cat(predictions) == labels).double().mean().item()
+        assert entry.int8.metric == "accuracy" and entry.int8.samples == len(x)
+        assert accuracy == pytest.approx(entry.int8.int8_score, abs=1e-12)
+        checked += 1
+    assert checked >= 1
 
 
 def test_an_int8_head_that_loses_too_much_keeps_the_float_head(exported, tmp_path):
@@ -184,6 +250,30 @@ def test_a_manifest_naming_a_file_outside_the_bundle_is_refused(exported, tmp_pa
         load_bundle(copy)
     assert ("link" if attack == "link" else "'routes', 1, 'head', 'name'") in str(caught.value)
     load_bundle(folder)  # the original is fine
+
+
+@pytest.mark.parametrize("attack", ["swapped", "overlapping", "route on all-device"])
+def test_a_manifest_whose_switch_table_a_device_would_misread_is_refused(exported, tmp_path, attack):
+    """A device looks its rate up row by row (label_at): rows out of order or overlapping would pick a wrong route
+    silently, and an all-device row that names a route (or a split row that names none) would run the wrong part."""
+    _, folder, _ = exported
+    copy = tmp_path / "bundle"
+    shutil.copytree(folder, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    rows = manifest["routes"] and manifest["switch_table"]
+    assert len(rows) >= 3
+    if attack == "swapped":
+        rows[0], rows[1] = rows[1], rows[0]
+    elif attack == "overlapping":
+        rows[0]["high_mbps"] = rows[1]["low_mbps"] * 2
+    else:
+        rows[0]["kind"] = "all-device"
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="switch-table"):
+        load_bundle(copy)
+    manifest_ok = load_bundle(folder).manifest
+    assert [r.kind for r in manifest_ok.switch_table][0] == "all-server"
+    assert manifest_ok.quantization.calibration_method == "minmax" and manifest_ok.quantization.per_channel
 
 
 def test_a_bundle_with_a_changed_file_is_refused(exported, tmp_path):

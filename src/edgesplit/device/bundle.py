@@ -23,9 +23,10 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 from edgesplit.errors import EdgesplitError
 from edgesplit.versioned import read_versioned
 
-__all__ = ["BUNDLE_KIND", "BUNDLE_VERSION", "MANIFEST_NAME", "Bundle", "BundleError", "BundleFile", "InputSpec",
-           "Manifest", "PteProgram", "QuantizedHead", "RouteEntry", "SwitchRow", "check_file_name", "file_record",
-           "load_bundle"]
+__all__ = ["BUNDLE_KIND", "BUNDLE_VERSION", "MANIFEST_NAME", "Bundle", "BundleError", "BundleFile", "ExecutorchSettings",
+           "InputSpec", "Manifest", "PteProgram", "QuantizationSettings", "QuantizedHead", "QuantizedOutput", "RouteEntry",
+           "SwitchRow",
+           "check_file_name", "file_record", "load_bundle"]
 
 BUNDLE_KIND = "edgesplit.bundle"
 BUNDLE_VERSION = 1
@@ -81,8 +82,21 @@ class SwitchRow(BaseModel):
     low_mbps: float
     high_mbps: float
     label: str
-    kind: str  # "split", "all-server" or "all-device"
+    kind: Literal["split", "all-server", "all-device"]
     route_id: int | None  # None for all-device: nothing is sent, the device runs ``fallback``
+
+
+class QuantizedOutput(BaseModel):
+    """The int8 head with its last DequantizeLinear removed: it returns the uint8 tensor its last QuantizeLinear
+    makes, which the device writes as the route's int8 codec frame directly (``device.codecs.quantized_frame``:
+    the range [-zero_point·scale, (255 - zero_point)·scale] in the header), instead of dequantizing it and the codec
+    quantizing it again. Written by export for the routes whose every codec is plain ``int8`` (8 bits, one range
+    per tensor, no calibration, no lossless stage) and that have no bottleneck encoder. The server decodes the
+    frame as any int8 frame."""
+
+    file: BundleFile
+    scales: list[float]  # one per tensor sent
+    zero_points: list[int]
 
 
 class QuantizedHead(BaseModel):
@@ -103,6 +117,7 @@ class QuantizedHead(BaseModel):
     samples: int  # held-out inputs measured
     used: bool  # whether the route runs this head (drop within max_accuracy_drop)
     note: str
+    quantized_output: QuantizedOutput | None = None  # what an int8-codec route runs instead (frames it directly)
 
 
 class PteProgram(BaseModel):
@@ -116,6 +131,31 @@ class PteProgram(BaseModel):
     backend: Literal["xnnpack"] = "xnnpack"  # the partitioner; operators XNNPACK lacks run in portable kernels
     batch: int = Field(ge=1)  # fixed (ExecuTorch's XNNPACK delegate bounded dynamic batches; pte_head.py)
     max_abs_diff: float  # the programs against PyTorch on the check inputs (ExecuTorch's Python runtime)
+
+
+class QuantizationSettings(BaseModel):
+    """How ``export --quantize int8`` made and measured the int8 heads (each route's outcome is its ``int8``)."""
+
+    data: str | None  # the data spec given to --data
+    source: str  # the images it resolved to, in words
+    calibration_samples: int = Field(ge=1)
+    holdout_samples: int = Field(ge=0)
+    max_accuracy_drop: float
+    format: Literal["QDQ"] = "QDQ"
+    weights: Literal["int8"] = "int8"
+    activations: Literal["uint8"] = "uint8"
+    per_channel: bool
+    calibration_method: Literal["minmax"] = "minmax"
+
+
+class ExecutorchSettings(BaseModel):
+    """How ``export --format pte`` lowered the programs (each route's files are its ``pte``)."""
+
+    version: str  # of the executorch package that wrote them
+    method: Literal["forward"] = "forward"
+    backend: Literal["xnnpack"] = "xnnpack"
+    batch: int = Field(ge=1)
+    io: str  # the programs' inputs and outputs, in words
 
 
 class RouteEntry(BaseModel):
@@ -152,13 +192,17 @@ class RouteEntry(BaseModel):
 
     @property
     def run_file(self) -> BundleFile | None:
-        """The head file the device runs for this route."""
-        return self.int8.file if self.runs == "int8" and self.int8 is not None else self.head
+        """The head file the device runs for this route (with int8, the one emitting uint8 where there is one)."""
+        if self.runs == "int8" and self.int8 is not None:
+            return self.int8.quantized_output.file if self.int8.quantized_output else self.int8.file
+        return self.head
 
     def files(self) -> list[BundleFile]:
         """The files of this route that the bundle holds."""
         pte = (self.pte.head, self.pte.encoder) if self.pte else ()
-        return [f for f in (self.head, self.encoder, self.int8.file if self.int8 else None, *pte) if f is not None]
+        direct = self.int8.quantized_output.file if self.int8 and self.int8.quantized_output else None
+        return [f for f in (self.head, self.encoder, self.int8.file if self.int8 else None, direct, *pte)
+                if f is not None]
 
 
 class Manifest(BaseModel):
@@ -177,8 +221,8 @@ class Manifest(BaseModel):
     routes: list[RouteEntry]
     fallback: BundleFile  # the whole model, for when the server is gone (or the table says all-device)
     onnx_io: dict[str, str]  # the ONNX files' tensor names: inputs input_0.., outputs crossing_0..
-    quantization: dict | None = None  # the settings of --quantize: data, samples, max_accuracy_drop
-    executorch: dict | None = None  # with --format pte: executorch's version, method, backend, batch
+    quantization: QuantizationSettings | None = None  # with --quantize int8
+    executorch: ExecutorchSettings | None = None  # with --format pte
     edgesplit_version: str
 
     @model_validator(mode="after")
@@ -189,6 +233,14 @@ class Manifest(BaseModel):
         for row in self.switch_table:
             if row.route_id is not None and not 0 <= row.route_id < len(ids):
                 raise ValueError(f"switch-table row '{row.label}' names route {row.route_id}, which is not listed")
+            if (row.kind == "all-device") != (row.route_id is None):
+                raise ValueError(f"switch-table row '{row.label}' is {row.kind} but names route {row.route_id}")
+        for lower, upper in zip(self.switch_table, self.switch_table[1:]):
+            # A device looks a rate up in the table row by row (label_at): rows must rise and not overlap.
+            if not (lower.low_mbps < lower.high_mbps <= upper.low_mbps < upper.high_mbps):
+                raise ValueError(f"switch-table rows must be in rising, disjoint Mbit/s ranges: "
+                                 f"'{lower.label}' [{lower.low_mbps}, {lower.high_mbps}) then "
+                                 f"'{upper.label}' [{upper.low_mbps}, {upper.high_mbps})")
         return self
 
     def files(self) -> list[BundleFile]:

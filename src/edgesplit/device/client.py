@@ -39,9 +39,9 @@ from types import SimpleNamespace
 import httpx
 import numpy as np
 
-from edgesplit.device.bundle import Bundle, BundleError, RouteEntry, SwitchRow, load_bundle
-from edgesplit.device.codecs import CodecError, NumpyCodec, codec_from_json, pack, unpack
-from edgesplit.runtime.adapt import Adapter, Adapting, ClientStats, Switch, SwitchPolicy
+from edgesplit.device.bundle import Bundle, BundleError, RouteEntry, load_bundle
+from edgesplit.device.codecs import CodecError, NumpyCodec, codec_from_json, pack, quantized_frame, unpack
+from edgesplit.runtime.adapt import Adapter, Adapting, ClientStats, Switch, SwitchPolicy, row_label_at
 from edgesplit.runtime.errors import (ClientError, ServerMismatchError, ServerRejectedError, ServerUnreachableError,
                                       ServerUntrustedError, describe_transport_error, error_message, status_hint,
                                       tls_context)
@@ -147,7 +147,9 @@ class _Onnx:
 
 @dataclass
 class DeviceRoute:
-    """One route of the bundle: its head (float or int8, as the manifest says), encoder, codecs."""
+    """One route of the bundle: its head (float or int8, as the manifest says), encoder, codecs. An int8 route
+    whose manifest gives a ``quantized_output`` runs that head, which returns uint8 tensors, and sends them as
+    int8 codec frames as they are (``quantized_frame``): no dequantizing, no second quantization."""
 
     entry: RouteEntry
     head: _Onnx | None
@@ -178,6 +180,9 @@ class DeviceRoute:
         """The payload: ``pack`` of one codec frame per tensor, or of one PNG/JPEG per row for a picture route."""
         if self.entry.picture is not None:
             return pack([_picture(image, self.entry.picture) for image in tensors[0]])
+        direct = self.entry.int8.quantized_output if self.entry.runs == "int8" and self.entry.int8 else None
+        if direct is not None:  # the int8 head's uint8 tensors, framed as the int8 codec's frames as they are
+            return pack([quantized_frame(t, s, z) for t, s, z in zip(tensors, direct.scales, direct.zero_points)])
         return pack([codec.encode(np.ascontiguousarray(t)) for codec, t in zip(self.codecs, tensors)])
 
     def describe(self) -> dict:
@@ -231,11 +236,7 @@ class BundleView:
 
     def label_at(self, mbps: float) -> str:
         """The switch table's plan at ``mbps`` (its first or last row outside the table), as Deployment.label_at."""
-        table: list[SwitchRow] = self.manifest.switch_table
-        for row in table:
-            if row.low_mbps <= mbps < row.high_mbps:
-                return row.label
-        return table[0].label if mbps < table[0].low_mbps else table[-1].label
+        return row_label_at(self.manifest.switch_table, mbps)
 
     def route_for_label(self, label: str) -> DeviceRoute | None:
         return next((r for r in self.routes if r.label == label), None)

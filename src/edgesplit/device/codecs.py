@@ -33,7 +33,7 @@ from edgesplit.codecs.layout import (MAX_NDIM, STEP, AnsRecord, CastRecord, Code
                                      Frame, PayloadError, QuantRecord, StageRecord, WireDType, ZstdRecord, pack)
 
 __all__ = ["SPEC_HELP", "CodecError", "DecodeCost", "DecodeLimits", "NumpyCodec", "PayloadError", "codec_from_json",
-           "decode", "decode_cost", "pack", "parse_codec", "unpack", "unpack_cost"]
+           "decode", "decode_cost", "pack", "parse_codec", "quantized_frame", "unpack", "unpack_cost"]
 
 WIRE = {dtype.name: dtype for dtype in layout.WIRE_DTYPES}
 # numpy's type for each frame dtype; bfloat16 has none (its values are held as float32, which holds them exactly)
@@ -192,6 +192,22 @@ def _quantize(array: np.ndarray, spec: Quantize) -> tuple[QuantRecord, np.ndarra
         low, high = quantize.clip_ranges(values, axis, spec.percentile)
     symbols = quantize.quantize(values, low, high, spec.bits, axis)
     return QuantRecord(spec.bits, axis, low, high), symbols
+
+
+def quantized_frame(symbols: np.ndarray, scale: float, zero_point: int) -> bytes:
+    """The int8 codec's frame (8 bits, one range for the tensor) of uint8 ``symbols`` standing for
+    ``(q - zero_point) * scale``, as an int8 head's last QuantizeLinear makes them: the frame's range is
+    [-zero_point·scale, (255 - zero_point)·scale], so any int8 decoder's ``low + q·(high - low)/255`` gives what the
+    head's DequantizeLinear would have (to float32 rounding), without dequantizing and quantizing again here. The
+    bytes differ from ``encode``'s of the dequantized tensor (that range is the tensor's min/max); the size does not."""
+    if not isinstance(symbols, np.ndarray) or symbols.dtype != np.uint8:
+        raise CodecError("a quantized frame is written from the uint8 tensor of an int8 head")
+    if symbols.ndim > MAX_NDIM:
+        raise CodecError(f"cannot encode a {symbols.ndim}-dimensional tensor: frames hold up to {MAX_NDIM} dimensions")
+    low = np.array([(0 - zero_point) * scale], np.float32)
+    high = np.array([(255 - zero_point) * scale], np.float32)
+    return layout.write(Frame(WIRE["float32"], tuple(symbols.shape), [QuantRecord(8, None, low, high)],
+                              np.ascontiguousarray(symbols).tobytes()))
 
 
 # ---- decoding ----------------------------------------------------------------------------------------------------

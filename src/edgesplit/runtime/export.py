@@ -28,8 +28,12 @@ from torch import nn
 
 import edgesplit
 from edgesplit.codecs import DecodeLimits
+from edgesplit.codecs.grammar import Quantize
+from edgesplit.codecs.layout import pack as pack_frames
 from edgesplit.device.bundle import (MANIFEST_NAME, Bundle, BundleError, BundleFile, InputSpec, Manifest,
-                                     PteProgram, QuantizedHead, RouteEntry, SwitchRow, file_record, load_bundle)
+                                     PteProgram, QuantizedHead, QuantizedOutput, RouteEntry, SwitchRow, file_record,
+                                     load_bundle)
+from edgesplit.device.codecs import quantized_frame
 from edgesplit.errors import EdgesplitError
 from edgesplit.plan.schema import PlanReport, is_chain_plan, load_plan
 from edgesplit.runtime.deployment import Deployment, Route, load_deployment
@@ -352,6 +356,7 @@ def _quantize(source: Path, target: Path, images: torch.Tensor, per_channel: boo
 def _quantize_routes(deployment: Deployment, entries: list[RouteEntry], out: Path, data: _Data,
                      settings: ExportSettings) -> dict:
     quantized: dict[str, Path] = {}  # float head file → its int8 file
+    emitted: dict[str, tuple[list[float], list[int]] | None] = {}  # int8 file emitting uint8 → (scales, zero points)
     for route, entry in zip(deployment.routes, entries):
         if entry.head is None:
             continue
@@ -360,7 +365,21 @@ def _quantize_routes(deployment: Deployment, entries: list[RouteEntry], out: Pat
             _quantize(out / entry.head.name, target, data.calibration, settings.per_channel)
             quantized[entry.head.name] = target
         target = quantized[entry.head.name]
-        measured = _measure(route, OnnxHead(out / entry.head.name, threads=1), OnnxHead(target, threads=1), data)
+        # Where the route can send the int8 head's own uint8 tensors (no dequantizing, no second quantization by the
+        # codec), the device runs that head: measure what it will send, not the head + codec it will not run.
+        direct, output = None, None
+        if route.bottleneck is None and route.picture is None and _frames_directly(route.codecs):
+            direct = target.with_name(target.name.replace(".int8.onnx", ".int8-uint8.onnx"))
+            if direct.name not in emitted:
+                try:
+                    emitted[direct.name] = emit_quantized(target, direct)
+                except ValueError:  # an output not made by a per-tensor uint8 DequantizeLinear: codec it is
+                    emitted[direct.name] = None
+            if emitted[direct.name] is not None:
+                scales, zero_points = emitted[direct.name]
+                output = QuantizedOutput(file=file_record(direct), scales=scales, zero_points=zero_points)
+        measured = _measure(route, OnnxHead(out / entry.head.name, threads=1),
+                            OnnxHead(direct if output is not None else target, threads=1), data, output)
         used = measured["drop"] <= settings.max_accuracy_drop + 1e-12
         name = measured["metric"]
         note = (f"runs int8: {name} {measured['float_score']:.4f} → {measured['int8_score']:.4f} on "
@@ -370,11 +389,17 @@ def _quantize_routes(deployment: Deployment, entries: list[RouteEntry], out: Pat
         entry.int8 = QuantizedHead(file=file_record(target), per_channel=settings.per_channel,
                                    calibration_samples=len(data.calibration), used=used, note=note, **measured)
         entry.runs = "int8" if used else "float32"
+        if used and output is not None:
+            entry.int8.quantized_output = output
     # An int8 file no route runs is not shipped: its measurement stays in the manifest, the file goes.
     kept = {e.int8.file.name for e in entries if e.int8 is not None and e.int8.used}
     for target in quantized.values():
         if target.name not in kept:
             target.unlink()
+    framing = {e.int8.quantized_output.file.name for e in entries if e.int8 is not None and e.int8.quantized_output}
+    for name in emitted:
+        if name not in framing and (out / name).exists():
+            (out / name).unlink()
     for entry in entries:
         if entry.int8 is not None and entry.int8.file is not None and entry.int8.file.name not in kept:
             entry.int8 = entry.int8.model_copy(update={"file": None})
@@ -387,12 +412,57 @@ def _quantize_routes(deployment: Deployment, entries: list[RouteEntry], out: Pat
             "calibration_method": "minmax"}
 
 
-def _measure(route: Route, float_head: OnnxHead, int8_head: OnnxHead, data: _Data) -> dict:
-    """Run ``route`` end to end (head, encoder, codec, the server's tail) on the held-out images with either head."""
+def _frames_directly(codecs) -> bool:
+    """Whether every codec is plain ``int8`` (8 bits, one range per tensor from its min/max, not calibrated, no
+    lossless stage): the int8 head's own quantized output can then be sent as that codec's frame."""
+    return bool(codecs) and all(
+        isinstance(c.transform, Quantize) and c.transform.bits == 8 and c.transform.per_tensor
+        and not c.transform.calibrated and c.transform.percentile is None and c.lossless is None for c in codecs)
+
+
+def emit_quantized(source: Path, target: Path) -> tuple[list[float], list[int]]:
+    """``source`` (a QDQ int8 head) with each output's last DequantizeLinear removed, written to ``target``: the
+    outputs are the uint8 tensors its QuantizeLinears make. Returns each output's scale and zero point; raises
+    ValueError where an output is not a per-tensor uint8 DequantizeLinear of initializers."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(source))
+    graph = model.graph
+    initializers = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    scales, zero_points = [], []
+    for output in graph.output:
+        producer = next((n for n in graph.node if output.name in n.output), None)
+        if producer is None or producer.op_type != "DequantizeLinear" or len(producer.input) < 3:
+            raise ValueError(f"output {output.name} is not made by a DequantizeLinear with a zero point")
+        scale, zero = initializers.get(producer.input[1]), initializers.get(producer.input[2])
+        if scale is None or zero is None or scale.size != 1 or zero.size != 1 or zero.dtype.name != "uint8":
+            raise ValueError(f"output {output.name} is not a per-tensor uint8 quantization")
+        quantized = producer.input[0]
+        if any(quantized == o.name for o in graph.output):
+            raise ValueError(f"output {output.name} dequantizes another output")
+        graph.node.remove(producer)
+        for node in graph.node:  # the quantized tensor takes the output's name
+            for names in (node.output, node.input):
+                for k, name in enumerate(names):
+                    if name == quantized:
+                        names[k] = output.name
+        output.type.tensor_type.elem_type = onnx.TensorProto.UINT8
+        scales.append(float(scale.reshape(())))
+        zero_points.append(int(zero.reshape(())))
+    onnx.checker.check_model(model)
+    onnx.save(model, str(target))
+    return scales, zero_points
+
+
+def _measure(route: Route, float_head: OnnxHead, int8_head: OnnxHead, data: _Data,
+             output: QuantizedOutput | None = None) -> dict:
+    """Run ``route`` end to end (head, encoder, codec, the server's tail) on the held-out images with either head;
+    with ``output``, ``int8_head`` returns uint8 tensors, sent as frames as they are (as the device sends them)."""
     float_predictions, int8_predictions = [], []
     for batch in data.images.split(_EVAL_BATCH):
         float_predictions.append(_predict(route, float_head, batch))
-        int8_predictions.append(_predict(route, int8_head, batch))
+        int8_predictions.append(_predict(route, int8_head, batch, output))
     fp, q = torch.cat(float_predictions), torch.cat(int8_predictions)
     agreement = (fp == q).double().mean().item()
     labels = data.labels
@@ -407,13 +477,19 @@ def _measure(route: Route, float_head: OnnxHead, int8_head: OnnxHead, data: _Dat
             "drop": max(0.0, float_score - int8_score), "samples": len(fp)}
 
 
-def _predict(route: Route, head: OnnxHead, images: torch.Tensor) -> torch.Tensor:
-    """Top-1 of the route's output for ``images`` when the device runs ``head`` and the server decodes the bytes."""
+def _predict(route: Route, head: OnnxHead, images: torch.Tensor, output: QuantizedOutput | None = None) -> torch.Tensor:
+    """Top-1 of the route's output for ``images`` when the device runs ``head`` and the server decodes the bytes
+    (with ``output``: the head's uint8 tensors framed as they are, ``device.codecs.quantized_frame``)."""
     with torch.no_grad():
         tensors = list(head(images))
-        if route.bottleneck is not None:
-            tensors = [route.bottleneck.encode(tensors[0], route.width or 1.0)]
-        received = route.decode(route.encode(tensors), _EVAL_LIMITS, len(images))
+        if output is not None:
+            payload = pack_frames([quantized_frame(t.numpy(), scale, zero)
+                                   for t, scale, zero in zip(tensors, output.scales, output.zero_points)])
+        else:
+            if route.bottleneck is not None:
+                tensors = [route.bottleneck.encode(tensors[0], route.width or 1.0)]
+            payload = route.encode(tensors)
+        received = route.decode(payload, _EVAL_LIMITS, len(images))
         logits = pytree.tree_leaves(route.server_side(received))[0]
     return logits.argmax(-1)
 

@@ -45,6 +45,7 @@ from edgesplit.codecs import Codec, CodecError, DecodeLimits, pack, parse_codec,
 from edgesplit.errors import CutError, EdgesplitError
 from edgesplit.model.graph import Partition, Stage, TensorSpec, TracedModel, trace
 from edgesplit.plan.schema import ChainEntry, ChainPlanReport, ChainSwitchRange, load_chain_plan, plan_kind
+from edgesplit.runtime.adapt import row_label_at
 from edgesplit.runtime.auth import checked_token, read_token_file
 from edgesplit.runtime.deployment import Deployment, DeploymentError, _rebuild
 from edgesplit.runtime.engine import Engine, Observer, ServerLimits
@@ -233,13 +234,7 @@ class ChainDeployment(Deployment):
     def label_at(self, mbps: float) -> str:
         """The followed switch table's placement at ``mbps`` on link 0 (the chosen one when the table is not
         followed)."""
-        table = self.switch_table
-        if not table:
-            return self.plan.chosen.label
-        for row in table:
-            if row.low_mbps <= mbps < row.high_mbps:
-                return row.label
-        return table[0].label if mbps < table[0].low_mbps else table[-1].label
+        return row_label_at(self.switch_table, mbps) if self.switch_table else self.plan.chosen.label
 
     def describe(self) -> dict:
         plan = self.plan
