@@ -109,14 +109,18 @@ def cpu_cap(name: str, factor: float, quota_us: int = QUOTA_US, pin: bool = True
     finally:
         _pinned.pop(group, None)
         for folder, root in ((group, CGROUP_ROOT), (cpuset, CPUSET_ROOT)):
-            if folder is None:
-                continue
-            for pid in (folder / "cgroup.procs").read_text().split():
-                try:
-                    (root / "cgroup.procs").write_text(pid)
-                except OSError:
-                    pass
-            folder.rmdir()
+            if folder is not None:
+                _remove_group(folder, root)
+
+
+def _remove_group(group: Path, root: Path) -> None:
+    """Move whatever still runs in ``group`` back to ``root`` (gone processes are skipped), then delete it."""
+    for pid in (group / "cgroup.procs").read_text().split():
+        try:
+            (root / "cgroup.procs").write_text(pid)
+        except OSError:
+            pass
+    group.rmdir()
 
 
 def pinned_cpu(group: Path | None) -> int | None:
@@ -139,12 +143,7 @@ def remove_stale_caps() -> list[str]:
         for group in root.glob("es_*"):
             pid = group.name.split("_")[1]
             if pid.isdigit() and not Path(f"/proc/{pid}").exists():
-                for task in (group / "cgroup.procs").read_text().split():
-                    try:
-                        (root / "cgroup.procs").write_text(task)
-                    except OSError:
-                        pass
-                group.rmdir()
+                _remove_group(group, root)
                 removed.append(f"{root.name}/{group.name}")
     return removed
 

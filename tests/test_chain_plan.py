@@ -107,6 +107,17 @@ def test_throughput_is_the_best_contiguous_pipeline(message: tuple) -> None:
     assert gain > (2 if message == NO_MESSAGE else 1.5)
 
 
+def _assert_priced(priced, plain, before, after, goal, extra_encode, extra_decode) -> None:
+    """``after`` (a breakdown under ``priced``) costs ``before``'s (under ``plain``) plus the extra encode and
+    decode ms per tier, in latency, and its throughput is its slowest stage, compute or link."""
+    latency, fps, _, _, value = priced.costs(after, goal)
+    assert latency == pytest.approx(plain.costs(before, goal)[0] + extra_encode.sum() + extra_decode.sum(), rel=1e-9)
+    busy = after.compute_ms + after.decode_ms + after.encode_ms
+    airtime = [max(priced.links[l].uplink_ms(b), priced.links[l].downlink_ms(after.result_bytes))
+               for l, b in enumerate(after.payload_bytes)]
+    assert value == pytest.approx(max([*busy, *airtime]), rel=1e-9) and fps == pytest.approx(1e3 / value)
+
+
 def test_each_byte_sent_and_received_costs_its_tier() -> None:
     """The per-message work, priced apart from the model's code: on every link of every monotone assignment, the
     sender's encode time grows by payload × host ms per byte × host bandwidth / its bandwidth, the receiver's
@@ -129,13 +140,7 @@ def test_each_byte_sent_and_received_costs_its_tier() -> None:
             extra_decode[l + 1] = nbytes * MESSAGE[1] * 10.0 / priced.machines[l + 1].memory_gb_s
         assert after.encode_ms == pytest.approx(before.encode_ms + extra_encode, rel=1e-9, abs=1e-12)
         assert after.decode_ms == pytest.approx(before.decode_ms + extra_decode, rel=1e-9, abs=1e-12)
-        latency, fps, _, _, value = priced.costs(after, goal)
-        assert latency == pytest.approx(plain.costs(before, goal)[0] + extra_encode.sum() + extra_decode.sum(),
-                                        rel=1e-9)
-        busy = after.compute_ms + after.decode_ms + after.encode_ms
-        airtime = [max(priced.links[l].uplink_ms(b), priced.links[l].downlink_ms(after.result_bytes))
-                   for l, b in enumerate(after.payload_bytes)]
-        assert value == pytest.approx(max([*busy, *airtime]), rel=1e-9) and fps == pytest.approx(1e3 / value)
+        _assert_priced(priced, plain, before, after, goal, extra_encode, extra_decode)
         checked += 1
     assert checked >= 30  # every monotone assignment of the 7 nodes to 3 tiers
     free, paid = plan_of(plain, topology, "throughput"), plan_of(priced, topology, "throughput")
@@ -302,13 +307,7 @@ def test_each_message_costs_its_tiers_a_fixed_cpu_time() -> None:
         if placement.last_tier == 2:  # the middle tier pays for the message it receives and the one it sends
             assert after.encode_ms[1] + after.decode_ms[1] - before.encode_ms[1] - before.decode_ms[1] == \
                 pytest.approx((FIXED[0] + FIXED[1]) * 10.0 / priced.machines[1].memory_gb_s)
-        latency, fps, _, _, value = priced.costs(after, goal)
-        assert latency == pytest.approx(plain.costs(before, goal)[0] + extra_encode.sum() + extra_decode.sum(),
-                                        rel=1e-9)
-        busy = after.compute_ms + after.decode_ms + after.encode_ms
-        airtime = [max(priced.links[l].uplink_ms(b), priced.links[l].downlink_ms(after.result_bytes))
-                   for l, b in enumerate(after.payload_bytes)]
-        assert value == pytest.approx(max([*busy, *airtime]), rel=1e-9) and fps == pytest.approx(1e3 / value)
+        _assert_priced(priced, plain, before, after, goal, extra_encode, extra_decode)
         checked += 1
     assert checked >= 30
     whole = float(plain.node_ms[0].sum())  # the whole model on one rpi4
