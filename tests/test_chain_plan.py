@@ -107,6 +107,15 @@ def test_throughput_is_the_best_contiguous_pipeline(message: tuple) -> None:
     assert gain > (2 if message == NO_MESSAGE else 1.5)
 
 
+def _both_ways(plain, priced):
+    """Every monotone assignment's placement, its breakdowns under ``plain`` and ``priced``, and two zeroed arrays
+    (one per tier used) for the extra encode and decode ms the test expects."""
+    for tier_of in monotone_assignments(plain):
+        placement = Placement("x", "brute force", tier_of, max(tier_of.values()))
+        zeros = np.zeros(placement.last_tier + 1)
+        yield placement, plain.breakdown(placement), priced.breakdown(placement), zeros, zeros.copy()
+
+
 def _assert_priced(priced, plain, before, after, goal, extra_encode, extra_decode) -> None:
     """``after`` (a breakdown under ``priced``) costs ``before``'s (under ``plain``) plus the extra encode and
     decode ms per tier, in latency, and its throughput is its slowest stage, compute or link."""
@@ -129,11 +138,7 @@ def test_each_byte_sent_and_received_costs_its_tier() -> None:
     plain, priced = chain_model(workload, topology), chain_model(workload, topology, message=(MESSAGE, (0.0, 0.0)))
     goal = parse_objective("throughput")
     checked = 0
-    for tier_of in monotone_assignments(plain):
-        placement = Placement("x", "brute force", tier_of, max(tier_of.values()))
-        before, after = plain.breakdown(placement), priced.breakdown(placement)
-        extra_encode = np.zeros(placement.last_tier + 1)
-        extra_decode = np.zeros(placement.last_tier + 1)
+    for placement, before, after, extra_encode, extra_decode in _both_ways(plain, priced):
         for l, nbytes in enumerate(after.payload_bytes):
             assert nbytes == before.payload_bytes[l] and nbytes > 0
             extra_encode[l] = nbytes * MESSAGE[0] * 10.0 / priced.machines[l].memory_gb_s
@@ -294,11 +299,7 @@ def test_each_message_costs_its_tiers_a_fixed_cpu_time() -> None:
     plain, priced = chain_model(workload, topology), chain_model(workload, topology, message=((0.0, 0.0), FIXED))
     goal = parse_objective("throughput")
     checked = 0
-    for tier_of in monotone_assignments(plain):
-        placement = Placement("x", "brute force", tier_of, max(tier_of.values()))
-        before, after = plain.breakdown(placement), priced.breakdown(placement)
-        extra_encode = np.zeros(placement.last_tier + 1)
-        extra_decode = np.zeros(placement.last_tier + 1)
+    for placement, before, after, extra_encode, extra_decode in _both_ways(plain, priced):
         for l in range(placement.last_tier):
             extra_encode[l] = FIXED[0] * 10.0 / priced.machines[l].memory_gb_s
             extra_decode[l + 1] = FIXED[1] * 10.0 / priced.machines[l + 1].memory_gb_s

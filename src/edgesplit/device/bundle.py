@@ -23,10 +23,9 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 from edgesplit.errors import EdgesplitError
 from edgesplit.versioned import read_versioned
 
-__all__ = ["BUNDLE_KIND", "BUNDLE_VERSION", "MANIFEST_NAME", "Bundle", "BundleError", "BundleFile", "ExecutorchSettings",
-           "InputSpec", "Manifest", "PteProgram", "QuantizationSettings", "QuantizedHead", "QuantizedOutput", "RouteEntry",
-           "SwitchRow",
-           "check_file_name", "file_record", "load_bundle"]
+__all__ = ["BUNDLE_KIND", "BUNDLE_VERSION", "MANIFEST_NAME", "Bundle", "BundleError", "BundleFile",
+           "ExecutorchSettings", "InputSpec", "Manifest", "PteProgram", "QuantizationSettings", "QuantizedHead",
+           "QuantizedOutput", "RouteEntry", "SwitchRow", "check_file_name", "file_record", "load_bundle"]
 
 BUNDLE_KIND = "edgesplit.bundle"
 BUNDLE_VERSION = 1

@@ -24,13 +24,10 @@ import math
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import Any, Protocol
 
-if TYPE_CHECKING:  # annotations only: the device client (edgesplit.device, no torch) runs this policy too
-    from edgesplit.runtime.deployment import Deployment
-
-__all__ = ["DISTINCT", "Adapter", "Adapting", "BandwidthEstimator", "ClientStats", "Switch", "SwitchPolicy", "distinct_sizes",
-           "row_label_at", "theil_sen"]
+__all__ = ["DISTINCT", "Adapter", "Adapting", "BandwidthEstimator", "ClientStats", "Switch", "SwitchPolicy",
+           "SwitchSource", "distinct_sizes", "row_label_at", "theil_sen"]
 
 log = logging.getLogger("edgesplit.client")
 
@@ -55,6 +52,19 @@ def row_label_at(table: Sequence[_Row], mbps: float) -> str:
         if row.low_mbps <= mbps < row.high_mbps:
             return row.label
     return table[0].label if mbps < table[0].low_mbps else table[-1].label
+
+
+class SwitchSource(Protocol):
+    """What the policy reads of a deployment: ``plan.switch_table`` (rows with ``low_mbps``, ``high_mbps``,
+    ``label``), ``plan.all_device.label``, ``plan.chosen.label``, ``plan.link.uplink_mbps``, ``label_at(mbps)`` and
+    ``route_for_label(label)`` (None for all-device). A ``runtime.deployment.Deployment`` is one, and so is the
+    device client's view of a bundle (``edgesplit.device.client``, no torch)."""
+
+    plan: Any
+
+    def label_at(self, mbps: float) -> str: ...
+
+    def route_for_label(self, label: str) -> object | None: ...
 
 
 class BandwidthEstimator:
@@ -195,12 +205,10 @@ def theil_sen(samples: Sequence[tuple[float, float]]) -> tuple[float, float] | N
 class SwitchPolicy:
     """The switch table with hysteresis: which plan to run for a bandwidth estimate, given the one running.
 
-    ``deployment`` is read for ``plan.switch_table`` (rows with ``low_mbps``, ``high_mbps``, ``label``),
-    ``plan.all_device.label``, ``plan.chosen.label``, ``label_at(mbps)`` and ``route_for_label(label)`` (None for
-    all-device) only: a :class:`Deployment`, or the device client's view of a bundle (``edgesplit.device.client``).
+    ``deployment`` is read only as a :class:`SwitchSource`.
     """
 
-    def __init__(self, deployment: Deployment, hysteresis: float = 0.2) -> None:
+    def __init__(self, deployment: SwitchSource, hysteresis: float = 0.2) -> None:
         if hysteresis < 0:
             raise ValueError(f"hysteresis {hysteresis} is negative")
         self.deployment, self.hysteresis = deployment, hysteresis

@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from edgesplit.codecs import (Codec, CodecError, DecodeLimits, codec_from_json, pack, pack_count, parse_codec,
-                              unpack_bytes, unpack_cost, unpacking)
+from edgesplit.codecs import (Codec, CodecError, DecodeCost, DecodeLimits, codec_from_json, pack, pack_count,
+                              parse_codec, unpack_bytes, unpack_cost, unpacking)
 from edgesplit.codecs.frame import Unpacking
 from edgesplit.compress.bottleneck import SlimmableBottleneck, bottleneck_config, load_checkpoint
 from edgesplit.compress.pictures import PICTURE_BYTES_PER_PIXEL, decode_picture, encode_picture
@@ -83,6 +83,12 @@ _PICTURES = {"png": PictureCodec("png", (("format", "PNG"),)),
 
 class DeploymentError(EdgesplitError):
     """A plan that cannot be made runnable: its model, weights, cut or codec cannot be rebuilt."""
+
+
+def _decode_work(cost: DecodeCost) -> int:
+    """A decode's work in bytes copied: what it holds at once, plus 16 a value it computes (dequantizes or casts)
+    and 32 more a value an ANS stage decodes (their measured cost against copying a byte)."""
+    return cost.peak_bytes + 16 * cost.converted_values + 32 * cost.ans_symbols
 
 
 @dataclass
@@ -166,9 +172,7 @@ class Route:
                 raise failure
 
             return 0, refuse
-        cost = unpacked.cost
-        return (cost.peak_bytes + 16 * cost.converted_values + 32 * cost.ans_symbols,
-                lambda: self._checked(unpacked, max_batch))
+        return _decode_work(unpacked.cost), lambda: self._checked(unpacked, max_batch)
 
     def _pictures(self, payload: bytes, limits: DecodeLimits, max_batch: int) -> list[torch.Tensor]:
         images = self.picture.decode(payload, self.sent_shapes[0], max_batch, limits)
@@ -221,7 +225,7 @@ class Route:
             cost = unpack_cost(payload, len(self.codecs), torch.float32, _UNBOUNDED)
         except CodecError:
             return 0
-        return cost.peak_bytes + 16 * cost.converted_values + 32 * cost.ans_symbols
+        return _decode_work(cost)
 
     @torch.no_grad()
     def server_side(self, tensors: list[torch.Tensor]) -> object:
